@@ -1,0 +1,131 @@
+"""The command line: parse, call the modules that do the work, map errors to exit codes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+import runner
+from runner.errors import InputError
+
+EXIT_INPUT = 2
+
+
+class Group(click.Group):
+    """Bad input of any kind ends with one paragraph on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            click.echo("error: " + "\n  ".join(exc.problems), err=True)
+            sys.exit(EXIT_INPUT)
+
+
+@click.group(cls=Group)
+@click.version_option(runner.__version__, prog_name="dialogue-runner")
+def main() -> None:
+    """Run scripted multi-turn conversations with LLM APIs in bulk."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+def validate(paths: tuple[str, ...]) -> None:
+    """Check scenario files (file, line and problem for each error); send nothing."""
+    from runner.scenarios import load_paths
+
+    scenarios = load_paths(list(paths))
+    click.echo(f"{len(scenarios)} scenarios OK")
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option(
+    "-m", "--model", "targets", multiple=True, help="Target name, built-in, or PROVIDER:MODEL."
+)
+@click.option("--models", "models_file", help="Models file (default ./models.yaml when present).")
+@click.option("--base-url", help="Base URL for PROVIDER:MODEL targets.")
+@click.option("-o", "--output-dir", default="outputs", show_default=True)
+@click.option("--run-id", help="Run folder name (default: time-based).")
+@click.option("-c", "--concurrency", type=click.IntRange(1), default=16, show_default=True,
+              help="Conversations in flight.")  # fmt: skip
+@click.option("--repeat", type=click.IntRange(1), help="Samples of each conversation per target.")
+@click.option("-k", "--filter", "filters", multiple=True, help="Scenario id glob or tag:NAME.")
+@click.option("--shard", help="Run only shard K of N (K/N).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue RUN_DIR.")
+@click.option("--retry-failed", is_flag=True, help="With --resume: run failed conversations again.")
+@click.option("--force", is_flag=True, help="With --resume: accept changed scenario files.")
+@click.option("--stream/--no-stream", default=False, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt.")
+@click.option("--max-retries", type=click.IntRange(0), help="Retries per request.")
+@click.option("--no-progress", is_flag=True)
+@click.option(
+    "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
+)
+def run(**opts: object) -> None:
+    """Run SCENARIOS (files or folders) against every -m target."""
+    from runner import run as runs
+
+    progress = not opts["no_progress"]
+    if opts["resume_dir"]:
+        sys.exit(
+            runs.resume(Path(opts["resume_dir"]), opts["retry_failed"], opts["force"], progress)
+        )
+    if not opts["paths"] or not opts["targets"]:
+        raise InputError(
+            "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
+        )
+    inv = runs.Invocation(
+        paths=list(opts["paths"]),
+        targets=list(opts["targets"]),
+        models_file=runs.default_models_file(opts["models_file"]),
+        base_url=opts["base_url"],
+        repeat=opts["repeat"],
+        filters=list(opts["filters"]),
+        shard=opts["shard"],
+        stream=opts["stream"],
+        concurrency=opts["concurrency"],
+        timeout_s=opts["timeout"],
+        max_retries=opts["max_retries"],
+    )
+    if opts["dry_run"]:
+        runs.dry_run(runs.load(inv)[2], inv.stream)
+        return
+    run_dir = runs.new_run_dir(opts["output_dir"], opts["run_id"])
+    sys.exit(runs.start(inv, run_dir, progress))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table")
+def report(run_dir: str, fmt: str) -> None:
+    """Per-target counts, checks, tokens, latency and cost of a run."""
+    from runner.report import render, summarize_run
+
+    summary, manifest = summarize_run(Path(run_dir))
+    prices = {t["name"]: t.get("price") for t in manifest.get("targets", [])}
+    click.echo(render(summary.rows(prices), fmt))
+
+
+@main.command("mock-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="0 picks a free port and prints it.")  # fmt: skip
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0)
+@click.option("--jitter-ms", type=click.FloatRange(0), default=0.0)
+@click.option("--seed", type=int, default=0)
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="429/500/503 mix.")
+@click.option("--cut-rate", type=click.FloatRange(0, 1), default=0.0, help="Streams cut midway.")
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--slow-ms", type=click.FloatRange(0), default=2000.0)
+@click.option("--retry-after-ms", type=click.IntRange(0), default=50)
+@click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
+              help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip
+def mock_server(host: str, port: int, **opts: object) -> None:
+    """Serve the mock OpenAI Chat, Responses and Gemini APIs on HOST:PORT."""
+    from runner.mock import MockOptions, serve
+
+    serve(MockOptions(**opts), host, port)

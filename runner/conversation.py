@@ -1,0 +1,141 @@
+"""One conversation: the history, the context mode, the turn loop, the transcript record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from runner.checks import evaluate
+from runner.client import TargetClient
+from runner.plan import Conversation
+from runner.providers import ApiError, Reply, Usage
+from runner.records import VERSION
+from runner.scenarios import Scenario, render
+
+
+def sent_messages(
+    scenario: Scenario, history: list[dict[str, str]], since_reply: int
+) -> list[dict[str, str]]:
+    """The messages a turn sends (system apart), following the scenario's context mode.
+
+    history holds every message so far, ending with the new user message;
+    since_reply is the index just after the last generated reply (server mode).
+    """
+    if scenario.context == "window":
+        return history[-scenario.window :]
+    if scenario.context == "server":
+        return history[since_reply:]
+    return history
+
+
+async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str, Any]:
+    """Play every turn in order; the transcript record, ok or failed."""
+    scenario, values = conv.scenario, conv.vars
+    started = _now()
+    system = render(scenario.system, values) if scenario.system is not None else None
+    base_params = {**conv.target.params, **scenario.params}
+    history: list[dict[str, str]] = []
+    turns: list[dict[str, Any]] = []
+    total = Usage()
+    previous_id, since_reply, error = None, 0, None
+    for turn in scenario.turns:
+        history.append({"role": turn.role, "content": render(turn.content, values)})
+        if turn.role == "assistant":
+            continue
+        params = {**base_params, **turn.params} if turn.params else base_params
+        sent = sent_messages(scenario, history, since_reply)
+        n_sent = len(sent) + (system is not None)
+        try:
+            reply, attempts = await client.complete(
+                system, sent, params, previous_id, conv.id, len(turns)
+            )
+            if not reply.text:
+                raise ApiError("empty", f"the model returned no text (finish reason: "
+                               f"{reply.finish_reason})")  # fmt: skip
+        except ApiError as err:
+            error = {"kind": err.kind, "message": err.message, "status": err.status}
+            break
+        history.append({"role": "assistant", "content": reply.text})
+        previous_id, since_reply = reply.response_id, len(history)
+        total.add(reply.usage)
+        record = _turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
+        if turn.expect:
+            record["checks"] = evaluate(
+                turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values
+            )
+        turns.append(record)
+    return _transcript(conv, system, history, turns, total, error, started)
+
+
+def _turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -> dict[str, Any]:
+    return {
+        "index": index,
+        "user": user,
+        "assistant": reply.text,
+        "finish_reason": reply.finish_reason,
+        "usage": reply.usage.as_dict(),
+        "raw_usage": reply.raw_usage,
+        "latency_ms": round(reply.latency_ms, 2),
+        "ttft_ms": round(reply.ttft_ms, 2) if reply.ttft_ms is not None else None,
+        "attempts": attempts,
+        "sent_messages": sent,
+        "checks": [],
+    }
+
+
+def _transcript(
+    conv: Conversation,
+    system: str | None,
+    history: list[dict[str, str]],
+    turns: list[dict[str, Any]],
+    usage: Usage,
+    error: dict[str, Any] | None,
+    started: str,
+) -> dict[str, Any]:
+    messages = [{"role": "system", "content": system}, *history] if system is not None else history
+    passed = None if error else all(c["passed"] for t in turns for c in t["checks"])
+    return {
+        "version": VERSION,
+        "conversation_id": conv.id,
+        "scenario_id": conv.scenario.id,
+        "scenario_file": conv.scenario.file,
+        "target": conv.target.name,
+        "provider": conv.target.provider,
+        "model": conv.target.model,
+        "sample": conv.sample,
+        "vars": conv.vars,
+        "status": "failed" if error else "ok",
+        "error": error,
+        "messages": messages,
+        "turns": turns,
+        "usage": usage.as_dict(),
+        "passed": passed,
+        "started_at": started,
+        "ended_at": _now(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def first_request(conv: Conversation, stream: bool) -> str:
+    """The first request of a conversation as it would be sent, secrets masked (--dry-run)."""
+    from runner.providers import PROVIDERS
+
+    scenario, values, target = conv.scenario, conv.vars, conv.target
+    system = render(scenario.system, values) if scenario.system is not None else None
+    history: list[dict[str, str]] = []
+    for turn in scenario.turns:
+        history.append({"role": turn.role, "content": render(turn.content, values)})
+        if turn.role == "user":
+            params = {**target.params, **scenario.params, **turn.params}
+            break
+    base_url = target.base_url or ("http://127.0.0.1:<mock port>" + MOCK_SUFFIX[target.provider])
+    provider = PROVIDERS[target.provider](base_url, target.model, target.key, target.auth)
+    use_stream = target.stream if target.stream is not None else stream
+    request = provider.build(system, sent_messages(scenario, history, 0), params, use_stream)
+    return request.masked(target.key)
+
+
+MOCK_SUFFIX = {"openai-chat": "/v1", "openai-responses": "/v1", "gemini": ""}

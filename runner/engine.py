@@ -1,0 +1,138 @@
+"""The asyncio pool: lazy scheduling, one client per target, records, progress, interrupts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.client import TargetClient
+from runner.conversation import run_conversation
+from runner.plan import Conversation, Plan
+from runner.progress import Progress
+from runner.records import TRANSCRIPTS, USAGE, JsonlWriter
+from runner.report import Summary
+
+GRACE_S = 5.0  # after Ctrl-C, conversations in flight get this long to finish
+
+
+@dataclass
+class Outcome:
+    summary: Summary
+    interrupted: bool = False
+    skipped: int = 0
+    clients: dict[str, TargetClient] = field(default_factory=dict)
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Allow a socket per conversation in flight (plus slack), up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def execute(
+    plan: Plan,
+    run_dir: Path,
+    *,
+    concurrency: int,
+    stream: bool,
+    progress_mode: str,
+    skip: set[str] | None = None,
+    summary: Summary | None = None,
+) -> Outcome:
+    """Run every planned conversation not in `skip`; records go to run_dir as they finish."""
+    skip = skip or set()
+    outcome = Outcome(summary or Summary(), skipped=len(skip))
+    raise_fd_limit(concurrency * 2 + 256)
+    transcripts = JsonlWriter(run_dir / TRANSCRIPTS)
+    usage = JsonlWriter(run_dir / USAGE)
+    clients = {t.name: TargetClient(t, stream, usage.write) for t in plan.targets}
+    outcome.clients = clients
+    todo = (c for c in plan if c.id not in skip)
+    progress = Progress(len(plan) - len(skip), progress_mode, lambda: _stats(clients))
+    try:
+        for client in clients.values():
+            await client.start()
+        outcome.interrupted = await _pool(
+            todo, clients, concurrency, transcripts, outcome, progress
+        )
+    finally:
+        progress.close()
+        for client in clients.values():
+            await client.close()
+        transcripts.close()
+        usage.close()
+    return outcome
+
+
+async def _pool(
+    todo: Iterator[Conversation],
+    clients: dict[str, TargetClient],
+    concurrency: int,
+    transcripts: JsonlWriter,
+    outcome: Outcome,
+    progress: Progress,
+) -> bool:
+    """Workers pull conversations from the shared lazy iterator; returns True if interrupted."""
+    stopping = asyncio.Event()
+
+    async def worker() -> None:
+        for conv in todo:  # next() never awaits, so workers never share a conversation
+            if stopping.is_set():
+                return
+            record = await run_conversation(conv, clients[conv.target.name])
+            transcripts.write(record)
+            outcome.summary.add(record)
+            progress.finished(record["status"] == "ok")
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
+    with _interrupts(stopping, workers):
+        await asyncio.gather(*workers, return_exceptions=True)
+    for task in workers:
+        if not task.cancelled() and task.exception():
+            raise task.exception()
+    return stopping.is_set()
+
+
+@contextlib.contextmanager
+def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> Iterator[None]:
+    """First SIGINT/SIGTERM: start no more, give those in flight GRACE_S; a second: cancel now."""
+    loop = asyncio.get_running_loop()
+
+    def cancel_all() -> None:
+        for task in workers:
+            task.cancel()
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            cancel_all()
+            return
+        stopping.set()
+        loop.call_later(GRACE_S, cancel_all)
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _stats(clients: dict[str, TargetClient]) -> str:
+    retries = sum(c.retries for c in clients.values())
+    limits = " ".join(
+        f"{name}:{int(c.limit.limit)}"
+        for name, c in clients.items()
+        if c.limit.limit < c.limit.maximum
+    )
+    return f"retries={retries}" + (f" limit {limits}" if limits else "")

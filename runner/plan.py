@@ -1,0 +1,117 @@
+"""The lazy stream of conversations: scenario x vars x sample x target, with stable ids."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from runner.errors import InputError
+from runner.scenarios import Scenario
+from runner.targets import Target
+
+
+@dataclass(slots=True, frozen=True)
+class Conversation:
+    """One planned conversation; cheap to make, made only when a worker is free."""
+
+    id: str
+    scenario: Scenario
+    vars: dict[str, Any]
+    sample: int
+    target: Target
+
+
+def conversation_id(scenario_id: str, values: dict[str, Any], sample: int, target: str) -> str:
+    """Stable across runs: the same scenario, vars, sample and target give the same id."""
+    cid = scenario_id
+    if values:
+        digest = json.dumps(values, sort_keys=True, ensure_ascii=False).encode()
+        cid += "[" + hashlib.sha1(digest).hexdigest()[:10] + "]"
+    cid += "@" + target
+    return cid + (f"#{sample}" if sample else "")
+
+
+def select(scenarios: list[Scenario], patterns: tuple[str, ...]) -> list[Scenario]:
+    """Scenarios matching any -k pattern: an id glob, or tag:NAME."""
+    if not patterns:
+        return scenarios
+    return [s for s in scenarios if any(_matches(s, p) for p in patterns)]
+
+
+def _matches(scenario: Scenario, pattern: str) -> bool:
+    if pattern.startswith("tag:"):
+        return pattern[4:] in scenario.tags
+    return fnmatch.fnmatchcase(scenario.id, pattern)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    if not text:
+        return None
+    k, sep, n = text.partition("/")
+    if sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n):
+        return int(k), int(n)
+    raise InputError(f"--shard must be K/N with 1 <= K <= N, got '{text}'")
+
+
+class Plan:
+    """All conversations of a run, made lazily in a stable order."""
+
+    def __init__(
+        self,
+        scenarios: list[Scenario],
+        targets: list[Target],
+        repeat: int | None = None,
+        shard: tuple[int, int] | None = None,
+    ):
+        self.scenarios = scenarios
+        self.targets = targets
+        self.repeat = repeat
+        self.shard = shard
+        check_context(scenarios, targets)
+
+    def samples(self, scenario: Scenario) -> int:
+        return self.repeat if self.repeat is not None else scenario.repeat
+
+    def unsharded_total(self) -> int:
+        per_target = sum(s.var_count() * self.samples(s) for s in self.scenarios)
+        return per_target * len(self.targets)
+
+    def __len__(self) -> int:
+        total = self.unsharded_total()
+        if not self.shard:
+            return total
+        k, n = self.shard
+        return total // n + (1 if k - 1 < total % n else 0)
+
+    def __iter__(self) -> Iterator[Conversation]:
+        index = 0
+        k, n = self.shard or (1, 1)
+        for scenario in self.scenarios:
+            for values in scenario.var_combinations():
+                for sample in range(self.samples(scenario)):
+                    for target in self.targets:
+                        if index % n == k - 1:
+                            cid = conversation_id(scenario.id, values, sample, target.name)
+                            yield Conversation(cid, scenario, values, sample, target)
+                        index += 1
+
+
+def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:
+    """`context: server` needs a protocol that keeps history on the server."""
+    from runner.providers import PROVIDERS
+
+    problems = [
+        f"{s.file}:{s.line}: scenario '{s.id}' uses context: server, which needs an "
+        f"openai-responses target; target '{t.name}' speaks {t.provider}"
+        for s in scenarios
+        if s.context == "server"
+        for t in targets
+        if not PROVIDERS[t.provider].supports_server_context
+    ]
+    if problems:
+        raise InputError(problems)

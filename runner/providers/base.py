@@ -1,0 +1,250 @@
+"""What every protocol adapter provides, and the one HTTP attempt they share."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from runner.providers.sse import iter_sse
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts normalised across protocols (reasoning and cached are parts of output/input)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.cached_tokens += other.cached_tokens
+        self.total_tokens += other.total_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cached_tokens": self.cached_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(slots=True)
+class Reply:
+    """One generated reply, as the conversation and the records need it."""
+
+    text: str
+    finish_reason: str | None
+    usage: Usage = field(default_factory=Usage)
+    raw_usage: dict[str, Any] | None = None
+    response_id: str | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+
+
+class ApiError(Exception):
+    """A failed attempt, classified so that the retry loop can decide.
+
+    kind: http | auth | rate_limit | quota | timeout | connection | stream | malformed | refused
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        usage: Usage | None = None,
+    ):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.usage = usage
+
+    @property
+    def label(self) -> int | str:
+        """What a usage record shows as the attempt's status: the HTTP status, else the kind."""
+        return self.status if self.status is not None else self.kind
+
+
+@dataclass(slots=True)
+class Request:
+    """One prepared HTTP request; built once per turn and reused by every attempt."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+
+    def masked(self, key: str | None) -> str:
+        """The request as text for people: credentials replaced by ***."""
+        lines = [f"POST {mask(self.url, key)}"]
+        for name, value in self.headers.items():
+            secret = name.lower() in SECRET_HEADERS
+            lines.append(f"{name}: {'***' if secret else mask(value, key)}")
+        body = json.dumps(json.loads(self.body), ensure_ascii=False, indent=2)
+        return "\n".join([*lines, "", mask(body, key)])
+
+
+SECRET_HEADERS = {"authorization", "x-goog-api-key", "api-key", "x-api-key"}
+KEY_PARAM = re.compile(r"([?&]key=)[^&#\s]+")
+
+
+def mask(text: str, key: str | None) -> str:
+    """Hide a key wherever it appears, and any ?key= query value."""
+    if key:
+        text = text.replace(key, "***")
+    return KEY_PARAM.sub(r"\1***", text)
+
+
+class StreamState:
+    """Accumulates one streamed reply; each protocol subclasses it."""
+
+    started = False  # set once the first text arrived (time to first token)
+
+    def feed(self, event: str, data: str) -> bool:
+        """Take one SSE event; return True once the terminal event has arrived."""
+        raise NotImplementedError
+
+    def reply(self) -> Reply:
+        """The reply so far; raise ApiError(kind='stream') when it never finished."""
+        raise NotImplementedError
+
+
+class Provider:
+    """A protocol adapter: builds requests, reads replies, classifies errors."""
+
+    name = ""
+    supports_server_context = False
+
+    def __init__(self, base_url: str, model: str, key: str | None, auth: str | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.key = key
+        self.auth = auth
+
+    def build(
+        self,
+        system: str | None,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        stream: bool,
+        previous_id: str | None = None,
+    ) -> Request:
+        """The request for this turn: messages are role/content dicts, system apart."""
+        raise NotImplementedError
+
+    def parse(self, body: dict[str, Any]) -> Reply:
+        """A non-streamed reply body."""
+        raise NotImplementedError
+
+    def stream_state(self) -> StreamState:
+        raise NotImplementedError
+
+    def error(self, status: int, headers: Any, body: str) -> ApiError:
+        """Classify an HTTP error answer."""
+        raise NotImplementedError
+
+
+def loads(text: str | bytes, what: str) -> Any:
+    """json.loads that turns a bad body into a retryable ApiError."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        snippet = text[:200] if isinstance(text, str) else text[:200].decode("utf-8", "replace")
+        raise ApiError(
+            "malformed", f"{what} is not valid JSON: {snippet!r}", retryable=True
+        ) from None
+
+
+def classify(
+    status: int, message: str, retry_after: float | None = None, quota: bool = False
+) -> ApiError:
+    """The status rules shared by every protocol: what is retried and what is final."""
+    if status in (401, 403):
+        return ApiError("auth", message, status=status)
+    if status == 429:
+        if quota:
+            return ApiError("quota", message, status=status)
+        return ApiError(
+            "rate_limit", message, status=status, retryable=True, retry_after=retry_after
+        )
+    retryable = status in (408, 409) or status >= 500
+    return ApiError("http", message, status=status, retryable=retryable, retry_after=retry_after)
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds the server asked us to wait: retry-after-ms, then Retry-After (seconds or date)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def send(session: aiohttp.ClientSession, provider: Provider, req: Request) -> Reply:
+    """One HTTP attempt; transport failures become retryable ApiErrors."""
+    try:
+        return await _send(session, provider, req)
+    except ApiError:
+        raise
+    except TimeoutError:
+        raise ApiError("timeout", "the request timed out", retryable=True) from None
+    except aiohttp.ClientPayloadError as exc:
+        raise ApiError("stream", f"the response was cut off: {exc}", retryable=True) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ApiError("connection", f"{type(exc).__name__}: {exc}", retryable=True) from None
+
+
+async def _send(session: aiohttp.ClientSession, provider: Provider, req: Request) -> Reply:
+    start = time.perf_counter()
+    async with session.post(req.url, data=req.body, headers=req.headers) as resp:
+        if resp.status >= 400:
+            text = await resp.text(errors="replace")
+            raise provider.error(resp.status, resp.headers, text)
+        if not req.stream:
+            reply = provider.parse(loads(await resp.read(), "response body"))
+            reply.latency_ms = reply.ttft_ms = (time.perf_counter() - start) * 1000
+            return reply
+        state = provider.stream_state()
+        ttft = None
+        async for event, data in iter_sse(resp.content):
+            done = state.feed(event, data)
+            if ttft is None and state.started:
+                ttft = (time.perf_counter() - start) * 1000
+            if done:
+                break
+        reply = state.reply()
+        reply.latency_ms = (time.perf_counter() - start) * 1000
+        reply.ttft_ms = ttft
+        return reply

@@ -1,0 +1,198 @@
+"""Google Gemini generateContent / streamGenerateContent?alt=sse, directly or via gateways."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+from runner.providers.base import (
+    ApiError,
+    Provider,
+    Reply,
+    Request,
+    StreamState,
+    Usage,
+    classify,
+    loads,
+    retry_after,
+)
+
+# scenario params (OpenAI-style or Gemini-style names) -> generationConfig keys
+CONFIG_KEYS = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "topP": "topP",
+    "top_k": "topK",
+    "topK": "topK",
+    "max_tokens": "maxOutputTokens",
+    "max_output_tokens": "maxOutputTokens",
+    "maxOutputTokens": "maxOutputTokens",
+    "stop": "stopSequences",
+    "stop_sequences": "stopSequences",
+    "stopSequences": "stopSequences",
+    "seed": "seed",
+    "candidate_count": "candidateCount",
+    "candidateCount": "candidateCount",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+    "response_mime_type": "responseMimeType",
+    "responseMimeType": "responseMimeType",
+    "thinking_config": "thinkingConfig",
+    "thinkingConfig": "thinkingConfig",
+}
+# request fields that sit next to generationConfig, not inside it
+TOP_LEVEL = {"safetySettings", "safety_settings", "tools", "toolConfig", "cachedContent"}
+RETRY_DELAY = re.compile(r"^([\d.]+)s$")
+
+
+def gemini_usage(raw: dict[str, Any] | None) -> Usage:
+    """Thoughts are not inside candidatesTokenCount: output = candidates + thoughts."""
+    if not raw:
+        return Usage()
+    prompt = raw.get("promptTokenCount") or 0
+    thoughts = raw.get("thoughtsTokenCount") or 0
+    output = (raw.get("candidatesTokenCount") or 0) + thoughts
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=output,
+        reasoning_tokens=thoughts,
+        cached_tokens=raw.get("cachedContentTokenCount") or 0,
+        total_tokens=raw.get("totalTokenCount") or prompt + output,
+    )
+
+
+class Gemini(Provider):
+    name = "gemini"
+
+    def build(
+        self,
+        system: str | None,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        stream: bool,
+        previous_id: str | None = None,
+    ) -> Request:
+        contents = [
+            {
+                "role": "model" if m["role"] == "assistant" else "user",
+                "parts": [{"text": m["content"]}],
+            }
+            for m in messages
+        ]
+        body: dict[str, Any] = {"contents": contents}
+        if system is not None:
+            body["systemInstruction"] = {"parts": [{"text": system}]}
+        config: dict[str, Any] = {}
+        for key, value in params.items():
+            if key in TOP_LEVEL:
+                body[key] = value
+            else:
+                config[CONFIG_KEYS.get(key, key)] = value
+        if config:
+            body["generationConfig"] = config
+        action = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        url = f"{self.base_url}/v1beta/models/{self.model}:{action}"
+        headers = {"Content-Type": "application/json"}
+        url = self._authorize(url, headers)
+        return Request(url, headers, json.dumps(body, ensure_ascii=False).encode(), stream)
+
+    def _authorize(self, url: str, headers: dict[str, str]) -> str:
+        if not self.key:
+            return url
+        auth = self.auth or "x-goog-api-key"
+        if auth == "query":
+            return f"{url}{'&' if '?' in url else '?'}key={quote(self.key, safe='')}"
+        if auth == "bearer":
+            headers["Authorization"] = f"Bearer {self.key}"
+        elif auth == "raw":
+            headers["Authorization"] = self.key
+        else:
+            headers["x-goog-api-key"] = self.key
+        return url
+
+    def parse(self, body: dict[str, Any]) -> Reply:
+        if isinstance(body, list):  # a streamed JSON array read whole
+            body = body[0] if len(body) == 1 else {}
+        state = GeminiStream()
+        state.take(body)
+        return state.result()
+
+    def stream_state(self) -> StreamState:
+        return GeminiStream()
+
+    def error(self, status: int, headers: Any, body: str) -> ApiError:
+        message, delay, quota = body.strip()[:500] or f"HTTP {status}", None, False
+        try:
+            err = json.loads(body)
+            err = (err[0] if isinstance(err, list) and err else err).get("error")
+        except (ValueError, AttributeError, IndexError):
+            err = None
+        if isinstance(err, dict):
+            message = f"{err.get('status', '')}: {err.get('message', '')}".strip(": ")
+            delay = retry_delay(err.get("details") or [])
+            quota = "limit: 0" in message  # a free tier with no quota left is final
+        return classify(
+            status, message, delay if delay is not None else retry_after(headers), quota
+        )
+
+
+def retry_delay(details: list[Any]) -> float | None:
+    """The google.rpc.RetryInfo delay ("37s", "0.5s") of a 429, if any."""
+    for detail in details:
+        if isinstance(detail, dict) and detail.get("@type", "").endswith("google.rpc.RetryInfo"):
+            match = RETRY_DELAY.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+class GeminiStream(StreamState):
+    """Chunks carry incremental text of candidate 0; usage is a running total (keep the last)."""
+
+    __slots__ = ("parts", "finish_reason", "raw_usage", "block_reason", "response_id", "started")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.raw_usage: dict[str, Any] | None = None
+        self.block_reason: str | None = None
+        self.response_id: str | None = None
+        self.started = False
+
+    def feed(self, event: str, data: str) -> bool:
+        self.take(loads(data, "stream chunk"))
+        return False  # the stream ends when the connection closes
+
+    def take(self, chunk: dict[str, Any]) -> None:
+        if chunk.get("error"):
+            err = chunk["error"]
+            message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            raise ApiError("http", f"the server sent an error: {message}", retryable=True)
+        if chunk.get("usageMetadata"):
+            self.raw_usage = chunk["usageMetadata"]
+        feedback = chunk.get("promptFeedback") or {}
+        self.block_reason = feedback.get("blockReason") or self.block_reason
+        self.response_id = chunk.get("responseId") or self.response_id
+        for cand in chunk.get("candidates") or ():
+            if cand.get("index", 0) != 0:
+                continue
+            for part in (cand.get("content") or {}).get("parts") or ():
+                if part.get("text") and not part.get("thought"):
+                    self.parts.append(part["text"])
+                    self.started = True
+            if cand.get("finishReason"):
+                self.finish_reason = cand["finishReason"]
+
+    def reply(self) -> Reply:
+        if self.finish_reason is None and self.block_reason is None:
+            raise ApiError("stream", "the stream ended before a finishReason", retryable=True)
+        return self.result()
+
+    def result(self) -> Reply:
+        finish = self.finish_reason
+        if self.block_reason and not self.parts:
+            finish = f"blocked:{self.block_reason}"
+        usage = gemini_usage(self.raw_usage)
+        return Reply("".join(self.parts), finish, usage, self.raw_usage, self.response_id)

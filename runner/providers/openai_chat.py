@@ -1,0 +1,169 @@
+"""OpenAI Chat Completions (POST {base_url}/chat/completions), and every compatible gateway."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runner.providers.base import (
+    ApiError,
+    Provider,
+    Reply,
+    Request,
+    StreamState,
+    Usage,
+    classify,
+    loads,
+    retry_after,
+)
+
+
+def openai_usage(raw: dict[str, Any] | None, input_key: str, output_key: str) -> Usage:
+    """Normalise a Chat (prompt/completion) or Responses (input/output) usage object."""
+    if not raw:
+        return Usage()
+    inp, out = raw.get(input_key) or 0, raw.get(output_key) or 0
+    in_details = raw.get(f"{input_key}_details") or {}
+    out_details = raw.get(f"{output_key}_details") or {}
+    return Usage(
+        input_tokens=inp,
+        output_tokens=out,
+        reasoning_tokens=out_details.get("reasoning_tokens") or 0,
+        cached_tokens=in_details.get("cached_tokens") or 0,
+        total_tokens=raw.get("total_tokens") or inp + out,
+    )
+
+
+def openai_error(status: int, headers: Any, body: str) -> ApiError:
+    """Classify an OpenAI error envelope {"error": {message, type, param, code}}."""
+    message, quota = body.strip()[:500] or f"HTTP {status}", False
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        quota = "insufficient_quota" in (err.get("type"), err.get("code"))
+    elif isinstance(err, str):
+        message = err
+    return classify(status, message, retry_after(headers), quota)
+
+
+def content_text(content: Any) -> str:
+    """Message content as text: a string, or a list of parts whose text may be {"value": ...}."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict):
+            text = part.get("text")
+            if isinstance(text, dict):
+                text = text.get("value")
+            if isinstance(text, str):
+                texts.append(text)
+    return "".join(texts)
+
+
+class OpenAIChat(Provider):
+    name = "openai-chat"
+
+    def build(
+        self,
+        system: str | None,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        stream: bool,
+        previous_id: str | None = None,
+    ) -> Request:
+        if system is not None:
+            messages = [{"role": "system", "content": system}, *messages]
+        body = {"model": self.model, "messages": messages, **params}
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        return Request(
+            f"{self.base_url}/chat/completions",
+            headers,
+            json.dumps(body, ensure_ascii=False).encode(),
+            stream,
+        )
+
+    def parse(self, body: dict[str, Any]) -> Reply:
+        check_error_payload(body)
+        choices = body.get("choices") or []
+        if not choices:
+            raise ApiError("malformed", "the response has no choices", retryable=True)
+        choice = choices[0]
+        message = choice.get("message") or {}
+        text = content_text(message.get("content"))
+        if not text and message.get("refusal"):
+            text = message["refusal"]
+        raw = body.get("usage")
+        return Reply(
+            text,
+            choice.get("finish_reason"),
+            openai_usage(raw, "prompt_tokens", "completion_tokens"),
+            raw,
+            body.get("id"),
+        )
+
+    def stream_state(self) -> StreamState:
+        return ChatStream()
+
+    def error(self, status: int, headers: Any, body: str) -> ApiError:
+        return openai_error(status, headers, body)
+
+
+def check_error_payload(payload: dict[str, Any]) -> None:
+    """An error object where a reply should be (mid-stream or in a 200 body) is a failure."""
+    err = payload.get("error")
+    if err:
+        message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+        raise ApiError("http", f"the server sent an error: {message}", retryable=True)
+
+
+class ChatStream(StreamState):
+    __slots__ = ("parts", "finish_reason", "raw_usage", "response_id", "done", "started")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.raw_usage: dict[str, Any] | None = None
+        self.response_id: str | None = None
+        self.done = False
+        self.started = False
+
+    def feed(self, event: str, data: str) -> bool:
+        if data == "[DONE]":
+            self.done = True
+            return True
+        chunk = loads(data, "stream chunk")
+        check_error_payload(chunk)
+        if chunk.get("usage"):
+            self.raw_usage = chunk["usage"]
+        self.response_id = self.response_id or chunk.get("id")
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                self.parts.append(text if isinstance(text, str) else content_text(text))
+                self.started = True
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return False
+
+    def reply(self) -> Reply:
+        # some gateways omit [DONE]; a finish reason plus the usage chunk is complete too
+        if not self.done and not (self.finish_reason and self.raw_usage):
+            raise ApiError("stream", "the stream ended before [DONE]", retryable=True)
+        usage = openai_usage(self.raw_usage, "prompt_tokens", "completion_tokens")
+        return Reply(
+            "".join(self.parts), self.finish_reason, usage, self.raw_usage, self.response_id
+        )

@@ -1,0 +1,206 @@
+"""A run: its folder and manifest, resume, dry runs, and the exit code it ends with."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import runner
+from runner.engine import Outcome, execute
+from runner.errors import InputError
+from runner.plan import Plan, parse_shard, select
+from runner.progress import mode_for
+from runner.records import MANIFEST, VERSION, latest_transcripts, read_manifest, write_manifest
+from runner.report import Summary, render
+from runner.scenarios import Scenario, load_paths
+from runner.targets import Target, load_models, resolve
+
+EXIT_OK, EXIT_CHECKS, EXIT_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass
+class Invocation:
+    """What a run was asked to do: stored in the manifest so that --resume can redo it."""
+
+    paths: list[str]
+    targets: list[str]
+    models_file: str | None = None
+    base_url: str | None = None
+    repeat: int | None = None
+    filters: list[str] | None = None
+    shard: str | None = None
+    stream: bool = False
+    concurrency: int = 16
+    timeout_s: float | None = None
+    max_retries: int | None = None
+
+
+def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
+    """Scenarios, targets (keys from the environment) and plan; InputError on any problem."""
+    scenarios = select(load_paths(inv.paths), tuple(inv.filters or ()))
+    if not scenarios:
+        raise InputError(f"no scenario matches the filter {inv.filters}")
+    models = load_models(inv.models_file) if inv.models_file else {}
+    targets = [_override(t, inv) for t in resolve(inv.targets, models, inv.base_url)]
+    return scenarios, targets, Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
+
+
+def _override(target: Target, inv: Invocation) -> Target:
+    changes: dict[str, Any] = {}
+    if inv.timeout_s is not None:
+        changes["timeout_s"] = inv.timeout_s
+    if inv.max_retries is not None:
+        changes["max_retries"] = inv.max_retries
+    return replace(target, **changes) if changes else target
+
+
+def dry_run(plan: Plan, stream: bool) -> None:
+    """Print the first request of every planned conversation, secrets masked; send nothing."""
+    from runner.conversation import first_request
+
+    for conv in plan:
+        print(f"# {conv.id}")
+        print(first_request(conv, stream))
+        print()
+
+
+def file_hashes(scenarios: list[Scenario], models_file: str | None) -> dict[str, str]:
+    files = sorted({s.file for s in scenarios} | ({models_file} if models_file else set()))
+    return {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
+
+
+def new_run_dir(output_dir: str, run_id: str | None) -> Path:
+    run_id = run_id or datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    run_dir = Path(output_dir) / run_id
+    if (run_dir / MANIFEST).exists():
+        raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def start(inv: Invocation, run_dir: Path, progress: bool) -> int:
+    """A new run from scratch."""
+    scenarios, targets, plan = load(inv)
+    manifest = _manifest(inv, run_dir, scenarios, targets, plan)
+    return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
+
+
+def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> int:
+    """Continue a run: skip what is recorded, run what is not (and failures with retry_failed)."""
+    if not (run_dir / MANIFEST).exists():
+        raise InputError(f"{run_dir}: not a run folder (no {MANIFEST})")
+    manifest = read_manifest(run_dir)
+    inv = Invocation(**manifest["invocation"])
+    scenarios, targets, plan = load(inv)
+    changed = [
+        f for f, h in file_hashes(scenarios, inv.models_file).items()
+        if manifest["files"].get(f) != h
+    ] + [f for f in manifest["files"] if not Path(f).exists()]  # fmt: skip
+    if changed and not force:
+        raise InputError(
+            f"{run_dir}: these files changed since the run started: {', '.join(changed)}; "
+            "resuming would mix two versions (use --force to resume anyway)"
+        )
+    skip, summary = set(), Summary()
+    for cid, record in latest_transcripts(run_dir).items():
+        if record["status"] == "ok" or not retry_failed:
+            skip.add(cid)
+            summary.add(record)
+    manifest["files"] = file_hashes(scenarios, inv.models_file)
+    manifest["resumed"] = manifest.get("resumed", 0) + 1
+    return _go(plan, run_dir, manifest, inv, progress, skip, summary)
+
+
+def _manifest(
+    inv: Invocation, run_dir: Path, scenarios: list[Scenario], targets: list[Target], plan: Plan
+) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "run_id": run_dir.name,
+        "tool_version": runner.__version__,
+        "command": sys.argv,
+        "started_at": _now(),
+        "ended_at": None,
+        "status": "running",
+        "invocation": inv.__dict__,
+        "files": file_hashes(scenarios, inv.models_file),
+        "targets": [t.public() for t in targets],
+        "resumed": 0,
+    }
+
+
+def _go(
+    plan: Plan,
+    run_dir: Path,
+    manifest: dict[str, Any],
+    inv: Invocation,
+    progress: bool,
+    skip: set[str],
+    summary: Summary,
+) -> int:
+    manifest["status"] = "running"
+    write_manifest(run_dir, manifest)
+    began = time.monotonic()
+    outcome = asyncio.run(
+        execute(
+            plan,
+            run_dir,
+            concurrency=inv.concurrency,
+            stream=inv.stream,
+            progress_mode=mode_for(not progress),
+            skip=skip,
+            summary=summary,
+        )
+    )
+    _finish(manifest, plan, outcome, time.monotonic() - began)
+    write_manifest(run_dir, manifest)
+    prices = {t.name: t.price for t in plan.targets}
+    print(render(outcome.summary.rows(prices)))
+    print(f"\n{manifest['counts']} -> {run_dir}", file=sys.stderr)
+    return exit_code(manifest)
+
+
+def _finish(manifest: dict[str, Any], plan: Plan, outcome: Outcome, seconds: float) -> None:
+    summary = outcome.summary
+    prices = {t.name: t.price for t in plan.targets}
+    costs = [r["cost_usd"] for r in summary.rows(prices) if r["cost_usd"] is not None]
+    manifest["ended_at"] = _now()
+    manifest["status"] = "interrupted" if outcome.interrupted else "finished"
+    manifest["elapsed_s"] = round(seconds, 3)
+    manifest["counts"] = {
+        "planned": len(plan),
+        "ok": summary.total("ok"),
+        "failed": summary.total("failed"),
+        "checks_failed": summary.total("conversations_failing_checks"),
+        "resumed": outcome.skipped,
+        "not_run": len(plan) - summary.total("conversations"),
+    }
+    manifest["usage"] = summary.tokens()
+    manifest["cost_usd"] = round(sum(costs), 6) if costs else None
+
+
+def exit_code(manifest: dict[str, Any]) -> int:
+    counts = manifest["counts"]
+    if manifest["status"] == "interrupted":
+        return EXIT_INTERRUPTED
+    if counts["failed"]:
+        return EXIT_FAILED
+    return EXIT_CHECKS if counts["checks_failed"] else EXIT_OK
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def default_models_file(given: str | None) -> str | None:
+    if given:
+        return given
+    return "models.yaml" if os.path.exists("models.yaml") else None
