@@ -49,14 +49,13 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
             reply, attempts = await client.complete(
                 system, sent, params, previous_id, conv.id, len(turns)
             )
-            if not reply.text:
-                raise ApiError("empty", f"the model returned no text (finish reason: "
-                               f"{reply.finish_reason})")  # fmt: skip
+            _check_reply(reply, scenario)
         except ApiError as err:
             error = {"kind": err.kind, "message": err.message, "status": err.status}
             break
         history.append({"role": "assistant", "content": reply.text})
-        previous_id, since_reply = reply.response_id, len(history)
+        since_reply = len(history)
+        previous_id = reply.response_id if scenario.context == "server" else None
         total.add(reply.usage)
         record = _turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
         if turn.expect:
@@ -65,6 +64,18 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
             )
         turns.append(record)
     return _transcript(conv, system, history, turns, total, error, started)
+
+
+def _check_reply(reply: Reply, scenario: Scenario) -> None:
+    """Never record an empty reply as if it were one; server context needs an id to chain."""
+    if not reply.text:
+        raise ApiError(
+            "empty", f"the model returned no text (finish reason: {reply.finish_reason})"
+        )
+    if scenario.context == "server" and not reply.response_id:
+        raise ApiError(
+            "protocol", "context: server needs a response id to chain; the reply had none"
+        )
 
 
 def _turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -> dict[str, Any]:

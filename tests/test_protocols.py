@@ -1,0 +1,208 @@
+"""The three protocols through the runner: exact requests on the wire, same conversations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import read_jsonl, run_cli, write_models, write_scenario
+
+CHAIN = """
+id: chain
+system: Be brief.
+context: CONTEXT
+turns:
+  - first question
+  - assistant: a scripted answer
+  - second question
+  - third question
+"""
+KEY = "test-key-123"
+
+
+def run_target(tmp_path: Path, server, target: str, context: str = "full", *extra: str, **models):
+    scen = write_scenario(tmp_path / "chain.yaml", CHAIN.replace("CONTEXT", context))
+    models_file = write_models(tmp_path / "models.yaml", server.base_url, **models)
+    run_id = f"{target}-{len(list(tmp_path.glob('*-*')))}"
+    result = run_cli(
+        "run", str(scen), "-m", target, "--models", str(models_file), "-o", str(tmp_path),
+        "--run-id", run_id, "--no-progress", *extra,
+    )  # fmt: skip
+    return result, tmp_path / run_id
+
+
+def responses_input(request: dict) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in request["json"]["input"]]
+
+
+def gemini_contents(request: dict) -> list[tuple[str, str]]:
+    return [
+        (c["role"], "".join(p["text"] for p in c["parts"])) for c in request["json"]["contents"]
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_same_conversation_in_all_three_protocols(tmp_path, mock_server, stream):
+    flag = "--stream" if stream else "--no-stream"
+    records = {}
+    for target in ("chat", "responses", "gemini"):
+        result, run_dir = run_target(tmp_path, mock_server, target, "full", flag)
+        assert result.exit_code == 0, result.output
+        records[target] = read_jsonl(run_dir / "transcripts.jsonl")[0]
+    chat, resp, gem = records.values()
+    assert chat["messages"] == resp["messages"] == gem["messages"]
+    assert [t["usage"] for t in chat["turns"]] == [t["usage"] for t in gem["turns"]]
+    assert chat["messages"][-1]["content"].startswith("mock: 7 messages")
+    assert {r["provider"] for r in records.values()} == {
+        "openai-chat",
+        "openai-responses",
+        "gemini",
+    }
+
+
+def test_responses_requests_carry_the_history_as_input(tmp_path, mock_server):
+    result, run_dir = run_target(tmp_path, mock_server, "responses")
+    assert result.exit_code == 0, result.output
+    r1, r2, _ = (t["assistant"] for t in read_jsonl(run_dir / "transcripts.jsonl")[0]["turns"])
+    bodies = [r["json"] for r in mock_server.requests]
+    assert all(r["path"] == "/v1/responses" for r in mock_server.requests)
+    assert all(b["instructions"] == "Be brief." and "previous_response_id" not in b for b in bodies)
+    assert responses_input(mock_server.requests[2]) == [
+        ("user", "first question"),
+        ("assistant", r1),
+        ("assistant", "a scripted answer"),
+        ("user", "second question"),
+        ("assistant", r2),
+        ("user", "third question"),
+    ]
+    assert mock_server.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+
+
+def test_server_context_chains_previous_response_id(tmp_path, mock_server):
+    result, run_dir = run_target(tmp_path, mock_server, "responses", "server")
+    assert result.exit_code == 0, result.output
+    record = read_jsonl(run_dir / "transcripts.jsonl")[0]
+    bodies = [r["json"] for r in mock_server.requests]
+    first, second, third = bodies
+    assert responses_input(mock_server.requests[0]) == [("user", "first question")]
+    assert "previous_response_id" not in first
+    assert responses_input(mock_server.requests[1]) == [
+        ("assistant", "a scripted answer"),
+        ("user", "second question"),
+    ]
+    assert responses_input(mock_server.requests[2]) == [("user", "third question")]
+    assert second["store"] is True and third["store"] is True
+    assert second["previous_response_id"] != third["previous_response_id"]
+    assert all(b["instructions"] == "Be brief." for b in bodies)  # not carried over: resent
+    # the server held the history: the model saw all 7 messages, and the transcript has them all
+    assert record["turns"][2]["assistant"].startswith("mock: 7 messages")
+    assert len(record["messages"]) == 8
+    assert [t["sent_messages"] for t in record["turns"]] == [2, 3, 2]
+
+
+def test_server_context_with_streaming(tmp_path, mock_server):
+    result, run_dir = run_target(tmp_path, mock_server, "responses", "server", "--stream")
+    assert result.exit_code == 0, result.output
+    record = read_jsonl(run_dir / "transcripts.jsonl")[0]
+    assert record["turns"][2]["assistant"].startswith("mock: 7 messages")
+    assert all(r["json"]["stream"] is True for r in mock_server.requests)
+
+
+@pytest.mark.parametrize("target", ["chat", "gemini"])
+def test_server_context_is_refused_for_other_protocols(tmp_path, mock_server, target):
+    result, _ = run_target(tmp_path, mock_server, target, "server")
+    assert result.exit_code == 2
+    assert "chain.yaml:2:" in result.stderr and "openai-responses" in result.stderr
+    assert mock_server.requests == []
+
+
+def test_gemini_requests_use_contents_roles_and_system_instruction(tmp_path, mock_server):
+    result, run_dir = run_target(tmp_path, mock_server, "gemini", "full", "--stream")
+    assert result.exit_code == 0, result.output
+    r1, r2, _ = (t["assistant"] for t in read_jsonl(run_dir / "transcripts.jsonl")[0]["turns"])
+    request = mock_server.requests[2]
+    assert request["path"] == "/v1beta/models/m-gem:streamGenerateContent"
+    assert request["query"].get("alt") == "sse"
+    assert request["json"]["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert gemini_contents(request) == [
+        ("user", "first question"),
+        ("model", r1),
+        ("model", "a scripted answer"),
+        ("user", "second question"),
+        ("model", r2),
+        ("user", "third question"),
+    ]
+    assert request["headers"]["x-goog-api-key"] == KEY
+
+
+@pytest.mark.parametrize(
+    ("auth", "where"),
+    [
+        ("x-goog-api-key", lambda r: r["headers"].get("x-goog-api-key")),
+        ("query", lambda r: r["query"].get("key")),
+        ("bearer", lambda r: r["headers"].get("authorization", "").removeprefix("Bearer ")),
+        ("raw", lambda r: r["headers"].get("authorization")),
+    ],
+)
+def test_gemini_auth_modes_and_the_key_never_written(tmp_path, mock_server, auth, where):
+    result, run_dir = run_target(tmp_path, mock_server, "gemini", auth=auth)
+    assert result.exit_code == 0, result.output
+    assert all(where(r) == KEY for r in mock_server.requests)
+    if auth == "raw":
+        assert not mock_server.requests[0]["headers"]["authorization"].startswith("Bearer")
+    for path in run_dir.iterdir():
+        assert KEY not in path.read_text(encoding="utf-8")
+    assert KEY not in result.output
+
+
+def test_reasoning_tokens_and_cached_tokens_for_all_three(tmp_path, mock_server):
+    params = {
+        "chat": {"reasoning_effort": "high"},
+        "responses": {"reasoning_effort": "high"},
+        "gemini": {"thinkingConfig": {"thinkingBudget": 64, "includeThoughts": True}},
+    }
+    for target, p in params.items():
+        scen = write_scenario(tmp_path / "r.yaml", "id: r\nturns: [a, b]\nparams: " + json.dumps(p))
+        models = write_models(tmp_path / "models.yaml", mock_server.base_url)
+        out = tmp_path / target
+        result = run_cli("run", str(scen), "-m", target, "--models", str(models), "-o", str(out),
+                         "--run-id", "x", "--no-progress")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        record = read_jsonl(out / "x" / "transcripts.jsonl")[0]
+        usage = record["turns"][1]["usage"]
+        assert usage["reasoning_tokens"] == 64, target
+        assert usage["cached_tokens"] > 0, target
+        assert usage["output_tokens"] > usage["reasoning_tokens"], target
+        assert record["turns"][1]["assistant"].startswith("mock:")  # thoughts not in the text
+    body = mock_server.requests[-1]["json"]
+    assert body["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 64
+    assert any(r["json"].get("reasoning") == {"effort": "high"} for r in mock_server.requests)
+
+
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+def test_blocked_prompt_is_a_failure_not_an_empty_reply(tmp_path, mock_server, target):
+    scen = write_scenario(tmp_path / "b.yaml", "id: b\nturns: ['please [[block]]']\n")
+    models = write_models(tmp_path / "models.yaml", mock_server.base_url)
+    result = run_cli("run", str(scen), "-m", target, "--models", str(models), "-o", str(tmp_path),
+                     "--run-id", "b", "--no-progress")  # fmt: skip
+    assert result.exit_code == 3
+    record = read_jsonl(tmp_path / "b" / "transcripts.jsonl")[0]
+    assert record["status"] == "failed" and record["error"]["kind"] == "empty"
+    assert "content_filter" in record["error"]["message"] or "SAFETY" in record["error"]["message"]
+    assert [m["role"] for m in record["messages"]] == ["user"]
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_truncated_reply_keeps_its_finish_reason(tmp_path, mock_server, stream):
+    finish = {}
+    for target, key in (("chat", "max_tokens"), ("responses", "max_output_tokens"),
+                        ("gemini", "maxOutputTokens")):  # fmt: skip
+        scen = write_scenario(tmp_path / "t.yaml", f"id: t\nturns: [hello]\nparams: {{{key}: 5}}\n")
+        models = write_models(tmp_path / "models.yaml", mock_server.base_url)
+        out = tmp_path / target
+        result = run_cli("run", str(scen), "-m", target, "--models", str(models), "-o", str(out),
+                         "--run-id", "t", "--no-progress", stream)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        finish[target] = read_jsonl(out / "t" / "transcripts.jsonl")[0]["turns"][0]["finish_reason"]
+    assert finish == {"chat": "length", "responses": "max_output_tokens", "gemini": "MAX_TOKENS"}
