@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from runner.errors import InputError, at
+from runner.mock import MockOptions
 from runner.providers import PROVIDERS
 
 DEFAULT_BASE_URL = {
@@ -62,6 +63,7 @@ BUILTIN = {
     "mock-responses": ("openai-responses", "mock-responses"),
     "mock-gemini": ("gemini", "mock-gemini"),
 }
+MOCK_FIELDS = {f.name for f in dataclasses.fields(MockOptions)} - {"record"}
 FIELDS = {f.name for f in dataclasses.fields(Target)} - {"name", "key"}
 TYPES: dict[str, tuple[type, ...]] = {
     "provider": (str,), "model": (str,), "base_url": (str,), "api_key_env": (str,),
@@ -150,6 +152,11 @@ def _check_field(path: str, name: str, key: yaml.Node, value: Any, problems: lis
     elif field_name == "auth" and value not in AUTH_MODES:
         problems.append(
             at(path, line, f"unknown auth '{value}'; use one of {', '.join(AUTH_MODES)}")
+        )
+    elif field_name == "mock" and set(value) - MOCK_FIELDS:
+        unknown = ", ".join(sorted(set(value) - MOCK_FIELDS))
+        problems.append(
+            at(path, line, f"unknown mock option {unknown}; use {', '.join(sorted(MOCK_FIELDS))}")
         )
     elif field_name in ("concurrency", "max_retries") and value < (
         1 if field_name == "concurrency" else 0
