@@ -206,3 +206,15 @@ def test_truncated_reply_keeps_its_finish_reason(tmp_path, mock_server, stream):
         assert result.exit_code == 0, result.output
         finish[target] = read_jsonl(out / "t" / "transcripts.jsonl")[0]["turns"][0]["finish_reason"]
     assert finish == {"chat": "length", "responses": "max_output_tokens", "gemini": "MAX_TOKENS"}
+
+
+def test_models_example_loads_and_names_keys_only_by_variable():
+    from runner.targets import load_models
+
+    root = Path(__file__).resolve().parent.parent
+    targets = load_models(str(root / "models.example.yaml"))
+    assert {t.provider for t in targets.values()} == {"openai-chat", "openai-responses", "gemini"}
+    assert targets["gemini-flash"].auth == "raw"
+    assert targets["gpt52-pro"].params["reasoning"] == {"effort": "high"}
+    assert targets["gemini-direct"].base_url == "https://generativelanguage.googleapis.com"
+    assert all(t.key is None for t in targets.values())
