@@ -66,6 +66,12 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
     return _transcript(conv, system, history, turns, total, error, started)
 
 
+def failed_record(conv: Conversation, kind: str, message: str) -> dict[str, Any]:
+    """The record of a conversation that could not be played at all."""
+    error = {"kind": kind, "message": message, "status": None}
+    return _transcript(conv, None, [], [], Usage(), error, _now())
+
+
 def _check_reply(reply: Reply, scenario: Scenario) -> None:
     """Never record an empty reply as if it were one; server context needs an id to chain."""
     if not reply.text:

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import resource
 import signal
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.client import TargetClient
-from runner.conversation import run_conversation
+from runner.conversation import failed_record, run_conversation
 from runner.plan import Conversation, Plan
 from runner.progress import Progress
 from runner.records import TRANSCRIPTS, USAGE, JsonlWriter
@@ -25,7 +26,6 @@ class Outcome:
     summary: Summary
     interrupted: bool = False
     skipped: int = 0
-    clients: dict[str, TargetClient] = field(default_factory=dict)
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -53,9 +53,12 @@ async def execute(
     transcripts = JsonlWriter(run_dir / TRANSCRIPTS)
     usage = JsonlWriter(run_dir / USAGE)
     clients = {t.name: TargetClient(t, stream, usage.write) for t in plan.targets}
-    outcome.clients = clients
     todo = (c for c in plan if c.id not in skip)
-    progress = Progress(len(plan) - len(skip), progress_mode, lambda: _stats(clients))
+    began = time.monotonic()
+    tokens = outcome.summary.tokens
+    progress = Progress(
+        len(plan) - len(skip), progress_mode, lambda: _stats(clients, tokens(), began)
+    )
     try:
         for client in clients.values():
             await client.start()
@@ -86,7 +89,10 @@ async def _pool(
         for conv in todo:  # next() never awaits, so workers never share a conversation
             if stopping.is_set():
                 return
-            record = await run_conversation(conv, clients[conv.target.name])
+            try:
+                record = await run_conversation(conv, clients[conv.target.name])
+            except Exception as exc:  # a bug must not take the other conversations down
+                record = failed_record(conv, "internal", f"{type(exc).__name__}: {exc}")
             transcripts.write(record)
             outcome.summary.add(record)
             progress.finished(record["status"] == "ok")
@@ -128,11 +134,13 @@ def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> I
             loop.remove_signal_handler(sig)
 
 
-def _stats(clients: dict[str, TargetClient]) -> str:
+def _stats(clients: dict[str, TargetClient], tokens: dict[str, int], began: float) -> str:
+    """retries, tokens/s, and any target whose in-flight limit shrank after 429s."""
     retries = sum(c.retries for c in clients.values())
+    rate = tokens["total_tokens"] / max(1e-3, time.monotonic() - began)
     limits = " ".join(
         f"{name}:{int(c.limit.limit)}"
         for name, c in clients.items()
         if c.limit.limit < c.limit.maximum
     )
-    return f"retries={retries}" + (f" limit {limits}" if limits else "")
+    return f"retries={retries} tok/s={rate:.0f}" + (f" limit {limits}" if limits else "")

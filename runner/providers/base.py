@@ -218,6 +218,9 @@ async def send(session: aiohttp.ClientSession, provider: Provider, req: Request)
         return await _send(session, provider, req)
     except ApiError:
         raise
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        # JSON of the wrong shape (a gateway's own envelope, say): retried like a bad body
+        raise ApiError("malformed", f"unexpected response shape: {exc!r}", retryable=True) from None
     except TimeoutError:
         raise ApiError("timeout", "the request timed out", retryable=True) from None
     except aiohttp.ClientPayloadError as exc:
