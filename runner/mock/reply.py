@@ -1,0 +1,165 @@
+"""The mock model: a deterministic reply and token counts from the conversation it sees."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Message = tuple[str, str]  # (role, text); role is system | user | assistant (others pass through)
+
+BLOCK_MARKER = "[[block]]"  # last user text containing it: the prompt is blocked / filtered
+ERROR_MARKER = "[[error]]"  # last user text containing it: 500, or an in-stream error midway
+
+STOP, LENGTH, BLOCKED, FAILED = "stop", "length", "content_filter", "error"
+
+EFFORT_TOKENS = {
+    "none": 0,
+    "minimal": 8,
+    "low": 16,
+    "medium": 32,
+    "high": 64,
+    "xhigh": 96,
+    "max": 128,
+}
+PIECE_CHARS = 12
+CLIP_CHARS = 60
+CACHE_BLOCK = 16
+
+
+def tokens(text: str) -> int:
+    """Simulated token count: about four characters a token, at least one."""
+    return (len(text) + 3) // 4 or 1
+
+
+def length_tokens(chars: int) -> int:
+    """tokens() of a text of that many characters."""
+    return (chars + 3) // 4 or 1
+
+
+def clip(text: str) -> str:
+    """One line, at most CLIP_CHARS characters plus an ellipsis when longer."""
+    if len(text) <= CLIP_CHARS and "\n" not in text and "\r" not in text:
+        return text
+    flat = text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    return flat if len(flat) <= CLIP_CHARS else flat[:CLIP_CHARS] + "…"
+
+
+def digest(text: str) -> str:
+    """First eight hex digits of the text's sha256."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def last_user_index(messages: Sequence[Message]) -> int:
+    """Index of the last user message, or -1 when there is none."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i][0] == "user":
+            return i
+    return -1
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    """Text of the last user message ("" when there is none)."""
+    i = last_user_index(messages)
+    return messages[i][1] if i >= 0 else ""
+
+
+def _quotable(role: str, text: str) -> bool:
+    return role == "user" or (role == "assistant" and not text.startswith("mock:"))
+
+
+def reply_text(messages: Sequence[Message]) -> str:
+    """The full deterministic reply for a conversation (see SPEC "Mock server")."""
+    i = last_user_index(messages)
+    last = messages[i][1] if i >= 0 else ""
+    head = f'mock: {len(messages)} messages; last user #{digest(last)}: "{clip(last)}"'
+    before = messages[:i] if i >= 0 else messages
+    earlier = [f'{role} "{clip(text)}"' for role, text in before if _quotable(role, text)]
+    return head + " | earlier: " + "; ".join(earlier) if earlier else head
+
+
+def prompt_usage(messages: Sequence[Message]) -> tuple[int, int]:
+    """(input tokens, cached tokens) in one pass; see input_tokens and cached_tokens."""
+    costs = [((len(text) + 3) // 4 or 1) + 3 for _, text in messages]
+    total = sum(costs)
+    prefix = total - costs[-1] if costs else 0
+    return total, prefix // CACHE_BLOCK * CACHE_BLOCK
+
+
+def input_tokens(messages: Sequence[Message]) -> int:
+    """Prompt tokens: each message's text tokens plus three for its framing."""
+    return prompt_usage(messages)[0]
+
+
+def cached_tokens(messages: Sequence[Message]) -> int:
+    """Simulated prefix cache: all but the last message, rounded down to a multiple of 16."""
+    return prompt_usage(messages)[1]
+
+
+def effort_tokens(effort: object) -> int:
+    """Reasoning tokens for an OpenAI reasoning effort (unknown or missing: 32)."""
+    return EFFORT_TOKENS.get(effort, 32) if isinstance(effort, str) else 32
+
+
+def budget_tokens(budget: object) -> int:
+    """Thinking tokens for a Gemini thinkingBudget: -1 → 32, >0 → min(budget, 64), else 0."""
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        return 0
+    return 32 if budget == -1 else min(budget, 64) if budget > 0 else 0
+
+
+def pieces(text: str) -> list[str]:
+    """Stream pieces of about PIECE_CHARS characters; they join back to the text."""
+    return [text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)]
+
+
+def stream_pieces(reply: Reply) -> list[str]:
+    """What a stream sends: every piece, or only the first half when the reply FAILED."""
+    parts = pieces(reply.text)
+    return parts[: len(parts) // 2] if reply.finish == FAILED else parts
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the mock model answers, with its usage; finish is STOP/LENGTH/BLOCKED/FAILED."""
+
+    text: str
+    finish: str
+    messages: int
+    input_tokens: int
+    cached_tokens: int
+    text_tokens: int
+    reasoning_tokens: int
+
+    @property
+    def output_tokens(self) -> int:
+        """Generated tokens, reasoning included (OpenAI's completion/output tokens)."""
+        return self.text_tokens + self.reasoning_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+def _finish(last: str) -> str:
+    if BLOCK_MARKER in last:
+        return BLOCKED
+    return FAILED if ERROR_MARKER in last else STOP
+
+
+def make_reply(
+    messages: Sequence[Message], reasoning: int = 0, max_tokens: int | None = None
+) -> Reply:
+    """Answer a conversation; max_tokens (reasoning included) truncates to finish LENGTH."""
+    finish = _finish(last_user_text(messages))
+    usage = (len(messages), *prompt_usage(messages))
+    if finish == BLOCKED:
+        return Reply("", BLOCKED, *usage, 0, 0)
+    text = reply_text(messages)
+    out = tokens(text)
+    if max_tokens is None or finish == FAILED or reasoning + out <= max_tokens:
+        return Reply(text, finish, *usage, out, reasoning)
+    reasoning = max(0, min(reasoning, max_tokens))
+    budget = max(0, max_tokens - reasoning)
+    return Reply(text[: budget * 4], LENGTH, *usage, budget, reasoning)

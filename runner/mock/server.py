@@ -1,0 +1,140 @@
+"""The mock LLM server: aiohttp app, routes, the per-request fault flow, start/stop and serve."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from runner.mock import chat, gemini, responses
+from runner.mock.faults import MockError
+from runner.mock.state import STATE_KEY, MockOptions, MockState
+from runner.mock.wire import Protocol, send, send_malformed
+
+__all__ = ["MockOptions", "MockServer", "make_app", "serve", "start_mock"]
+
+INVALID = object()  # a request body that is not JSON
+MAX_BODY = 64 * 1024 * 1024
+SHUTDOWN_TIMEOUT_S = 1.0
+BACKLOG = 4096
+
+
+async def read_json(request: web.Request) -> Any:
+    """The parsed JSON body; None when empty, INVALID when not JSON."""
+    raw = await request.read()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return INVALID
+
+
+async def answer(request: web.Request, proto: Protocol) -> web.StreamResponse:
+    """Record, check the key, draw faults, wait, then answer (error, malformed or normal)."""
+    state = request.app[STATE_KEY]
+    opts = state.options
+    body = await read_json(request)
+    if opts.record:
+        state.record(request, None if body is INVALID else body)
+    if opts.require_key is not None and not proto.authorized(request, opts.require_key):
+        return proto.error(MockError(401), opts.retry_after_ms)
+    plan = state.plan()
+    if plan.delay:
+        await asyncio.sleep(plan.delay)
+    if plan.status:
+        return proto.error(MockError(plan.status), opts.retry_after_ms)
+    if plan.malformed:
+        return await send_malformed(request, proto.is_stream(request, body))
+    return await answer_normally(request, proto, body, plan.cut)
+
+
+async def answer_normally(
+    request: web.Request, proto: Protocol, body: Any, cut: bool
+) -> web.StreamResponse:
+    """Render the reply (or a 4xx/5xx envelope) and send it, cut off midway when asked."""
+    state = request.app[STATE_KEY]
+    try:
+        if body is INVALID:
+            raise MockError(400, "We could not parse the JSON body of your request.")
+        out = proto.render(request, body, state)
+    except MockError as err:
+        return proto.error(err, state.options.retry_after_ms)
+    return await send(request, out, cut)
+
+
+def handler(proto: Protocol) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An aiohttp handler answering with one protocol."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await answer(request, proto)
+
+    return handle
+
+
+def make_app(options: MockOptions) -> web.Application:
+    """The mock app: OpenAI Chat, OpenAI Responses and Gemini routes over one MockState."""
+    app = web.Application(client_max_size=MAX_BODY)
+    app[STATE_KEY] = MockState(options)
+    app.router.add_post("/v1/chat/completions", handler(chat.PROTOCOL))
+    app.router.add_post("/v1/responses", handler(responses.PROTOCOL))
+    app.router.add_get("/v1/responses/{response_id}", responses.get_response)
+    for version in ("v1beta", "v1"):
+        app.router.add_post(f"/{version}/models/{{target}}", handler(gemini.PROTOCOL))
+    return app
+
+
+class MockServer:
+    """A started mock server on a real socket."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self.runner = runner
+        self.app = runner.app
+        self.state = self.app[STATE_KEY]
+        self.host, self.port = host, port
+        self.base_url = f"http://{host}:{port}"
+        self.requests: list[dict[str, Any]] = self.state.requests
+
+    async def close(self) -> None:
+        """Stop listening and finish (or cancel) requests in flight."""
+        await self.runner.cleanup()
+
+    async def __aenter__(self) -> MockServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def start_mock(
+    options: MockOptions | None = None, host: str = "127.0.0.1", port: int = 0
+) -> MockServer:
+    """Start a mock server (port 0: a free port) in the running event loop."""
+    app = make_app(options or MockOptions())
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=BACKLOG)
+    await site.start()
+    return MockServer(runner, host, runner.addresses[0][1])
+
+
+async def _serve(options: MockOptions, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = await start_mock(options, host, port)
+    print(f"mock server listening on {server.base_url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def serve(options: MockOptions, host: str, port: int) -> None:
+    """Run a mock server until SIGINT/SIGTERM, after printing its URL on one line."""
+    asyncio.run(_serve(options, host, port))

@@ -1,0 +1,129 @@
+"""Options and per-app state of the mock server: seeded fault plan, ids, stored responses."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from runner.mock.reply import Message
+
+ERROR_STATUSES = (429, 500, 503)
+
+
+@dataclass
+class MockOptions:
+    """Behaviour of the mock server: latency and seeded fault injection (rates are 0..1)."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    seed: int = 0
+    error_rate: float = 0.0
+    cut_rate: float = 0.0
+    malformed_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_ms: float = 2000.0
+    retry_after_ms: int = 50
+    require_key: str | None = None
+    record: bool = False
+    max_stored_responses: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Fault decisions for one request: error status (0: none), malformed, cut, delay (s)."""
+
+    status: int = 0
+    malformed: bool = False
+    cut: bool = False
+    delay: float = 0.0
+
+
+NO_FAULT = Plan()
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored Responses-API response: the conversation so far and the response object."""
+
+    history: tuple[Message, ...]
+    body: dict[str, Any]
+
+
+class ResponseStore:
+    """Bounded memory of responses for previous_response_id (oldest evicted first)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._items: OrderedDict[str, Stored] = OrderedDict()
+
+    def get(self, response_id: str) -> Stored | None:
+        """The stored response, or None when unknown or evicted."""
+        return self._items.get(response_id)
+
+    def put(self, response_id: str, stored: Stored) -> None:
+        """Remember a response, evicting the oldest beyond the limit."""
+        self._items[response_id] = stored
+        while len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class MockState:
+    """Everything one app owns: options, the seeded RNG, ids, stored responses, the log."""
+
+    def __init__(self, options: MockOptions) -> None:
+        self.options = options
+        self.rng = random.Random(options.seed)
+        self.requests: list[dict[str, Any]] = []
+        self.store = ResponseStore(options.max_stored_responses)
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(4)
+        o = options
+        self._faulty = any(
+            (o.latency_ms, o.jitter_ms, o.error_rate, o.cut_rate, o.malformed_rate, o.slow_rate)
+        )
+
+    def next_id(self) -> str:
+        """A fresh hex id, unique within this server (append it to a prefix like resp_)."""
+        return f"{self._prefix}{next(self._ids):08x}"
+
+    def next_number(self) -> int:
+        """A fresh serial number (chatcmpl-<n>)."""
+        return next(self._ids)
+
+    def record(self, request: web.Request, body: Any) -> None:
+        """Log a request (path, query, lower-cased headers, parsed JSON) when recording."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        entry = {"path": request.path, "query": dict(request.query), "headers": headers}
+        self.requests.append({**entry, "json": body})
+
+    def plan(self) -> Plan:
+        """Draw this request's faults from the seeded RNG: error, else malformed, else cut/slow."""
+        if not self._faulty:
+            return NO_FAULT
+        o, rng = self.options, self.rng
+        delay_ms = self._latency_ms()
+        if o.error_rate and rng.random() < o.error_rate:
+            return Plan(status=rng.choice(ERROR_STATUSES), delay=delay_ms / 1000)
+        if o.malformed_rate and rng.random() < o.malformed_rate:
+            return Plan(malformed=True, delay=delay_ms / 1000)
+        if o.slow_rate and rng.random() < o.slow_rate:
+            delay_ms += o.slow_ms
+        cut = bool(o.cut_rate) and rng.random() < o.cut_rate
+        return Plan(cut=cut, delay=delay_ms / 1000)
+
+    def _latency_ms(self) -> float:
+        o = self.options
+        jitter = self.rng.uniform(-o.jitter_ms, o.jitter_ms) if o.jitter_ms else 0.0
+        return max(0.0, o.latency_ms + jitter)
+
+
+STATE_KEY = web.AppKey("mock_state", MockState)
