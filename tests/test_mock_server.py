@@ -564,19 +564,18 @@ async def test_latency_and_slow_first_byte() -> None:
 
 @async_test
 async def test_many_concurrent_requests() -> None:
-    """500 requests all in flight at once: about one latency, not five batches of 100."""
-    server = await start_mock(MockOptions(latency_ms=1000))
+    """500 requests in flight at once all get their own answer (no speed is asserted)."""
+    server = await start_mock(MockOptions(latency_ms=200))
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(server.base_url, connector=connector) as http:
-            start = time.perf_counter()
             bodies = [chat_body([{"role": "user", "content": str(i)}]) for i in range(500)]
             results = await asyncio.gather(*(post(http, CHAT, b) for b in bodies))
-            elapsed = time.perf_counter() - start
     finally:
         await server.close()
     assert all(status == 200 for status, _ in results)
-    assert 1.0 <= elapsed < 4.0
+    texts = [body["choices"][0]["message"]["content"] for _, body in results]
+    assert all(f'"{i}"' in text for i, text in enumerate(texts))
 
 
 # --- auth, recording, markers --------------------------------------------------------
