@@ -13,6 +13,18 @@ from click.testing import CliRunner
 from runner.cli import main
 from runner.mock import MockOptions, MockServer, MockThread
 
+# a scripted conversation with a system prompt and a scripted assistant turn; CONTEXT is replaced
+CHAIN = """
+id: chain
+system: Be brief.
+context: CONTEXT
+turns:
+  - first question
+  - assistant: a scripted answer
+  - second question
+  - third question
+"""
+
 
 @pytest.fixture
 def mock_server() -> Iterator[MockServer]:

@@ -6,18 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, run_cli, write_models, write_scenario
+from conftest import CHAIN, read_jsonl, run_cli, write_models, write_scenario
 
-CHAIN = """
-id: chain
-system: Be brief.
-context: CONTEXT
-turns:
-  - first question
-  - assistant: a scripted answer
-  - second question
-  - third question
-"""
 KEY = "test-key-123"
 
 

@@ -5,18 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, run_cli, write_models, write_scenario
-
-SCRIPT = """
-id: chain
-system: Be brief.
-context: CONTEXT
-turns:
-  - first question
-  - assistant: a scripted answer
-  - second question
-  - third question
-"""
+from conftest import CHAIN, read_jsonl, run_cli, write_models, write_scenario
 
 
 def chat_messages(request: dict) -> list[tuple[str, str]]:
@@ -24,7 +13,7 @@ def chat_messages(request: dict) -> list[tuple[str, str]]:
 
 
 def run_chain(tmp_path: Path, mock_server, context: str, *extra: str):
-    scen = write_scenario(tmp_path / "s.yaml", SCRIPT.replace("CONTEXT", context))
+    scen = write_scenario(tmp_path / "s.yaml", CHAIN.replace("CONTEXT", context))
     models = write_models(tmp_path / "models.yaml", mock_server.base_url)
     out = tmp_path / "out"
     result = run_cli(
@@ -204,7 +193,7 @@ def test_bad_scenarios_exit_2_with_file_and_line_before_sending(
 
 
 def test_dry_run_prints_first_requests_with_the_key_masked(tmp_path, mock_server):
-    scen = write_scenario(tmp_path / "s.yaml", SCRIPT.replace("CONTEXT", "full"))
+    scen = write_scenario(tmp_path / "s.yaml", CHAIN.replace("CONTEXT", "full"))
     models = write_models(tmp_path / "models.yaml", mock_server.base_url)
     result = run_cli(
         "run", str(scen), "-m", "chat", "-m", "gemini", "--models", str(models), "--dry-run"
