@@ -1,30 +1,35 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+TESTDEPS := $(VENV)/.installed-test
 
 .PHONY: demo test bench lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade pip
+# the demo needs only the package; the tests add pytest, hypothesis and the official SDKs
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(TESTDEPS): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $@ $(RUNTIME)
 
-install: $(STAMP)
+install: $(RUNTIME)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/dialogue-runner run scenarios/ -m mock -m mock-responses -m mock-gemini --run-id demo-$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+test: $(TESTDEPS)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/python -m runner.bench
 
-lint: $(STAMP)
+lint: $(TESTDEPS)
 	$(BIN)/ruff check runner tests
 	$(BIN)/ruff format --check runner tests
 

@@ -164,7 +164,12 @@ def _go(
     write_manifest(run_dir, manifest)
     prices = {t.name: t.price for t in plan.targets}
     print(render(outcome.summary.rows(prices)))
-    print(f"\n{manifest['counts']} -> {run_dir}", file=sys.stderr)
+    c = manifest["counts"]
+    print(
+        f"\n{c['ok']}/{c['planned']} conversations ok, {c['failed']} failed, "
+        f"{c['checks_failed']} with failing checks, {c['not_run']} not run -> {run_dir}",
+        file=sys.stderr,
+    )
     return exit_code(manifest)
 
 

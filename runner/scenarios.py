@@ -92,7 +92,15 @@ def render(text: str, values: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- loading
 
 SCENARIO_KEYS = (
-    "id", "description", "tags", "system", "params", "context", "turns", "vars", "repeat",
+    "id",
+    "description",
+    "tags",
+    "system",
+    "params",
+    "context",
+    "turns",
+    "vars",
+    "repeat",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
 USER_TURN_KEYS = ("user", "expect", "params")
@@ -151,8 +159,11 @@ class _Run:
         """A file, or every *.yaml / *.yml below a folder, in sorted order."""
         if not os.path.isdir(path):
             return self.load_file(path)
-        found = sorted(str(p) for p in Path(path).rglob("*.y*ml")
-                       if p.suffix in (".yaml", ".yml") and p.is_file())
+        found = sorted(
+            str(p)
+            for p in Path(path).rglob("*.y*ml")
+            if p.suffix in (".yaml", ".yml") and p.is_file()
+        )
         if not found:
             self.report(path, None, "no *.yaml or *.yml files in this folder")
         return [s for file in found for s in self.load_file(file)]
@@ -266,13 +277,17 @@ Parser = Callable[[_Reader, Node, str], Any]
 
 # ---------------------------------------------------------------- documents, scenarios, turns
 
+
 def _document(r: _Reader, node: Node) -> list[Scenario]:
     """The scenarios of one document: one scenario, or {scenarios: [...], defaults: {...}}."""
     if isinstance(node, ScalarNode) and node.tag == NULL_TAG:
         return []  # an empty document
     if not isinstance(node, MappingNode):
-        r.report(_line(node), "a document must be a scenario (a mapping with 'id' and 'turns') "
-                              "or a mapping with 'scenarios:'")
+        r.report(
+            _line(node),
+            "a document must be a scenario (a mapping with 'id' and 'turns') "
+            "or a mapping with 'scenarios:'",
+        )
         return []
     if not _keys(node) & set(DOCUMENT_KEYS):
         return _keep([_scenario(r, node, {})])
@@ -308,8 +323,11 @@ def _scenario(r: _Reader, node: Node, defaults: dict[str, Pair]) -> Scenario | N
         if key not in merged:
             r.report(_line(node), f"scenario is missing '{key}'")
     values = r.fields({k: p for k, p in merged.items() if k != "params"}, SCENARIO_FIELDS)
-    params = [r.fields({"params": e["params"]}, {"params": _params}) for e in (defaults, own)
-              if "params" in e]  # merged shallowly, the scenario's own over the defaults
+    params = [
+        r.fields({"params": e["params"]}, {"params": _params})
+        for e in (defaults, own)
+        if "params" in e
+    ]  # merged shallowly, the scenario's own over the defaults
     values["params"] = {k: v for p in params for k, v in p.get("params", {}).items()}
     if "vars" in values or "vars" not in merged:  # else vars were bad: names unknown
         _check_templates(r, values.get("vars", {}))
@@ -330,8 +348,10 @@ def _turns(r: _Reader, node: Node, key: str) -> tuple[Turn, ...]:
             r.report(e.line, e.message)
             turns.append(None)
     if turns[-1] is not None and turns[-1].role == "assistant":
-        raise _Bad(node.value[-1], "the last turn is an assistant turn; "
-                                   "a conversation must end with a user turn")
+        raise _Bad(
+            node.value[-1],
+            "the last turn is an assistant turn; a conversation must end with a user turn",
+        )
     return tuple(t for t in turns if t is not None)
 
 
@@ -340,8 +360,11 @@ def _turn(r: _Reader, node: Node) -> Turn | None:
     if not isinstance(node, MappingNode):
         value = r.value(node) if isinstance(node, ScalarNode) else None
         if not isinstance(value, str):
-            raise _Bad(node, "a turn must be a string, {user: ...} or {assistant: ...}, "
-                             f"got {_shown(r, node)}")
+            raise _Bad(
+                node,
+                "a turn must be a string, {user: ...} or {assistant: ...}, "
+                f"got {_shown(r, node)}",
+            )
         return Turn("user", r.text(node, value), line=_line(node))
     if "assistant" in _keys(node):
         entries = r.entries(node, "assistant turn", ("assistant",))
@@ -376,15 +399,21 @@ def _context(r: _Reader, node: Node, key: str) -> tuple[str, int | None]:
 
 # ---------------------------------------------------------------- vars and templates
 
+
 def _vars(r: _Reader, node: Node, key: str) -> dict[str, tuple[Any, ...]] | tuple[dict, ...]:
     """name -> values (cross product), or a non-empty list of rows with the same keys."""
     if isinstance(node, MappingNode):
-        return {name: _var_values(r, knode, vnode, name)
-                for name, (knode, vnode) in r.entries(node, "vars", None).items()}
+        return {
+            name: _var_values(r, knode, vnode, name)
+            for name, (knode, vnode) in r.entries(node, "vars", None).items()
+        }
     if isinstance(node, SequenceNode) and node.value:
         return _var_rows(r, node)
-    raise _Bad(node, "'vars' must be a mapping of names to values, or a non-empty list of "
-                     f"mappings, got {_shown(r, node)}")
+    raise _Bad(
+        node,
+        "'vars' must be a mapping of names to values, or a non-empty list of "
+        f"mappings, got {_shown(r, node)}",
+    )
 
 
 def _var_values(r: _Reader, knode: Node, vnode: Node, name: str) -> tuple[Any, ...]:
@@ -406,17 +435,24 @@ def _var_rows(r: _Reader, node: SequenceNode) -> tuple[dict[str, Any], ...]:
     rows: list[tuple[Node, dict[str, Any]]] = []
     for item in node.value:
         if not isinstance(item, MappingNode):
-            r.report(_line(item), f"each row of 'vars' must be a mapping, "
-                                  f"got {_shown(r, item)}")
+            r.report(_line(item), f"each row of 'vars' must be a mapping, got {_shown(r, item)}")
             continue
-        row = {name: _row_value(r, knode, vnode, name)
-               for name, (knode, vnode) in r.entries(item, "vars row", None).items()}
+        row = {
+            name: _row_value(r, knode, vnode, name)
+            for name, (knode, vnode) in r.entries(item, "vars row", None).items()
+        }
         if rows and row.keys() != rows[0][1].keys():
-            r.report(_line(item), f"this row of 'vars' has keys {_names(row)}, "
-                                  f"the first row has {_names(rows[0][1])}")
+            r.report(
+                _line(item),
+                f"this row of 'vars' has keys {_names(row)}, "
+                f"the first row has {_names(rows[0][1])}",
+            )
         rows.append((item, row))
-    _no_duplicates(r, ((item, tuple((k, type(v), v) for k, v in sorted(row.items())))
-                       for item, row in rows), "row")
+    _no_duplicates(
+        r,
+        ((item, tuple((k, type(v), v) for k, v in sorted(row.items()))) for item, row in rows),
+        "row",
+    )
     return tuple(row for _, row in rows)
 
 
@@ -431,15 +467,17 @@ def _row_value(r: _Reader, knode: Node, vnode: Node, name: str) -> Any:
 
 def _var_name(knode: Node, name: str) -> None:
     if not VAR_NAME.fullmatch(name):
-        raise _Bad(knode, f"bad var name '{name}': use letters, digits and _, "
-                          "not starting with a digit")
+        raise _Bad(
+            knode, f"bad var name '{name}': use letters, digits and _, not starting with a digit"
+        )
 
 
 def _var_scalar(r: _Reader, node: Node, name: str) -> Any:
     value = r.value(node)
     if not isinstance(value, VAR_TYPES):
-        raise _Bad(node, f"values of var '{name}' must be strings, numbers or booleans, "
-                         f"got {_show(value)}")
+        raise _Bad(
+            node, f"values of var '{name}' must be strings, numbers or booleans, got {_show(value)}"
+        )
     return value
 
 
@@ -470,6 +508,7 @@ def _var_hint(name: str, names: set[str]) -> str:
 
 
 # ---------------------------------------------------------------- value parsers
+
 
 def _string(r: _Reader, node: Node, key: str) -> str:
     value = r.value(node)
@@ -543,20 +582,29 @@ def _positive_number(r: _Reader, node: Node, key: str) -> float:
 
 
 SCENARIO_FIELDS: dict[str, Parser] = {
-    "id": _id, "description": _string, "tags": partial(_strings, single=False),
-    "system": _text, "context": _context, "turns": _turns, "vars": _vars,
+    "id": _id,
+    "description": _string,
+    "tags": partial(_strings, single=False),
+    "system": _text,
+    "context": _context,
+    "turns": _turns,
+    "vars": _vars,
     "repeat": _positive_int,
 }
 TURN_FIELDS: dict[str, Parser] = {"user": _text, "expect": _expect, "params": _params}
 EXPECT_FIELDS: dict[str, Parser] = {
     **dict.fromkeys(("contains", "contains_any", "not_contains"), partial(_strings, single=True)),
     "regex": _regex,
-    "equals": _text, "json": _bool, "max_latency_ms": _positive_number,
-    "finish_reason": _string, "ignore_case": _bool,
+    "equals": _text,
+    "json": _bool,
+    "max_latency_ms": _positive_number,
+    "finish_reason": _string,
+    "ignore_case": _bool,
 }
 
 
 # ---------------------------------------------------------------- small helpers
+
 
 def _line(node: Node) -> int:
     return node.start_mark.line + 1
