@@ -34,6 +34,8 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
     started = _now()
     system = render(scenario.system, values) if scenario.system is not None else None
     base_params = {**conv.target.params, **scenario.params}
+    if scenario.context == "server":  # chaining needs every response stored
+        base_params["store"] = True
     history: list[dict[str, str]] = []
     turns: list[dict[str, Any]] = []
     total = Usage()

@@ -67,7 +67,6 @@ class OpenAIResponses(Provider):
         body.update(self._params(params))
         if previous_id:
             body["previous_response_id"] = previous_id
-            body["store"] = True
         if stream:
             body["stream"] = True
         headers = {"Content-Type": "application/json"}
