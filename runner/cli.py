@@ -60,6 +60,9 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option("--stream/--no-stream", default=False, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt.")
 @click.option("--max-retries", type=click.IntRange(0), help="Retries per request.")
+@click.option(
+    "--max-wait", type=click.FloatRange(0), help="Cap in seconds on any one backoff wait."
+)
 @click.option("--no-progress", is_flag=True)
 @click.option(
     "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
@@ -89,6 +92,7 @@ def run(**opts: object) -> None:
         concurrency=opts["concurrency"],
         timeout_s=opts["timeout"],
         max_retries=opts["max_retries"],
+        max_wait_s=opts["max_wait"],
     )
     if opts["dry_run"]:
         runs.dry_run(runs.load(inv)[2], inv.stream)

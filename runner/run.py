@@ -41,6 +41,7 @@ class Invocation:
     concurrency: int = 16
     timeout_s: float | None = None
     max_retries: int | None = None
+    max_wait_s: float | None = None
 
 
 def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
@@ -54,12 +55,13 @@ def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
 
 
 def _override(target: Target, inv: Invocation) -> Target:
-    changes: dict[str, Any] = {}
-    if inv.timeout_s is not None:
-        changes["timeout_s"] = inv.timeout_s
-    if inv.max_retries is not None:
-        changes["max_retries"] = inv.max_retries
-    return replace(target, **changes) if changes else target
+    """Command-line limits win over the models file."""
+    changes = {
+        "timeout_s": inv.timeout_s,
+        "max_retries": inv.max_retries,
+        "max_wait_s": inv.max_wait_s,
+    }
+    return replace(target, **{k: v for k, v in changes.items() if v is not None})
 
 
 def dry_run(plan: Plan, stream: bool) -> None:

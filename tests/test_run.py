@@ -203,3 +203,52 @@ def test_dry_run_prints_first_requests_with_the_key_masked(tmp_path, mock_server
     assert "Authorization: ***" in result.output and "x-goog-api-key: ***" in result.output
     assert '"first question"' in result.output
     assert mock_server.requests == []
+
+
+def test_shards_partition_the_plan_and_filters_select_scenarios(tmp_path, mock_server):
+    scen = write_scenario(
+        tmp_path / "s.yaml",
+        "scenarios:\n"
+        "  - {id: alpha, tags: [x], turns: [hi], vars: {n: [1, 2, 3, 4, 5]}}\n"
+        "  - {id: beta, turns: [hi], repeat: 2}\n",
+    )
+    models = write_models(tmp_path / "models.yaml", mock_server.base_url)
+    common = ["run", str(scen), "-m", "chat", "-m", "gemini", "--models", str(models),
+              "-o", str(tmp_path), "--no-progress"]  # fmt: skip
+    ids = {}
+    for shard in ("1/3", "2/3", "3/3"):
+        assert run_cli(*common, "--shard", shard, "--run-id", shard[0]).exit_code == 0
+        ids[shard] = [
+            r["conversation_id"] for r in read_jsonl(tmp_path / shard[0] / "transcripts.jsonl")
+        ]
+    every = [cid for shard in ids.values() for cid in shard]
+    assert len(every) == len(set(every)) == 14  # (5 + 2) x 2 targets, each in exactly one shard
+    assert all(4 <= len(shard) <= 5 for shard in ids.values())
+    assert run_cli(*common, "-k", "tag:x", "--run-id", "tag").exit_code == 0
+    tagged = read_jsonl(tmp_path / "tag" / "transcripts.jsonl")
+    assert {r["scenario_id"] for r in tagged} == {"alpha"} and len(tagged) == 10
+    assert run_cli(*common, "-k", "b*", "--run-id", "glob", "--repeat", "3").exit_code == 0
+    assert len(read_jsonl(tmp_path / "glob" / "transcripts.jsonl")) == 6
+    assert run_cli(*common, "--shard", "4/3").exit_code == 2
+
+
+def test_failing_check_is_exit_1_with_the_reason_recorded(tmp_path, mock_server):
+    scen = write_scenario(
+        tmp_path / "c.yaml",
+        "id: c\nturns:\n  - user: I like tea.\n    expect:\n"
+        "      contains: [tea, coffee]\n      regex: 'mock: \\d+ messages'\n"
+        "      json: true\n      finish_reason: STOP\n      max_latency_ms: 600000\n",
+    )
+    models = write_models(tmp_path / "models.yaml", mock_server.base_url)
+    result = run_cli("run", str(scen), "-m", "chat", "--models", str(models), "-o", str(tmp_path),
+                     "--run-id", "c", "--no-progress")  # fmt: skip
+    assert result.exit_code == 1
+    record = read_jsonl(tmp_path / "c" / "transcripts.jsonl")[0]
+    checks = {c["kind"]: c for c in record["turns"][0]["checks"]}
+    assert record["status"] == "ok" and record["passed"] is False
+    assert checks["contains"]["passed"] is False and "coffee" in checks["contains"]["reason"]
+    assert checks["regex"]["passed"] and checks["max_latency_ms"]["passed"]
+    assert checks["finish_reason"]["passed"]  # compared without case: stop == STOP
+    assert checks["json"]["passed"] is False
+    report = run_cli("report", str(tmp_path / "c"), "--format", "markdown")
+    assert report.exit_code == 0 and "| chat | 1 | 1 | 0 | 3 | 2 |" in report.output
