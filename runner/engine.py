@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import resource
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ def raise_fd_limit(wanted: int) -> None:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        print(
+            f"warning: the open-file limit is {hard}, fewer than the {wanted} this concurrency "
+            "may need; lower -c or raise the hard limit (ulimit -Hn)",
+            file=sys.stderr,
+        )
 
 
 async def execute(
@@ -49,7 +56,8 @@ async def execute(
     """Run every planned conversation not in `skip`; records go to run_dir as they finish."""
     skip = skip or set()
     outcome = Outcome(summary or Summary(), skipped=len(skip))
-    raise_fd_limit(concurrency * 2 + 256)
+    in_process_mock = any(t.mock is not None for t in plan.targets)  # its sockets count too
+    raise_fd_limit(concurrency * (2 if in_process_mock else 1) + 256)
     transcripts = JsonlWriter(run_dir / TRANSCRIPTS)
     usage = JsonlWriter(run_dir / USAGE)
     clients = {t.name: TargetClient(t, stream, usage.write) for t in plan.targets}
