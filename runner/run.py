@@ -23,7 +23,7 @@ from runner.report import Summary, render
 from runner.scenarios import Scenario, load_paths
 from runner.targets import Target, load_models, resolve
 
-EXIT_OK, EXIT_CHECKS, EXIT_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_CHECKS, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3, 130  # 2: InputError, in cli
 
 
 @dataclass
@@ -99,7 +99,10 @@ def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> in
     """Continue a run: skip what is recorded, run what is not (and failures with retry_failed)."""
     if not (run_dir / MANIFEST).exists():
         raise InputError(f"{run_dir}: not a run folder (no {MANIFEST})")
+    run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
+    if manifest.get("cwd") and Path(manifest["cwd"]).is_dir() and os.getcwd() != manifest["cwd"]:
+        os.chdir(manifest["cwd"])  # scenario paths in the manifest are relative to it
     inv = Invocation(**manifest["invocation"])
     scenarios, targets, plan = load(inv)
     changed = [
@@ -129,6 +132,7 @@ def _manifest(
         "run_id": run_dir.name,
         "tool_version": runner.__version__,
         "command": sys.argv,
+        "cwd": os.getcwd(),
         "started_at": _now(),
         "ended_at": None,
         "status": "running",
