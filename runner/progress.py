@@ -6,8 +6,6 @@ import sys
 import time
 from collections.abc import Callable
 
-from tqdm import tqdm
-
 Stats = Callable[[], str]
 
 
@@ -20,11 +18,11 @@ class Progress:
         self.every_s = every_s
         self._next = time.monotonic() + (0.25 if mode == "bar" else every_s)
         self._start = time.monotonic()
-        self._bar = (
-            tqdm(total=total, file=sys.stderr, unit="conv", smoothing=0.1)
-            if mode == "bar"
-            else None
-        )
+        self._bar = None
+        if mode == "bar":
+            from tqdm import tqdm  # only a terminal needs it
+
+            self._bar = tqdm(total=total, file=sys.stderr, unit="conv", smoothing=0.1)
 
     def finished(self, ok: bool) -> None:
         self.done += 1

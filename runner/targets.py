@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 
 from runner.errors import InputError, at
-from runner.mock import MockOptions
 from runner.providers import PROVIDERS
 
 DEFAULT_BASE_URL = {
@@ -63,7 +62,6 @@ BUILTIN = {
     "mock-responses": ("openai-responses", "mock-responses"),
     "mock-gemini": ("gemini", "mock-gemini"),
 }
-MOCK_FIELDS = {f.name for f in dataclasses.fields(MockOptions)} - {"record"}
 FIELDS = {f.name for f in dataclasses.fields(Target)} - {"name", "key"}
 TYPES: dict[str, tuple[type, ...]] = {
     "provider": (str,), "model": (str,), "base_url": (str,), "api_key_env": (str,),
@@ -72,6 +70,13 @@ TYPES: dict[str, tuple[type, ...]] = {
     "connect_timeout_s": (int, float), "first_byte_timeout_s": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
 }  # fmt: skip
+
+
+def mock_fields() -> set[str]:
+    """Options a target may give its in-process mock server (imported only when used)."""
+    from runner.mock import MockOptions
+
+    return {f.name for f in dataclasses.fields(MockOptions)} - {"record"}
 
 
 def builtin(name: str) -> Target:
@@ -153,11 +158,9 @@ def _check_field(path: str, name: str, key: yaml.Node, value: Any, problems: lis
         problems.append(
             at(path, line, f"unknown auth '{value}'; use one of {', '.join(AUTH_MODES)}")
         )
-    elif field_name == "mock" and set(value) - MOCK_FIELDS:
-        unknown = ", ".join(sorted(set(value) - MOCK_FIELDS))
-        problems.append(
-            at(path, line, f"unknown mock option {unknown}; use {', '.join(sorted(MOCK_FIELDS))}")
-        )
+    elif field_name == "mock" and set(value) - mock_fields():
+        unknown, known = ", ".join(sorted(set(value) - mock_fields())), sorted(mock_fields())
+        problems.append(at(path, line, f"unknown mock option {unknown}; use {', '.join(known)}"))
     elif field_name in ("concurrency", "max_retries") and value < (
         1 if field_name == "concurrency" else 0
     ):
