@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runner.encoding import to_json
+
 VERSION = 1
 TRANSCRIPTS = "transcripts.jsonl"
 USAGE = "usage.jsonl"
@@ -16,7 +18,7 @@ MANIFEST = "run.json"
 
 def dumps(record: dict[str, Any]) -> bytes:
     """One JSONL line: UTF-8, non-ASCII kept as is, compact."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return to_json(record) + b"\n"
 
 
 class JsonlWriter:

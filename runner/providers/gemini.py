@@ -7,6 +7,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from runner.encoding import to_json
 from runner.providers.base import (
     ApiError,
     Provider,
@@ -96,7 +97,7 @@ class Gemini(Provider):
         url = f"{self.base_url}/v1beta/models/{self.model}:{action}"
         headers = {"Content-Type": "application/json"}
         url = self._authorize(url, headers)
-        return Request(url, headers, json.dumps(body, ensure_ascii=False).encode(), stream)
+        return Request(url, headers, to_json(body), stream)
 
     def _authorize(self, url: str, headers: dict[str, str]) -> str:
         if not self.key:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runner.encoding import to_json
 from runner.providers.base import (
     ApiError,
     Provider,
@@ -89,7 +90,7 @@ class OpenAIChat(Provider):
         return Request(
             f"{self.base_url}/chat/completions",
             headers,
-            json.dumps(body, ensure_ascii=False).encode(),
+            to_json(body),
             stream,
         )
 

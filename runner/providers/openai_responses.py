@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runner.encoding import to_json
 from runner.providers.base import ApiError, Provider, Reply, Request, StreamState, loads
 from runner.providers.openai_chat import openai_error, openai_usage
 
@@ -72,7 +73,7 @@ class OpenAIResponses(Provider):
         headers = {"Content-Type": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
-        data = json.dumps(body, ensure_ascii=False).encode()
+        data = to_json(body)
         return Request(f"{self.base_url}/responses", headers, data, stream)
 
     @staticmethod
