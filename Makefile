@@ -3,6 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 TESTDEPS := $(VENV)/.installed-test
+FAST := $(VENV)/.installed-fast
 
 .PHONY: demo test bench lint install clean
 
@@ -12,11 +13,17 @@ $(BIN)/python:
 # the demo needs only the package; the tests add pytest, hypothesis and the official SDKs
 $(RUNTIME): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m compileall -q runner
 	touch $@
+
+$(FAST): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[fast]'
+	$(BIN)/python -m compileall -q runner
+	touch $@ $(RUNTIME)
 
 $(TESTDEPS): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $@ $(RUNTIME)
+	touch $@ $(RUNTIME) $(FAST)
 
 install: $(RUNTIME)
 
@@ -26,7 +33,7 @@ demo: $(RUNTIME)
 test: $(TESTDEPS)
 	$(BIN)/python -m pytest -q
 
-bench: $(RUNTIME)
+bench: $(FAST)
 	$(BIN)/python -m runner.bench
 
 lint: $(TESTDEPS)

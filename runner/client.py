@@ -8,12 +8,14 @@ from typing import Any
 
 import aiohttp
 
+import runner
 from runner.providers import PROVIDERS, ApiError, Reply
 from runner.providers.base import Request, mask, send
 from runner.records import VERSION
 from runner.retry import AdaptiveLimit, RetryPolicy, TokenBucket, retrying
 from runner.targets import Target
 
+USER_AGENT = f"dialogue-runner/{runner.__version__}"
 AttemptSink = Callable[[dict[str, Any]], None]
 
 
@@ -50,7 +52,7 @@ class TargetClient:
         )
         connector = aiohttp.TCPConnector(limit=t.concurrency, limit_per_host=0, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)
+            connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}
         )
 
     async def close(self) -> None:
@@ -70,10 +72,18 @@ class TargetClient:
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts)."""
         request = self.provider.build(system, messages, params, self.stream, previous_id)
-        attempts = 0
+        try:  # the common case: one attempt, no retry machinery on the hot path
+            return await self._attempt(request, conversation_id, turn, 0), 1
+        except ApiError as err:
+            if not err.retryable or self.policy.max_retries == 0:
+                raise
+            first = err
+        attempts = 1
 
         async def attempt(n: int) -> Reply:
             nonlocal attempts
+            if n == 0:
+                raise first  # already sent: the loop decides the wait before attempt 1
             attempts = n + 1
             return await self._attempt(request, conversation_id, turn, n)
 

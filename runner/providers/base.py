@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from runner.encoding import from_json
 from runner.providers.sse import iter_sse
 
 
@@ -166,7 +167,7 @@ class Provider:
 def loads(text: str | bytes, what: str) -> Any:
     """json.loads that turns a bad body into a retryable ApiError."""
     try:
-        return json.loads(text)
+        return from_json(text)
     except ValueError:
         snippet = text[:200] if isinstance(text, str) else text[:200].decode("utf-8", "replace")
         raise ApiError(

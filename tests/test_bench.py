@@ -1,0 +1,28 @@
+"""The benchmark's floor client does the same work as the runner (no timing asserts)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from runner.bench import TURNS, Workload, floor
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_floor_plays_every_turn_with_the_growing_history(mock_server, stream):
+    url = mock_server.base_url + "/v1/chat/completions"
+    done = asyncio.run(floor(url, n=4, concurrency=2, turns=3, stream=stream))
+    assert done == 4
+    sent = [r["json"]["messages"] for r in mock_server.requests]
+    assert len(sent) == 12
+    assert sorted(len(m) for m in sent) == [1] * 4 + [3] * 4 + [5] * 4
+    last = max(sent, key=len)
+    assert [m["content"] for m in last if m["role"] == "user"] == list(TURNS)
+    assert all(m["content"].startswith("mock:") for m in last if m["role"] == "assistant")
+    assert all(r["json"].get("stream", False) is stream for r in mock_server.requests)
+
+
+def test_ideal_time_is_turns_times_latency_times_waves():
+    assert Workload("L", 2000, 200, 50).ideal_s == pytest.approx(1.5)
+    assert Workload("Z", 20000, 200, 0).ideal_s == 0
