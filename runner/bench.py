@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
+
+from runner.engine import raise_fd_limit
 
 PY = sys.executable
 KEY_ENV, KEY = "BENCH_KEY", "bench-key"
@@ -345,26 +346,12 @@ def print_scale(scale: dict[str, dict[str, Any]]) -> None:
               f"CPU {s['cpu_s']:.2f} s, peak RSS {s['rss_mb']:.1f} MB{verdict}")  # fmt: skip
 
 
-def raise_fd_limit(needed: int) -> None:
-    """Raise the soft fd limit (children inherit it); say clearly when the hard one is too low."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        print(
-            f"bench: warning: the file-descriptor hard limit is {hard}; the scale check needs "
-            f"about {needed} per process (raise it with `ulimit -Hn {needed}`)",
-            file=sys.stderr,
-        )
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def bench_main(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     only = set(args.only.split(",")) if args.only else None
     chosen = [w for w in workloads(args.quick, args.runs) if only is None or w.name in only]
     checks = [w for w in scale_checks(args.quick) if only is None or {w.name, "scale"} & only]
-    raise_fd_limit(max((w.c for w in checks), default=0) + 512)
+    raise_fd_limit(max((w.c for w in checks), default=0) + 512)  # children inherit it
     env = {**os.environ, KEY_ENV: KEY}
     servers, work = Servers(args.jitter_ms), Path(tempfile.mkdtemp(prefix="bench-"))
     results: dict[str, dict[str, Any]] = {}
