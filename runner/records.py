@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.encoding import to_json
+from runner.errors import InputError
 
 VERSION = 1
 TRANSCRIPTS = "transcripts.jsonl"
@@ -97,4 +98,8 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    """The run's manifest; a missing or unreadable one is an input error."""
+    try:
+        return json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{run_dir}: not a readable run folder ({MANIFEST}: {exc})") from None

@@ -84,7 +84,10 @@ def new_run_dir(output_dir: str, run_id: str | None) -> Path:
     run_dir = Path(output_dir) / run_id
     if (run_dir / MANIFEST).exists():
         raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the run folder {run_dir}: {exc}") from None
     return run_dir
 
 
@@ -97,8 +100,6 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> int:
 
 def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> int:
     """Continue a run: skip what is recorded, run what is not (and failures with retry_failed)."""
-    if not (run_dir / MANIFEST).exists():
-        raise InputError(f"{run_dir}: not a run folder (no {MANIFEST})")
     run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
     if manifest.get("cwd") and Path(manifest["cwd"]).is_dir() and os.getcwd() != manifest["cwd"]:

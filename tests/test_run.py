@@ -252,3 +252,27 @@ def test_failing_check_is_exit_1_with_the_reason_recorded(tmp_path, mock_server)
     assert checks["json"]["passed"] is False
     report = run_cli("report", str(tmp_path / "c"), "--format", "markdown")
     assert report.exit_code == 0 and "| chat | 1 | 1 | 0 | 3 | 2 |" in report.output
+
+
+def test_unusable_paths_are_input_errors_not_tracebacks(tmp_path, mock_server):
+    scen = write_scenario(tmp_path / "s.yaml", "id: a\nturns: [hi]\n")
+    models = write_models(tmp_path / "models.yaml", mock_server.base_url)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "run.json").write_text("{not json")
+    cases = [
+        ["run", str(scen), "-m", "chat", "--models", str(models), "-o", str(tmp_path / "afile")],
+        ["run", "--resume", str(tmp_path / "empty")],
+        ["run", "--resume", str(tmp_path / "broken")],
+        ["report", str(tmp_path / "empty")],
+        ["run", str(tmp_path / "missing.yaml"), "-m", "chat", "--models", str(models)],
+        ["run", str(scen), "-m", "chat", "--models", str(tmp_path / "nope.yaml")],
+        ["run", str(scen), "-m", "no-such-target"],
+        ["run", str(scen), "-m", "chat", "--models", str(models), "-c", "zero"],
+    ]
+    for args in cases:
+        result = run_cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output + result.stderr
+    assert mock_server.requests == []
