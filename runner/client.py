@@ -13,7 +13,7 @@ from runner.providers import PROVIDERS, ApiError, Reply
 from runner.providers.base import Request, mask, send
 from runner.records import VERSION
 from runner.retry import AdaptiveLimit, RetryPolicy, TokenBucket, retrying
-from runner.targets import Target
+from runner.targets import Target, mock_base_url
 
 USER_AGENT = f"dialogue-runner/{runner.__version__}"
 AttemptSink = Callable[[dict[str, Any]], None]
@@ -44,8 +44,7 @@ class TargetClient:
             from runner.mock import MockOptions, start_mock
 
             self._mock = await start_mock(MockOptions(**self.target.mock))
-            suffix = "" if self.target.provider == "gemini" else "/v1"
-            self.provider.base_url = self._mock.base_url + suffix
+            self.provider.base_url = mock_base_url(self.target.provider, self._mock.base_url)
         t = self.target
         timeout = aiohttp.ClientTimeout(
             total=t.timeout_s, sock_connect=t.connect_timeout_s, sock_read=t.first_byte_timeout_s

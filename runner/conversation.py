@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from runner.checks import evaluate
 from runner.client import TargetClient
 from runner.plan import Conversation
 from runner.providers import ApiError, Reply, Usage
-from runner.records import VERSION
+from runner.records import VERSION, utc_now
 from runner.scenarios import Scenario, render
+from runner.targets import mock_base_url
 
 
 def sent_messages(
@@ -31,7 +31,7 @@ def sent_messages(
 async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str, Any]:
     """Play every turn in order; the transcript record, ok or failed."""
     scenario, values = conv.scenario, conv.vars
-    started = _now()
+    started = utc_now()
     system = render(scenario.system, values) if scenario.system is not None else None
     base_params = {**conv.target.params, **scenario.params}
     if scenario.context == "server":  # chaining needs every response stored
@@ -71,7 +71,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
 def failed_record(conv: Conversation, kind: str, message: str) -> dict[str, Any]:
     """The record of a conversation that could not be played at all."""
     error = {"kind": kind, "message": message, "status": None}
-    return _transcript(conv, None, [], [], Usage(), error, _now())
+    return _transcript(conv, None, [], [], Usage(), error, utc_now())
 
 
 def _check_reply(reply: Reply, scenario: Scenario) -> None:
@@ -130,12 +130,8 @@ def _transcript(
         "usage": usage.as_dict(),
         "passed": passed,
         "started_at": started,
-        "ended_at": _now(),
+        "ended_at": utc_now(),
     }
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def first_request(conv: Conversation, stream: bool) -> str:
@@ -150,11 +146,8 @@ def first_request(conv: Conversation, stream: bool) -> str:
         if turn.role == "user":
             params = {**target.params, **scenario.params, **turn.params}
             break
-    base_url = target.base_url or ("http://127.0.0.1:<mock port>" + MOCK_SUFFIX[target.provider])
+    base_url = target.base_url or mock_base_url(target.provider, "http://127.0.0.1:<mock port>")
     provider = PROVIDERS[target.provider](base_url, target.model, target.key, target.auth)
     use_stream = target.stream if target.stream is not None else stream
     request = provider.build(system, sent_messages(scenario, history, 0), params, use_stream)
     return request.masked(target.key)
-
-
-MOCK_SUFFIX = {"openai-chat": "/v1", "openai-responses": "/v1", "gemini": ""}

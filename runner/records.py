@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ VERSION = 1
 TRANSCRIPTS = "transcripts.jsonl"
 USAGE = "usage.jsonl"
 MANIFEST = "run.json"
+
+
+def utc_now() -> str:
+    """A record timestamp: ISO 8601, UTC, milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def dumps(record: dict[str, Any]) -> bytes:

@@ -9,7 +9,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,14 @@ from runner.engine import Outcome, execute
 from runner.errors import InputError
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
-from runner.records import MANIFEST, VERSION, latest_transcripts, read_manifest, write_manifest
+from runner.records import (
+    MANIFEST,
+    VERSION,
+    latest_transcripts,
+    read_manifest,
+    utc_now,
+    write_manifest,
+)
 from runner.report import Summary, render
 from runner.scenarios import Scenario, load_paths
 from runner.targets import Target, load_models, resolve
@@ -134,7 +141,7 @@ def _manifest(
         "tool_version": runner.__version__,
         "command": sys.argv,
         "cwd": os.getcwd(),
-        "started_at": _now(),
+        "started_at": utc_now(),
         "ended_at": None,
         "status": "running",
         "invocation": inv.__dict__,
@@ -184,7 +191,7 @@ def _finish(manifest: dict[str, Any], plan: Plan, outcome: Outcome, seconds: flo
     summary = outcome.summary
     prices = {t.name: t.price for t in plan.targets}
     costs = [r["cost_usd"] for r in summary.rows(prices) if r["cost_usd"] is not None]
-    manifest["ended_at"] = _now()
+    manifest["ended_at"] = utc_now()
     manifest["status"] = "interrupted" if outcome.interrupted else "finished"
     manifest["elapsed_s"] = round(seconds, 3)
     manifest["counts"] = {
@@ -215,10 +222,6 @@ def exit_code(manifest: dict[str, Any]) -> int:
     if counts["failed"]:
         return EXIT_FAILED
     return EXIT_CHECKS if counts["checks_failed"] else EXIT_OK
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def default_models_file(given: str | None) -> str | None:

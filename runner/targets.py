@@ -72,6 +72,11 @@ TYPES: dict[str, tuple[type, ...]] = {
 }  # fmt: skip
 
 
+def mock_base_url(provider: str, server_url: str) -> str:
+    """The base URL a provider uses against the mock server at server_url."""
+    return server_url if provider == "gemini" else server_url + "/v1"
+
+
 def mock_fields() -> set[str]:
     """Options a target may give its in-process mock server (imported only when used)."""
     from runner.mock import MockOptions
