@@ -32,10 +32,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
     """Play every turn in order; the transcript record, ok or failed."""
     scenario, values = conv.scenario, conv.vars
     started = utc_now()
-    system = render(scenario.system, values) if scenario.system is not None else None
-    base_params = {**conv.target.params, **scenario.params}
-    if scenario.context == "server":  # chaining needs every response stored
-        base_params["store"] = True
+    system, base_params = _setup(conv)
     history: list[dict[str, str]] = []
     turns: list[dict[str, Any]] = []
     total = Usage()
@@ -66,6 +63,16 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
             )
         turns.append(record)
     return _transcript(conv, system, history, turns, total, error, started)
+
+
+def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
+    """The conversation's system prompt and params (target's, then the scenario's over them)."""
+    scenario = conv.scenario
+    system = render(scenario.system, conv.vars) if scenario.system is not None else None
+    params = {**conv.target.params, **scenario.params}
+    if scenario.context == "server":  # chaining needs every response stored
+        params["store"] = True
+    return system, params
 
 
 def failed_record(conv: Conversation, kind: str, message: str) -> dict[str, Any]:
@@ -139,12 +146,12 @@ def first_request(conv: Conversation, stream: bool) -> str:
     from runner.providers import PROVIDERS
 
     scenario, values, target = conv.scenario, conv.vars, conv.target
-    system = render(scenario.system, values) if scenario.system is not None else None
+    system, params = _setup(conv)
     history: list[dict[str, str]] = []
     for turn in scenario.turns:
         history.append({"role": turn.role, "content": render(turn.content, values)})
         if turn.role == "user":
-            params = {**target.params, **scenario.params, **turn.params}
+            params = {**params, **turn.params}
             break
     base_url = target.base_url or mock_base_url(target.provider, "http://127.0.0.1:<mock port>")
     provider = PROVIDERS[target.provider](base_url, target.model, target.key, target.auth)
