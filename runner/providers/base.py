@@ -175,6 +175,14 @@ def loads(text: str | bytes, what: str) -> Any:
         ) from None
 
 
+def raise_error_payload(payload: dict[str, Any]) -> None:
+    """An error object where a reply should be (mid-stream or in a 200 body) is a failure."""
+    err = payload.get("error")
+    if err:
+        message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+        raise ApiError("http", f"the server sent an error: {message}", retryable=True)
+
+
 def classify(
     status: int, message: str, retry_after: float | None = None, quota: bool = False
 ) -> ApiError:

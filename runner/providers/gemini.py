@@ -17,6 +17,7 @@ from runner.providers.base import (
     Usage,
     classify,
     loads,
+    raise_error_payload,
     retry_after,
 )
 
@@ -167,10 +168,7 @@ class GeminiStream(StreamState):
         return False  # the stream ends when the connection closes
 
     def take(self, chunk: dict[str, Any]) -> None:
-        if chunk.get("error"):
-            err = chunk["error"]
-            message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            raise ApiError("http", f"the server sent an error: {message}", retryable=True)
+        raise_error_payload(chunk)
         if chunk.get("usageMetadata"):
             self.raw_usage = chunk["usageMetadata"]
         feedback = chunk.get("promptFeedback") or {}

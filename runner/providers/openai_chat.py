@@ -15,6 +15,7 @@ from runner.providers.base import (
     Usage,
     classify,
     loads,
+    raise_error_payload,
     retry_after,
 )
 
@@ -95,7 +96,7 @@ class OpenAIChat(Provider):
         )
 
     def parse(self, body: dict[str, Any]) -> Reply:
-        check_error_payload(body)
+        raise_error_payload(body)
         choices = body.get("choices") or []
         if not choices:
             raise ApiError("malformed", "the response has no choices", retryable=True)
@@ -120,14 +121,6 @@ class OpenAIChat(Provider):
         return openai_error(status, headers, body)
 
 
-def check_error_payload(payload: dict[str, Any]) -> None:
-    """An error object where a reply should be (mid-stream or in a 200 body) is a failure."""
-    err = payload.get("error")
-    if err:
-        message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-        raise ApiError("http", f"the server sent an error: {message}", retryable=True)
-
-
 class ChatStream(StreamState):
     __slots__ = ("parts", "finish_reason", "raw_usage", "response_id", "done", "started")
 
@@ -144,7 +137,7 @@ class ChatStream(StreamState):
             self.done = True
             return True
         chunk = loads(data, "stream chunk")
-        check_error_payload(chunk)
+        raise_error_payload(chunk)
         if chunk.get("usage"):
             self.raw_usage = chunk["usage"]
         self.response_id = self.response_id or chunk.get("id")
