@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.constructor import SafeConstructor
 
 from runner.errors import InputError, at
 from runner.providers import PROVIDERS
@@ -126,9 +127,15 @@ def _key(node: yaml.MappingNode, name: str) -> yaml.Node | None:
 
 def _target(path: str, key_node: yaml.Node, node: yaml.Node, problems: list[str]) -> Target | None:
     name, line = str(key_node.value), key_node.start_mark.line + 1
-    data = yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.MappingNode) else None
-    if not isinstance(data, dict):
+    if not isinstance(node, yaml.MappingNode):
         problems.append(at(path, line, f"target '{name}' must be a mapping"))
+        return None
+    try:  # values built from the nodes with yaml.safe_load's rules: no tags that run code
+        data = SafeConstructor().construct_document(node)
+    except yaml.YAMLError as exc:
+        bad = getattr(exc, "problem_mark", None)
+        where = bad.line + 1 if bad else line
+        problems.append(at(path, where, f"target '{name}': {getattr(exc, 'problem', exc)}"))
         return None
     before = len(problems)
     for sub_key, _ in node.value:

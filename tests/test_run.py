@@ -261,6 +261,10 @@ def test_unusable_paths_are_input_errors_not_tracebacks(tmp_path, mock_server):
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "run.json").write_text("{not json")
+    tagged = tmp_path / "tagged.yaml"  # a tag that would run code under yaml.load
+    tagged.write_text(
+        "targets:\n  x:\n    provider: openai-chat\n    model: !!python/name:os.system m\n"
+    )
     cases = [
         ["run", str(scen), "-m", "chat", "--models", str(models), "-o", str(tmp_path / "afile")],
         ["run", "--resume", str(tmp_path / "empty")],
@@ -269,6 +273,7 @@ def test_unusable_paths_are_input_errors_not_tracebacks(tmp_path, mock_server):
         ["run", str(tmp_path / "missing.yaml"), "-m", "chat", "--models", str(models)],
         ["run", str(scen), "-m", "chat", "--models", str(tmp_path / "nope.yaml")],
         ["run", str(scen), "-m", "no-such-target"],
+        ["run", str(scen), "-m", "x", "--models", str(tagged)],
         ["run", str(scen), "-m", "chat", "--models", str(models), "-c", "zero"],
     ]
     for args in cases:
