@@ -7,7 +7,7 @@ from typing import Any
 from runner.checks import evaluate
 from runner.client import TargetClient
 from runner.plan import Conversation
-from runner.providers import ApiError, Reply, Usage
+from runner.providers import PROVIDERS, ApiError, Reply, Usage
 from runner.records import VERSION, utc_now
 from runner.scenarios import Scenario, render
 from runner.targets import mock_base_url
@@ -143,8 +143,6 @@ def _transcript(
 
 def first_request(conv: Conversation, stream: bool) -> str:
     """The first request of a conversation as it would be sent, secrets masked (--dry-run)."""
-    from runner.providers import PROVIDERS
-
     scenario, values, target = conv.scenario, conv.vars, conv.target
     system, params = _setup(conv)
     history: list[dict[str, str]] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.errors import InputError
+from runner.providers import PROVIDERS
 from runner.scenarios import Scenario
 from runner.targets import Target
 
@@ -103,8 +104,6 @@ class Plan:
 
 def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:
     """`context: server` needs a protocol that keeps history on the server."""
-    from runner.providers import PROVIDERS
-
     problems = [
         f"{s.file}:{s.line}: scenario '{s.id}' uses context: server, which needs an "
         f"openai-responses target; target '{t.name}' speaks {t.provider}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import runner
+from runner.conversation import first_request
 from runner.engine import Outcome, execute
 from runner.errors import InputError
 from runner.plan import Plan, parse_shard, select
@@ -73,8 +74,6 @@ def _override(target: Target, inv: Invocation) -> Target:
 
 def dry_run(plan: Plan, stream: bool) -> None:
     """Print the first request of every planned conversation, secrets masked; send nothing."""
-    from runner.conversation import first_request
-
     for conv in plan:
         print(f"# {conv.id}")
         print(first_request(conv, stream))
@@ -113,10 +112,9 @@ def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> in
         os.chdir(manifest["cwd"])  # scenario paths in the manifest are relative to it
     inv = Invocation(**manifest["invocation"])
     scenarios, targets, plan = load(inv)
-    changed = [
-        f for f, h in file_hashes(scenarios, inv.models_file).items()
-        if manifest["files"].get(f) != h
-    ] + [f for f in manifest["files"] if not Path(f).exists()]  # fmt: skip
+    hashes = file_hashes(scenarios, inv.models_file)
+    changed = [f for f, h in hashes.items() if manifest["files"].get(f) != h]
+    changed += [f for f in manifest["files"] if not Path(f).exists()]
     if changed and not force:
         raise InputError(
             f"{run_dir}: these files changed since the run started: {', '.join(changed)}; "
@@ -127,7 +125,7 @@ def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> in
         if record["status"] == "ok" or not retry_failed:
             skip.add(cid)
             summary.add(record)
-    manifest["files"] = file_hashes(scenarios, inv.models_file)
+    manifest["files"] = hashes
     manifest["resumed"] = manifest.get("resumed", 0) + 1
     return _go(plan, run_dir, manifest, inv, progress, skip, summary)
 
@@ -174,10 +172,10 @@ def _go(
             summary=summary,
         )
     )
-    _finish(manifest, plan, outcome, time.monotonic() - began)
+    rows = outcome.summary.rows({t.name: t.price for t in plan.targets})
+    _finish(manifest, plan, outcome, rows, time.monotonic() - began)
     write_manifest(run_dir, manifest)
-    prices = {t.name: t.price for t in plan.targets}
-    print(render(outcome.summary.rows(prices)))
+    print(render(rows))
     c = manifest["counts"]
     print(
         f"\n{c['ok']}/{c['planned']} conversations ok, {c['failed']} failed, "
@@ -187,10 +185,15 @@ def _go(
     return exit_code(manifest)
 
 
-def _finish(manifest: dict[str, Any], plan: Plan, outcome: Outcome, seconds: float) -> None:
+def _finish(
+    manifest: dict[str, Any],
+    plan: Plan,
+    outcome: Outcome,
+    rows: list[dict[str, Any]],
+    seconds: float,
+) -> None:
     summary = outcome.summary
-    prices = {t.name: t.price for t in plan.targets}
-    costs = [r["cost_usd"] for r in summary.rows(prices) if r["cost_usd"] is not None]
+    costs = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
     manifest["ended_at"] = utc_now()
     manifest["status"] = "interrupted" if outcome.interrupted else "finished"
     manifest["elapsed_s"] = round(seconds, 3)
