@@ -74,20 +74,15 @@ class TargetClient:
         try:  # the common case: one attempt, no retry machinery on the hot path
             return await self._attempt(request, conversation_id, turn, 0), 1
         except ApiError as err:
-            if not err.retryable or self.policy.max_retries == 0:
-                raise
-            first = err
+            failed = err
         attempts = 1
 
         async def attempt(n: int) -> Reply:
             nonlocal attempts
-            if n == 0:
-                raise first  # already sent: the loop decides the wait before attempt 1
             attempts = n + 1
             return await self._attempt(request, conversation_id, turn, n)
 
-        reply = await retrying(attempt, self.policy)
-        return reply, attempts
+        return await retrying(attempt, self.policy, after=failed), attempts
 
     async def _attempt(self, request: Request, cid: str, turn: int, n: int) -> Reply:
         estimate = len(request.body) // 4

@@ -32,17 +32,24 @@ async def retrying(
     policy: RetryPolicy,
     sleep: Sleep = asyncio.sleep,
     rand: Callable[[], float] = random.random,
+    after: ApiError | None = None,
 ) -> Reply:
-    """Call attempt_fn(0), (1), ... until a reply, a final error, or max_retries."""
-    attempt = 0
+    """Call attempt_fn(0), (1), ... until a reply, a final error, or max_retries.
+
+    `after` is the error of an attempt 0 the caller already made: the loop starts by
+    deciding on it, so the common first attempt needs no retry machinery at all.
+    """
+    attempt, err = 0, after
     while True:
-        try:
-            return await attempt_fn(attempt)
-        except ApiError as err:
-            if not err.retryable or attempt >= policy.max_retries:
-                raise
-            await sleep(policy.wait(attempt, err, rand))
-        attempt += 1
+        if err is None:
+            try:
+                return await attempt_fn(attempt)
+            except ApiError as failed:
+                err = failed
+        if not err.retryable or attempt >= policy.max_retries:
+            raise err
+        await sleep(policy.wait(attempt, err, rand))
+        attempt, err = attempt + 1, None
 
 
 class AdaptiveLimit:

@@ -201,3 +201,21 @@ def test_tpm_bucket_is_corrected_by_actual_usage():
         return clock.now
 
     assert run(scenario()) == pytest.approx(5.0)  # 400 of debt + 100 at 100 tokens/s
+
+
+def test_a_first_attempt_made_by_the_caller_is_decided_by_the_loop():
+    waits, sleep = recorder()
+    seen: list[int] = []
+
+    async def attempt(n: int) -> Reply:
+        seen.append(n)
+        return Reply("ok", "stop")
+
+    policy = RetryPolicy(max_retries=2)
+    reply = run(retrying(attempt, policy, sleep, after=classify(429, "x", retry_after=0.5)))
+    assert reply.text == "ok" and seen == [1] and waits == [0.5]
+    with pytest.raises(ApiError, match="bad key"):
+        run(retrying(attempt, policy, sleep, after=classify(401, "bad key")))
+    assert seen == [1]  # a final error is not retried
+    with pytest.raises(ApiError, match="busy"):
+        run(retrying(attempt, RetryPolicy(max_retries=0), sleep, after=classify(503, "busy")))
