@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from typing import Any
 
 from runner.encoding import to_json
@@ -68,7 +69,22 @@ def content_text(content: Any) -> str:
     return "".join(texts)
 
 
-class OpenAIChat(Provider):
+class OpenAIProvider(Provider):
+    """What the two OpenAI protocols share: bearer auth and the error envelope."""
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        """Built once: the key does not change during a run (aiohttp copies them per request)."""
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        return headers
+
+    def error(self, status: int, headers: Any, body: str) -> ApiError:
+        return openai_error(status, headers, body)
+
+
+class OpenAIChat(OpenAIProvider):
     name = "openai-chat"
 
     def build(
@@ -85,15 +101,7 @@ class OpenAIChat(Provider):
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        return Request(
-            f"{self.base_url}/chat/completions",
-            headers,
-            to_json(body),
-            stream,
-        )
+        return Request(f"{self.base_url}/chat/completions", self.headers, to_json(body), stream)
 
     def parse(self, body: dict[str, Any]) -> Reply:
         raise_error_payload(body)
@@ -116,9 +124,6 @@ class OpenAIChat(Provider):
 
     def stream_state(self) -> StreamState:
         return ChatStream()
-
-    def error(self, status: int, headers: Any, body: str) -> ApiError:
-        return openai_error(status, headers, body)
 
 
 class ChatStream(StreamState):

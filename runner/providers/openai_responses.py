@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from runner.encoding import to_json
-from runner.providers.base import ApiError, Provider, Reply, Request, StreamState, loads
-from runner.providers.openai_chat import openai_error, openai_usage
+from runner.providers.base import ApiError, Reply, Request, StreamState, loads
+from runner.providers.openai_chat import OpenAIProvider, openai_usage
 
 # scenario params that belong in the `reasoning` object
 REASONING_KEYS = {"reasoning_effort": "effort", "reasoning_summary": "summary"}
@@ -48,7 +48,7 @@ def output_text(output: list[dict[str, Any]]) -> str:
     return "".join(texts)
 
 
-class OpenAIResponses(Provider):
+class OpenAIResponses(OpenAIProvider):
     name = "openai-responses"
     supports_server_context = True
 
@@ -70,11 +70,7 @@ class OpenAIResponses(Provider):
             body["previous_response_id"] = previous_id
         if stream:
             body["stream"] = True
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        data = to_json(body)
-        return Request(f"{self.base_url}/responses", headers, data, stream)
+        return Request(f"{self.base_url}/responses", self.headers, to_json(body), stream)
 
     @staticmethod
     def _params(params: dict[str, Any]) -> dict[str, Any]:
@@ -99,9 +95,6 @@ class OpenAIResponses(Provider):
 
     def stream_state(self) -> StreamState:
         return ResponsesStream()
-
-    def error(self, status: int, headers: Any, body: str) -> ApiError:
-        return openai_error(status, headers, body)
 
 
 class ResponsesStream(StreamState):
