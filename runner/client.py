@@ -31,7 +31,7 @@ class TargetClient:
         self.rpm = TokenBucket(target.rpm) if target.rpm else None
         self.tpm = TokenBucket(target.tpm) if target.tpm else None
         self.auth_error: ApiError | None = None  # the breaker: set by a 401/403
-        self.attempts = self.retries = 0
+        self.retries = 0  # shown by the progress line
         self.provider = PROVIDERS[target.provider](
             target.base_url, target.model, target.key, target.auth
         )
@@ -96,7 +96,6 @@ class TargetClient:
             raise ApiError(
                 "auth", f"not sent: {self.target.name} refused the key ({self.auth_error.message})"
             )
-        self.attempts += 1
         self.retries += n > 0
         start = time.perf_counter()
         try:
