@@ -1,18 +1,74 @@
-"""The one exception for bad input or configuration (exit code 2)."""
+"""What can go wrong, in one place: the two exceptions, the failure kinds, the exit codes."""
 
 from __future__ import annotations
 
+from enum import IntEnum, StrEnum
+
+
+class Exit(IntEnum):
+    """The process's exit codes (README, "Exit codes")."""
+
+    OK = 0  # every conversation completed and every check passed
+    CHECKS = 1  # a check failed
+    INPUT = 2  # bad input or configuration: nothing was sent
+    FAILED = 3  # some conversations failed after retries
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM: what finished is kept, --resume continues
+
+
+class Kind(StrEnum):
+    """Why an attempt or a conversation failed: exactly the kinds that are raised."""
+
+    HTTP = "http"  # an error status, or an error object where a reply should be
+    AUTH = "auth"  # 401/403, or not sent because the target refused the key
+    RATE_LIMIT = "rate_limit"  # 429 that asks to slow down (retried)
+    QUOTA = "quota"  # 429 for an exhausted quota (final)
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    STREAM = "stream"  # a stream cut off before its terminal event
+    MALFORMED = "malformed"  # a body that is not what the protocol defines
+    EMPTY = "empty"  # a reply with no text
+    PROTOCOL = "protocol"  # a reply the scenario cannot use (server context without an id)
+    INTERNAL = "internal"  # a bug in the runner: fails one conversation, not the run
+
 
 class InputError(Exception):
-    """Bad input or configuration, found before anything is sent.
+    """Bad input or configuration, found before anything is sent (exit code 2).
 
     Holds one or more problems, each already phrased as "file:line: what is wrong".
-    The CLI prints them and exits with code 2.
     """
 
     def __init__(self, problems: str | list[str]):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class ApiError(Exception):
+    """A failed attempt, classified so that the retry loop can decide."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    @property
+    def label(self) -> int | str:
+        """What a usage record shows as the attempt's status: the HTTP status, else the kind."""
+        return self.status if self.status is not None else str(self.kind)
+
+    def as_record(self) -> dict[str, object]:
+        """The `error` of a transcript record."""
+        return {"kind": str(self.kind), "message": self.message, "status": self.status}
 
 
 def at(file: str, line: int | None, message: str) -> str:

@@ -12,34 +12,9 @@ from typing import Any
 import aiohttp
 
 from runner.encoding import from_json
+from runner.errors import ApiError, Kind
 from runner.providers.sse import iter_sse
-
-
-@dataclass(slots=True)
-class Usage:
-    """Token counts normalised across protocols (reasoning and cached are parts of output/input)."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
-    total_tokens: int = 0
-
-    def add(self, other: Usage) -> None:
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.reasoning_tokens += other.reasoning_tokens
-        self.cached_tokens += other.cached_tokens
-        self.total_tokens += other.total_tokens
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "cached_tokens": self.cached_tokens,
-            "total_tokens": self.total_tokens,
-        }
+from runner.records import Usage
 
 
 @dataclass(slots=True)
@@ -53,36 +28,6 @@ class Reply:
     response_id: str | None = None
     latency_ms: float = 0.0
     ttft_ms: float | None = None
-
-
-class ApiError(Exception):
-    """A failed attempt, classified so that the retry loop can decide.
-
-    kind: http | auth | rate_limit | quota | timeout | connection | stream | malformed | refused
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        message: str,
-        *,
-        status: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-        usage: Usage | None = None,
-    ):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.usage = usage
-
-    @property
-    def label(self) -> int | str:
-        """What a usage record shows as the attempt's status: the HTTP status, else the kind."""
-        return self.status if self.status is not None else self.kind
 
 
 @dataclass(slots=True)
@@ -171,7 +116,7 @@ def loads(text: str | bytes, what: str) -> Any:
     except ValueError:
         snippet = text[:200] if isinstance(text, str) else text[:200].decode("utf-8", "replace")
         raise ApiError(
-            "malformed", f"{what} is not valid JSON: {snippet!r}", retryable=True
+            Kind.MALFORMED, f"{what} is not valid JSON: {snippet!r}", retryable=True
         ) from None
 
 
@@ -180,7 +125,7 @@ def raise_error_payload(payload: dict[str, Any]) -> None:
     err = payload.get("error")
     if err:
         message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-        raise ApiError("http", f"the server sent an error: {message}", retryable=True)
+        raise ApiError(Kind.HTTP, f"the server sent an error: {message}", retryable=True)
 
 
 def classify(
@@ -188,15 +133,15 @@ def classify(
 ) -> ApiError:
     """The status rules shared by every protocol: what is retried and what is final."""
     if status in (401, 403):
-        return ApiError("auth", message, status=status)
+        return ApiError(Kind.AUTH, message, status=status)
     if status == 429:
         if quota:
-            return ApiError("quota", message, status=status)
+            return ApiError(Kind.QUOTA, message, status=status)
         return ApiError(
-            "rate_limit", message, status=status, retryable=True, retry_after=retry_after
+            Kind.RATE_LIMIT, message, status=status, retryable=True, retry_after=retry_after
         )
     retryable = status in (408, 409) or status >= 500
-    return ApiError("http", message, status=status, retryable=retryable, retry_after=retry_after)
+    return ApiError(Kind.HTTP, message, status=status, retryable=retryable, retry_after=retry_after)
 
 
 def retry_after(headers: Any) -> float | None:
@@ -229,13 +174,15 @@ async def send(session: aiohttp.ClientSession, provider: Provider, req: Request)
         raise
     except (AttributeError, TypeError, KeyError, IndexError) as exc:
         # JSON of the wrong shape (a gateway's own envelope, say): retried like a bad body
-        raise ApiError("malformed", f"unexpected response shape: {exc!r}", retryable=True) from None
+        raise ApiError(
+            Kind.MALFORMED, f"unexpected response shape: {exc!r}", retryable=True
+        ) from None
     except TimeoutError:
-        raise ApiError("timeout", "the request timed out", retryable=True) from None
+        raise ApiError(Kind.TIMEOUT, "the request timed out", retryable=True) from None
     except aiohttp.ClientPayloadError as exc:
-        raise ApiError("stream", f"the response was cut off: {exc}", retryable=True) from None
+        raise ApiError(Kind.STREAM, f"the response was cut off: {exc}", retryable=True) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise ApiError("connection", f"{type(exc).__name__}: {exc}", retryable=True) from None
+        raise ApiError(Kind.CONNECTION, f"{type(exc).__name__}: {exc}", retryable=True) from None
 
 
 async def _send(session: aiohttp.ClientSession, provider: Provider, req: Request) -> Reply:

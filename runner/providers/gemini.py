@@ -8,18 +8,18 @@ from typing import Any
 from urllib.parse import quote
 
 from runner.encoding import to_json
+from runner.errors import ApiError, Kind
 from runner.providers.base import (
-    ApiError,
     Provider,
     Reply,
     Request,
     StreamState,
-    Usage,
     classify,
     loads,
     raise_error_payload,
     retry_after,
 )
+from runner.records import Usage
 
 # scenario params (OpenAI-style or Gemini-style names) -> generationConfig keys
 CONFIG_KEYS = {
@@ -186,7 +186,7 @@ class GeminiStream(StreamState):
 
     def reply(self) -> Reply:
         if self.finish_reason is None and self.block_reason is None:
-            raise ApiError("stream", "the stream ended before a finishReason", retryable=True)
+            raise ApiError(Kind.STREAM, "the stream ended before a finishReason", retryable=True)
         return self.result()
 
     def result(self) -> Reply:

@@ -7,18 +7,18 @@ from functools import cached_property
 from typing import Any
 
 from runner.encoding import to_json
+from runner.errors import ApiError, Kind
 from runner.providers.base import (
-    ApiError,
     Provider,
     Reply,
     Request,
     StreamState,
-    Usage,
     classify,
     loads,
     raise_error_payload,
     retry_after,
 )
+from runner.records import Usage
 
 
 def openai_usage(raw: dict[str, Any] | None, input_key: str, output_key: str) -> Usage:
@@ -107,7 +107,7 @@ class OpenAIChat(OpenAIProvider):
         raise_error_payload(body)
         choices = body.get("choices") or []
         if not choices:
-            raise ApiError("malformed", "the response has no choices", retryable=True)
+            raise ApiError(Kind.MALFORMED, "the response has no choices", retryable=True)
         choice = choices[0]
         message = choice.get("message") or {}
         text = content_text(message.get("content"))
@@ -161,7 +161,7 @@ class ChatStream(StreamState):
     def reply(self) -> Reply:
         # some gateways omit [DONE]; a finish reason plus the usage chunk is complete too
         if not self.done and not (self.finish_reason and self.raw_usage):
-            raise ApiError("stream", "the stream ended before [DONE]", retryable=True)
+            raise ApiError(Kind.STREAM, "the stream ended before [DONE]", retryable=True)
         usage = openai_usage(self.raw_usage, "prompt_tokens", "completion_tokens")
         return Reply(
             "".join(self.parts), self.finish_reason, usage, self.raw_usage, self.response_id

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from runner.encoding import to_json
-from runner.providers.base import ApiError, Reply, Request, StreamState, loads
+from runner.errors import ApiError, Kind
+from runner.providers.base import Reply, Request, StreamState, loads
 from runner.providers.openai_chat import OpenAIProvider, openai_usage
 
 # scenario params that belong in the `reasoning` object
@@ -22,7 +23,7 @@ def response_reply(response: dict[str, Any]) -> Reply:
         code = err.get("code") or "failed"
         retryable = code in ("server_error", "rate_limit_exceeded")
         raise ApiError(
-            "http", f"response failed ({code}): {err.get('message', '')}", retryable=retryable
+            Kind.HTTP, f"response failed ({code}): {err.get('message', '')}", retryable=retryable
         )
     text = output_text(response.get("output") or [])
     finish = "stop" if status in ("completed", None) else status
@@ -90,7 +91,7 @@ class OpenAIResponses(OpenAIProvider):
 
     def parse(self, body: dict[str, Any]) -> Reply:
         if body.get("object") not in (None, "response") or "output" not in body:
-            raise ApiError("malformed", "the body is not a Response object", retryable=True)
+            raise ApiError(Kind.MALFORMED, "the body is not a Response object", retryable=True)
         return response_reply(body)
 
     def stream_state(self) -> StreamState:
@@ -119,12 +120,14 @@ class ResponsesStream(StreamState):
         elif kind == "error":
             message = payload.get("message") or json.dumps(payload.get("error"))
             code = payload.get("code") or ""
-            raise ApiError("http", f"stream error {code}: {message}".strip(), retryable=True)
+            raise ApiError(Kind.HTTP, f"stream error {code}: {message}".strip(), retryable=True)
         return False
 
     def reply(self) -> Reply:
         if self.final is None:
-            raise ApiError("stream", "the stream ended before response.completed", retryable=True)
+            raise ApiError(
+                Kind.STREAM, "the stream ended before response.completed", retryable=True
+            )
         reply = response_reply(self.final)
         if not reply.text and self.parts:
             reply.text = "".join(self.parts)
