@@ -1,21 +1,47 @@
-"""Record shapes and their files: append-only JSONL, flushed per record, and the manifest."""
+"""What each record holds: the transcript (one per conversation), its turns, the usage
+record (one per HTTP attempt) and the run's manifest. Every record carries VERSION.
+
+Record builders live here and nowhere else; runner/store.py writes and reads them.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
+import sys
+import time
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.encoding import to_json
-from runner.errors import InputError
+import runner
+
+if TYPE_CHECKING:
+    from runner.errors import ApiError
+    from runner.plan import Conversation
+    from runner.providers.base import Reply
 
 VERSION = 1
-TRANSCRIPTS = "transcripts.jsonl"
-USAGE = "usage.jsonl"
-MANIFEST = "run.json"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts normalised across protocols (reasoning and cached are parts of output/input)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        for key in TOKEN_KEYS:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
+    def as_dict(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in TOKEN_KEYS}
+
+
+TOKEN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Usage))  # the five token counts
 
 
 def utc_now() -> str:
@@ -23,89 +49,103 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def dumps(record: dict[str, Any]) -> bytes:
-    """One JSONL line: UTF-8, non-ASCII kept as is, compact."""
-    return to_json(record) + b"\n"
+def _ms(value: float | None) -> float | None:
+    return round(value, 2) if value is not None else None
 
 
-class JsonlWriter:
-    """Appends one record at a time and flushes it, so a killed run loses nothing finished."""
-
-    def __init__(self, path: Path):
-        repair_torn_tail(path)
-        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the run
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(dumps(record))
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def repair_torn_tail(path: Path) -> None:
-    """Cut a last line left half-written by a kill, so appends start on a fresh line."""
-    try:
-        with open(path, "rb+") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return
-            end = _last_newline_end(fh, size)
-            fh.truncate(end)
-    except FileNotFoundError:
-        return
+def turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -> dict[str, Any]:
+    """One generated turn of a transcript: what was asked, what came back, what it cost."""
+    return {
+        "index": index,
+        "user": user,
+        "assistant": reply.text,
+        "finish_reason": reply.finish_reason,
+        "usage": reply.usage.as_dict(),
+        "raw_usage": reply.raw_usage,
+        "latency_ms": round(reply.latency_ms, 2),
+        "ttft_ms": _ms(reply.ttft_ms),
+        "attempts": attempts,
+        "sent_messages": sent,  # messages in the request, system included
+        "checks": [],
+    }
 
 
-def _last_newline_end(fh: Any, size: int) -> int:
-    """Offset just after the last newline before `size` (0 when there is none)."""
-    pos = size
-    while pos > 0:
-        step = min(65536, pos)
-        pos -= step
-        fh.seek(pos)
-        block = fh.read(step)
-        idx = block.rfind(b"\n")
-        if idx >= 0:
-            return pos + idx + 1
-    return 0
+def transcript_record(
+    conv: Conversation,
+    messages: list[dict[str, str]],
+    turns: list[dict[str, Any]],
+    usage: Usage,
+    error: ApiError | None,
+    started: str,
+) -> dict[str, Any]:
+    """One conversation, ok or failed: the full history (system first) and every turn."""
+    passed = None if error else all(c["passed"] for t in turns for c in t["checks"])
+    return {
+        "version": VERSION,
+        "conversation_id": conv.id,
+        "scenario_id": conv.scenario.id,
+        "scenario_file": conv.scenario.file,
+        "target": conv.target.name,
+        "provider": conv.target.provider,
+        "model": conv.target.model,
+        "sample": conv.sample,
+        "vars": conv.vars,
+        "status": "failed" if error else "ok",
+        "error": error.as_record() if error else None,
+        "messages": messages,
+        "turns": turns,
+        "usage": usage.as_dict(),
+        "passed": passed,
+        "started_at": started,
+        "ended_at": utc_now(),
+    }
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete record of a JSONL file; a torn last line is skipped."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return
-    with fh:
-        for line in fh:
-            if not line.endswith(b"\n"):
-                return  # torn by a kill: never half a record
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue
+def attempt_record(
+    conversation_id: str,
+    turn: int,
+    attempt: int,
+    target: str,
+    model: str,
+    status: int | str,
+    reply: Reply | None,
+    latency_ms: float,
+) -> dict[str, Any]:
+    """One HTTP attempt (usage.jsonl): status is 200 or the error's status (else its kind)."""
+    usage = reply.usage.as_dict() if reply else dict.fromkeys(TOKEN_KEYS, 0)
+    return {
+        "version": VERSION,
+        "conversation_id": conversation_id,
+        "turn": turn,
+        "attempt": attempt,
+        "target": target,
+        "model": model,
+        "status": status,
+        **usage,
+        "latency_ms": round(latency_ms, 2),
+        "ttft_ms": _ms(reply.ttft_ms) if reply else None,
+        "ts": time.time(),
+    }
 
 
-def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The newest transcript record per conversation id: what every reader works from."""
-    latest: dict[str, dict[str, Any]] = {}
-    for record in read_jsonl(run_dir / TRANSCRIPTS):
-        latest[record["conversation_id"]] = record
-    return latest
-
-
-def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write run.json atomically (a kill never leaves half a manifest)."""
-    tmp = run_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / MANIFEST)
-
-
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest; a missing or unreadable one is an input error."""
-    try:
-        return json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{run_dir}: not a readable run folder ({MANIFEST}: {exc})") from None
+def manifest_record(
+    run_id: str,
+    invocation: dict[str, Any],
+    files: dict[str, str],
+    targets: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """run.json when a run starts; the run fills in status, counts and usage as it ends."""
+    return {
+        "version": VERSION,
+        "run_id": run_id,
+        "tool_version": runner.__version__,
+        "command": sys.argv,
+        "cwd": os.getcwd(),
+        "started_at": utc_now(),
+        "ended_at": None,
+        "status": "running",
+        "invocation": invocation,
+        "files": files,  # path -> sha256, to refuse a resume over changed files
+        "targets": targets,  # as Target.public(): never a key
+        "resumed": 0,
+    }

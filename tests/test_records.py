@@ -7,7 +7,7 @@ import json
 import pytest
 
 from runner import encoding
-from runner.records import JsonlWriter, latest_transcripts, read_jsonl, repair_torn_tail
+from runner.store import JsonlWriter, latest_transcripts, read_jsonl, repair_torn_tail
 
 RECORD = {
     "conversation_id": "memory-zh[ab]@mock",
