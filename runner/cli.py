@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 import runner
-from runner.errors import InputError
+from runner.errors import Exit, InputError
 
-EXIT_INPUT = 2
+if TYPE_CHECKING:
+    from runner.run import Finished
 
 
 class Group(click.Group):
@@ -21,7 +23,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except InputError as exc:
             click.echo("error: " + "\n  ".join(exc.problems), err=True)
-            sys.exit(EXIT_INPUT)
+            sys.exit(Exit.INPUT)
 
 
 @click.group(cls=Group)
@@ -73,9 +75,8 @@ def run(**opts: object) -> None:
 
     progress = not opts["no_progress"]
     if opts["resume_dir"]:
-        sys.exit(
-            runs.resume(Path(opts["resume_dir"]), opts["retry_failed"], opts["force"], progress)
-        )
+        resume_dir = Path(opts["resume_dir"])
+        _finished(runs.resume(resume_dir, opts["retry_failed"], opts["force"], progress))
     if not opts["paths"] or not opts["targets"]:
         raise InputError(
             "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
@@ -95,10 +96,20 @@ def run(**opts: object) -> None:
         max_wait_s=opts["max_wait"],
     )
     if opts["dry_run"]:
-        runs.dry_run(runs.load(inv)[2], inv.stream)
+        for text in runs.dry_run(runs.load(inv)[2], inv.stream):
+            click.echo(text)
         return
     run_dir = runs.new_run_dir(opts["output_dir"], opts["run_id"])
-    sys.exit(runs.start(inv, run_dir, progress))
+    _finished(runs.start(inv, run_dir, progress))
+
+
+def _finished(finished: Finished) -> NoReturn:
+    """The end-of-run table on stdout, one line on stderr, and the run's exit code."""
+    from runner.report import render
+
+    click.echo(render(finished.rows))
+    click.echo("\n" + finished.line(), err=True)
+    sys.exit(finished.exit_code)
 
 
 @main.command()
@@ -106,7 +117,8 @@ def run(**opts: object) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table")
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
-    from runner.report import render, summarize_run
+    from runner.report import render
+    from runner.stats import summarize_run
 
     summary, manifest = summarize_run(Path(run_dir))
     prices = {t["name"]: t.get("price") for t in manifest.get("targets", [])}

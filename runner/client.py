@@ -9,11 +9,13 @@ from typing import Any
 import aiohttp
 
 import runner
-from runner.providers import PROVIDERS, ApiError, Reply
+from runner.errors import ApiError, Kind
+from runner.limits import AdaptiveLimit, TokenBucket
+from runner.providers import Reply
 from runner.providers.base import Request, mask, send
-from runner.records import VERSION
-from runner.retry import AdaptiveLimit, RetryPolicy, TokenBucket, retrying
-from runner.targets import Target, mock_base_url
+from runner.records import attempt_record
+from runner.retry import Breaker, RetryPolicy, retrying
+from runner.targets import Target, provider_for
 
 USER_AGENT = f"dialogue-runner/{runner.__version__}"
 AttemptSink = Callable[[dict[str, Any]], None]
@@ -30,21 +32,13 @@ class TargetClient:
         self.limit = AdaptiveLimit(target.concurrency)
         self.rpm = TokenBucket(target.rpm) if target.rpm else None
         self.tpm = TokenBucket(target.tpm) if target.tpm else None
-        self.auth_error: ApiError | None = None  # the breaker: set by a 401/403
+        self.breaker = Breaker(target.name)
         self.retries = 0  # shown by the progress line
-        self.provider = PROVIDERS[target.provider](
-            target.base_url, target.model, target.key, target.auth
-        )
+        self.provider = provider_for(target)
         self.session: aiohttp.ClientSession | None = None
-        self._mock: Any = None
 
     async def start(self) -> None:
-        """Open the session (and the in-process mock server, for mock targets)."""
-        if self.target.mock is not None:
-            from runner.mock import MockOptions, start_mock
-
-            self._mock = await start_mock(MockOptions(**self.target.mock))
-            self.provider.base_url = mock_base_url(self.target.provider, self._mock.base_url)
+        """Open the HTTP session: one connection pool sized to the target's concurrency."""
         t = self.target
         timeout = aiohttp.ClientTimeout(
             total=t.timeout_s, sock_connect=t.connect_timeout_s, sock_read=t.first_byte_timeout_s
@@ -57,8 +51,6 @@ class TargetClient:
     async def close(self) -> None:
         if self.session:
             await self.session.close()
-        if self._mock:
-            await self._mock.close()
 
     async def complete(
         self,
@@ -71,18 +63,11 @@ class TargetClient:
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts)."""
         request = self.provider.build(system, messages, params, self.stream, previous_id)
-        try:  # the common case: one attempt, no retry machinery on the hot path
-            return await self._attempt(request, conversation_id, turn, 0), 1
-        except ApiError as err:
-            failed = err
-        attempts = 1
 
-        async def attempt(n: int) -> Reply:
-            nonlocal attempts
-            attempts = n + 1
-            return await self._attempt(request, conversation_id, turn, n)
+        def attempt(n: int) -> Any:
+            return self._attempt(request, conversation_id, turn, n)
 
-        return await retrying(attempt, self.policy, after=failed), attempts
+        return await retrying(attempt, self.policy)
 
     async def _attempt(self, request: Request, cid: str, turn: int, n: int) -> Reply:
         estimate = len(request.body) // 4
@@ -91,44 +76,32 @@ class TargetClient:
         if self.tpm:
             await self.tpm.acquire(estimate)
         generation = await self.limit.acquire()
-        if self.auth_error is not None:  # the breaker opened while we waited
+        try:
+            self.breaker.check()  # it may have opened while we waited
+        except ApiError:
             self.limit.release(generation)
-            raise ApiError(
-                "auth", f"not sent: {self.target.name} refused the key ({self.auth_error.message})"
-            )
+            raise
         self.retries += n > 0
         start = time.perf_counter()
         try:
             reply = await send(self.session, self.provider, request)
         except ApiError as err:
             err.message = mask(err.message, self.target.key)
-            self.limit.release(generation, rate_limited=err.kind == "rate_limit")
-            if err.kind == "auth" and err.status is not None:
-                self.auth_error = err
+            self.limit.release(generation, rate_limited=err.kind is Kind.RATE_LIMIT)
+            self.breaker.observe(err)
             self._record(cid, turn, n, err.label, None, start)
             raise
         self.limit.release(generation, ok=True)
         if self.tpm:
             self.tpm.adjust(reply.usage.total_tokens - estimate)
-        self._record(cid, turn, n, "ok", reply, start)
+        self._record(cid, turn, n, 200, reply, start)
         return reply
 
-    def _record(self, cid: str, turn: int, n: int, status: str, reply: Reply | None, start: float):
-        usage = reply.usage if reply else None
-        self.on_attempt({
-            "version": VERSION,
-            "conversation_id": cid,
-            "turn": turn,
-            "attempt": n + 1,
-            "target": self.target.name,
-            "model": self.target.model,
-            "status": 200 if status == "ok" else status,
-            "input_tokens": usage.input_tokens if usage else 0,
-            "output_tokens": usage.output_tokens if usage else 0,
-            "reasoning_tokens": usage.reasoning_tokens if usage else 0,
-            "cached_tokens": usage.cached_tokens if usage else 0,
-            "total_tokens": usage.total_tokens if usage else 0,
-            "latency_ms": round((time.perf_counter() - start) * 1000, 2),
-            "ttft_ms": round(reply.ttft_ms, 2) if reply and reply.ttft_ms is not None else None,
-            "ts": time.time(),
-        })  # fmt: skip
+    def _record(
+        self, cid: str, turn: int, n: int, status: int | str, reply: Reply | None, start: float
+    ) -> None:
+        latency_ms = (time.perf_counter() - start) * 1000
+        t = self.target
+        self.on_attempt(
+            attempt_record(cid, turn, n + 1, t.name, t.model, status, reply, latency_ms)
+        )

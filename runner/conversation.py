@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from runner.checks import evaluate
 from runner.client import TargetClient
+from runner.errors import ApiError, Kind
 from runner.plan import Conversation
-from runner.providers import PROVIDERS, ApiError, Reply, Usage
-from runner.records import VERSION, utc_now
+from runner.providers import Reply
+from runner.records import Usage, transcript_record, turn_record, utc_now
 from runner.scenarios import Scenario, render
-from runner.targets import mock_base_url
+from runner.targets import mock_base_url, provider_for
 
 
 def sent_messages(
@@ -50,19 +52,19 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
             )
             _check_reply(reply, scenario)
         except ApiError as err:
-            error = {"kind": err.kind, "message": err.message, "status": err.status}
+            error = err
             break
         history.append({"role": "assistant", "content": reply.text})
         since_reply = len(history)
         previous_id = reply.response_id if scenario.context == "server" else None
         total.add(reply.usage)
-        record = _turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
+        record = turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
         if turn.expect:
             record["checks"] = evaluate(
                 turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values
             )
         turns.append(record)
-    return _transcript(conv, system, history, turns, total, error, started)
+    return transcript_record(conv, _messages(system, history), turns, total, error, started)
 
 
 def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
@@ -75,70 +77,28 @@ def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
     return system, params
 
 
-def failed_record(conv: Conversation, kind: str, message: str) -> dict[str, Any]:
+def failed_record(conv: Conversation, kind: Kind, message: str) -> dict[str, Any]:
     """The record of a conversation that could not be played at all."""
-    error = {"kind": kind, "message": message, "status": None}
-    return _transcript(conv, None, [], [], Usage(), error, utc_now())
+    return transcript_record(conv, [], [], Usage(), ApiError(kind, message), utc_now())
 
 
 def _check_reply(reply: Reply, scenario: Scenario) -> None:
     """Never record an empty reply as if it were one; server context needs an id to chain."""
     if not reply.text:
         raise ApiError(
-            "empty", f"the model returned no text (finish reason: {reply.finish_reason})"
+            Kind.EMPTY, f"the model returned no text (finish reason: {reply.finish_reason})"
         )
     if scenario.context == "server" and not reply.response_id:
         raise ApiError(
-            "protocol", "context: server needs a response id to chain; the reply had none"
+            Kind.PROTOCOL, "context: server needs a response id to chain; the reply had none"
         )
 
 
-def _turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -> dict[str, Any]:
-    return {
-        "index": index,
-        "user": user,
-        "assistant": reply.text,
-        "finish_reason": reply.finish_reason,
-        "usage": reply.usage.as_dict(),
-        "raw_usage": reply.raw_usage,
-        "latency_ms": round(reply.latency_ms, 2),
-        "ttft_ms": round(reply.ttft_ms, 2) if reply.ttft_ms is not None else None,
-        "attempts": attempts,
-        "sent_messages": sent,
-        "checks": [],
-    }
+def _messages(system: str | None, history: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, *history] if system is not None else history
 
 
-def _transcript(
-    conv: Conversation,
-    system: str | None,
-    history: list[dict[str, str]],
-    turns: list[dict[str, Any]],
-    usage: Usage,
-    error: dict[str, Any] | None,
-    started: str,
-) -> dict[str, Any]:
-    messages = [{"role": "system", "content": system}, *history] if system is not None else history
-    passed = None if error else all(c["passed"] for t in turns for c in t["checks"])
-    return {
-        "version": VERSION,
-        "conversation_id": conv.id,
-        "scenario_id": conv.scenario.id,
-        "scenario_file": conv.scenario.file,
-        "target": conv.target.name,
-        "provider": conv.target.provider,
-        "model": conv.target.model,
-        "sample": conv.sample,
-        "vars": conv.vars,
-        "status": "failed" if error else "ok",
-        "error": error,
-        "messages": messages,
-        "turns": turns,
-        "usage": usage.as_dict(),
-        "passed": passed,
-        "started_at": started,
-        "ended_at": utc_now(),
-    }
+MOCK_PLACEHOLDER = "http://127.0.0.1:<mock port>"
 
 
 def first_request(conv: Conversation, stream: bool) -> str:
@@ -151,8 +111,9 @@ def first_request(conv: Conversation, stream: bool) -> str:
         if turn.role == "user":
             params = {**params, **turn.params}
             break
-    base_url = target.base_url or mock_base_url(target.provider, "http://127.0.0.1:<mock port>")
-    provider = PROVIDERS[target.provider](base_url, target.model, target.key, target.auth)
+    if target.mock is not None:
+        target = replace(target, base_url=mock_base_url(target.provider, MOCK_PLACEHOLDER))
+    provider = provider_for(target)
     use_stream = target.stream if target.stream is not None else stream
     request = provider.build(system, sent_messages(scenario, history, 0), params, use_stream)
     return request.masked(target.key)

@@ -10,15 +10,17 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runner.client import TargetClient
 from runner.conversation import failed_record, run_conversation
+from runner.errors import Kind
 from runner.plan import Conversation, Plan
 from runner.progress import Progress
-from runner.records import TRANSCRIPTS, USAGE, JsonlWriter
-from runner.report import Summary
+from runner.stats import Summary
+from runner.store import TRANSCRIPTS, USAGE, JsonlWriter
+from runner.targets import Target, mock_base_url
 
 GRACE_S = 5.0  # after Ctrl-C, conversations in flight get this long to finish
 
@@ -61,30 +63,51 @@ async def execute(
     raise_fd_limit(concurrency * (2 if in_process_mock else 1) + 256)
     transcripts = JsonlWriter(run_dir / TRANSCRIPTS)
     usage = JsonlWriter(run_dir / USAGE)
-    clients = {t.name: TargetClient(t, stream, usage.write) for t in plan.targets}
     todo = (c for c in plan if c.id not in skip)
-    began = time.monotonic()
-    tokens = outcome.summary.tokens
-    progress = Progress(
-        len(plan) - len(skip), progress_mode, lambda: _stats(clients, tokens(), began)
-    )
-    # the objects made so far live for the whole run: keep the collector off them, and
-    # collect young objects less often (the hot path makes many short-lived dicts, few cycles)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(transcripts.close)
+        stack.callback(usage.close)
+        targets = [await _reachable(t, stack) for t in plan.targets]
+        clients = {t.name: TargetClient(t, stream, usage.write) for t in targets}
+        for client in clients.values():
+            await client.start()
+            stack.push_async_callback(client.close)
+        began, tokens = time.monotonic(), outcome.summary.tokens
+        progress = Progress(
+            len(plan) - len(skip), progress_mode, lambda: _stats(clients, tokens(), began)
+        )
+        stack.callback(progress.close)
+        with _quiet_gc():
+            outcome.interrupted = await _pool(
+                todo, clients, concurrency, transcripts, outcome, progress
+            )
+    return outcome
+
+
+async def _reachable(target: Target, stack: contextlib.AsyncExitStack) -> Target:
+    """The target as the client sees it: a built-in mock's server is started first."""
+    if target.mock is None:
+        return target
+    from runner.mock import MockOptions, start_mock  # only mock targets need it
+
+    server = await start_mock(MockOptions(**target.mock))
+    stack.push_async_callback(server.close)
+    return replace(target, base_url=mock_base_url(target.provider, server.base_url))
+
+
+@contextlib.contextmanager
+def _quiet_gc() -> Iterator[None]:
+    """During the pool: the objects made so far live for the whole run, so the collector
+    leaves them alone, and young objects are collected less often (the hot path makes many
+    short-lived dicts, few cycles). Both are undone afterwards."""
+    threshold = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     try:
-        for client in clients.values():
-            await client.start()
-        outcome.interrupted = await _pool(
-            todo, clients, concurrency, transcripts, outcome, progress
-        )
+        yield
     finally:
-        progress.close()
-        for client in clients.values():
-            await client.close()
-        transcripts.close()
-        usage.close()
-    return outcome
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 async def _pool(
@@ -105,7 +128,7 @@ async def _pool(
             try:
                 record = await run_conversation(conv, clients[conv.target.name])
             except Exception as exc:  # a bug must not take the other conversations down
-                record = failed_record(conv, "internal", f"{type(exc).__name__}: {exc}")
+                record = failed_record(conv, Kind.INTERNAL, f"{type(exc).__name__}: {exc}")
             transcripts.write(record)
             outcome.summary.add(record)
             progress.finished(record["status"] == "ok")

@@ -1,4 +1,4 @@
-"""A run: its folder and manifest, resume, dry runs, and the exit code it ends with."""
+"""A run: its folder and manifest, resume, dry runs, and what it ends with (its exit code)."""
 
 from __future__ import annotations
 
@@ -6,32 +6,23 @@ import asyncio
 import hashlib
 import os
 import secrets
-import sys
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import runner
 from runner.conversation import first_request
 from runner.engine import Outcome, execute
-from runner.errors import InputError
+from runner.errors import Exit, InputError
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
-from runner.records import (
-    MANIFEST,
-    VERSION,
-    latest_transcripts,
-    read_manifest,
-    utc_now,
-    write_manifest,
-)
-from runner.report import Summary, render
+from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
+from runner.stats import Summary
+from runner.store import MANIFEST, latest_transcripts, read_manifest, write_manifest
 from runner.targets import Target, load_models, resolve
-
-EXIT_OK, EXIT_CHECKS, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3, 130  # 2: InputError, in cli
 
 
 @dataclass
@@ -72,12 +63,10 @@ def _override(target: Target, inv: Invocation) -> Target:
     return replace(target, **{k: v for k, v in changes.items() if v is not None})
 
 
-def dry_run(plan: Plan, stream: bool) -> None:
-    """Print the first request of every planned conversation, secrets masked; send nothing."""
+def dry_run(plan: Plan, stream: bool) -> Iterator[str]:
+    """The first request of every planned conversation, secrets masked; nothing is sent."""
     for conv in plan:
-        print(f"# {conv.id}")
-        print(first_request(conv, stream))
-        print()
+        yield f"# {conv.id}\n{first_request(conv, stream)}\n"
 
 
 def file_hashes(scenarios: list[Scenario], models_file: str | None) -> dict[str, str]:
@@ -97,24 +86,54 @@ def new_run_dir(output_dir: str, run_id: str | None) -> Path:
     return run_dir
 
 
-def start(inv: Invocation, run_dir: Path, progress: bool) -> int:
+@dataclass
+class Finished:
+    """What a run ends with: its folder, manifest (counts, usage, cost) and per-target rows."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    @property
+    def exit_code(self) -> Exit:
+        counts = self.manifest["counts"]
+        if self.manifest["status"] == "interrupted":
+            return Exit.INTERRUPTED
+        if counts["failed"]:
+            return Exit.FAILED
+        return Exit.CHECKS if counts["checks_failed"] else Exit.OK
+
+    def line(self) -> str:
+        c = self.manifest["counts"]
+        return (
+            f"{c['ok']}/{c['planned']} conversations ok, {c['failed']} failed, "
+            f"{c['checks_failed']} with failing checks, {c['not_run']} not run -> {self.run_dir}"
+        )
+
+
+def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     """A new run from scratch."""
     scenarios, targets, plan = load(inv)
-    manifest = _manifest(inv, run_dir, scenarios, targets, plan)
+    files = file_hashes(scenarios, inv.models_file)
+    manifest = manifest_record(run_dir.name, asdict(inv), files, [t.public() for t in targets])
     return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
 
 
-def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> int:
-    """Continue a run: skip what is recorded, run what is not (and failures with retry_failed)."""
+def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> Finished:
+    """Continue a run: skip what is recorded, run what is not (and failures with retry_failed).
+
+    Paths in the manifest are relative to the folder the run started in (its `cwd`)."""
     run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
-    if manifest.get("cwd") and Path(manifest["cwd"]).is_dir() and os.getcwd() != manifest["cwd"]:
-        os.chdir(manifest["cwd"])  # scenario paths in the manifest are relative to it
     inv = Invocation(**manifest["invocation"])
+    base = _Rebase(manifest.get("cwd"))
+    inv.paths = [base(p) for p in inv.paths]
+    inv.models_file = base(inv.models_file) if inv.models_file else None
     scenarios, targets, plan = load(inv)
     hashes = file_hashes(scenarios, inv.models_file)
-    changed = [f for f, h in hashes.items() if manifest["files"].get(f) != h]
-    changed += [f for f in manifest["files"] if not Path(f).exists()]
+    recorded = {base(f): h for f, h in manifest["files"].items()}
+    changed = [f for f, h in hashes.items() if recorded.get(f) != h]
+    changed += [f for f in recorded if not Path(f).exists()]
     if changed and not force:
         raise InputError(
             f"{run_dir}: these files changed since the run started: {', '.join(changed)}; "
@@ -130,23 +149,18 @@ def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> in
     return _go(plan, run_dir, manifest, inv, progress, skip, summary)
 
 
-def _manifest(
-    inv: Invocation, run_dir: Path, scenarios: list[Scenario], targets: list[Target], plan: Plan
-) -> dict[str, Any]:
-    return {
-        "version": VERSION,
-        "run_id": run_dir.name,
-        "tool_version": runner.__version__,
-        "command": sys.argv,
-        "cwd": os.getcwd(),
-        "started_at": utc_now(),
-        "ended_at": None,
-        "status": "running",
-        "invocation": inv.__dict__,
-        "files": file_hashes(scenarios, inv.models_file),
-        "targets": [t.public() for t in targets],
-        "resumed": 0,
-    }
+class _Rebase:
+    """A path of the manifest as seen from here: relative ones are joined to the run's cwd
+    (left as they are when the run started here, so records keep the same paths)."""
+
+    def __init__(self, cwd: str | None):
+        here = os.getcwd()
+        self.base = cwd if cwd and os.path.isdir(cwd) and cwd != here else None
+
+    def __call__(self, path: str) -> str:
+        if self.base is None or os.path.isabs(path):
+            return path
+        return os.path.join(self.base, path)
 
 
 def _go(
@@ -157,7 +171,7 @@ def _go(
     progress: bool,
     skip: set[str],
     summary: Summary,
-) -> int:
+) -> Finished:
     manifest["status"] = "running"
     write_manifest(run_dir, manifest)
     began = time.monotonic()
@@ -175,14 +189,7 @@ def _go(
     rows = outcome.summary.rows({t.name: t.price for t in plan.targets})
     _finish(manifest, plan, outcome, rows, time.monotonic() - began)
     write_manifest(run_dir, manifest)
-    print(render(rows))
-    c = manifest["counts"]
-    print(
-        f"\n{c['ok']}/{c['planned']} conversations ok, {c['failed']} failed, "
-        f"{c['checks_failed']} with failing checks, {c['not_run']} not run -> {run_dir}",
-        file=sys.stderr,
-    )
-    return exit_code(manifest)
+    return Finished(run_dir, manifest, rows)
 
 
 def _finish(
@@ -216,15 +223,6 @@ def event_loop_runner() -> Any:
     except ImportError:
         return asyncio.run
     return uvloop.run
-
-
-def exit_code(manifest: dict[str, Any]) -> int:
-    counts = manifest["counts"]
-    if manifest["status"] == "interrupted":
-        return EXIT_INTERRUPTED
-    if counts["failed"]:
-        return EXIT_FAILED
-    return EXIT_CHECKS if counts["checks_failed"] else EXIT_OK
 
 
 def default_models_file(given: str | None) -> str | None:

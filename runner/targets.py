@@ -12,7 +12,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 from runner.errors import InputError, at
-from runner.providers import PROVIDERS
+from runner.providers import PROVIDERS, Provider
 
 DEFAULT_BASE_URL = {
     "openai-chat": "https://api.openai.com/v1",
@@ -226,3 +226,8 @@ def _read_key(target: Target) -> str | None:
             f"{target.api_key_env}, which is not set; export it (keys are never read from files)"
         )
     return key
+
+
+def provider_for(target: Target) -> Provider:
+    """The one way to build a target's protocol adapter (for requests and for --dry-run)."""
+    return PROVIDERS[target.provider](target.base_url, target.model, target.key, target.auth)

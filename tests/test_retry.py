@@ -9,10 +9,12 @@ from email.utils import format_datetime
 import pytest
 from multidict import CIMultiDict
 
-from runner.providers.base import ApiError, Reply, classify, retry_after
+from runner.errors import ApiError
+from runner.limits import AdaptiveLimit, TokenBucket
+from runner.providers.base import Reply, classify, retry_after
 from runner.providers.gemini import Gemini
 from runner.providers.openai_chat import openai_error
-from runner.retry import AdaptiveLimit, RetryPolicy, TokenBucket, retrying
+from runner.retry import RetryPolicy, retrying
 
 
 def run(coro):
@@ -46,8 +48,8 @@ def recorder():
 def test_retry_after_is_honoured_exactly():
     waits, sleep = recorder()
     script = Script(classify(429, "slow down", retry_after=1.5), classify(503, "busy", 0.25))
-    reply = run(retrying(script, RetryPolicy(max_retries=5), sleep, rand=lambda: 0.9))
-    assert reply.text == "ok" and script.calls == 3
+    reply, attempts = run(retrying(script, RetryPolicy(max_retries=5), sleep, rand=lambda: 0.9))
+    assert reply.text == "ok" and script.calls == 3 and attempts == 3
     assert waits == [1.5, 0.25]
 
 
@@ -203,19 +205,13 @@ def test_tpm_bucket_is_corrected_by_actual_usage():
     assert run(scenario()) == pytest.approx(5.0)  # 400 of debt + 100 at 100 tokens/s
 
 
-def test_a_first_attempt_made_by_the_caller_is_decided_by_the_loop():
+def test_a_first_attempt_that_succeeds_is_one_attempt_and_no_wait():
     waits, sleep = recorder()
-    seen: list[int] = []
-
-    async def attempt(n: int) -> Reply:
-        seen.append(n)
-        return Reply("ok", "stop")
-
-    policy = RetryPolicy(max_retries=2)
-    reply = run(retrying(attempt, policy, sleep, after=classify(429, "x", retry_after=0.5)))
-    assert reply.text == "ok" and seen == [1] and waits == [0.5]
+    reply, attempts = run(retrying(Script(), RetryPolicy(max_retries=2), sleep))
+    assert (reply.text, attempts, waits) == ("ok", 1, [])
+    script = Script(classify(401, "bad key"))
     with pytest.raises(ApiError, match="bad key"):
-        run(retrying(attempt, policy, sleep, after=classify(401, "bad key")))
-    assert seen == [1]  # a final error is not retried
+        run(retrying(script, RetryPolicy(max_retries=2), sleep))
+    assert script.calls == 1 and waits == []  # a final error is not retried
     with pytest.raises(ApiError, match="busy"):
-        run(retrying(attempt, RetryPolicy(max_retries=0), sleep, after=classify(503, "busy")))
+        run(retrying(Script(classify(503, "busy")), RetryPolicy(max_retries=0), sleep))
