@@ -34,11 +34,11 @@ test: $(TESTDEPS)
 	$(BIN)/python -m pytest -q
 
 bench: $(FAST)
-	$(BIN)/python -m runner.bench
+	$(BIN)/python -m bench
 
 lint: $(TESTDEPS)
-	$(BIN)/ruff check runner tests
-	$(BIN)/ruff format --check runner tests
+	$(BIN)/ruff check runner tests bench
+	$(BIN)/ruff format --check runner tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from runner.bench import TURNS, Workload, floor
+from bench.floor import floor
+from bench.workloads import TURNS, Workload
 
 
 @pytest.mark.parametrize("stream", [False, True])
