@@ -39,6 +39,7 @@ bench: $(FAST)
 lint: $(TESTDEPS)
 	$(BIN)/ruff check runner tests bench
 	$(BIN)/ruff format --check runner tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -69,38 +69,55 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
 )
-def run(**opts: object) -> None:
+def run(
+    paths: tuple[str, ...],
+    targets: tuple[str, ...],
+    models_file: str | None,
+    base_url: str | None,
+    output_dir: str,
+    run_id: str | None,
+    concurrency: int,
+    repeat: int | None,
+    filters: tuple[str, ...],
+    shard: str | None,
+    resume_dir: str | None,
+    retry_failed: bool,
+    force: bool,
+    stream: bool,
+    timeout: float | None,
+    max_retries: int | None,
+    max_wait: float | None,
+    no_progress: bool,
+    dry_run: bool,
+) -> None:
     """Run SCENARIOS (files or folders) against every -m target."""
     from runner import run as runs
 
-    progress = not opts["no_progress"]
-    if opts["resume_dir"]:
-        resume_dir = Path(opts["resume_dir"])
-        _finished(runs.resume(resume_dir, opts["retry_failed"], opts["force"], progress))
-    if not opts["paths"] or not opts["targets"]:
+    if resume_dir:
+        _finished(runs.resume(Path(resume_dir), retry_failed, force, not no_progress))
+    if not paths or not targets:
         raise InputError(
             "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
         )
     inv = runs.Invocation(
-        paths=list(opts["paths"]),
-        targets=list(opts["targets"]),
-        models_file=runs.default_models_file(opts["models_file"]),
-        base_url=opts["base_url"],
-        repeat=opts["repeat"],
-        filters=list(opts["filters"]),
-        shard=opts["shard"],
-        stream=opts["stream"],
-        concurrency=opts["concurrency"],
-        timeout_s=opts["timeout"],
-        max_retries=opts["max_retries"],
-        max_wait_s=opts["max_wait"],
+        paths=list(paths),
+        targets=list(targets),
+        models_file=runs.default_models_file(models_file),
+        base_url=base_url,
+        repeat=repeat,
+        filters=list(filters),
+        shard=shard,
+        stream=stream,
+        concurrency=concurrency,
+        timeout_s=timeout,
+        max_retries=max_retries,
+        max_wait_s=max_wait,
     )
-    if opts["dry_run"]:
+    if dry_run:
         for text in runs.dry_run(runs.load(inv)[2], inv.stream):
             click.echo(text)
         return
-    run_dir = runs.new_run_dir(opts["output_dir"], opts["run_id"])
-    _finished(runs.start(inv, run_dir, progress))
+    _finished(runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress))
 
 
 def _finished(finished: Finished) -> NoReturn:
@@ -140,7 +157,7 @@ def report(run_dir: str, fmt: str) -> None:
 @click.option("--retry-after-ms", type=click.IntRange(0), default=50)
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip
-def mock_server(host: str, port: int, **opts: object) -> None:
+def mock_server(host: str, port: int, **opts: Any) -> None:
     """Serve the mock OpenAI Chat, Responses and Gemini APIs on HOST:PORT."""
     from runner.mock import MockOptions, serve
 

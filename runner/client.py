@@ -35,7 +35,7 @@ class TargetClient:
         self.breaker = Breaker(target.name)
         self.retries = 0  # shown by the progress line
         self.provider = provider_for(target)
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession  # opened by start()
 
     async def start(self) -> None:
         """Open the HTTP session: one connection pool sized to the target's concurrency."""
@@ -49,8 +49,7 @@ class TargetClient:
         )
 
     async def close(self) -> None:
-        if self.session:
-            await self.session.close()
+        await self.session.close()
 
     async def complete(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 # values are plain trees (no cycles), so the circular-reference check is skipped
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
+orjson: Any
 try:
     import orjson
 except ImportError:  # the standard library does the same, more slowly

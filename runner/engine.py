@@ -137,8 +137,9 @@ async def _pool(
     with _interrupts(stopping, workers):
         await asyncio.gather(*workers, return_exceptions=True)
     for task in workers:
-        if not task.cancelled() and task.exception():
-            raise task.exception()
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
     return stopping.is_set()
 
 

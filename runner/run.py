@@ -55,7 +55,7 @@ def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
 
 def _override(target: Target, inv: Invocation) -> Target:
     """Command-line limits win over the models file."""
-    changes = {
+    changes: dict[str, Any] = {
         "timeout_s": inv.timeout_s,
         "max_retries": inv.max_retries,
         "max_wait_s": inv.max_wait_s,

@@ -70,7 +70,12 @@ def usage(reply: Reply) -> dict[str, Any]:
 def completion(cid: str, created: int, model: str, reply: Reply) -> dict[str, Any]:
     """The non-streaming chat.completion object."""
     content = None if reply.finish == rp.BLOCKED else reply.text
-    message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": content,
+        "refusal": None,
+        "annotations": [],
+    }
     finish = FINISH[reply.finish]
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     head = {"id": cid, "object": "chat.completion", "created": created, "model": model}

@@ -46,12 +46,13 @@ def parse_input(value: Any) -> list[Message]:
         return [("user", value)]
     if not isinstance(value, list):
         raise MockError(400, "'input' must be a string or an array of items.", "input")
-    out = []
+    out: list[Message] = []
     for item in value:
         if not isinstance(item, dict):
             raise MockError(400, "Each input item must be an object.", "input")
         if item.get("type", "message") == "message" and isinstance(item.get("role"), str):
-            out.append((ROLES.get(item["role"], item["role"]), content_text(item.get("content"))))
+            role: str = item["role"]
+            out.append((ROLES.get(role, role), content_text(item.get("content"))))
     return out
 
 
@@ -109,7 +110,7 @@ def usage(reply: Reply) -> dict[str, Any]:
 def response_object(ctx: Ctx, status: str, **fields: Any) -> dict[str, Any]:
     """A response object; fields override output/usage/incomplete_details/error."""
     head = {"id": ctx.rid, "object": "response", "created_at": ctx.created, "status": status}
-    rest = {"error": None, "incomplete_details": None, "output": [], "usage": None}
+    rest: dict[str, Any] = {"error": None, "incomplete_details": None, "output": [], "usage": None}
     return {**head, **ctx.echo, **rest, **fields}
 
 
