@@ -9,7 +9,7 @@ from runner.client import TargetClient
 from runner.plan import Conversation
 from runner.providers import PROVIDERS, ApiError, Reply, Usage
 from runner.records import VERSION, utc_now
-from runner.scenarios import Scenario, render
+from runner.scenarios import Scenario, fill
 from runner.targets import mock_base_url
 
 
@@ -38,7 +38,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
     total = Usage()
     previous_id, since_reply, error = None, 0, None
     for turn in scenario.turns:
-        history.append({"role": turn.role, "content": render(turn.content, values)})
+        history.append({"role": turn.role, "content": fill(turn.content, values)})
         if turn.role == "assistant":
             continue
         params = {**base_params, **turn.params} if turn.params else base_params
@@ -68,7 +68,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
 def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
     """The conversation's system prompt and params (target's, then the scenario's over them)."""
     scenario = conv.scenario
-    system = render(scenario.system, conv.vars) if scenario.system is not None else None
+    system = fill(scenario.system, conv.vars) if scenario.system is not None else None
     params = {**conv.target.params, **scenario.params}
     if scenario.context == "server":  # chaining needs every response stored
         params["store"] = True
@@ -147,7 +147,7 @@ def first_request(conv: Conversation, stream: bool) -> str:
     system, params = _setup(conv)
     history: list[dict[str, str]] = []
     for turn in scenario.turns:
-        history.append({"role": turn.role, "content": render(turn.content, values)})
+        history.append({"role": turn.role, "content": fill(turn.content, values)})
         if turn.role == "user":
             params = {**params, **turn.params}
             break
