@@ -95,6 +95,8 @@ EXPECT_KEYS = tuple(f.name for f in fields(Expect))
 class ScenarioReader(Reader):
     """A Reader for one document or scenario; notes templates, claims ids across files."""
 
+    merge_hint = "use 'defaults:' or an alias (*name)"
+
     def __init__(self, problems: Problems, path: str, ids: dict[str, str]):
         super().__init__(problems, path)
         self.ids = ids  # scenario id -> "file:line" where it was first defined, for all files

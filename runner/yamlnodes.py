@@ -91,6 +91,8 @@ def _read_text(path: str, problems: Problems) -> str | None:
 class Reader:
     """Builds values from the nodes of one file, reporting problems with its path."""
 
+    merge_hint = "use an alias (*name)"  # what to write instead where merge keys are refused
+
     def __init__(self, problems: Problems, path: str):
         self.problems, self.path = problems, path
         self.constructor = SafeConstructor()
@@ -133,16 +135,21 @@ class Reader:
         where: str,
         allowed: tuple[str, ...] | None,
         hints: tuple[str, ...] = (),
+        merges: bool = False,
     ) -> dict[str, Pair]:
-        """Key -> (key node, value node) of a mapping; bad, duplicate, unknown keys reported."""
+        """Key -> (key node, value node) of a mapping; bad, duplicate, unknown keys reported.
+
+        With MERGES, merge keys (<<) are resolved as yaml.safe_load does, the mapping's own
+        keys over merged ones; without, each merge key is reported."""
         out: dict[str, Pair] = {}
-        for knode, vnode in node.value:
+        own = {id(knode) for knode, _ in node.value}
+        for knode, vnode in self._merged(node) if merges else node.value:
             key = knode.value if isinstance(knode, ScalarNode) else None
             if knode.tag == MERGE_TAG:
-                message = "merge keys (<<) are not supported; use 'defaults:' or an alias (*name)"
+                message = f"merge keys (<<) are not supported; {self.merge_hint}"
             elif key is None:
                 message = f"keys in {where} must be plain strings"
-            elif key in out:
+            elif key in out and id(out[key][0]) in own:
                 message = (
                     f"duplicate key '{key}' in {where} (first at line {node_line(out[key][0])})"
                 )
@@ -153,6 +160,15 @@ class Reader:
                 continue
             self.report(node_line(knode), message)
         return out
+
+    def _merged(self, node: MappingNode) -> list[Pair]:
+        """A mapping's entries with merge keys resolved: the merged ones first."""
+        flat = MappingNode(node.tag, list(node.value), node.start_mark, node.end_mark)
+        try:
+            self.constructor.flatten_mapping(flat)
+        except yaml.YAMLError as e:
+            raise Bad(node, f"bad YAML value: {yaml_reason(e)}", error_line(e, "")) from None
+        return flat.value
 
 
 def node_line(node: Node) -> int:
