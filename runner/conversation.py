@@ -9,7 +9,7 @@ from runner.client import TargetClient
 from runner.plan import Conversation
 from runner.providers import PROVIDERS, ApiError, Reply, Usage
 from runner.records import VERSION, utc_now
-from runner.scenarios import Scenario, fill
+from runner.scenarios import Scenario, Server, Window, fill
 from runner.targets import mock_base_url
 
 
@@ -21,9 +21,9 @@ def sent_messages(
     history holds every message so far, ending with the new user message;
     since_reply is the index just after the last generated reply (server mode).
     """
-    if scenario.context == "window":
-        return history[-scenario.window :]
-    if scenario.context == "server":
+    if isinstance(scenario.context, Window):
+        return history[-scenario.context.n :]
+    if isinstance(scenario.context, Server):
         return history[since_reply:]
     return history
 
@@ -54,7 +54,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
             break
         history.append({"role": "assistant", "content": reply.text})
         since_reply = len(history)
-        previous_id = reply.response_id if scenario.context == "server" else None
+        previous_id = reply.response_id if isinstance(scenario.context, Server) else None
         total.add(reply.usage)
         record = _turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
         if turn.expect:
@@ -70,7 +70,7 @@ def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
     scenario = conv.scenario
     system = fill(scenario.system, conv.vars) if scenario.system is not None else None
     params = {**conv.target.params, **scenario.params}
-    if scenario.context == "server":  # chaining needs every response stored
+    if isinstance(scenario.context, Server):  # chaining needs every response stored
         params["store"] = True
     return system, params
 
@@ -87,7 +87,7 @@ def _check_reply(reply: Reply, scenario: Scenario) -> None:
         raise ApiError(
             "empty", f"the model returned no text (finish reason: {reply.finish_reason})"
         )
-    if scenario.context == "server" and not reply.response_id:
+    if isinstance(scenario.context, Server) and not reply.response_id:
         raise ApiError(
             "protocol", "context: server needs a response id to chain; the reply had none"
         )

@@ -10,11 +10,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runner.schema import Expect, Scenario, ScenarioReader, Turn, read_document
+from runner.schema import (
+    Context,
+    Expect,
+    Full,
+    Scenario,
+    ScenarioReader,
+    Server,
+    Turn,
+    Window,
+    read_document,
+)
 from runner.variables import fill
 from runner.yamlnodes import Problems, read_documents
 
-__all__ = ["Expect", "Scenario", "Turn", "fill", "load_file", "load_paths"]
+__all__ = [
+    "Context",
+    "Expect",
+    "Full",
+    "Scenario",
+    "Server",
+    "Turn",
+    "Window",
+    "fill",
+    "load_file",
+    "load_paths",
+]
 
 
 def load_paths(paths: list[str]) -> list[Scenario]:

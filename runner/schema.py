@@ -25,6 +25,26 @@ from runner.yamlnodes import (
 
 
 @dataclass(frozen=True, slots=True)
+class Full:
+    """Each turn sends the whole history (the default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Each turn sends only the last N messages (the system prompt apart)."""
+
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """The server keeps the history: each turn sends what is new and chains to the last reply."""
+
+
+Context = Full | Window | Server  # what each turn sends: `context: full | {window: N} | server`
+
+
+@dataclass(frozen=True, slots=True)
 class Expect:
     """Checks on one generated reply. Strings may hold {{var}} templates."""
 
@@ -62,8 +82,7 @@ class Scenario:
     tags: tuple[str, ...] = ()
     system: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    context: str = "full"  # "full" | "window" | "server"
-    window: int | None = None  # N when context == "window"
+    context: Context = Full()
     vars: Vars = field(default_factory=dict)
     repeat: int = 1
 
@@ -179,8 +198,7 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
         check_templates(r, r.templated, values.get("vars", {}))
     if r.count() > start:
         return None
-    context, window = values.pop("context", ("full", None))
-    return Scenario(**values, context=context, window=window, file=r.path, line=node_line(node))
+    return Scenario(**values, file=r.path, line=node_line(node))
 
 
 def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
@@ -231,16 +249,18 @@ def _expect(r: ScenarioReader, node: Node, key: str) -> Expect:
     return Expect(**r.fields(r.entries(node, "expect", EXPECT_KEYS), EXPECT_FIELDS))
 
 
-def _context(r: ScenarioReader, node: Node, key: str) -> tuple[str, int | None]:
-    """full | server | {window: N} -> (context, window)."""
+def _context(r: ScenarioReader, node: Node, key: str) -> Context:
+    """full | server | {window: N}."""
     if isinstance(node, MappingNode):
         entries = r.entries(node, "context", ("window",))
         if "window" not in entries:
             raise Bad(node, "'context' as a mapping needs 'window: N'")
-        return "window", _positive_int(r, entries["window"][1], "window")
+        return Window(_positive_int(r, entries["window"][1], "window"))
     value = r.value(node)
-    if value in ("full", "server"):
-        return value, None
+    if value == "full":
+        return Full()
+    if value == "server":
+        return Server()
     raise Bad(node, f"'context' must be full, server or {{window: N}}, got {show(value)}")
 
 
