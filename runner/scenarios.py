@@ -84,7 +84,10 @@ class _Run:
         if real in self.files:
             return []
         self.files.add(real)
+        before = len(self.problems)
         nodes = read_documents(path, self.problems)
+        if not nodes and len(self.problems) == before:
+            self.problems.report(path, None, "no scenarios: the file is empty or only comments")
         return [s for node in nodes for s in read_document(self._reader(path), node)]
 
     def _reader(self, path: str) -> ScenarioReader:
