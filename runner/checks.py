@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from runner.scenarios import Expect, render
+from runner.scenarios import Expect, fill
 
 
 def evaluate(
@@ -32,11 +32,11 @@ def evaluate(
         add("not_contains", not present, f"found {present}" if present else "none found")
     if expect.regex is not None:
         flags = re.IGNORECASE if expect.ignore_case else 0
-        pattern = render(expect.regex, values)
+        pattern = fill(expect.regex, values)
         ok = re.search(pattern, text, flags) is not None
         add("regex", ok, f"{'matched' if ok else 'no match for'} /{pattern}/")
     if expect.equals is not None:
-        want = render(expect.equals, values)
+        want = fill(expect.equals, values)
         ok = fold(text.strip()) == fold(want.strip())
         add("equals", ok, "equal" if ok else f"expected {want!r}")
     if expect.json:
@@ -55,7 +55,7 @@ def _same(s: str) -> str:
 
 
 def _all(items: tuple[str, ...], values: dict[str, Any]) -> list[str]:
-    return [render(s, values) for s in items]
+    return [fill(s, values) for s in items]
 
 
 def _parses(text: str) -> tuple[bool, str]:

@@ -11,7 +11,7 @@ from runner.errors import ApiError, Kind
 from runner.plan import Conversation
 from runner.providers import Reply
 from runner.records import Usage, transcript_record, turn_record, utc_now
-from runner.scenarios import Scenario, render
+from runner.scenarios import Scenario, Server, Window, fill
 from runner.targets import mock_base_url, provider_for
 
 
@@ -23,9 +23,9 @@ def sent_messages(
     history holds every message so far, ending with the new user message;
     since_reply is the index just after the last generated reply (server mode).
     """
-    if scenario.context == "window":
-        return history[-scenario.window :]
-    if scenario.context == "server":
+    if isinstance(scenario.context, Window):
+        return history[-scenario.context.n :]
+    if isinstance(scenario.context, Server):
         return history[since_reply:]
     return history
 
@@ -40,7 +40,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
     total = Usage()
     previous_id, since_reply, error = None, 0, None
     for turn in scenario.turns:
-        history.append({"role": turn.role, "content": render(turn.content, values)})
+        history.append({"role": turn.role, "content": fill(turn.content, values)})
         if turn.role == "assistant":
             continue
         params = {**base_params, **turn.params} if turn.params else base_params
@@ -56,7 +56,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
             break
         history.append({"role": "assistant", "content": reply.text})
         since_reply = len(history)
-        previous_id = reply.response_id if scenario.context == "server" else None
+        previous_id = reply.response_id if isinstance(scenario.context, Server) else None
         total.add(reply.usage)
         record = turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
         if turn.expect:
@@ -70,9 +70,9 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
 def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
     """The conversation's system prompt and params (target's, then the scenario's over them)."""
     scenario = conv.scenario
-    system = render(scenario.system, conv.vars) if scenario.system is not None else None
+    system = fill(scenario.system, conv.vars) if scenario.system is not None else None
     params = {**conv.target.params, **scenario.params}
-    if scenario.context == "server":  # chaining needs every response stored
+    if isinstance(scenario.context, Server):  # chaining needs every response stored
         params["store"] = True
     return system, params
 
@@ -88,7 +88,7 @@ def _check_reply(reply: Reply, scenario: Scenario) -> None:
         raise ApiError(
             Kind.EMPTY, f"the model returned no text (finish reason: {reply.finish_reason})"
         )
-    if scenario.context == "server" and not reply.response_id:
+    if isinstance(scenario.context, Server) and not reply.response_id:
         raise ApiError(
             Kind.PROTOCOL, "context: server needs a response id to chain; the reply had none"
         )
@@ -107,7 +107,7 @@ def first_request(conv: Conversation, stream: bool) -> str:
     system, params = _setup(conv)
     history: list[dict[str, str]] = []
     for turn in scenario.turns:
-        history.append({"role": turn.role, "content": render(turn.content, values)})
+        history.append({"role": turn.role, "content": fill(turn.content, values)})
         if turn.role == "user":
             params = {**params, **turn.params}
             break

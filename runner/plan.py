@@ -11,7 +11,7 @@ from typing import Any
 
 from runner.errors import InputError
 from runner.providers import PROVIDERS
-from runner.scenarios import Scenario
+from runner.scenarios import Scenario, Server
 from runner.targets import Target
 
 
@@ -108,7 +108,7 @@ def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:
         f"{s.file}:{s.line}: scenario '{s.id}' uses context: server, which needs an "
         f"openai-responses target; target '{t.name}' speaks {t.provider}"
         for s in scenarios
-        if s.context == "server"
+        if isinstance(s.context, Server)
         for t in targets
         if not PROVIDERS[t.provider].supports_server_context
     ]

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-import yaml
-from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node
 
-from runner.errors import InputError, at
+from runner.errors import InputError
 from runner.providers import PROVIDERS, Provider
+from runner.yamlnodes import Bad, Problems, Reader, node_line, read_documents
 
 DEFAULT_BASE_URL = {
     "openai-chat": "https://api.openai.com/v1",
@@ -63,7 +63,7 @@ BUILTIN = {
     "mock-responses": ("openai-responses", "mock-responses"),
     "mock-gemini": ("gemini", "mock-gemini"),
 }
-FIELDS = {f.name for f in dataclasses.fields(Target)} - {"name", "key"}
+FIELDS = tuple(f.name for f in dataclasses.fields(Target) if f.name not in ("name", "key"))
 TYPES: dict[str, tuple[type, ...]] = {
     "provider": (str,), "model": (str,), "base_url": (str,), "api_key_env": (str,),
     "auth": (str,), "stream": (bool,), "params": (dict,), "concurrency": (int,),
@@ -71,6 +71,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "connect_timeout_s": (int, float), "first_byte_timeout_s": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
 }  # fmt: skip
+MINIMUM = {"concurrency": 1, "max_retries": 0}
 
 
 def mock_base_url(provider: str, server_url: str) -> str:
@@ -92,58 +93,54 @@ def builtin(name: str) -> Target:
 
 def load_models(path: str) -> dict[str, Target]:
     """Read a models file ({targets: {name: {...}}}); errors name file and line."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            root = yaml.compose(fh)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(at(path, None, f"cannot read the models file: {exc}")) from None
-    except yaml.YAMLError as exc:
-        line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
-        raise InputError(at(path, line, f"invalid YAML: {getattr(exc, 'problem', exc)}")) from None
-    if root is None or not isinstance(root, yaml.MappingNode):
-        raise InputError(at(path, 1, "a models file is a mapping with a 'targets:' key"))
-    targets_node = _key(root, "targets")
-    if targets_node is None or not isinstance(targets_node, yaml.MappingNode):
-        raise InputError(
-            at(path, root.start_mark.line + 1, "expected 'targets:' holding a mapping")
-        )
-    problems: list[str] = []
+    problems = Problems()
+    r = Reader(problems, path)
+    targets_node = _targets_node(r, read_documents(path, problems))
     targets = {}
-    for key_node, value_node in targets_node.value:
-        target = _target(path, key_node, value_node, problems)
-        if target:
-            targets[target.name] = target
-    if problems:
-        raise InputError(problems)
+    if targets_node is not None:
+        for name, (key_node, node) in r.entries(targets_node, "targets", None, merges=True).items():
+            try:
+                target = _target(r, name, key_node, node)
+            except Bad as e:
+                r.report(e.line, e.message)
+                continue
+            if target is not None:
+                targets[name] = target
+    problems.raise_any()
     return targets
 
 
-def _key(node: yaml.MappingNode, name: str) -> yaml.Node | None:
-    for key_node, value_node in node.value:
-        if key_node.value == name:
-            return value_node
-    return None
+def _targets_node(r: Reader, documents: list[Node]) -> MappingNode | None:
+    """The 'targets:' mapping of the file's one document; None when it is not there."""
+    if r.count():  # the file could not be read, or is not YAML
+        return None
+    if len(documents) > 1:
+        r.report(node_line(documents[1]), "a models file holds one YAML document")
+        return None
+    root = documents[0] if documents else None
+    if not isinstance(root, MappingNode):
+        r.report(node_line(root) if root else 1, "a models file is a mapping with a 'targets:' key")
+        return None
+    # other top-level keys are left alone: they may hold anchors (&name) that targets merge
+    top = r.entries(root, "models file", None, merges=True)
+    targets = top["targets"][1] if "targets" in top else None
+    if not isinstance(targets, MappingNode):
+        r.report(node_line(root), "expected 'targets:' holding a mapping")
+        return None
+    return targets
 
 
-def _target(path: str, key_node: yaml.Node, node: yaml.Node, problems: list[str]) -> Target | None:
-    name, line = str(key_node.value), key_node.start_mark.line + 1
-    if not isinstance(node, yaml.MappingNode):
-        problems.append(at(path, line, f"target '{name}' must be a mapping"))
-        return None
-    try:  # values built from the nodes with yaml.safe_load's rules: no tags that run code
-        data = SafeConstructor().construct_document(node)
-    except yaml.YAMLError as exc:
-        bad = getattr(exc, "problem_mark", None)
-        where = bad.line + 1 if bad else line
-        problems.append(at(path, where, f"target '{name}': {getattr(exc, 'problem', exc)}"))
-        return None
-    before = len(problems)
-    for sub_key, _ in node.value:
-        _check_field(path, name, sub_key, data.get(sub_key.value), problems)
+def _target(r: Reader, name: str, key_node: Node, node: Node) -> Target | None:
+    """One target, or None when a problem was reported."""
+    if not isinstance(node, MappingNode):
+        raise Bad(key_node, f"target '{name}' must be a mapping")
+    start = r.count()
+    entries = r.entries(node, f"target '{name}'", FIELDS, merges=True)
+    data = r.fields(entries, dict.fromkeys(entries, partial(_field, target=name)))
     for required in ("provider", "model"):
-        if required not in data:
-            problems.append(at(path, line, f"target '{name}' needs '{required}'"))
-    if len(problems) > before:
+        if required not in entries:
+            r.report(node_line(key_node), f"target '{name}' needs '{required}'")
+    if r.count() > start:
         return None
     data.setdefault("base_url", DEFAULT_BASE_URL[data["provider"]])
     if data.get("mock") is None:
@@ -151,34 +148,27 @@ def _target(path: str, key_node: yaml.Node, node: yaml.Node, problems: list[str]
     return Target(name=name, **data)
 
 
-def _check_field(path: str, name: str, key: yaml.Node, value: Any, problems: list[str]) -> None:
-    line, field_name = key.start_mark.line + 1, str(key.value)
-    if field_name not in FIELDS:
-        close = difflib.get_close_matches(field_name, FIELDS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        problems.append(at(path, line, f"unknown key '{field_name}' in target '{name}'{hint}"))
-    elif not isinstance(value, TYPES[field_name]) or (
-        isinstance(value, bool) and bool not in TYPES[field_name]
-    ):
-        kind = " or ".join(t.__name__ for t in TYPES[field_name])
-        problems.append(at(path, line, f"'{field_name}' of target '{name}' must be {kind}"))
-    elif field_name == "provider" and value not in PROVIDERS:
-        problems.append(
-            at(path, line, f"unknown provider '{value}'; use one of {', '.join(PROVIDERS)}")
-        )
-    elif field_name == "auth" and value not in AUTH_MODES:
-        problems.append(
-            at(path, line, f"unknown auth '{value}'; use one of {', '.join(AUTH_MODES)}")
-        )
-    elif field_name == "mock" and set(value) - mock_fields():
+def _field(r: Reader, node: Node, key: str, target: str) -> Any:
+    """One field of a target, built from its node (yaml.safe_load's rules) and checked."""
+    value, types = r.value(node), TYPES[key]
+    if not _of_type(value, types):
+        kind = " or ".join(t.__name__ for t in types)
+        raise Bad(node, f"'{key}' of target '{target}' must be {kind}")
+    if key == "provider" and value not in PROVIDERS:
+        raise Bad(node, f"unknown provider '{value}'; use one of {', '.join(PROVIDERS)}")
+    if key == "auth" and value not in AUTH_MODES:
+        raise Bad(node, f"unknown auth '{value}'; use one of {', '.join(AUTH_MODES)}")
+    if key == "mock" and set(value) - mock_fields():
         unknown, known = ", ".join(sorted(set(value) - mock_fields())), sorted(mock_fields())
-        problems.append(at(path, line, f"unknown mock option {unknown}; use {', '.join(known)}"))
-    elif field_name in ("concurrency", "max_retries") and value < (
-        1 if field_name == "concurrency" else 0
-    ):
-        problems.append(
-            at(path, line, f"'{field_name}' of target '{name}' is out of range: {value}")
-        )
+        raise Bad(node, f"unknown mock option {unknown}; use {', '.join(known)}")
+    if key in MINIMUM and value < MINIMUM[key]:
+        raise Bad(node, f"'{key}' of target '{target}' is out of range: {value}")
+    return value
+
+
+def _of_type(value: Any, types: tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is not taken for a number."""
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
 
 
 def resolve(

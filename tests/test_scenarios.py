@@ -6,9 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from runner.errors import InputError
-from runner.scenarios import Expect, Turn, load_file, load_paths
+from runner.scenarios import Expect, Full, Server, Turn, Window, load_file, load_paths
 
 GOOD = """\
 # a comment on line 1
@@ -89,7 +90,7 @@ def test_good_file_parses_every_feature(tmp_path: Path) -> None:
     assert first.tags == ("memory", "zh")
     assert first.system == "你是{{name}}的助手。"
     assert first.params == {"temperature": 0.2}
-    assert (first.context, first.window, first.repeat) == ("window", 2, 2)
+    assert (first.context, first.repeat) == (Window(2), 2)
     assert first.turns == (
         Turn("user", "你好", line=9),
         Turn("user", "我叫{{name}},我喜欢 {{ hobby }}。", params={"max_tokens": 64}, line=10),
@@ -128,9 +129,9 @@ def test_defaults_apply_and_scenario_keys_override(tmp_path: Path) -> None:
 
     assert (plain.id, plain.line, plain.turns) == ("plain", 36, (Turn("user", "hi", line=37),))
     assert plain.params == {"temperature": 0, "top_p": 0.5}  # shallow merge, scenario wins
-    assert (plain.context, plain.window) == ("server", None)
+    assert plain.context == Server()
     assert (plain.tags, plain.system, plain.repeat, plain.vars) == (("shared",), "Be brief.", 1, {})
-    assert (rows.id, rows.line, rows.context, rows.tags) == ("rows", 39, "full", ())
+    assert (rows.id, rows.line, rows.context, rows.tags) == ("rows", 39, Full(), ())
     assert rows.params == {"temperature": 1, "top_p": 0.5}
     assert rows.turns[0].line == 43
 
@@ -185,6 +186,14 @@ def test_empty_files_and_documents_give_no_scenarios(tmp_path: Path) -> None:
     assert load_paths([]) == []
 
 
+@pytest.mark.parametrize("content", ["", "# only comments\n\n# here\n"], ids=["empty", "comments"])
+def test_an_empty_file_is_an_input_error_naming_it(tmp_path: Path, content: str) -> None:
+    path = write(tmp_path, "empty.yaml", content)
+    assert problems_of([path]) == [f"{path}: no scenarios: the file is empty or only comments"]
+    result = run_cli("validate", path)
+    assert result.exit_code == 2 and f"{path}: no scenarios" in result.stderr
+
+
 def test_a_file_named_twice_is_loaded_once(tmp_path: Path) -> None:
     path = write(tmp_path, "s/a.yaml", "id: a\nturns: [hi]\n")
     assert [s.id for s in load_paths([path, str(tmp_path / "s")])] == ["a"]
@@ -192,7 +201,7 @@ def test_a_file_named_twice_is_loaded_once(tmp_path: Path) -> None:
 
 def test_server_context_is_accepted_at_load_time(tmp_path: Path) -> None:
     (s,) = load_file(write(tmp_path, "a.yaml", "id: a\ncontext: server\nturns: [hi]\n"))
-    assert (s.context, s.window) == ("server", None)
+    assert s.context == Server()
 
 
 # ---------------------------------------------------------------- bad input

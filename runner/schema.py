@@ -1,0 +1,366 @@
+"""The scenario schema: Scenario, Turn, Expect and Context, and how each is read from YAML nodes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from functools import partial
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from runner.variables import Vars, check_templates, read_vars, stand_in, var_combinations, var_count
+from runner.yamlnodes import (
+    NULL_TAG,
+    Bad,
+    Pair,
+    Parser,
+    Problems,
+    Reader,
+    mapping_keys,
+    node_line,
+    show,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Full:
+    """Each turn sends the whole history (the default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Each turn sends only the last N messages (the system prompt apart)."""
+
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """The server keeps the history: each turn sends what is new and chains to the last reply."""
+
+
+Context = Full | Window | Server  # what each turn sends: `context: full | {window: N} | server`
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """Checks on one generated reply. Strings may hold {{var}} templates."""
+
+    contains: tuple[str, ...] = ()
+    contains_any: tuple[str, ...] = ()
+    not_contains: tuple[str, ...] = ()
+    regex: str | None = None
+    equals: str | None = None
+    json: bool = False
+    max_latency_ms: float | None = None
+    finish_reason: str | None = None
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One scripted turn: a user message to send, or a fixed assistant reply."""
+
+    role: str  # "user" | "assistant"
+    content: str
+    expect: Expect | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One validated scenario: its turns, settings, vars, and where it was defined."""
+
+    id: str
+    turns: tuple[Turn, ...]
+    file: str
+    line: int
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    context: Context = Full()
+    vars: Vars = field(default_factory=dict)
+    repeat: int = 1
+
+    def var_count(self) -> int:
+        """Number of var combinations (1 when there are no vars)."""
+        return var_count(self.vars)
+
+    def var_combinations(self) -> Iterator[dict[str, Any]]:
+        """The var combinations, lazily, in a stable order."""
+        return var_combinations(self.vars)
+
+
+SCENARIO_KEYS = (
+    "id",
+    "description",
+    "tags",
+    "system",
+    "params",
+    "context",
+    "turns",
+    "vars",
+    "repeat",
+)
+DOCUMENT_KEYS = ("scenarios", "defaults")
+USER_TURN_KEYS = ("user", "expect", "params")
+EXPECT_KEYS = tuple(f.name for f in fields(Expect))
+
+
+class ScenarioReader(Reader):
+    """A Reader for one document or scenario; notes templates, claims ids across files."""
+
+    merge_hint = "use 'defaults:' or an alias (*name)"
+
+    def __init__(self, problems: Problems, path: str, ids: dict[str, str]):
+        super().__init__(problems, path)
+        self.ids = ids  # scenario id -> "file:line" where it was first defined, for all files
+        self.templated: list[tuple[int, str]] = []  # (line, text) of strings with {{var}}
+
+    def next_scenario(self) -> ScenarioReader:
+        """A reader for another scenario of the same file: its own templates."""
+        return ScenarioReader(self.problems, self.path, self.ids)
+
+    def text(self, node: Node, value: str) -> str:
+        """Note a string that may hold {{var}} templates, to check against the vars."""
+        if "{{" in value:
+            self.templated.append((node_line(node), value))
+        return value
+
+    def claim_id(self, scenario_id: str, line: int) -> None:
+        """Record where an id is defined; report it when it was defined before."""
+        if scenario_id in self.ids:
+            first = self.ids[scenario_id]
+            self.report(line, f"duplicate id '{scenario_id}' (first defined at {first})")
+        self.ids.setdefault(scenario_id, f"{self.path}:{line}")
+
+
+# ---------------------------------------------------------------- documents, scenarios, turns
+
+
+def read_document(r: ScenarioReader, node: Node) -> list[Scenario]:
+    """The scenarios of one document: one scenario, or {scenarios: [...], defaults: {...}}."""
+    if isinstance(node, ScalarNode) and node.tag == NULL_TAG:
+        return []  # an empty document
+    if not isinstance(node, MappingNode):
+        r.report(
+            node_line(node),
+            "a document must be a scenario (a mapping with 'id' and 'turns') "
+            "or a mapping with 'scenarios:'",
+        )
+        return []
+    if not mapping_keys(node) & set(DOCUMENT_KEYS):
+        return _keep([_scenario(r, node, {})])
+    top = r.entries(node, "document", DOCUMENT_KEYS)
+    defaults = _defaults(r, top["defaults"][1]) if "defaults" in top else {}
+    items = top["scenarios"][1] if "scenarios" in top else None
+    if not isinstance(items, SequenceNode) or not items.value:
+        r.report(node_line(items or node), "'scenarios' must be a non-empty list of scenarios")
+        return []
+    return _keep([_scenario(r.next_scenario(), item, defaults) for item in items.value])
+
+
+def _defaults(r: ScenarioReader, node: Node) -> dict[str, Pair]:
+    """The entries of 'defaults:' (their values are checked with each scenario)."""
+    if not isinstance(node, MappingNode):
+        r.report(node_line(node), "'defaults' must be a mapping of scenario keys")
+        return {}
+    entries = r.entries(node, "defaults", SCENARIO_KEYS)
+    if "id" in entries:
+        line = node_line(entries.pop("id")[0])
+        r.report(line, "'id' cannot be a default: each scenario has its own")
+    return entries
+
+
+def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scenario | None:
+    """One validated scenario, or None when a problem was reported."""
+    if not isinstance(node, MappingNode):
+        r.report(node_line(node), f"a scenario must be a mapping, got {r.shown(node)}")
+        return None
+    start = r.count()
+    own = r.entries(node, "scenario", SCENARIO_KEYS)
+    merged = {**defaults, **own}
+    for key in ("id", "turns"):
+        if key not in merged:
+            r.report(node_line(node), f"scenario is missing '{key}'")
+    values = r.fields({k: p for k, p in merged.items() if k != "params"}, SCENARIO_FIELDS)
+    params = [
+        r.fields({"params": e["params"]}, {"params": _params})
+        for e in (defaults, own)
+        if "params" in e
+    ]  # merged shallowly, the scenario's own over the defaults
+    values["params"] = {k: v for p in params for k, v in p.get("params", {}).items()}
+    if "vars" in values or "vars" not in merged:  # else vars were bad: names unknown
+        check_templates(r, r.templated, values.get("vars", {}))
+    if r.count() > start:
+        return None
+    return Scenario(**values, file=r.path, line=node_line(node))
+
+
+def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
+    if not isinstance(node, SequenceNode) or not node.value:
+        raise Bad(node, f"'turns' must be a non-empty list, got {r.shown(node)}")
+    turns: list[Turn | None] = []
+    for item in node.value:
+        try:
+            turns.append(_turn(r, item))
+        except Bad as e:
+            r.report(e.line, e.message)
+            turns.append(None)
+    if turns[-1] is not None and turns[-1].role == "assistant":
+        raise Bad(
+            node.value[-1],
+            "the last turn is an assistant turn; a conversation must end with a user turn",
+        )
+    return tuple(t for t in turns if t is not None)
+
+
+def _turn(r: ScenarioReader, node: Node) -> Turn | None:
+    """A string, {user: ..., expect: ..., params: ...} or {assistant: ...}."""
+    line = node_line(node)
+    if not isinstance(node, MappingNode):
+        value = r.value(node) if isinstance(node, ScalarNode) else None
+        if not isinstance(value, str):
+            raise Bad(
+                node,
+                "a turn must be a string, {user: ...} or {assistant: ...}, "
+                f"got {r.shown(node)}",
+            )
+        return Turn("user", r.text(node, value), line=line)
+    if "assistant" in mapping_keys(node):
+        entries = r.entries(node, "assistant turn", ("assistant",))
+        return Turn("assistant", _text(r, entries["assistant"][1], "assistant"), line=line)
+    entries = r.entries(node, "turn", USER_TURN_KEYS, hints=("assistant",))
+    if "user" not in entries:
+        raise Bad(node, "a turn mapping needs 'user' (or 'assistant')")
+    v = r.fields(entries, TURN_FIELDS)
+    if "user" not in v:
+        return None
+    return Turn("user", v["user"], v.get("expect"), v.get("params", {}), line)
+
+
+def _expect(r: ScenarioReader, node: Node, key: str) -> Expect:
+    if not isinstance(node, MappingNode):
+        raise Bad(node, f"'expect' must be a mapping of checks, got {r.shown(node)}")
+    return Expect(**r.fields(r.entries(node, "expect", EXPECT_KEYS), EXPECT_FIELDS))
+
+
+def _context(r: ScenarioReader, node: Node, key: str) -> Context:
+    """full | server | {window: N}."""
+    if isinstance(node, MappingNode):
+        entries = r.entries(node, "context", ("window",))
+        if "window" not in entries:
+            raise Bad(node, "'context' as a mapping needs 'window: N'")
+        return Window(_positive_int(r, entries["window"][1], "window"))
+    value = r.value(node)
+    if value == "full":
+        return Full()
+    if value == "server":
+        return Server()
+    raise Bad(node, f"'context' must be full, server or {{window: N}}, got {show(value)}")
+
+
+def _keep(scenarios: list[Scenario | None]) -> list[Scenario]:
+    return [s for s in scenarios if s is not None]
+
+
+# ---------------------------------------------------------------- value parsers
+
+
+def _checked(r: Reader, node: Node, key: str, want: str, ok: Callable[[Any], bool]) -> Any:
+    """The node's value when OK says so; else Bad: "'KEY' must be WANT, got ..."."""
+    value = r.value(node)
+    if not ok(value):
+        raise Bad(node, f"'{key}' must be {want}, got {show(value)}")
+    return value
+
+
+def _string(r: Reader, node: Node, key: str) -> str:
+    return _checked(r, node, key, "a string", lambda v: isinstance(v, str))
+
+
+def _text(r: ScenarioReader, node: Node, key: str) -> str:
+    """A string that may hold {{var}} templates."""
+    return r.text(node, _string(r, node, key))
+
+
+def _id(r: ScenarioReader, node: Node, key: str) -> str:
+    value = _string(r, node, key)
+    if not value.strip():
+        raise Bad(node, "'id' must be a non-empty string")
+    r.claim_id(value, node_line(node))
+    return value
+
+
+def _strings(r: ScenarioReader, node: Node, key: str, single: bool) -> tuple[str, ...]:
+    """A list of strings (or, when SINGLE, also one string), templates noted."""
+    want = "a string or a list of strings" if single else "a list of strings"
+    if not isinstance(node, SequenceNode) and not single:
+        raise Bad(node, f"'{key}' must be {want}, got {r.shown(node)}")
+    out = []
+    for item in node.value if isinstance(node, SequenceNode) else [node]:
+        value = r.value(item)
+        if not isinstance(value, str):
+            raise Bad(item, f"'{key}' must be {want}, got {show(value)}")
+        out.append(r.text(item, value))
+    return tuple(out)
+
+
+def _regex(r: ScenarioReader, node: Node, key: str) -> str:
+    value = _text(r, node, key)
+    try:  # templates are filled per conversation; check the pattern with a stand-in
+        re.compile(stand_in(value))
+    except re.error as e:
+        raise Bad(node, f"bad regex {show(value)}: {e}") from None
+    return value
+
+
+def _params(r: Reader, node: Node, key: str) -> dict[str, Any]:
+    return _checked(r, node, key, "a mapping with string keys", _string_keyed)
+
+
+def _bool(r: Reader, node: Node, key: str) -> bool:
+    return _checked(r, node, key, "true or false", lambda v: isinstance(v, bool))
+
+
+def _positive_int(r: Reader, node: Node, key: str) -> int:
+    return _checked(r, node, key, "a positive integer", lambda v: _is_number(v, int) and v >= 1)
+
+
+def _positive_number(r: Reader, node: Node, key: str) -> float:
+    return _checked(r, node, key, "a positive number", lambda v: _is_number(v) and v > 0)
+
+
+def _string_keyed(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    """An int (or float) that is not a bool (YAML's true is an int to Python)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+SCENARIO_FIELDS: dict[str, Parser] = {
+    "id": _id,
+    "description": _string,
+    "tags": partial(_strings, single=False),
+    "system": _text,
+    "context": _context,
+    "turns": _turns,
+    "vars": read_vars,
+    "repeat": _positive_int,
+}
+TURN_FIELDS: dict[str, Parser] = {"user": _text, "expect": _expect, "params": _params}
+EXPECT_FIELDS: dict[str, Parser] = {
+    **dict.fromkeys(("contains", "contains_any", "not_contains"), partial(_strings, single=True)),
+    "regex": _regex,
+    "equals": _text,
+    "json": _bool,
+    "max_latency_ms": _positive_number,
+    "finish_reason": _string,
+    "ignore_case": _bool,
+}

@@ -1,0 +1,173 @@
+"""Scenario vars: reading them, expanding them into combinations, filling {{name}} templates.
+
+A scenario's vars are either a mapping name -> values, expanded as a cross product,
+or a list of rows (mappings with the same keys), one combination each.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, SequenceNode
+
+from runner.yamlnodes import Bad, Reader, node_line, show
+
+TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+VAR_TYPES = (str, int, float, bool)
+
+# name -> values (cross product), or rows with the same keys (one combination each)
+Vars = dict[str, tuple[Any, ...]] | tuple[dict[str, Any], ...]
+
+
+def fill(text: str, values: dict[str, Any]) -> str:
+    """Fill {{name}} templates; names were checked at load time."""
+    if "{{" not in text:
+        return text
+    return TEMPLATE.sub(lambda m: str(values[m.group(1)]), text)
+
+
+def var_count(scenario_vars: Vars) -> int:
+    """Number of var combinations (1 when there are no vars)."""
+    if isinstance(scenario_vars, tuple):
+        return len(scenario_vars)
+    n = 1
+    for values in scenario_vars.values():
+        n *= len(values)
+    return n
+
+
+def var_combinations(scenario_vars: Vars) -> Iterator[dict[str, Any]]:
+    """The var combinations, lazily, in a stable order."""
+    if isinstance(scenario_vars, tuple):
+        yield from scenario_vars
+        return
+    names = list(scenario_vars)
+    for values in itertools.product(*(scenario_vars[n] for n in names)):
+        yield dict(zip(names, values, strict=True))
+
+
+# ---------------------------------------------------------------- reading vars
+
+
+def read_vars(r: Reader, node: Node, key: str) -> Vars:
+    """name -> values (cross product), or a non-empty list of rows with the same keys."""
+    if isinstance(node, MappingNode):
+        return {
+            name: _var_values(r, knode, vnode, name)
+            for name, (knode, vnode) in r.entries(node, "vars", None).items()
+        }
+    if isinstance(node, SequenceNode) and node.value:
+        return _var_rows(r, node)
+    raise Bad(
+        node,
+        "'vars' must be a mapping of names to values, or a non-empty list of "
+        f"mappings, got {r.shown(node)}",
+    )
+
+
+def _var_values(r: Reader, knode: Node, vnode: Node, name: str) -> tuple[Any, ...]:
+    """The values of one var (a scalar alone is one value); () when reported bad."""
+    items = vnode.value if isinstance(vnode, SequenceNode) else [vnode]
+    try:
+        _var_name(knode, name)
+        if not items:
+            raise Bad(vnode, f"var '{name}' has an empty list of values")
+        values = tuple(_var_scalar(r, item, name) for item in items)
+    except Bad as e:
+        r.report(e.line, e.message)
+        return ()
+    _no_duplicates(r, zip(items, [(type(v), v) for v in values], strict=True), "value")
+    return values
+
+
+def _var_rows(r: Reader, node: SequenceNode) -> tuple[dict[str, Any], ...]:
+    rows: list[tuple[Node, dict[str, Any]]] = []
+    for item in node.value:
+        if not isinstance(item, MappingNode):
+            r.report(node_line(item), f"each row of 'vars' must be a mapping, got {r.shown(item)}")
+            continue
+        row = {
+            name: _row_value(r, knode, vnode, name)
+            for name, (knode, vnode) in r.entries(item, "vars row", None).items()
+        }
+        if rows and row.keys() != rows[0][1].keys():
+            r.report(
+                node_line(item),
+                f"this row of 'vars' has keys {_names(row)}, "
+                f"the first row has {_names(rows[0][1])}",
+            )
+        rows.append((item, row))
+    _no_duplicates(
+        r,
+        ((item, tuple((k, type(v), v) for k, v in sorted(row.items()))) for item, row in rows),
+        "row",
+    )
+    return tuple(row for _, row in rows)
+
+
+def _row_value(r: Reader, knode: Node, vnode: Node, name: str) -> Any:
+    try:
+        _var_name(knode, name)
+        return _var_scalar(r, vnode, name)
+    except Bad as e:
+        r.report(e.line, e.message)
+        return None
+
+
+def _var_name(knode: Node, name: str) -> None:
+    if not VAR_NAME.fullmatch(name):
+        raise Bad(
+            knode, f"bad var name '{name}': use letters, digits and _, not starting with a digit"
+        )
+
+
+def _var_scalar(r: Reader, node: Node, name: str) -> Any:
+    value = r.value(node)
+    if not isinstance(value, VAR_TYPES):
+        raise Bad(
+            node, f"values of var '{name}' must be strings, numbers or booleans, got {show(value)}"
+        )
+    return value
+
+
+def _no_duplicates(r: Reader, keyed: Iterable[tuple[Node, Any]], what: str) -> None:
+    """Equal var values or rows would plan the same conversation (and id) twice."""
+    first: dict[Any, int] = {}
+    for node, key in keyed:
+        if key in first:
+            r.report(node_line(node), f"duplicate {what} in 'vars' (same as line {first[key]})")
+        first.setdefault(key, node_line(node))
+
+
+def _names(row: dict[str, Any]) -> str:
+    return ", ".join(row) or "(none)"
+
+
+# ---------------------------------------------------------------- templates
+
+
+def check_templates(r: Reader, templated: list[tuple[int, str]], scenario_vars: Vars) -> None:
+    """Every {{name}} in TEMPLATED (line, text) must name one of the scenario's vars."""
+    rows = scenario_vars if isinstance(scenario_vars, tuple) else [scenario_vars]
+    names = {name for row in rows for name in row}
+    for line, text in templated:
+        for name in TEMPLATE.findall(text):
+            if name not in names:
+                r.report(line, f"unknown var '{name}' in template{_var_hint(name, names)}")
+
+
+def _var_hint(name: str, names: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f" (vars: {', '.join(sorted(names))})" if names else " (the scenario has no vars)"
+
+
+def stand_in(text: str) -> str:
+    """TEXT with each {{name}} replaced by a plain 'x', for checks made before vars are known."""
+    return TEMPLATE.sub("x", text)
