@@ -11,7 +11,7 @@ import aiohttp
 import runner
 from runner.errors import ApiError, Kind
 from runner.limits import AdaptiveLimit, TokenBucket
-from runner.providers import Reply
+from runner.providers import Call, Reply
 from runner.providers.base import Request, mask, send
 from runner.records import attempt_record
 from runner.retry import Breaker, RetryPolicy, retrying
@@ -61,7 +61,7 @@ class TargetClient:
         turn: int,
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts)."""
-        request = self.provider.build(system, messages, params, self.stream, previous_id)
+        request = self.provider.build(Call(system, messages, params, self.stream, previous_id))
 
         def attempt(n: int) -> Any:
             return self._attempt(request, conversation_id, turn, n)

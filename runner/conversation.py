@@ -9,7 +9,7 @@ from runner.checks import evaluate
 from runner.client import TargetClient
 from runner.errors import ApiError, Kind
 from runner.plan import Conversation
-from runner.providers import Reply
+from runner.providers import Call, Reply
 from runner.records import Usage, transcript_record, turn_record, utc_now
 from runner.scenarios import Scenario, Server, Window, fill
 from runner.targets import mock_base_url, provider_for
@@ -115,5 +115,5 @@ def first_request(conv: Conversation, stream: bool) -> str:
         target = replace(target, base_url=mock_base_url(target.provider, MOCK_PLACEHOLDER))
     provider = provider_for(target)
     use_stream = target.stream if target.stream is not None else stream
-    request = provider.build(system, sent_messages(scenario, history, 0), params, use_stream)
+    request = provider.build(Call(system, sent_messages(scenario, history, 0), params, use_stream))
     return request.masked(target.key)

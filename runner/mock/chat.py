@@ -8,18 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from runner.mock import reply as rp
+from runner.mock import wire
 from runner.mock.faults import MockError, openai_authorized, openai_error, openai_error_body
 from runner.mock.reply import Message, Reply
 from runner.mock.state import MockState
-from runner.mock.wire import (
-    Out,
-    Protocol,
-    content_text,
-    dumps,
-    int_or_none,
-    json_str,
-    require_model,
-)
+from runner.mock.wire import Out, dumps
 
 ROLES = {"developer": "system", "function": "tool"}
 FINISH = {rp.STOP: "stop", rp.LENGTH: "length", rp.BLOCKED: "content_filter", rp.FAILED: "stop"}
@@ -33,7 +26,7 @@ def parse_messages(body: dict[str, Any]) -> list[Message]:
     if not isinstance(messages, list) or not messages:
         raise MockError(400, "'messages' must be a non-empty array.", "messages")
     try:
-        out = [(m["role"], content_text(m.get("content"))) for m in messages]
+        out = [(m["role"], wire.content_text(m.get("content"))) for m in messages]
     except (TypeError, KeyError, AttributeError):
         raise MockError(400, "Each message needs a 'role' and a 'content'.", "messages") from None
     if not all(isinstance(role, str) for role, _ in out):
@@ -45,9 +38,9 @@ def make_chat_reply(body: dict[str, Any]) -> Reply:
     """The reply for a chat request: reasoning_effort and max_(completion_)tokens applied."""
     effort = body.get("reasoning_effort")
     reasoning = rp.effort_tokens(effort) if effort is not None else 0
-    limit = int_or_none(body.get("max_completion_tokens"), "max_completion_tokens")
+    limit = wire.int_or_none(body.get("max_completion_tokens"), "max_completion_tokens")
     if limit is None:
-        limit = int_or_none(body.get("max_tokens"), "max_tokens")
+        limit = wire.int_or_none(body.get("max_tokens"), "max_tokens")
     return rp.make_reply(parse_messages(body), reasoning, limit)
 
 
@@ -92,14 +85,14 @@ def chunk_frames(
 ) -> list[bytes]:
     """SSE frames: role, content pieces, finish, usage (if asked), [DONE]; or an error midway."""
     head = f'{{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
-    head += f'"model":{json_str(model)},"service_tier":"default","choices":'
+    head += f'"model":{wire.json_str(model)},"service_tier":"default","choices":'
     tail = ',"usage":null}' if include_usage else "}"
 
     def frame(choices: str) -> bytes:
         return f"data: {head}{choices}{tail}\n\n".encode()
 
     frames = [frame(_choice('{"role":"assistant","content":""}'))]
-    frames += [frame(_choice(f'{{"content":{json_str(p)}}}')) for p in rp.stream_pieces(reply)]
+    frames += [frame(_choice(f'{{"content":{wire.json_str(p)}}}')) for p in rp.stream_pieces(reply)]
     if reply.finish == rp.FAILED:
         error = openai_error_body(MockError(500, FAIL_MESSAGE))
         return [*frames, f"data: {dumps(error)}\n\n".encode()]
@@ -116,7 +109,7 @@ def is_stream(request: web.Request, body: Any) -> bool:
 
 def render(request: web.Request, body: Any, state: MockState) -> Out:
     """Answer a chat completion request."""
-    model = require_model(body)
+    model = wire.require_model(body)
     reply = make_chat_reply(body)
     stream = is_stream(request, body)
     if reply.finish == rp.FAILED and not stream:
@@ -130,6 +123,6 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     return Out(frames=chunk_frames(cid, created, model, reply, include), headers=headers)
 
 
-PROTOCOL = Protocol(
+PROTOCOL = wire.Protocol(
     authorized=openai_authorized, error=openai_error, is_stream=is_stream, render=render
 )

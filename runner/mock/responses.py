@@ -10,18 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from runner.mock import reply as rp
+from runner.mock import wire
 from runner.mock.faults import MockError, openai_authorized, openai_error
 from runner.mock.reply import Message, Reply
 from runner.mock.state import STATE_KEY, MockState, Stored
-from runner.mock.wire import (
-    Out,
-    Protocol,
-    content_text,
-    dumps,
-    int_or_none,
-    json_str,
-    require_model,
-)
+from runner.mock.wire import Out, dumps
 
 ROLES = {"developer": "system"}
 FAIL_MESSAGE = "The model failed while answering (mock [[error]] marker)."
@@ -52,7 +45,7 @@ def parse_input(value: Any) -> list[Message]:
             raise MockError(400, "Each input item must be an object.", "input")
         if item.get("type", "message") == "message" and isinstance(item.get("role"), str):
             role: str = item["role"]
-            out.append((ROLES.get(role, role), content_text(item.get("content"))))
+            out.append((ROLES.get(role, role), wire.content_text(item.get("content"))))
     return out
 
 
@@ -173,7 +166,9 @@ def _message_events(ev: Events, ctx: Ctx, reply: Reply, index: int) -> None:
     ev.obj("response.content_part.added", {**at, "part": text_part("")})
     where = dumps(at)[1:-1]
     for piece in rp.stream_pieces(reply):
-        ev.add("response.output_text.delta", f'{where},"delta":{json_str(piece)},"logprobs":[]')
+        ev.add(
+            "response.output_text.delta", f'{where},"delta":{wire.json_str(piece)},"logprobs":[]'
+        )
     if reply.finish == rp.FAILED:
         return
     ev.obj("response.output_text.done", {**at, "text": reply.text, "logprobs": []})
@@ -237,9 +232,9 @@ def new_ctx(body: dict[str, Any], state: MockState, model: str, reasoning: int) 
 
 def render(request: web.Request, body: Any, state: MockState) -> Out:
     """Answer a Responses request (previous_response_id, reasoning, max_output_tokens)."""
-    model = require_model(body)
+    model = wire.require_model(body)
     carried = conversation(body, state)
-    limit = int_or_none(body.get("max_output_tokens"), "max_output_tokens")
+    limit = wire.int_or_none(body.get("max_output_tokens"), "max_output_tokens")
     effort = reasoning_tokens(body)
     reply = rp.make_reply(system_prompt(body) + carried, effort, limit)
     stream = is_stream(request, body)
@@ -268,6 +263,6 @@ async def get_response(request: web.Request) -> web.Response:
     return web.Response(text=dumps(stored.body), content_type="application/json")
 
 
-PROTOCOL = Protocol(
+PROTOCOL = wire.Protocol(
     authorized=openai_authorized, error=openai_error, is_stream=is_stream, render=render
 )

@@ -1,6 +1,6 @@
 """Protocol adapters, one file each, looked up by provider name."""
 
-from runner.providers.base import Provider, Reply, Request
+from runner.providers.base import Call, Provider, Reply, Request
 from runner.providers.gemini import Gemini
 from runner.providers.openai_chat import OpenAIChat
 from runner.providers.openai_responses import OpenAIResponses
@@ -9,4 +9,4 @@ PROVIDERS: dict[str, type[Provider]] = {
     cls.name: cls for cls in (OpenAIChat, OpenAIResponses, Gemini)
 }
 
-__all__ = ["PROVIDERS", "Provider", "Reply", "Request"]
+__all__ = ["PROVIDERS", "Call", "Provider", "Reply", "Request"]

@@ -30,6 +30,18 @@ class Reply:
     ttft_ms: float | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class Call:
+    """What one turn asks of a model: messages are role/content dicts, the system prompt
+    apart; previous_id chains to a stored response (server context)."""
+
+    system: str | None
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    stream: bool
+    previous_id: str | None = None
+
+
 @dataclass(slots=True)
 class Request:
     """One prepared HTTP request; built once per turn and reused by every attempt."""
@@ -63,7 +75,14 @@ def mask(text: str, key: str | None) -> str:
 class StreamState:
     """Accumulates one streamed reply; each protocol subclasses it."""
 
-    started = False  # set once the first text arrived (time to first token)
+    __slots__ = ("parts", "finish_reason", "raw_usage", "response_id", "started")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.raw_usage: dict[str, Any] | None = None
+        self.response_id: str | None = None
+        self.started = False  # set once the first text arrived (time to first token)
 
     def feed(self, event: str, data: str) -> bool:
         """Take one SSE event; return True once the terminal event has arrived."""
@@ -86,15 +105,8 @@ class Provider:
         self.key = key
         self.auth = auth
 
-    def build(
-        self,
-        system: str | None,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        stream: bool,
-        previous_id: str | None = None,
-    ) -> Request:
-        """The request for this turn: messages are role/content dicts, system apart."""
+    def build(self, call: Call) -> Request:
+        """The HTTP request for one call."""
         raise NotImplementedError
 
     def parse(self, body: dict[str, Any]) -> Reply:

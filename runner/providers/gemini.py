@@ -9,16 +9,8 @@ from urllib.parse import quote
 
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
-from runner.providers.base import (
-    Provider,
-    Reply,
-    Request,
-    StreamState,
-    classify,
-    loads,
-    raise_error_payload,
-    retry_after,
-)
+from runner.providers import base
+from runner.providers.base import Call, Provider, Reply, Request, StreamState
 from runner.records import Usage
 
 # scenario params (OpenAI-style or Gemini-style names) -> generationConfig keys
@@ -68,37 +60,30 @@ def gemini_usage(raw: dict[str, Any] | None) -> Usage:
 class Gemini(Provider):
     name = "gemini"
 
-    def build(
-        self,
-        system: str | None,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        stream: bool,
-        previous_id: str | None = None,
-    ) -> Request:
+    def build(self, call: Call) -> Request:
         contents = [
             {
                 "role": "model" if m["role"] == "assistant" else "user",
                 "parts": [{"text": m["content"]}],
             }
-            for m in messages
+            for m in call.messages
         ]
         body: dict[str, Any] = {"contents": contents}
-        if system is not None:
-            body["systemInstruction"] = {"parts": [{"text": system}]}
+        if call.system is not None:
+            body["systemInstruction"] = {"parts": [{"text": call.system}]}
         config: dict[str, Any] = {}
-        for key, value in params.items():
+        for key, value in call.params.items():
             if key in TOP_LEVEL:
                 body[key] = value
             else:
                 config[CONFIG_KEYS.get(key, key)] = value
         if config:
             body["generationConfig"] = config
-        action = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        action = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
         url = f"{self.base_url}/v1beta/models/{self.model}:{action}"
         headers = {"Content-Type": "application/json"}
         url = self._authorize(url, headers)
-        return Request(url, headers, to_json(body), stream)
+        return Request(url, headers, to_json(body), call.stream)
 
     def _authorize(self, url: str, headers: dict[str, str]) -> str:
         if not self.key:
@@ -135,8 +120,8 @@ class Gemini(Provider):
             message = f"{err.get('status', '')}: {err.get('message', '')}".strip(": ")
             delay = retry_delay(err.get("details") or [])
             quota = "limit: 0" in message  # a free tier with no quota left is final
-        return classify(
-            status, message, delay if delay is not None else retry_after(headers), quota
+        return base.classify(
+            status, message, delay if delay is not None else base.retry_after(headers), quota
         )
 
 
@@ -153,22 +138,18 @@ def retry_delay(details: list[Any]) -> float | None:
 class GeminiStream(StreamState):
     """Chunks carry incremental text of candidate 0; usage is a running total (keep the last)."""
 
-    __slots__ = ("parts", "finish_reason", "raw_usage", "block_reason", "response_id", "started")
+    __slots__ = ("block_reason",)
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.raw_usage: dict[str, Any] | None = None
+        super().__init__()
         self.block_reason: str | None = None
-        self.response_id: str | None = None
-        self.started = False
 
     def feed(self, event: str, data: str) -> bool:
-        self.take(loads(data, "stream chunk"))
+        self.take(base.loads(data, "stream chunk"))
         return False  # the stream ends when the connection closes
 
     def take(self, chunk: dict[str, Any]) -> None:
-        raise_error_payload(chunk)
+        base.raise_error_payload(chunk)
         if chunk.get("usageMetadata"):
             self.raw_usage = chunk["usageMetadata"]
         feedback = chunk.get("promptFeedback") or {}

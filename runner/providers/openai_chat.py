@@ -8,16 +8,8 @@ from typing import Any
 
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
-from runner.providers.base import (
-    Provider,
-    Reply,
-    Request,
-    StreamState,
-    classify,
-    loads,
-    raise_error_payload,
-    retry_after,
-)
+from runner.providers import base
+from runner.providers.base import Call, Provider, Reply, Request, StreamState
 from runner.records import Usage
 
 
@@ -49,7 +41,7 @@ def openai_error(status: int, headers: Any, body: str) -> ApiError:
         quota = "insufficient_quota" in (err.get("type"), err.get("code"))
     elif isinstance(err, str):
         message = err
-    return classify(status, message, retry_after(headers), quota)
+    return base.classify(status, message, base.retry_after(headers), quota)
 
 
 def content_text(content: Any) -> str:
@@ -87,24 +79,19 @@ class OpenAIProvider(Provider):
 class OpenAIChat(OpenAIProvider):
     name = "openai-chat"
 
-    def build(
-        self,
-        system: str | None,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        stream: bool,
-        previous_id: str | None = None,
-    ) -> Request:
-        if system is not None:
-            messages = [{"role": "system", "content": system}, *messages]
-        body = {"model": self.model, "messages": messages, **params}
-        if stream:
+    def build(self, call: Call) -> Request:
+        messages = call.messages
+        if call.system is not None:
+            messages = [{"role": "system", "content": call.system}, *messages]
+        body = {"model": self.model, "messages": messages, **call.params}
+        if call.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        return Request(f"{self.base_url}/chat/completions", self.headers, to_json(body), stream)
+        url = f"{self.base_url}/chat/completions"
+        return Request(url, self.headers, to_json(body), call.stream)
 
     def parse(self, body: dict[str, Any]) -> Reply:
-        raise_error_payload(body)
+        base.raise_error_payload(body)
         choices = body.get("choices") or []
         if not choices:
             raise ApiError(Kind.MALFORMED, "the response has no choices", retryable=True)
@@ -127,22 +114,18 @@ class OpenAIChat(OpenAIProvider):
 
 
 class ChatStream(StreamState):
-    __slots__ = ("parts", "finish_reason", "raw_usage", "response_id", "done", "started")
+    __slots__ = ("done",)
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.raw_usage: dict[str, Any] | None = None
-        self.response_id: str | None = None
+        super().__init__()
         self.done = False
-        self.started = False
 
     def feed(self, event: str, data: str) -> bool:
         if data == "[DONE]":
             self.done = True
             return True
-        chunk = loads(data, "stream chunk")
-        raise_error_payload(chunk)
+        chunk = base.loads(data, "stream chunk")
+        base.raise_error_payload(chunk)
         if chunk.get("usage"):
             self.raw_usage = chunk["usage"]
         self.response_id = self.response_id or chunk.get("id")

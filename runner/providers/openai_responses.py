@@ -7,7 +7,7 @@ from typing import Any
 
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
-from runner.providers.base import Reply, Request, StreamState, loads
+from runner.providers.base import Call, Reply, Request, StreamState, loads
 from runner.providers.openai_chat import OpenAIProvider, openai_usage
 
 # scenario params that belong in the `reasoning` object
@@ -53,25 +53,18 @@ class OpenAIResponses(OpenAIProvider):
     name = "openai-responses"
     supports_server_context = True
 
-    def build(
-        self,
-        system: str | None,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        stream: bool,
-        previous_id: str | None = None,
-    ) -> Request:
+    def build(self, call: Call) -> Request:
         # the system prompt goes in `instructions`: it is not carried over by
         # previous_response_id, so it is sent again on every turn
-        body: dict[str, Any] = {"model": self.model, "input": messages}
-        if system is not None:
-            body["instructions"] = system
-        body.update(self._params(params))
-        if previous_id:
-            body["previous_response_id"] = previous_id
-        if stream:
+        body: dict[str, Any] = {"model": self.model, "input": call.messages}
+        if call.system is not None:
+            body["instructions"] = call.system
+        body.update(self._params(call.params))
+        if call.previous_id:
+            body["previous_response_id"] = call.previous_id
+        if call.stream:
             body["stream"] = True
-        return Request(f"{self.base_url}/responses", self.headers, to_json(body), stream)
+        return Request(f"{self.base_url}/responses", self.headers, to_json(body), call.stream)
 
     @staticmethod
     def _params(params: dict[str, Any]) -> dict[str, Any]:
@@ -99,12 +92,11 @@ class OpenAIResponses(OpenAIProvider):
 
 
 class ResponsesStream(StreamState):
-    __slots__ = ("parts", "final", "started")
+    __slots__ = ("final",)
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        super().__init__()
         self.final: dict[str, Any] | None = None
-        self.started = False
 
     def feed(self, event: str, data: str) -> bool:
         if data == "[DONE]":
