@@ -6,6 +6,8 @@ records; `spawn` does the same in a child process, for tests that send it signal
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -24,6 +26,7 @@ from runner.mock import MockOptions, MockServer, MockThread
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-123"
+HOUR_MS = 3_600_000  # a mock request delayed this long is held for the whole test
 WAIT_S = 60  # a hang guard only: every wait ends on an event long before this
 
 # a scripted conversation with a system prompt and a scripted assistant turn; CONTEXT is replaced
@@ -59,7 +62,44 @@ def make_mock() -> Iterator[Any]:
 
     yield make
     for thread in made:
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), thread.loop).result(WAIT_S)
         thread.stop()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every task of this loop but the caller: requests the mock still holds end now."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+def held_requests(among: int, **options: Any) -> list[int]:
+    """Which of a mock's first `among` requests (0-based, in arrival order) it holds an hour.
+
+    The mock draws its faults from a seeded RNG, one request after another: these options
+    (seed, slow_rate, slow_ms=HOUR_MS, ...) decide, before anything runs, which are held.
+    """
+    from runner.mock.state import MockState
+
+    state = MockState(MockOptions(**options))
+    return [i for i in range(among) if state.plan().delay * 1000 >= HOUR_MS]
+
+
+def holding_one(within: int, among: int, **options: Any) -> dict[str, Any]:
+    """Mock options that hold exactly one of the first `among` requests: one of the first `within`.
+
+    A run then cannot finish by itself once it has sent `within` requests, and no later request
+    is ever held (`among` covers the run and its resumes).
+    """
+    hold = {**options, "slow_rate": 1 / among, "slow_ms": HOUR_MS}
+    for seed in itertools.count():  # the cheap test first: one held among the first `within`
+        if (
+            len(held_requests(within, seed=seed, **hold)) == 1
+            and len(held_requests(among, seed=seed, **hold)) == 1
+        ):
+            return {**hold, "seed": seed}
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- files

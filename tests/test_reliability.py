@@ -1,4 +1,8 @@
-"""Faults, the auth breaker, secrets, kills and resume: through real sockets and processes."""
+"""Faults, the auth breaker, secrets, kills, signals and resume: through real sockets and processes.
+
+A test that signals or kills a run makes the mock hold a request (its seeded slow decisions,
+an hour long) so that the run provably cannot finish first; nothing waits on the clock.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,19 @@ import signal
 from collections import Counter
 
 import pytest
-from conftest import play, spawn, write_models, write_scenario
+from conftest import holding_one, play, spawn, write_models, write_scenario
 
 THREE_TURNS = "id: t\nturns: [one, two, three]\nrepeat: {n}\n"
 RETRIES = {"max_retries": 12}
+
+
+def numbered(count: int) -> str:
+    """Three turns; `count` conversations told apart on the wire by their first message."""
+    return "id: t\nturns: ['{{n}}: one', two, three]\nvars:\n  n: " + str(list(range(count)))
+
+
+def first_message(request: dict) -> str:
+    return request["json"]["messages"][0]["content"]
 
 
 @pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
@@ -80,15 +93,22 @@ def test_the_key_never_appears_anywhere(tmp_path, make_mock, target):
 
 
 def test_killed_runs_resume_to_exactly_the_plan(tmp_path, make_mock):
-    server = make_mock(latency_ms=10, jitter_ms=10, error_rate=0.1, seed=1, retry_after_ms=5)
+    faults = {"latency_ms": 10, "jitter_ms": 10, "error_rate": 0.1, "retry_after_ms": 5}
+    # the mock holds one of its first three requests for an hour, and none of the later ones:
+    # a run cannot finish before its kill (one record means three requests), resumes never wait
+    hold = holding_one(within=3, among=2000, **faults)
     rng = random.Random(42)
     for _ in range(4):
+        server = make_mock(**hold)
         running = spawn(
             tmp_path, THREE_TURNS.format(n=150), "-c", "20", server=server, models=RETRIES
         )
-        running.wait_for_records(rng.randrange(1, 120))
+        at_least = rng.randrange(1, 120)
+        running.wait_for_records(at_least)
         running.proc.send_signal(signal.SIGKILL)
         killed = running.finish()
+        assert killed.result.exit_code == -signal.SIGKILL
+        assert at_least <= running.written() < 150  # killed in the middle of the run
         result = killed.resume().result
         assert result.exit_code == 0, result.output + result.stderr
         records = killed.transcripts
@@ -102,8 +122,10 @@ def test_killed_runs_resume_to_exactly_the_plan(tmp_path, make_mock):
 
 
 def test_sigint_stops_cleanly_exits_130_and_resumes(tmp_path, make_mock):
-    server = make_mock(latency_ms=30)
-    running = spawn(tmp_path, THREE_TURNS.format(n=200), "-c", "20", server=server, models=RETRIES)
+    # one of the first 30 requests is held for an hour, and no later one: ten records mean
+    # thirty requests sent, so the signal comes while that conversation is provably in flight
+    server = make_mock(**holding_one(within=30, among=2000, latency_ms=30))
+    running = spawn(tmp_path, numbered(200), "-c", "20", server=server, models=RETRIES)
     running.wait_for_records(10)
     running.proc.send_signal(signal.SIGINT)
     played = running.finish()
@@ -111,6 +133,9 @@ def test_sigint_stops_cleanly_exits_130_and_resumes(tmp_path, make_mock):
     first = played.transcripts
     assert 10 <= len(first) < 200
     assert all(r["status"] == "ok" for r in first)  # those in flight finished or were dropped
+    seen = {first_message(r) for r in server.requests}
+    finished = {f"{r['vars']['n']}: one" for r in first}
+    assert finished < seen and len(seen - finished) == 1  # all finished but the one held
     assert played.manifest["status"] == "interrupted"
     result = played.resume().result
     assert result.exit_code == 0
