@@ -86,6 +86,14 @@ def held_requests(among: int, **options: Any) -> list[int]:
     return [i for i in range(among) if state.plan().delay * 1000 >= HOUR_MS]
 
 
+def seed_holding(accept: Callable[[list[int]], bool], among: int, **options: Any) -> int:
+    """The first seed with which the mock's held requests among its first `among` suit `accept`."""
+    for seed in itertools.count():
+        if accept(held_requests(among, seed=seed, **options)):
+            return seed
+    raise AssertionError("unreachable")
+
+
 def holding_one(within: int, among: int, **options: Any) -> dict[str, Any]:
     """Mock options that hold exactly one of the first `among` requests: one of the first `within`.
 

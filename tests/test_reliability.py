@@ -9,9 +9,21 @@ from __future__ import annotations
 import random
 import signal
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from conftest import holding_one, play, spawn, write_models, write_scenario
+from conftest import (
+    HOUR_MS,
+    held_requests,
+    holding_one,
+    play,
+    read_jsonl,
+    seed_holding,
+    spawn,
+    wait_until,
+    write_models,
+    write_scenario,
+)
 
 THREE_TURNS = "id: t\nturns: [one, two, three]\nrepeat: {n}\n"
 RETRIES = {"max_retries": 12}
@@ -141,6 +153,45 @@ def test_sigint_stops_cleanly_exits_130_and_resumes(tmp_path, make_mock):
     assert result.exit_code == 0
     ids = [r["conversation_id"] for r in played.transcripts]
     assert len(ids) == len(set(ids)) == 200
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether a signal sent to the process has not been delivered to it yet (Linux)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if "Pnd:" in line]
+    return any(mask & (1 << (sig - 1)) for mask in masks)
+
+
+AN_HOUR_OF_GRACE = """
+import runner.engine as engine
+assert hasattr(engine, "GRACE_S")
+engine.GRACE_S = 3600
+"""
+
+
+def test_a_second_sigint_stops_at_once_and_keeps_what_finished(tmp_path, make_mock):
+    # one conversation at a time: the first request the mock holds, h, is conversation h // 3's
+    # second turn, so h // 3 conversations have finished and the next one never can
+    hold = {"slow_rate": 0.1, "slow_ms": HOUR_MS}
+    seed = seed_holding(lambda held: bool(held) and held[0] >= 6 and held[0] % 3 == 1, 60, **hold)
+    h = held_requests(60, seed=seed, **hold)[0]
+    server = make_mock(seed=seed, **hold)
+    # with an hour of grace after the first signal, only the second one can end the run
+    running = spawn(tmp_path, numbered(20), "-c", "1", server=server, preamble=AN_HOUR_OF_GRACE)
+    wait_until(lambda: len(server.requests) == h + 1, running.proc)
+    finished = read_jsonl(running.run_dir / "transcripts.jsonl")
+    assert len(finished) == h // 3
+    running.proc.send_signal(signal.SIGINT)
+    wait_until(lambda: not signal_pending(running.proc.pid, signal.SIGINT), running.proc)
+    running.proc.send_signal(signal.SIGINT)
+    played = running.finish()
+    assert played.result.exit_code == 130
+    assert played.transcripts == finished  # nothing finished is lost, the held one not recorded
+    manifest = played.manifest
+    assert manifest["status"] == "interrupted" and manifest["ended_at"]
+    counts = manifest["counts"]
+    assert (counts["ok"], counts["failed"], counts["not_run"]) == (h // 3, 0, 20 - h // 3)
+    assert len(server.requests) == h + 1  # and nothing was sent after the signals
 
 
 def test_torn_last_line_is_repaired_on_resume(tmp_path, mock_server):
