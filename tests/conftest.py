@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 from runner.cli import main
@@ -72,6 +74,39 @@ async def _cancel_the_rest() -> None:
     for task in others:
         task.cancel()
     await asyncio.gather(*others, return_exceptions=True)
+
+
+@dataclass
+class Served:
+    base_url: str
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[[web.Application], Served]]:
+    """Serve any aiohttp app on a loopback port from its own thread; all are closed afterwards."""
+    started: list[tuple[asyncio.AbstractEventLoop, threading.Thread, web.AppRunner]] = []
+
+    def serve(app: web.Application) -> Served:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+
+        async def up() -> web.AppRunner:
+            app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+            await app_runner.setup()
+            await web.TCPSite(app_runner, "127.0.0.1", 0).start()
+            return app_runner
+
+        app_runner = asyncio.run_coroutine_threadsafe(up(), loop).result(WAIT_S)
+        started.append((loop, thread, app_runner))
+        return Served(f"http://127.0.0.1:{app_runner.addresses[0][1]}")
+
+    yield serve
+    for loop, thread, app_runner in started:
+        asyncio.run_coroutine_threadsafe(app_runner.cleanup(), loop).result(WAIT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(WAIT_S)
+        loop.close()
 
 
 def held_requests(among: int, **options: Any) -> list[int]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import random
 import signal
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import (
     HOUR_MS,
     held_requests,
@@ -24,6 +25,8 @@ from conftest import (
     write_models,
     write_scenario,
 )
+
+from runner.mock import MockOptions, make_app
 
 THREE_TURNS = "id: t\nturns: [one, two, three]\nrepeat: {n}\n"
 RETRIES = {"max_retries": 12}
@@ -70,6 +73,55 @@ def test_malformed_bodies_are_retried(tmp_path, make_mock):
     )
     assert played.result.exit_code == 0, played.result.output
     assert "malformed" in {u["status"] for u in played.usage}
+
+
+def attempts_per_turn(played) -> dict[tuple[str, int], list[tuple[int, int | str]]]:
+    """(attempt, status) of every attempt, by conversation and turn, in the order made."""
+    made = defaultdict(list)
+    for u in played.usage:
+        made[u["conversation_id"], u["turn"]].append((u["attempt"], u["status"]))
+    return made
+
+
+def test_timed_out_attempts_are_retried_until_answered(tmp_path, make_mock):
+    hold = {"slow_rate": 0.2, "slow_ms": HOUR_MS}  # a held request can only time out
+    seed = seed_holding(lambda held: len(held) >= 2, 12, **hold)
+    server = make_mock(seed=seed, **hold)
+    played = play(tmp_path, numbered(4), "--timeout", "0.5", server=server, models=RETRIES)
+    assert played.result.exit_code == 0, played.result.output
+    assert all(r["status"] == "ok" for r in played.transcripts)
+    made = attempts_per_turn(played)
+    for (cid, turn), tries in made.items():
+        n = len(tries)
+        assert tries == [(i + 1, "timeout") for i in range(n - 1)] + [(n, 200)], (cid, turn)
+    held = held_requests(len(server.requests), seed=seed, **hold)
+    assert sum(status == "timeout" for tries in made.values() for _, status in tries) == len(held)
+    assert len(held) >= 2
+    per_turn = {(r["conversation_id"], t["index"]): t["attempts"] for r in played.transcripts
+                for t in r["turns"]}  # fmt: skip
+    assert per_turn == {key: len(tries) for key, tries in made.items()}
+
+
+def test_dropped_connections_are_retried_until_answered(tmp_path, serve_app):
+    app = make_app(MockOptions())
+    seen: set[bytes] = set()
+
+    @web.middleware
+    async def drop_each_first_attempt(request: web.Request, handler):
+        body = await request.read()  # an attempt is sent again byte for byte
+        if body in seen:
+            return await handler(request)
+        seen.add(body)
+        request.transport.close()  # no answer at all: the connection just ends
+        return web.Response()
+
+    app.middlewares.append(drop_each_first_attempt)
+    played = play(tmp_path, numbered(3), server=serve_app(app), models={"max_retries": 1})
+    assert played.result.exit_code == 0, played.result.output
+    made = attempts_per_turn(played)
+    assert len(made) == 9
+    assert all(tries == [(1, "connection"), (2, 200)] for tries in made.values())
+    assert all(t["attempts"] == 2 for r in played.transcripts for t in r["turns"])
 
 
 def test_wrong_key_opens_the_breaker(tmp_path, make_mock):
