@@ -1,10 +1,11 @@
-"""Targets end to end: the built-in mock targets."""
+"""Targets end to end: the built-in mock targets, and the models file's errors."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 
+import pytest
 from conftest import ROOT, cli, play
 
 
@@ -29,3 +30,40 @@ def test_the_demo_plays_every_shipped_scenario_on_the_three_built_in_mocks(tmp_p
     checks = [c for r in records for t in r["turns"] for c in t["checks"]]
     assert all(c["passed"] for c in checks)
     assert {c["kind"] for c in checks} >= {"contains", "contains_any", "not_contains", "regex"}
+
+
+TARGET = "targets:\n  x:\n"  # the target's name is on line 2; its fields start on line 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "problems"),
+    [
+        (
+            ["provider: openai-chat", "modle: m"],
+            [(4, "unknown key 'modle' in target 'x'; did you mean 'model'?"),
+             (2, "target 'x' needs 'model'")],
+        ),
+        (["provider: openai-chat", "model: m", "concurrency: lots"],
+         [(5, "'concurrency' of target 'x' must be int")]),
+        (["provider: openai-chat", "model: m", "concurrency: true"],
+         [(5, "'concurrency' of target 'x' must be int")]),
+        (["provider: gemini", "model: m", "rpm: fast", "stream: 1"],
+         [(5, "'rpm' of target 'x' must be int or float"),
+          (6, "'stream' of target 'x' must be bool")]),
+        (["provider: anthropic", "model: m"],
+         [(3, "unknown provider 'anthropic'; use one of openai-chat, openai-responses, gemini")]),
+        (["model: m"], [(2, "target 'x' needs 'provider'")]),
+        (["provider: openai-chat"], [(2, "target 'x' needs 'model'")]),
+    ],
+)  # fmt: skip
+def test_models_file_problems_name_file_and_line_and_exit_2(
+    tmp_path, mock_server, fields, problems
+):
+    fields = [*fields, f"base_url: {mock_server.base_url}/v1"]  # last: the lines above hold
+    text = TARGET + "".join(f"    {field}\n" for field in fields)
+    played = play(tmp_path, "id: a\nturns: [hi]\n", models=text, targets=("x",))
+    assert played.result.exit_code == 2
+    for line, problem in problems:
+        assert f"models.yaml:{line}: {problem}" in played.result.stderr
+    assert "Traceback" not in played.result.output
+    assert mock_server.requests == []
