@@ -1,4 +1,4 @@
-"""Targets end to end: the built-in mock targets, and the models file's errors."""
+"""Targets end to end: the built-in mock targets, the models file's errors, and prices."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 
 import pytest
-from conftest import ROOT, cli, play
+from conftest import CHAIN, ROOT, cli, play
 
 
 def test_the_demo_plays_every_shipped_scenario_on_the_three_built_in_mocks(tmp_path):
@@ -67,3 +67,29 @@ def test_models_file_problems_name_file_and_line_and_exit_2(
         assert f"models.yaml:{line}: {problem}" in played.result.stderr
     assert "Traceback" not in played.result.output
     assert mock_server.requests == []
+
+
+PRICE = {"input_per_mtok": 2.5, "output_per_mtok": 10.0, "cached_input_per_mtok": 1.25}
+
+
+def test_cost_is_the_price_of_the_recorded_tokens(tmp_path, mock_server):
+    played = play(
+        tmp_path,
+        CHAIN.replace("CONTEXT", "full"),
+        server=mock_server,
+        targets=("chat", "mock"),
+        models={"price": PRICE},  # the built-in mock target has no price
+    )
+    assert played.result.exit_code == 0, played.result.output
+    used = defaultdict(int)
+    for u in played.usage:
+        if u["target"] == "chat":
+            for key in ("input_tokens", "cached_tokens", "output_tokens"):
+                used[key] += u[key]
+    assert 0 < used["cached_tokens"] < used["input_tokens"]  # each price counts
+    fresh = used["input_tokens"] - used["cached_tokens"]
+    expected = (fresh * 2.5 + used["cached_tokens"] * 1.25 + used["output_tokens"] * 10.0) / 1e6
+    rows = {row["target"]: row for row in json.loads(played.report("json").output)}
+    assert rows["chat"]["cost_usd"] == pytest.approx(expected)
+    assert rows["mock"]["cost_usd"] is None
+    assert played.manifest["cost_usd"] == round(expected, 6)
