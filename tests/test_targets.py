@@ -1,4 +1,4 @@
-"""Targets end to end: the built-in mock targets, the models file's errors, and prices."""
+"""Targets end to end: the built-in mocks, the models file's errors, prices, rpm and tpm pacing."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections import defaultdict
 
 import pytest
 from conftest import CHAIN, ROOT, cli, play
+
+import runner.client
 
 
 def test_the_demo_plays_every_shipped_scenario_on_the_three_built_in_mocks(tmp_path):
@@ -93,3 +95,53 @@ def test_cost_is_the_price_of_the_recorded_tokens(tmp_path, mock_server):
     assert rows["chat"]["cost_usd"] == pytest.approx(expected)
     assert rows["mock"]["cost_usd"] is None
     assert played.manifest["cost_usd"] == round(expected, 6)
+
+
+class FakeClock:
+    """The pacing buckets' clock: time moves only when they wait. Each wait is noted with the
+    number of requests the mock had received by then."""
+
+    def __init__(self, server):
+        self.server = server
+        self.now = 0.0
+        self.waits: list[tuple[int, float]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append((len(self.server.requests), seconds))
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch, mock_server) -> FakeClock:
+    """Every rpm/tpm bucket the client makes runs on a FakeClock (the buckets' own seam)."""
+    fake = FakeClock(mock_server)
+    bucket = runner.client.TokenBucket
+    made = lambda per_minute: bucket(per_minute, clock=fake, sleep=fake.sleep)  # noqa: E731
+    monkeypatch.setattr(runner.client, "TokenBucket", made)
+    return fake
+
+
+FIVE_TURNS = "id: p\nturns: [a, b, c, d, e]\n"  # one conversation: one request at a time
+
+
+def test_rpm_paces_requests_through_the_client(tmp_path, mock_server, clock):
+    played = play(tmp_path, FIVE_TURNS, server=mock_server, models={"rpm": 120})
+    assert played.result.exit_code == 0, played.result.output
+    assert len(mock_server.requests) == 5
+    # 120 a minute is two a second, with one second of burst: the first two go at once, then
+    # each request waits half a second before it is sent (the mock has not seen it yet)
+    assert clock.waits == [(2, 0.5), (3, 0.5), (4, 0.5)]
+
+
+def test_tpm_paces_requests_by_the_tokens_actually_used(tmp_path, mock_server, clock):
+    played = play(tmp_path, FIVE_TURNS, server=mock_server, models={"tpm": 60})
+    assert played.result.exit_code == 0, played.result.output
+    used = [u["total_tokens"] for u in played.usage]
+    assert len(used) == len(mock_server.requests) == 5
+    # 60 tokens a minute is one a second: before each request the client waits out the
+    # tokens the previous one really used (its estimate is corrected by the reply's usage)
+    assert clock.waits == [(i, float(n)) for i, n in enumerate(used[:-1], start=1)]
+    assert clock.now == sum(used[:-1])
