@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import CHAIN, KEY, play
 
 FULL = CHAIN.replace("CONTEXT", "full")
@@ -191,3 +192,64 @@ def test_models_example_loads_and_names_keys_only_by_variable():
     assert targets["gpt52-pro"].params["reasoning"] == {"effort": "high"}
     assert targets["gemini-direct"].base_url == "https://generativelanguage.googleapis.com"
     assert all(t.key is None for t in targets.values())
+
+
+def answers_failed_first(code: str) -> web.Application:
+    """A Responses endpoint whose first answer to each request is HTTP 200, status failed."""
+    answered: set[bytes] = set()
+    failed = {"status": "failed", "error": {"code": code, "message": "the model gave up (test)"}}
+    text = {"type": "output_text", "text": "fine", "annotations": []}
+    completed = {
+        "status": "completed",
+        "error": None,
+        "output": [{"type": "message", "role": "assistant", "content": [text]}],
+        "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6},
+    }
+
+    async def respond(request: web.Request) -> web.Response:
+        body = await request.read()  # a retry sends the same bytes
+        first = body not in answered
+        answered.add(body)
+        head = {"id": f"resp_{len(answered)}", "object": "response", "output": [], "usage": None}
+        return web.json_response({**head, **(failed if first else completed)})
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", respond)
+    return app
+
+
+def test_a_responses_reply_failed_by_a_server_error_is_retried(tmp_path, serve_app):
+    server = serve_app(answers_failed_first("server_error"))
+    played = play(tmp_path, "id: f\nturns: [hello]\n", server=server, targets=("responses",))
+    assert played.result.exit_code == 0, played.result.output
+    assert [(u["attempt"], u["status"]) for u in played.usage] == [(1, "http"), (2, 200)]
+    (record,) = played.transcripts
+    assert record["status"] == "ok"
+    assert (record["turns"][0]["assistant"], record["turns"][0]["attempts"]) == ("fine", 2)
+
+
+def test_a_responses_reply_failed_for_its_prompt_is_final(tmp_path, serve_app):
+    server = serve_app(answers_failed_first("invalid_prompt"))
+    played = play(tmp_path, "id: f\nturns: [hello]\n", server=server, targets=("responses",))
+    assert played.result.exit_code == 3
+    assert [(u["attempt"], u["status"]) for u in played.usage] == [(1, "http")]
+    (record,) = played.transcripts
+    assert record["status"] == "failed" and record["error"]["kind"] == "http"
+    assert "response failed (invalid_prompt)" in record["error"]["message"]
+    assert "the model gave up (test)" in record["error"]["message"]
+
+
+def test_a_streamed_response_failed_event_is_an_error(tmp_path, mock_server):
+    # the mock's [[error]] marker: half the text, then response.failed (status failed)
+    text = "id: f\nturns: ['please [[error]]']\n"
+    played = play(
+        tmp_path, text, "--stream", "--max-retries", "1", server=mock_server, targets=("responses",)
+    )
+    assert played.result.exit_code == 3
+    assert [(u["attempt"], u["status"]) for u in played.usage] == [(1, "http"), (2, "http")]
+    assert all(r["json"]["stream"] is True for r in mock_server.requests)
+    assert len(mock_server.requests) == 2
+    (record,) = played.transcripts
+    assert record["status"] == "failed" and record["error"]["kind"] == "http"
+    assert "response failed (server_error)" in record["error"]["message"]
+    assert record["turns"] == []  # the half-streamed text is not kept as a reply
