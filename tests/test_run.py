@@ -236,8 +236,9 @@ def test_unusable_paths_are_input_errors_not_tracebacks(tmp_path, mock_server):
         ["run", str(scen), "-m", "x", "--models", str(tagged)],
         ["run", str(scen), "-m", "chat", "--models", str(models), "-c", "zero"],
     ]
+    out = ["-o", str(tmp_path / "runs")]  # a run folder is made before the input is read
     for args in cases:
-        result = cli(*args)
+        result = cli(*args, *(out if args[0] == "run" and "-o" not in args else []))
         assert result.exit_code == 2, (args, result.output)
         assert "Traceback" not in result.output + result.stderr
     assert mock_server.requests == []
