@@ -6,20 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CHAIN, read_jsonl, run_cli, write_models, write_scenario
+from aiohttp import web
+from conftest import CHAIN, KEY, play
 
-KEY = "test-key-123"
-
-
-def run_target(tmp_path: Path, server, target: str, context: str = "full", *extra: str, **models):
-    scen = write_scenario(tmp_path / "chain.yaml", CHAIN.replace("CONTEXT", context))
-    models_file = write_models(tmp_path / "models.yaml", server.base_url, **models)
-    run_id = f"{target}-{len(list(tmp_path.glob('*-*')))}"
-    result = run_cli(
-        "run", str(scen), "-m", target, "--models", str(models_file), "-o", str(tmp_path),
-        "--run-id", run_id, "--no-progress", *extra,
-    )  # fmt: skip
-    return result, tmp_path / run_id
+FULL = CHAIN.replace("CONTEXT", "full")
+SERVER = CHAIN.replace("CONTEXT", "server")
 
 
 def responses_input(request: dict) -> list[tuple[str, str]]:
@@ -37,9 +28,9 @@ def test_same_conversation_in_all_three_protocols(tmp_path, mock_server, stream)
     flag = "--stream" if stream else "--no-stream"
     records = {}
     for target in ("chat", "responses", "gemini"):
-        result, run_dir = run_target(tmp_path, mock_server, target, "full", flag)
-        assert result.exit_code == 0, result.output
-        records[target] = read_jsonl(run_dir / "transcripts.jsonl")[0]
+        played = play(tmp_path, FULL, flag, server=mock_server, targets=(target,))
+        assert played.result.exit_code == 0, played.result.output
+        records[target] = played.transcripts[0]
     chat, resp, gem = records.values()
     assert chat["messages"] == resp["messages"] == gem["messages"]
     assert [t["usage"] for t in chat["turns"]] == [t["usage"] for t in gem["turns"]]
@@ -52,9 +43,9 @@ def test_same_conversation_in_all_three_protocols(tmp_path, mock_server, stream)
 
 
 def test_responses_requests_carry_the_history_as_input(tmp_path, mock_server):
-    result, run_dir = run_target(tmp_path, mock_server, "responses")
-    assert result.exit_code == 0, result.output
-    r1, r2, _ = (t["assistant"] for t in read_jsonl(run_dir / "transcripts.jsonl")[0]["turns"])
+    played = play(tmp_path, FULL, server=mock_server, targets=("responses",))
+    assert played.result.exit_code == 0, played.result.output
+    r1, r2, _ = (t["assistant"] for t in played.transcripts[0]["turns"])
     bodies = [r["json"] for r in mock_server.requests]
     assert all(r["path"] == "/v1/responses" for r in mock_server.requests)
     assert all(b["instructions"] == "Be brief." and "previous_response_id" not in b for b in bodies)
@@ -70,9 +61,9 @@ def test_responses_requests_carry_the_history_as_input(tmp_path, mock_server):
 
 
 def test_server_context_chains_previous_response_id(tmp_path, mock_server):
-    result, run_dir = run_target(tmp_path, mock_server, "responses", "server")
-    assert result.exit_code == 0, result.output
-    record = read_jsonl(run_dir / "transcripts.jsonl")[0]
+    played = play(tmp_path, SERVER, server=mock_server, targets=("responses",))
+    assert played.result.exit_code == 0, played.result.output
+    record = played.transcripts[0]
     bodies = [r["json"] for r in mock_server.requests]
     first, second, third = bodies
     assert responses_input(mock_server.requests[0]) == [("user", "first question")]
@@ -92,25 +83,25 @@ def test_server_context_chains_previous_response_id(tmp_path, mock_server):
 
 
 def test_server_context_with_streaming(tmp_path, mock_server):
-    result, run_dir = run_target(tmp_path, mock_server, "responses", "server", "--stream")
-    assert result.exit_code == 0, result.output
-    record = read_jsonl(run_dir / "transcripts.jsonl")[0]
+    played = play(tmp_path, SERVER, "--stream", server=mock_server, targets=("responses",))
+    assert played.result.exit_code == 0, played.result.output
+    record = played.transcripts[0]
     assert record["turns"][2]["assistant"].startswith("mock: 7 messages")
     assert all(r["json"]["stream"] is True for r in mock_server.requests)
 
 
 @pytest.mark.parametrize("target", ["chat", "gemini"])
 def test_server_context_is_refused_for_other_protocols(tmp_path, mock_server, target):
-    result, _ = run_target(tmp_path, mock_server, target, "server")
+    result = play(tmp_path, SERVER, server=mock_server, targets=(target,), name="chain.yaml").result
     assert result.exit_code == 2
     assert "chain.yaml:2:" in result.stderr and "openai-responses" in result.stderr
     assert mock_server.requests == []
 
 
 def test_gemini_requests_use_contents_roles_and_system_instruction(tmp_path, mock_server):
-    result, run_dir = run_target(tmp_path, mock_server, "gemini", "full", "--stream")
-    assert result.exit_code == 0, result.output
-    r1, r2, _ = (t["assistant"] for t in read_jsonl(run_dir / "transcripts.jsonl")[0]["turns"])
+    played = play(tmp_path, FULL, "--stream", server=mock_server, targets=("gemini",))
+    assert played.result.exit_code == 0, played.result.output
+    r1, r2, _ = (t["assistant"] for t in played.transcripts[0]["turns"])
     request = mock_server.requests[2]
     assert request["path"] == "/v1beta/models/m-gem:streamGenerateContent"
     assert request["query"].get("alt") == "sse"
@@ -136,12 +127,13 @@ def test_gemini_requests_use_contents_roles_and_system_instruction(tmp_path, moc
     ],
 )
 def test_gemini_auth_modes_and_the_key_never_written(tmp_path, mock_server, auth, where):
-    result, run_dir = run_target(tmp_path, mock_server, "gemini", auth=auth)
+    played = play(tmp_path, FULL, server=mock_server, targets=("gemini",), models={"auth": auth})
+    result = played.result
     assert result.exit_code == 0, result.output
     assert all(where(r) == KEY for r in mock_server.requests)
     if auth == "raw":
         assert not mock_server.requests[0]["headers"]["authorization"].startswith("Bearer")
-    for path in run_dir.iterdir():
+    for path in played.run_dir.iterdir():
         assert KEY not in path.read_text(encoding="utf-8")
     assert KEY not in result.output
 
@@ -153,13 +145,10 @@ def test_reasoning_tokens_and_cached_tokens_for_all_three(tmp_path, mock_server)
         "gemini": {"thinkingConfig": {"thinkingBudget": 64, "includeThoughts": True}},
     }
     for target, p in params.items():
-        scen = write_scenario(tmp_path / "r.yaml", "id: r\nturns: [a, b]\nparams: " + json.dumps(p))
-        models = write_models(tmp_path / "models.yaml", mock_server.base_url)
-        out = tmp_path / target
-        result = run_cli("run", str(scen), "-m", target, "--models", str(models), "-o", str(out),
-                         "--run-id", "x", "--no-progress")  # fmt: skip
-        assert result.exit_code == 0, result.output
-        record = read_jsonl(out / "x" / "transcripts.jsonl")[0]
+        text = "id: r\nturns: [a, b]\nparams: " + json.dumps(p)
+        played = play(tmp_path, text, server=mock_server, targets=(target,))
+        assert played.result.exit_code == 0, played.result.output
+        record = played.transcripts[0]
         usage = record["turns"][1]["usage"]
         assert usage["reasoning_tokens"] == 64, target
         assert usage["cached_tokens"] > 0, target
@@ -172,12 +161,10 @@ def test_reasoning_tokens_and_cached_tokens_for_all_three(tmp_path, mock_server)
 
 @pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
 def test_blocked_prompt_is_a_failure_not_an_empty_reply(tmp_path, mock_server, target):
-    scen = write_scenario(tmp_path / "b.yaml", "id: b\nturns: ['please [[block]]']\n")
-    models = write_models(tmp_path / "models.yaml", mock_server.base_url)
-    result = run_cli("run", str(scen), "-m", target, "--models", str(models), "-o", str(tmp_path),
-                     "--run-id", "b", "--no-progress")  # fmt: skip
-    assert result.exit_code == 3
-    record = read_jsonl(tmp_path / "b" / "transcripts.jsonl")[0]
+    text = "id: b\nturns: ['please [[block]]']\n"
+    played = play(tmp_path, text, server=mock_server, targets=(target,))
+    assert played.result.exit_code == 3
+    record = played.transcripts[0]
     assert record["status"] == "failed" and record["error"]["kind"] == "empty"
     assert "content_filter" in record["error"]["message"] or "SAFETY" in record["error"]["message"]
     assert [m["role"] for m in record["messages"]] == ["user"]
@@ -188,13 +175,10 @@ def test_truncated_reply_keeps_its_finish_reason(tmp_path, mock_server, stream):
     finish = {}
     for target, key in (("chat", "max_tokens"), ("responses", "max_output_tokens"),
                         ("gemini", "maxOutputTokens")):  # fmt: skip
-        scen = write_scenario(tmp_path / "t.yaml", f"id: t\nturns: [hello]\nparams: {{{key}: 5}}\n")
-        models = write_models(tmp_path / "models.yaml", mock_server.base_url)
-        out = tmp_path / target
-        result = run_cli("run", str(scen), "-m", target, "--models", str(models), "-o", str(out),
-                         "--run-id", "t", "--no-progress", stream)  # fmt: skip
-        assert result.exit_code == 0, result.output
-        finish[target] = read_jsonl(out / "t" / "transcripts.jsonl")[0]["turns"][0]["finish_reason"]
+        text = f"id: t\nturns: [hello]\nparams: {{{key}: 5}}\n"
+        played = play(tmp_path, text, stream, server=mock_server, targets=(target,))
+        assert played.result.exit_code == 0, played.result.output
+        finish[target] = played.transcripts[0]["turns"][0]["finish_reason"]
     assert finish == {"chat": "length", "responses": "max_output_tokens", "gemini": "MAX_TOKENS"}
 
 
@@ -208,3 +192,64 @@ def test_models_example_loads_and_names_keys_only_by_variable():
     assert targets["gpt52-pro"].params["reasoning"] == {"effort": "high"}
     assert targets["gemini-direct"].base_url == "https://generativelanguage.googleapis.com"
     assert all(t.key is None for t in targets.values())
+
+
+def answers_failed_first(code: str) -> web.Application:
+    """A Responses endpoint whose first answer to each request is HTTP 200, status failed."""
+    answered: set[bytes] = set()
+    failed = {"status": "failed", "error": {"code": code, "message": "the model gave up (test)"}}
+    text = {"type": "output_text", "text": "fine", "annotations": []}
+    completed = {
+        "status": "completed",
+        "error": None,
+        "output": [{"type": "message", "role": "assistant", "content": [text]}],
+        "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6},
+    }
+
+    async def respond(request: web.Request) -> web.Response:
+        body = await request.read()  # a retry sends the same bytes
+        first = body not in answered
+        answered.add(body)
+        head = {"id": f"resp_{len(answered)}", "object": "response", "output": [], "usage": None}
+        return web.json_response({**head, **(failed if first else completed)})
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", respond)
+    return app
+
+
+def test_a_responses_reply_failed_by_a_server_error_is_retried(tmp_path, serve_app):
+    server = serve_app(answers_failed_first("server_error"))
+    played = play(tmp_path, "id: f\nturns: [hello]\n", server=server, targets=("responses",))
+    assert played.result.exit_code == 0, played.result.output
+    assert [(u["attempt"], u["status"]) for u in played.usage] == [(1, "http"), (2, 200)]
+    (record,) = played.transcripts
+    assert record["status"] == "ok"
+    assert (record["turns"][0]["assistant"], record["turns"][0]["attempts"]) == ("fine", 2)
+
+
+def test_a_responses_reply_failed_for_its_prompt_is_final(tmp_path, serve_app):
+    server = serve_app(answers_failed_first("invalid_prompt"))
+    played = play(tmp_path, "id: f\nturns: [hello]\n", server=server, targets=("responses",))
+    assert played.result.exit_code == 3
+    assert [(u["attempt"], u["status"]) for u in played.usage] == [(1, "http")]
+    (record,) = played.transcripts
+    assert record["status"] == "failed" and record["error"]["kind"] == "http"
+    assert "response failed (invalid_prompt)" in record["error"]["message"]
+    assert "the model gave up (test)" in record["error"]["message"]
+
+
+def test_a_streamed_response_failed_event_is_an_error(tmp_path, mock_server):
+    # the mock's [[error]] marker: half the text, then response.failed (status failed)
+    text = "id: f\nturns: ['please [[error]]']\n"
+    played = play(
+        tmp_path, text, "--stream", "--max-retries", "1", server=mock_server, targets=("responses",)
+    )
+    assert played.result.exit_code == 3
+    assert [(u["attempt"], u["status"]) for u in played.usage] == [(1, "http"), (2, "http")]
+    assert all(r["json"]["stream"] is True for r in mock_server.requests)
+    assert len(mock_server.requests) == 2
+    (record,) = played.transcripts
+    assert record["status"] == "failed" and record["error"]["kind"] == "http"
+    assert "response failed (server_error)" in record["error"]["message"]
+    assert record["turns"] == []  # the half-streamed text is not kept as a reply

@@ -1,59 +1,147 @@
-"""The models file (runner/targets.py): problems name file and line, anchors merge."""
+"""Targets end to end: the built-in mocks, the models file's errors, prices, rpm and tpm pacing."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
+import json
+from collections import defaultdict
 
 import pytest
+from conftest import CHAIN, ROOT, cli, play
 
-from runner.errors import InputError
-from runner.targets import load_models
-
-
-def write_models(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "models.yaml"
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return str(path)
+import runner.client
 
 
-def test_models_file_problems_name_file_and_line(tmp_path: Path) -> None:
-    path = write_models(
+def test_the_demo_plays_every_shipped_scenario_on_the_three_built_in_mocks(tmp_path):
+    # `make demo`: run scenarios/ -m mock -m mock-responses -m mock-gemini
+    builtins = ("mock", "mock-responses", "mock-gemini")
+    played = play(tmp_path, ROOT / "scenarios", targets=builtins)
+    assert played.result.exit_code == 0, played.result.output
+    records = played.transcripts
+    assert all(r["status"] == "ok" and r["passed"] is True for r in records)
+    counts = played.manifest["counts"]
+    assert counts["planned"] == counts["ok"] == len(records)
+    assert (counts["failed"], counts["checks_failed"], counts["not_run"]) == (0, 0, 0)
+    plans = defaultdict(set)
+    for r in records:
+        plans[r["target"]].add((r["scenario_id"], json.dumps(r["vars"]), r["sample"]))
+    assert set(plans) == set(builtins)
+    assert plans["mock"] == plans["mock-responses"] == plans["mock-gemini"]
+    shipped = cli("validate", ROOT / "scenarios").output.split()[0]  # "N scenarios OK"
+    assert len({scenario for scenario, _, _ in plans["mock"]}) == int(shipped)
+    assert {r["provider"] for r in records} == {"openai-chat", "openai-responses", "gemini"}
+    checks = [c for r in records for t in r["turns"] for c in t["checks"]]
+    assert all(c["passed"] for c in checks)
+    assert {c["kind"] for c in checks} >= {"contains", "contains_any", "not_contains", "regex"}
+
+
+TARGET = "targets:\n  x:\n"  # the target's name is on line 2; its fields start on line 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "problems"),
+    [
+        (
+            ["provider: openai-chat", "modle: m"],
+            [(4, "unknown key 'modle' in target 'x'; did you mean 'model'?"),
+             (2, "target 'x' needs 'model'")],
+        ),
+        (["provider: openai-chat", "model: m", "concurrency: lots"],
+         [(5, "'concurrency' of target 'x' must be int")]),
+        (["provider: openai-chat", "model: m", "concurrency: true"],
+         [(5, "'concurrency' of target 'x' must be int")]),
+        (["provider: gemini", "model: m", "rpm: fast", "stream: 1"],
+         [(5, "'rpm' of target 'x' must be int or float"),
+          (6, "'stream' of target 'x' must be bool")]),
+        (["provider: anthropic", "model: m"],
+         [(3, "unknown provider 'anthropic'; use one of openai-chat, openai-responses, gemini")]),
+        (["model: m"], [(2, "target 'x' needs 'provider'")]),
+        (["provider: openai-chat"], [(2, "target 'x' needs 'model'")]),
+    ],
+)  # fmt: skip
+def test_models_file_problems_name_file_and_line_and_exit_2(
+    tmp_path, mock_server, fields, problems
+):
+    fields = [*fields, f"base_url: {mock_server.base_url}/v1"]  # last: the lines above hold
+    text = TARGET + "".join(f"    {field}\n" for field in fields)
+    played = play(tmp_path, "id: a\nturns: [hi]\n", models=text, targets=("x",))
+    assert played.result.exit_code == 2
+    for line, problem in problems:
+        assert f"models.yaml:{line}: {problem}" in played.result.stderr
+    assert "Traceback" not in played.result.output
+    assert mock_server.requests == []
+
+
+PRICE = {"input_per_mtok": 2.5, "output_per_mtok": 10.0, "cached_input_per_mtok": 1.25}
+
+
+def test_cost_is_the_price_of_the_recorded_tokens(tmp_path, mock_server):
+    played = play(
         tmp_path,
-        """\
-        targets:
-          a:
-            provider: openai-chat
-            model: m
-            concurency: 4
-          b:
-            provider: openai-chat
-            model: m
-            stream: yes-please
-          c:
-            provider: open-ai
-            model: m
-        """,
+        CHAIN.replace("CONTEXT", "full"),
+        server=mock_server,
+        targets=("chat", "mock"),
+        models={"price": PRICE},  # the built-in mock target has no price
     )
-    with pytest.raises(InputError) as info:
-        load_models(path)
-    assert info.value.problems == [
-        f"{path}:5: unknown key 'concurency' in target 'a'; did you mean 'concurrency'?",
-        f"{path}:9: 'stream' of target 'b' must be bool",
-        f"{path}:11: unknown provider 'open-ai'; use one of openai-chat, openai-responses, gemini",
-    ]
+    assert played.result.exit_code == 0, played.result.output
+    used = defaultdict(int)
+    for u in played.usage:
+        if u["target"] == "chat":
+            for key in ("input_tokens", "cached_tokens", "output_tokens"):
+                used[key] += u[key]
+    assert 0 < used["cached_tokens"] < used["input_tokens"]  # each price counts
+    fresh = used["input_tokens"] - used["cached_tokens"]
+    expected = (fresh * 2.5 + used["cached_tokens"] * 1.25 + used["output_tokens"] * 10.0) / 1e6
+    rows = {row["target"]: row for row in json.loads(played.report("json").output)}
+    assert rows["chat"]["cost_usd"] == pytest.approx(expected)
+    assert rows["mock"]["cost_usd"] is None
+    assert played.manifest["cost_usd"] == round(expected, 6)
 
 
-def test_models_file_targets_share_settings_through_merge_keys(tmp_path: Path) -> None:
-    path = write_models(
-        tmp_path,
-        """\
-        gateway: &gateway {provider: openai-chat, api_key_env: GW_KEY, concurrency: 4}
-        targets:
-          a: {<<: *gateway, model: m1, concurrency: 8}
-          b: {<<: *gateway, model: m2}
-        """,
-    )
-    a, b = load_models(path).values()
-    assert (a.model, a.api_key_env, a.concurrency) == ("m1", "GW_KEY", 8)
-    assert (b.model, b.provider, b.concurrency) == ("m2", "openai-chat", 4)
+class FakeClock:
+    """The pacing buckets' clock: time moves only when they wait. Each wait is noted with the
+    number of requests the mock had received by then."""
+
+    def __init__(self, server):
+        self.server = server
+        self.now = 0.0
+        self.waits: list[tuple[int, float]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append((len(self.server.requests), seconds))
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch, mock_server) -> FakeClock:
+    """Every rpm/tpm bucket the client makes runs on a FakeClock (the buckets' own seam)."""
+    fake = FakeClock(mock_server)
+    bucket = runner.client.TokenBucket
+    made = lambda per_minute: bucket(per_minute, clock=fake, sleep=fake.sleep)  # noqa: E731
+    monkeypatch.setattr(runner.client, "TokenBucket", made)
+    return fake
+
+
+FIVE_TURNS = "id: p\nturns: [a, b, c, d, e]\n"  # one conversation: one request at a time
+
+
+def test_rpm_paces_requests_through_the_client(tmp_path, mock_server, clock):
+    played = play(tmp_path, FIVE_TURNS, server=mock_server, models={"rpm": 120})
+    assert played.result.exit_code == 0, played.result.output
+    assert len(mock_server.requests) == 5
+    # 120 a minute is two a second, with one second of burst: the first two go at once, then
+    # each request waits half a second before it is sent (the mock has not seen it yet)
+    assert clock.waits == [(2, 0.5), (3, 0.5), (4, 0.5)]
+
+
+def test_tpm_paces_requests_by_the_tokens_actually_used(tmp_path, mock_server, clock):
+    played = play(tmp_path, FIVE_TURNS, server=mock_server, models={"tpm": 60})
+    assert played.result.exit_code == 0, played.result.output
+    used = [u["total_tokens"] for u in played.usage]
+    assert len(used) == len(mock_server.requests) == 5
+    # 60 tokens a minute is one a second: before each request the client waits out the
+    # tokens the previous one really used (its estimate is corrected by the reply's usage)
+    assert clock.waits == [(i, float(n)) for i, n in enumerate(used[:-1], start=1)]
+    assert clock.now == sum(used[:-1])
