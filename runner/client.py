@@ -92,7 +92,7 @@ class TargetClient:
             raise
         self.limit.release(generation, ok=True)
         if self.tpm:
-            self.tpm.adjust(reply.usage.total_tokens - estimate)
+            self.tpm.adjust(reply.usage["total_tokens"] - estimate)
         self._record(cid, turn, n, 200, reply, start)
         return reply
 

@@ -10,7 +10,7 @@ from runner.client import TargetClient
 from runner.errors import ApiError, Kind
 from runner.plan import Conversation
 from runner.providers import Call, Reply
-from runner.records import Usage, transcript_record, turn_record, utc_now
+from runner.records import add_usage, no_usage, transcript_record, turn_record, utc_now
 from runner.scenarios import Scenario, Server, Window, fill
 from runner.targets import mock_base_url, provider_for
 
@@ -37,7 +37,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
     system, base_params = _setup(conv)
     history: list[dict[str, str]] = []
     turns: list[dict[str, Any]] = []
-    total = Usage()
+    total = no_usage()
     previous_id, since_reply, error = None, 0, None
     for turn in scenario.turns:
         history.append({"role": turn.role, "content": fill(turn.content, values)})
@@ -57,7 +57,7 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
         history.append({"role": "assistant", "content": reply.text})
         since_reply = len(history)
         previous_id = reply.response_id if isinstance(scenario.context, Server) else None
-        total.add(reply.usage)
+        add_usage(total, reply.usage)
         record = turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
         if turn.expect:
             record["checks"] = evaluate(
@@ -79,7 +79,7 @@ def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
 
 def failed_record(conv: Conversation, kind: Kind, message: str) -> dict[str, Any]:
     """The record of a conversation that could not be played at all."""
-    return transcript_record(conv, [], [], Usage(), ApiError(kind, message), utc_now())
+    return transcript_record(conv, [], [], no_usage(), ApiError(kind, message), utc_now())
 
 
 def _check_reply(reply: Reply, scenario: Scenario) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import runner
 
@@ -23,34 +22,34 @@ if TYPE_CHECKING:
 VERSION = 1
 
 
-@dataclass(slots=True)
-class Usage:
-    """Token counts normalised across protocols (reasoning and cached are parts of output/input)."""
+class Usage(TypedDict):
+    """Token counts normalised across protocols (reasoning and cached are parts of
+    output/input). A plain dict, so records hold it as it is."""
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
-    total_tokens: int = 0
-
-    def add(self, other: Usage) -> None:
-        for key in TOKEN_KEYS:
-            setattr(self, key, getattr(self, key) + getattr(other, key))
-
-    def as_dict(self) -> dict[str, int]:
-        return {key: getattr(self, key) for key in TOKEN_KEYS}
+    input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    total_tokens: int
 
 
-TOKEN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Usage))  # the five token counts
+TOKEN_KEYS: tuple[str, ...] = tuple(Usage.__annotations__)  # the five token counts
+
+
+def no_usage() -> Usage:
+    """Zero of every count: a reply without usage, or the start of a sum."""
+    return cast(Usage, dict.fromkeys(TOKEN_KEYS, 0))
+
+
+def add_usage(total: Usage, more: Usage) -> None:
+    """Add `more` into `total`, count by count."""
+    for key in TOKEN_KEYS:
+        total[key] += more[key]  # type: ignore[literal-required]
 
 
 def utc_now() -> str:
     """A record timestamp: ISO 8601, UTC, milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _ms(value: float | None) -> float | None:
-    return round(value, 2) if value is not None else None
 
 
 def turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -> dict[str, Any]:
@@ -60,10 +59,10 @@ def turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -
         "user": user,
         "assistant": reply.text,
         "finish_reason": reply.finish_reason,
-        "usage": reply.usage.as_dict(),
+        "usage": reply.usage,
         "raw_usage": reply.raw_usage,
         "latency_ms": round(reply.latency_ms, 2),
-        "ttft_ms": _ms(reply.ttft_ms),
+        "ttft_ms": round(reply.ttft_ms, 2) if reply.ttft_ms is not None else None,
         "attempts": attempts,
         "sent_messages": sent,  # messages in the request, system included
         "checks": [],
@@ -94,11 +93,14 @@ def transcript_record(
         "error": error.as_record() if error else None,
         "messages": messages,
         "turns": turns,
-        "usage": usage.as_dict(),
+        "usage": usage,
         "passed": passed,
         "started_at": started,
         "ended_at": utc_now(),
     }
+
+
+NO_TOKENS = no_usage()
 
 
 def attempt_record(
@@ -112,7 +114,8 @@ def attempt_record(
     latency_ms: float,
 ) -> dict[str, Any]:
     """One HTTP attempt (usage.jsonl): status is 200 or the error's status (else its kind)."""
-    usage = reply.usage.as_dict() if reply else dict.fromkeys(TOKEN_KEYS, 0)
+    usage = reply.usage if reply else NO_TOKENS
+    ttft = reply.ttft_ms if reply else None
     return {
         "version": VERSION,
         "conversation_id": conversation_id,
@@ -123,7 +126,7 @@ def attempt_record(
         "status": status,
         **usage,
         "latency_ms": round(latency_ms, 2),
-        "ttft_ms": _ms(reply.ttft_ms) if reply else None,
+        "ttft_ms": round(ttft, 2) if ttft is not None else None,
         "ts": time.time(),
     }
 

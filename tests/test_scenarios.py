@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 from runner.errors import InputError
 from runner.scenarios import Expect, Full, Server, Turn, Window, load_file, load_paths
@@ -190,7 +190,7 @@ def test_empty_files_and_documents_give_no_scenarios(tmp_path: Path) -> None:
 def test_an_empty_file_is_an_input_error_naming_it(tmp_path: Path, content: str) -> None:
     path = write(tmp_path, "empty.yaml", content)
     assert problems_of([path]) == [f"{path}: no scenarios: the file is empty or only comments"]
-    result = run_cli("validate", path)
+    result = cli("validate", path)
     assert result.exit_code == 2 and f"{path}: no scenarios" in result.stderr
 
 

@@ -14,7 +14,7 @@ import aiohttp
 from runner.encoding import from_json
 from runner.errors import ApiError, Kind
 from runner.providers.sse import iter_sse
-from runner.records import Usage
+from runner.records import Usage, no_usage
 
 
 @dataclass(slots=True)
@@ -23,14 +23,14 @@ class Reply:
 
     text: str
     finish_reason: str | None
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = field(default_factory=no_usage)
     raw_usage: dict[str, Any] | None = None
     response_id: str | None = None
     latency_ms: float = 0.0
     ttft_ms: float | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Call:
     """What one turn asks of a model: messages are role/content dicts, the system prompt
     apart; previous_id chains to a stored response (server context)."""

@@ -11,7 +11,7 @@ from runner.encoding import to_json
 from runner.errors import ApiError, Kind
 from runner.providers import base
 from runner.providers.base import Call, Provider, Reply, Request, StreamState
-from runner.records import Usage
+from runner.records import Usage, no_usage
 
 # scenario params (OpenAI-style or Gemini-style names) -> generationConfig keys
 CONFIG_KEYS = {
@@ -44,7 +44,7 @@ RETRY_DELAY = re.compile(r"^([\d.]+)s$")
 def gemini_usage(raw: dict[str, Any] | None) -> Usage:
     """Thoughts are not inside candidatesTokenCount: output = candidates + thoughts."""
     if not raw:
-        return Usage()
+        return no_usage()
     prompt = raw.get("promptTokenCount") or 0
     thoughts = raw.get("thoughtsTokenCount") or 0
     output = (raw.get("candidatesTokenCount") or 0) + thoughts

@@ -10,13 +10,13 @@ from runner.encoding import to_json
 from runner.errors import ApiError, Kind
 from runner.providers import base
 from runner.providers.base import Call, Provider, Reply, Request, StreamState
-from runner.records import Usage
+from runner.records import Usage, no_usage
 
 
 def openai_usage(raw: dict[str, Any] | None, input_key: str, output_key: str) -> Usage:
     """Normalise a Chat (prompt/completion) or Responses (input/output) usage object."""
     if not raw:
-        return Usage()
+        return no_usage()
     inp, out = raw.get(input_key) or 0, raw.get(output_key) or 0
     in_details = raw.get(f"{input_key}_details") or {}
     out_details = raw.get(f"{output_key}_details") or {}
