@@ -34,6 +34,7 @@ test: $(TESTDEPS)
 	$(BIN)/python -m pytest -q
 
 bench: $(FAST)
+	$(BIN)/python -m compileall -q runner bench  # PYTHONDONTWRITEBYTECODE may be set: measure compiled code
 	$(BIN)/python -m bench
 
 lint: $(TESTDEPS)
