@@ -65,6 +65,7 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option(
     "--max-wait", type=click.FloatRange(0), help="Cap in seconds on any one backoff wait."
 )
+@click.option("--judge", help="Target that grades judge checks naming no target.")
 @click.option("--no-progress", is_flag=True)
 @click.option(
     "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
@@ -87,6 +88,7 @@ def run(
     timeout: float | None,
     max_retries: int | None,
     max_wait: float | None,
+    judge: str | None,
     no_progress: bool,
     dry_run: bool,
 ) -> None:
@@ -112,6 +114,7 @@ def run(
         timeout_s=timeout,
         max_retries=max_retries,
         max_wait_s=max_wait,
+        judge=judge,
     )
     if dry_run:
         for text in runs.dry_run(runs.load(inv)[2], inv.stream):
