@@ -1,0 +1,172 @@
+"""The compare page: self-contained, hostile text escaped, rendered in headless Chromium.
+
+Chromium is Debian's `chromium` package (.ci/run installs it when it runs as root); the
+browser tests are skipped, saying why, only where it is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import cli, play
+
+HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
+SCENARIOS = f"""
+scenarios:
+  - id: hostile
+    tags: [safety]
+    turns:
+      - user: {json.dumps(HOSTILE)}
+        expect: {{not_contains: pwned-never}}
+      - user: second question
+        expect: {{contains: "this is not in the reply"}}
+  - id: long-talk
+    tags: [memory, long]
+    turns: [{", ".join(f"question number {i} about the weather" for i in range(14))}]
+  - id: judged
+    tags: [judge]
+    turns:
+      - user: tell me about apples
+        expect: {{judge: 'mentions "apples"', contains: mock}}
+"""
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+BROWSER = next((b for b in map(shutil.which, BROWSERS) if b), None)
+needs_browser = pytest.mark.skipif(
+    BROWSER is None,
+    reason="no Chromium on this machine: install Debian's chromium package "
+    "(apt-get install chromium; .ci/run does it as root) to render the compare page",
+)
+
+
+class Elements(HTMLParser):
+    """Every element of a document as (tag, attributes), and the page's text."""
+
+    def __init__(self, markup: str):
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(markup)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def having(self, tag: str, cls: str = "") -> list[dict[str, str | None]]:
+        return [
+            a for t, a in self.elements if t == tag and cls in (a.get("class") or "").split()
+        ] if cls else [a for t, a in self.elements if t == tag]  # fmt: skip
+
+
+def chromium(tmp_path: Path, url: str, *extra: str) -> str:
+    """Run headless Chromium on URL (no network, fresh profile); its stdout."""
+    assert BROWSER is not None
+    args = [
+        BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", "--no-default-browser-check", "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}", *extra, url,
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two runs: the three scenarios on two mocks, then again on one; and their pages."""
+    tmp = tmp_path_factory.mktemp("compare")
+    first = play(tmp, SCENARIOS, "--judge", "mock", targets=("mock", "mock-gemini"))
+    second = play(tmp, SCENARIOS, "--judge", "mock-gemini", targets=("mock",))
+    assert first.result.exit_code == second.result.exit_code == 1  # one check fails
+    one, two = tmp / "one.html", tmp / "two.html"
+    result = cli("compare", first.run_dir, "--html", one)
+    assert result.exit_code == 0 and f"compare page: {one}" in result.output
+    assert cli("compare", first.run_dir, second.run_dir, "--html", two).exit_code == 0
+    return {"tmp": tmp, "first": first, "second": second, "one": one, "two": two}
+
+
+def test_the_page_is_self_contained_and_escapes_every_transcript_text(runs) -> None:
+    markup = runs["one"].read_text(encoding="utf-8")
+    page = Elements(markup)
+    csp = [a for a in page.having("meta") if a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp[0]["content"] == (
+        "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+    )
+    assert not [t for t, a in page.elements if "src" in a or "href" in a]  # nothing to fetch
+    assert not re.search(r"https?://", markup)
+    assert len(page.having("script")) == 1 and not page.having("img")  # only the filter script
+    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in markup
+    assert HOSTILE in "".join(page.text)  # shown as text, whole
+
+
+def test_the_report_table_shows_the_reports_rows(runs) -> None:
+    report = json.loads(runs["first"].report("json").output)
+    page = Elements(runs["one"].read_text(encoding="utf-8"))
+    text = "".join(page.text)
+    for row in report:
+        assert row["target"] in text
+    assert len(page.having("tr")) == 1 + len(report)
+    assert len(page.having("svg")) == 2 * len(report)  # latency and tokens per target
+
+
+@needs_browser
+def test_chromium_renders_every_conversation_and_runs_no_hostile_script(runs) -> None:
+    tmp, page_file = runs["tmp"], runs["one"]
+    dom = Elements(chromium(tmp, page_file.as_uri(), "--dump-dom"))
+    title = "".join(dom.text[: 1 + [t for t, _ in dom.elements].index("title")])
+    assert "pwned" not in title and not dom.having("img")
+    assert len(dom.having("script")) == 1
+    recorded = {r["conversation_id"] for r in runs["first"].transcripts}
+    shown = [i for a in dom.having("article", "conv") for i in json.loads(a["data-ids"] or "[]")]
+    assert sorted(shown) == sorted(recorded) and len(recorded) == 6
+    turns = sum(len(r["turns"]) for r in runs["first"].transcripts)
+    assert len(dom.having("div", "reply")) == turns
+    assert not any("hidden" in a for a in dom.having("article", "conv"))
+    assert "6 of 6 conversations shown" in "".join(dom.text)
+    assert dom.having("details")  # the long conversation's replies are collapsed
+    judged = [a for a in dom.having("li", "pass") if a.get("title") == 'mentions "apples"']
+    assert len(judged) == 2
+
+
+@needs_browser
+@pytest.mark.parametrize(
+    ("fragment", "visible", "count"),
+    [
+        ("#failed", {"hostile"}, "2 of 6"),
+        ("#tag=memory", {"long-talk"}, "2 of 6"),
+        ("#failed&tag=judge", set(), "0 of 6"),
+    ],
+)
+def test_the_filters_hide_what_they_should(runs, fragment: str, visible, count: str) -> None:
+    dom = Elements(chromium(runs["tmp"], runs["one"].as_uri() + fragment, "--dump-dom"))
+    shown = {
+        json.loads(a["data-ids"] or "[]")[0].split("@")[0]
+        for a in dom.having("article", "conv")
+        if "hidden" not in a
+    }
+    assert shown == visible
+    assert f"{count} conversations shown" in "".join(dom.text)
+
+
+@needs_browser
+def test_two_runs_side_by_side_and_a_screenshot(runs) -> None:
+    tmp = runs["tmp"]
+    dom = Elements(chromium(tmp, runs["two"].as_uri(), "--dump-dom"))
+    heads = [a for a in dom.having("div", "side")]
+    assert len(heads) == 3 * 3  # three conversations, three sides: run0 · mock, ..., run1 · mock
+    text = "".join(dom.text)
+    assert "run0 · mock-gemini" in text and "run1 · mock" in text
+    shot = tmp / "compare.png"
+    chromium(tmp, runs["one"].as_uri(), f"--screenshot={shot}", "--window-size=1280,2000")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    shutil.copyfile(shot, "/tmp/compare.png")  # for the closing note
