@@ -80,7 +80,8 @@ def load(run_dirs: list[Path]) -> Runs:
         prices = {t["name"]: t.get("price") for t in manifest.get("targets", [])}
         loaded.runs.append((label, manifest, summary.rows(prices)))
         loaded.sides += sides.values()
-    loaded.keys = list(seen)
+    files = loaded.scenario_files  # a stable order: file, scenario, vars, sample
+    loaded.keys = sorted(seen, key=lambda k: (files.get(k[0], ""), *k))
     return loaded
 
 
@@ -187,7 +188,8 @@ def failing(record: dict[str, Any] | None) -> bool:
 
 def _conversation(sides: list[Side], key: Key, tags: list[str]) -> str:
     records = [side.records.get(key) for side in sides]
-    heading = "vars " + key[1] if key[1] != "{}" else "no vars"
+    values = json.loads(key[1])
+    heading = " · ".join(f"{k} = {_shown(v)}" for k, v in values.items()) or "no vars"
     heading += f" · sample {key[2]}" if key[2] else ""
     ids = [r["conversation_id"] for r in records if r]
     cells = [_side_head(side, r) for side, r in zip(sides, records, strict=True)]
@@ -200,6 +202,10 @@ def _conversation(sides: list[Side], key: Key, tags: list[str]) -> str:
         f'data-ids="{esc(json.dumps(ids, ensure_ascii=False))}"><h3>{esc(heading)}</h3>'
         f'<div class="grid" style="--n:{len(sides)}">{"".join(cells)}</div></article>'
     )
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _side_head(side: Side, record: dict[str, Any] | None) -> str:

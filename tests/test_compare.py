@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli, play
+from tests.conftest import ROOT, cli, play
 
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 SCENARIOS = f"""
@@ -170,3 +170,18 @@ def test_two_runs_side_by_side_and_a_screenshot(runs) -> None:
     chromium(tmp, runs["one"].as_uri(), f"--screenshot={shot}", "--window-size=1280,2000")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     shutil.copyfile(shot, "/tmp/compare.png")  # for the closing note
+
+
+def test_the_demo_writes_a_compare_page_of_the_three_built_in_targets(tmp_path: Path) -> None:
+    # `make demo`: run scenarios/ -m mock -m mock-responses -m mock-gemini --html ...
+    page_file = tmp_path / "compare.html"
+    builtins = ("mock", "mock-responses", "mock-gemini")
+    played = play(tmp_path, ROOT / "scenarios", "--html", page_file, targets=builtins)
+    assert played.result.exit_code == 0
+    assert f"compare page: {page_file}" in played.result.stderr
+    assert played.result.stdout.splitlines()[0].startswith("target")  # the table comes last
+    page = Elements(page_file.read_text(encoding="utf-8"))
+    shown = [i for a in page.having("article", "conv") for i in json.loads(a["data-ids"] or "[]")]
+    assert sorted(shown) == sorted(r["conversation_id"] for r in played.transcripts)
+    heads = [a for a in page.having("div", "side")]
+    assert len(heads) == 3 * len(page.having("article", "conv"))
