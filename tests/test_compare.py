@@ -6,6 +6,7 @@ browser tests are skipped, saying why, only where it is not installed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.conftest import ROOT, cli, play
@@ -26,7 +28,7 @@ scenarios:
     turns:
       - user: {json.dumps(HOSTILE)}
         expect: {{not_contains: pwned-never}}
-      - user: second question
+      - user: second question {"y" * 400}
         expect: {{contains: "this is not in the reply"}}
   - id: long-talk
     tags: [memory, long]
@@ -185,3 +187,120 @@ def test_the_demo_writes_a_compare_page_of_the_three_built_in_targets(tmp_path: 
     assert sorted(shown) == sorted(r["conversation_id"] for r in played.transcripts)
     heads = [a for a in page.having("div", "side")]
     assert len(heads) == 3 * len(page.having("article", "conv"))
+
+
+class DevTools:
+    """A page of headless Chromium driven over the DevTools protocol (its websocket)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse):
+        self.ws, self.next_id, self.events = ws, 0, []
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            message = await self.ws.receive_json()
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message["result"]
+            self.events.append(message)
+
+    async def until(self, wanted: Any, start: int = 0) -> int:
+        """The index of the first event from `start` on that `wanted(event)` accepts."""
+        index = start
+        while True:
+            while index < len(self.events):
+                if wanted(self.events[index]):
+                    return index
+                index += 1
+            self.events.append(await self.ws.receive_json())
+
+    async def js(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+
+async def drive_page(tmp: Path, url: str, steps: Any) -> tuple[Any, list[str]]:
+    """Open URL in Chromium, run `steps(devtools)`; its result and every URL the page asked for."""
+    assert BROWSER is not None
+    proc = await asyncio.create_subprocess_exec(
+        BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", "--remote-debugging-port=0", "--window-size=1280,900",
+        f"--user-data-dir={tmp / 'cdp-profile'}", "about:blank",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = b""
+        while b"DevTools listening on" not in line:
+            line = await asyncio.wait_for(proc.stderr.readline(), 60)
+            assert line, "Chromium ended before it listened"
+        port = re.search(rb"ws://[^:]+:(\d+)/", line).group(1).decode()  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as http:
+            pages = await (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
+            ws_url = next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"]
+            async with http.ws_connect(ws_url, max_msg_size=0) as ws:
+                page = DevTools(ws)
+                await page.call("Network.enable")
+                await page.call("Page.enable")
+                await page.call("Page.navigate", url=url)
+                navigated = await page.until(  # our page, not the blank one it replaces
+                    lambda e: (
+                        e.get("method") == "Page.frameNavigated"
+                        and e["params"]["frame"]["url"] == url
+                    )
+                )
+                await page.until(lambda e: e.get("method") == "Page.loadEventFired", navigated)
+                result = await steps(page)
+                asked = [
+                    e["params"]["request"]["url"]
+                    for e in page.events
+                    if e.get("method") == "Network.requestWillBeSent"
+                ]
+                return result, asked
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+SHOWN = "[...document.querySelectorAll('article.conv:not([hidden])')].map(a => a.dataset.ids)"
+COUNT = "document.getElementById('f-count').textContent"
+
+
+@needs_browser
+def test_the_filters_respond_to_clicks_and_the_page_fetches_nothing(runs) -> None:
+    async def steps(page: DevTools) -> dict[str, Any]:
+        seen = {"start": await page.js(COUNT)}
+        await page.js("document.getElementById('f-failed').click()")
+        seen["failed"] = (await page.js(COUNT), await page.js(SHOWN))
+        await page.js(
+            "const t = document.getElementById('f-tag'); t.value = 'memory';"
+            "t.dispatchEvent(new Event('change'))"
+        )
+        seen["failed+memory"] = await page.js(COUNT)
+        await page.js("document.getElementById('f-failed').click()")
+        seen["memory"] = (await page.js(COUNT), await page.js(SHOWN))
+        seen["hash"] = await page.js("location.hash")
+        seen["open"] = await page.js(
+            "const d = document.querySelector('details');d.querySelector('summary').click(); d.open"
+        )
+        seen["title"] = await page.js("document.title")
+        seen["fits"] = await page.js(
+            "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        )
+        return seen
+
+    url = runs["one"].as_uri()
+    seen, asked = asyncio.run(drive_page(runs["tmp"], url, steps))
+    assert seen["start"] == "6 of 6 conversations shown"
+    assert seen["failed"][0] == "2 of 6 conversations shown"
+    assert [json.loads(ids)[0] for ids in seen["failed"][1]] == ["hostile@mock"]
+    assert seen["failed+memory"] == "0 of 6 conversations shown"
+    assert seen["memory"][0] == "2 of 6 conversations shown"
+    assert [json.loads(ids)[0] for ids in seen["memory"][1]] == ["long-talk@mock"]
+    assert seen["hash"] == "#tag=memory"  # the filter can be shared as a link
+    assert seen["open"] is True  # a long reply opens
+    assert seen["title"] == "dialogue-runner · run0"  # no transcript text ran as script
+    assert seen["fits"] is True  # long replies and unbroken words wrap: no sideways scroll
+    assert asked == [url]  # the page itself, nothing else
