@@ -157,11 +157,14 @@ def report(run_dir: str, fmt: str) -> None:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--html", "html_file", required=True, type=click.Path(dir_okay=False),
               help="The page to write: one self-contained HTML file.")  # fmt: skip
-def compare(run_dirs: tuple[str, ...], html_file: str) -> None:
+@click.option("--max-rows", type=click.IntRange(1), default=1000, show_default=True,
+              help="Rows of conversations shown (failing ones first).")  # fmt: skip
+def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
     """A page comparing RUN_DIRS: report, charts, conversations side by side, turn by turn."""
     from runner.compare import write_page
 
-    click.echo(f"compare page: {write_page([Path(d) for d in run_dirs], Path(html_file))}")
+    path = write_page([Path(d) for d in run_dirs], Path(html_file), max_rows)
+    click.echo(f"compare page: {path}")
 
 
 @main.command("mock-server")

@@ -50,6 +50,10 @@ class Runs:
     keys: list[Key]  # in the order first seen
     scenario_files: dict[str, str]
     tags: dict[str, list[str]]
+    omitted: int = 0  # conversations (rows of sides) left out to keep the page light
+
+
+MAX_ROWS = 1000  # rows of conversations a page shows by default (the charts count them all)
 
 
 def key_of(record: dict[str, Any]) -> Key:
@@ -85,9 +89,25 @@ def load(run_dirs: list[Path]) -> Runs:
     return loaded
 
 
-def write_page(run_dirs: list[Path], out: Path) -> Path:
-    """Write the page for RUN_DIRS to OUT; returns OUT."""
-    text = page(load(run_dirs))
+def keep(runs: Runs, limit: int) -> None:
+    """Show at most LIMIT rows: every failing one first, then the first others in order."""
+    if len(runs.keys) <= limit:
+        return
+    failed = [k for k in runs.keys if any(failing(s.records.get(k)) for s in runs.sides)]
+    chosen = dict.fromkeys(failed[:limit])
+    for key in runs.keys:
+        if len(chosen) >= limit:
+            break
+        chosen.setdefault(key)
+    runs.omitted = len(runs.keys) - len(chosen)
+    runs.keys = [k for k in runs.keys if k in chosen]
+
+
+def write_page(run_dirs: list[Path], out: Path, limit: int = MAX_ROWS) -> Path:
+    """Write the page for RUN_DIRS to OUT, at most LIMIT rows of conversations; returns OUT."""
+    runs = load(run_dirs)
+    keep(runs, limit)
+    text = page(runs)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
@@ -108,7 +128,7 @@ def page(runs: Runs) -> str:
         '<nav id="filters"><label><input type="checkbox" id="f-failed"> failed only</label>'
         f'<label>tag <select id="f-tag"><option value="">all</option>{options}</select></label>'
         '<span id="f-count"></span></nav>',
-        f"<main>{_scenarios(runs)}</main>",
+        f"<main>{_omitted(runs)}{_scenarios(runs)}</main>",
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -117,6 +137,16 @@ def page(runs: Runs) -> str:
         f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n"
         + "\n".join(body)
         + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )
+
+
+def _omitted(runs: Runs) -> str:
+    if not runs.omitted:
+        return ""
+    return (
+        f'<p class="omitted">{runs.omitted:,} more rows of conversations are not shown: this '
+        f"page shows {len(runs.keys):,}, failing ones first, then the others in order "
+        "(compare --max-rows N shows more; the report and the charts count them all).</p>"
     )
 
 

@@ -56,6 +56,7 @@ ul.checks li{padding:1px 0;overflow-wrap:anywhere}
  background:var(--ok)}.badge.fail{background:var(--bad);color:#fff}
 .badge.error{background:var(--warn);color:#fff}.badge.none{background:#8c959f}
 .missing{color:#8c959f;font-style:italic}
+.omitted{background:#fff8c5;border-radius:6px;padding:6px 8px}
 [hidden]{display:none!important}
 """
 

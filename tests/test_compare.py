@@ -304,3 +304,22 @@ def test_the_filters_respond_to_clicks_and_the_page_fetches_nothing(runs) -> Non
     assert seen["title"] == "dialogue-runner · run0"  # no transcript text ran as script
     assert seen["fits"] is True  # long replies and unbroken words wrap: no sideways scroll
     assert asked == [url]  # the page itself, nothing else
+
+
+def test_a_long_run_shows_its_failing_rows_first_and_says_what_it_left_out(runs) -> None:
+    page_file = runs["tmp"] / "short.html"
+    assert (
+        cli("compare", runs["first"].run_dir, "--html", page_file, "--max-rows", "1").exit_code == 0
+    )
+    page = Elements(page_file.read_text(encoding="utf-8"))
+    shown = [json.loads(a["data-ids"] or "[]") for a in page.having("article", "conv")]
+    assert shown == [["hostile@mock", "hostile@mock-gemini"]]
+    assert "2 more rows of conversations are not shown" in "".join(page.text)
+    assert len(page.having("tr")) == 3  # the report still counts every conversation
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    result = cli("compare", tmp_path, "--html", tmp_path / "x.html")
+    assert result.exit_code == 2
+    assert "not a readable run folder" in result.output
+    assert not (tmp_path / "x.html").exists()
