@@ -140,3 +140,19 @@ def test_an_unknown_default_judge_is_an_input_error(tmp_path: Path) -> None:
     assert played.result.exit_code == 2
     assert "--judge: unknown target 'nope'" in played.result.output
     assert not (played.run_dir / "usage.jsonl").exists()  # nothing was sent
+
+
+def test_a_resumed_run_judges_with_the_judge_it_started_with(tmp_path: Path) -> None:
+    played = play(tmp_path, JUDGED, "--judge", "mock-responses", targets=("mock", "mock-gemini"))
+    assert played.result.exit_code == 1
+    transcripts = played.run_dir / "transcripts.jsonl"
+    first, _ = transcripts.read_text(encoding="utf-8").splitlines()
+    transcripts.write_text(first + "\n", encoding="utf-8")  # as if killed before the second
+    resumed = played.resume()
+    assert resumed.result.exit_code == 1
+    assert len(resumed.transcripts) == 2
+    again = [
+        c for t in resumed.transcripts[1]["turns"] for c in t["checks"] if c["kind"] == "judge"
+    ]
+    assert [(c["judge"], c["passed"]) for c in again] == [("mock-responses", True),
+                                                        ("mock-gemini", False)]  # fmt: skip
