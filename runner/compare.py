@@ -312,6 +312,9 @@ def _reply_cell(turn: dict[str, Any] | None) -> str:
         f"{number(usage.get('output_tokens'))} out tok",
         number(turn.get("latency_ms"), " ms"),
     ]
+    for key, label in (("reasoning_tokens", "reasoning"), ("cached_tokens", "cached")):
+        if usage.get(key):
+            meta.insert(2, f"{number(usage[key])} {label}")
     if turn.get("ttft_ms") is not None:
         meta.append("ttft " + number(turn["ttft_ms"], " ms"))
     if (turn.get("attempts") or 1) > 1:

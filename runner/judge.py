@@ -85,7 +85,7 @@ async def grade(
         result["judge"] = client.target.name
         messages = [{"role": "user", "content": prompt(rubric, conversation, reply)}]
         answer, attempts = await client.complete(
-            SYSTEM, messages, {}, None, *where, judge=parse_verdict
+            SYSTEM, messages, dict(client.target.params), None, *where, judge=parse_verdict
         )
     except ApiError as err:
         result["error"] = err.as_record()

@@ -323,3 +323,21 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "not a readable run folder" in result.output
     assert not (tmp_path / "x.html").exists()
+
+
+def test_a_failed_conversation_shows_its_error_and_the_turns_it_never_reached(
+    tmp_path: Path,
+) -> None:
+    scenario = "id: cut\nturns:\n  - hello\n  - '[[block]] this one is refused'\n  - never sent\n"
+    played = play(tmp_path, scenario, targets=("mock",))
+    assert played.result.exit_code == 3
+    page_file = tmp_path / "page.html"
+    assert cli("compare", played.run_dir, "--html", page_file).exit_code == 0
+    markup = page_file.read_text(encoding="utf-8")
+    page = Elements(markup)
+    (conv,) = page.having("article", "conv")
+    assert conv["data-failed"] == "1"
+    assert "failed: empty" in "".join(page.text)
+    assert len(page.having("div", "reply")) == 1  # the one turn answered
+    users = [a for a in page.having("div", "user")]
+    assert len(users) == 2  # the refused turn is shown; the one after it was never sent
