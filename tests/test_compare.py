@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import ROOT, cli, play
+from tests.conftest import KEY, ROOT, cli, play
 
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 SCENARIOS = f"""
@@ -341,3 +341,12 @@ def test_a_failed_conversation_shows_its_error_and_the_turns_it_never_reached(
     assert len(page.having("div", "reply")) == 1  # the one turn answered
     users = [a for a in page.having("div", "user")]
     assert len(users) == 2  # the refused turn is shown; the one after it was never sent
+
+
+def test_the_page_never_shows_a_key(tmp_path: Path, mock_server) -> None:
+    played = play(tmp_path, "id: k\nturns: [hi]\n", server=mock_server, targets=("chat",))
+    assert played.result.exit_code == 0
+    page_file = tmp_path / "page.html"
+    assert cli("compare", played.run_dir, "--html", page_file).exit_code == 0
+    assert KEY not in page_file.read_text(encoding="utf-8")
+    assert "hi" in Elements(page_file.read_text(encoding="utf-8")).text
