@@ -27,8 +27,10 @@ $(TESTDEPS): pyproject.toml | $(BIN)/python
 
 install: $(RUNTIME)
 
+# ends with the report table; the compare page of the three targets is written beside the run
 demo: $(RUNTIME)
-	$(BIN)/dialogue-runner run scenarios/ -m mock -m mock-responses -m mock-gemini --run-id demo-$$(date +%Y%m%d-%H%M%S)
+	id=demo-$$(date +%Y%m%d-%H%M%S); $(BIN)/dialogue-runner run scenarios/ \
+	  -m mock -m mock-responses -m mock-gemini --run-id $$id --html outputs/$$id/compare.html
 
 test: $(TESTDEPS)
 	$(BIN)/python -m pytest -q

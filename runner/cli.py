@@ -65,6 +65,9 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option(
     "--max-wait", type=click.FloatRange(0), help="Cap in seconds on any one backoff wait."
 )
+@click.option("--judge", help="Target that grades judge checks naming no target.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False),
+              help="Also write the run's compare page to FILE.")  # fmt: skip
 @click.option("--no-progress", is_flag=True)
 @click.option(
     "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
@@ -87,6 +90,8 @@ def run(
     timeout: float | None,
     max_retries: int | None,
     max_wait: float | None,
+    judge: str | None,
+    html_file: str | None,
     no_progress: bool,
     dry_run: bool,
 ) -> None:
@@ -94,7 +99,7 @@ def run(
     from runner import run as runs
 
     if resume_dir:
-        _finished(runs.resume(Path(resume_dir), retry_failed, force, not no_progress))
+        _finished(runs.resume(Path(resume_dir), retry_failed, force, not no_progress), html_file)
     if not paths or not targets:
         raise InputError(
             "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
@@ -112,18 +117,24 @@ def run(
         timeout_s=timeout,
         max_retries=max_retries,
         max_wait_s=max_wait,
+        judge=judge,
     )
     if dry_run:
         for text in runs.dry_run(runs.load(inv)[2], inv.stream):
             click.echo(text)
         return
-    _finished(runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress))
+    _finished(runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress), html_file)
 
 
-def _finished(finished: Finished) -> NoReturn:
-    """The end-of-run table on stdout, one line on stderr, and the run's exit code."""
+def _finished(finished: Finished, html_file: str | None = None) -> NoReturn:
+    """The compare page when asked for, the end-of-run table on stdout, one line on stderr,
+    and the run's exit code."""
     from runner.report import render
 
+    if html_file:
+        from runner.compare import write_page
+
+        click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
     click.echo(render(finished.rows))
     click.echo("\n" + finished.line(), err=True)
     sys.exit(finished.exit_code)
@@ -140,6 +151,20 @@ def report(run_dir: str, fmt: str) -> None:
     summary, manifest = summarize_run(Path(run_dir))
     prices = {t["name"]: t.get("price") for t in manifest.get("targets", [])}
     click.echo(render(summary.rows(prices), fmt))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--html", "html_file", required=True, type=click.Path(dir_okay=False),
+              help="The page to write: one self-contained HTML file.")  # fmt: skip
+@click.option("--max-rows", type=click.IntRange(1), default=1000, show_default=True,
+              help="Rows of conversations shown (failing ones first).")  # fmt: skip
+def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
+    """A page comparing RUN_DIRS: report, charts, conversations side by side, turn by turn."""
+    from runner.compare import write_page
+
+    path = write_page([Path(d) for d in run_dirs], Path(html_file), max_rows)
+    click.echo(f"compare page: {path}")
 
 
 @main.command("mock-server")

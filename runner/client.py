@@ -19,6 +19,7 @@ from runner.targets import Target, provider_for
 
 USER_AGENT = f"dialogue-runner/{runner.__version__}"
 AttemptSink = Callable[[dict[str, Any]], None]
+Verdict = Callable[[str], object]  # raises a retryable ApiError when a reply is no verdict
 
 
 class TargetClient:
@@ -59,16 +60,22 @@ class TargetClient:
         previous_id: str | None,
         conversation_id: str,
         turn: int,
+        judge: Verdict | None = None,
     ) -> tuple[Reply, int]:
-        """A reply for this turn, retried as the policy allows; returns (reply, attempts)."""
+        """A reply for this turn, retried as the policy allows; returns (reply, attempts).
+
+        With `judge`, this is a judge's request: its attempts are recorded as such, and a
+        reply that `judge` refuses is retried like a malformed body."""
         request = self.provider.build(Call(system, messages, params, self.stream, previous_id))
 
         def attempt(n: int) -> Any:
-            return self._attempt(request, conversation_id, turn, n)
+            return self._attempt(request, conversation_id, turn, n, judge)
 
         return await retrying(attempt, self.policy)
 
-    async def _attempt(self, request: Request, cid: str, turn: int, n: int) -> Reply:
+    async def _attempt(
+        self, request: Request, cid: str, turn: int, n: int, judge: Verdict | None
+    ) -> Reply:
         estimate = len(request.body) // 4
         if self.rpm:
             await self.rpm.acquire()
@@ -88,19 +95,29 @@ class TargetClient:
             err.message = mask(err.message, self.target.key)
             self.limit.release(generation, rate_limited=err.kind is Kind.RATE_LIMIT)
             self.breaker.observe(err)
-            self._record(cid, turn, n, err.label, None, start)
+            self._record(cid, turn, n, err.label, None, start, judge is not None)
             raise
         self.limit.release(generation, ok=True)
         if self.tpm:
             self.tpm.adjust(reply.usage["total_tokens"] - estimate)
-        self._record(cid, turn, n, 200, reply, start)
+        self._record(cid, turn, n, 200, reply, start, judge is not None)
+        if judge is not None:
+            judge(reply.text)
         return reply
 
     def _record(
-        self, cid: str, turn: int, n: int, status: int | str, reply: Reply | None, start: float
+        self,
+        cid: str,
+        turn: int,
+        n: int,
+        status: int | str,
+        reply: Reply | None,
+        start: float,
+        judge: bool,
     ) -> None:
         latency_ms = (time.perf_counter() - start) * 1000
         t = self.target
-        self.on_attempt(
-            attempt_record(cid, turn, n + 1, t.name, t.model, status, reply, latency_ms)
-        )
+        record = attempt_record(cid, turn, n + 1, t.name, t.model, status, reply, latency_ms)
+        if judge:
+            record["judge"] = True
+        self.on_attempt(record)

@@ -8,6 +8,7 @@ from typing import Any
 from runner.checks import evaluate
 from runner.client import TargetClient
 from runner.errors import ApiError, Kind
+from runner.judge import Judges, grade
 from runner.plan import Conversation
 from runner.providers import Call, Reply
 from runner.records import add_usage, no_usage, transcript_record, turn_record, utc_now
@@ -30,7 +31,9 @@ def sent_messages(
     return history
 
 
-async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str, Any]:
+async def run_conversation(
+    conv: Conversation, client: TargetClient, judges: Judges | None = None
+) -> dict[str, Any]:
     """Play every turn in order; the transcript record, ok or failed."""
     scenario, values = conv.scenario, conv.vars
     started = utc_now()
@@ -63,6 +66,13 @@ async def run_conversation(conv: Conversation, client: TargetClient) -> dict[str
             record["checks"] = evaluate(
                 turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values
             )
+            if turn.expect.judge:
+                asked, where = _messages(system, history[:-1]), (conv.id, len(turns))
+                record["checks"].append(
+                    await grade(
+                        turn.expect.judge, judges or Judges({}), asked, reply.text, values, where
+                    )
+                )
         turns.append(record)
     return transcript_record(conv, _messages(system, history), turns, total, error, started)
 

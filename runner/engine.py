@@ -16,6 +16,7 @@ from pathlib import Path
 from runner.client import TargetClient
 from runner.conversation import failed_record, run_conversation
 from runner.errors import Kind
+from runner.judge import Judges
 from runner.plan import Conversation, Plan
 from runner.progress import Progress
 from runner.stats import Summary
@@ -55,8 +56,11 @@ async def execute(
     progress_mode: str,
     skip: set[str] | None = None,
     summary: Summary | None = None,
+    judges: tuple[list[Target], str | None] = ([], None),
 ) -> Outcome:
-    """Run every planned conversation not in `skip`; records go to run_dir as they finish."""
+    """Run every planned conversation not in `skip`; records go to run_dir as they finish.
+
+    judges: the targets that grade judge checks (beside the planned ones) and the default."""
     skip = skip or set()
     outcome = Outcome(summary or Summary(), skipped=len(skip))
     in_process_mock = any(t.mock is not None for t in plan.targets)  # its sockets count too
@@ -67,7 +71,9 @@ async def execute(
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(transcripts.close)
         stack.callback(usage.close)
-        targets = [await _reachable(t, stack) for t in plan.targets]
+        planned = {t.name for t in plan.targets}
+        extra = [t for t in judges[0] if t.name not in planned]
+        targets = [await _reachable(t, stack) for t in [*plan.targets, *extra]]
         clients = {t.name: TargetClient(t, stream, usage.write) for t in targets}
         for client in clients.values():
             await client.start()
@@ -79,7 +85,7 @@ async def execute(
         stack.callback(progress.close)
         with _quiet_gc():
             outcome.interrupted = await _pool(
-                todo, clients, concurrency, transcripts, outcome, progress
+                todo, Judges(clients, judges[1]), concurrency, transcripts, outcome, progress
             )
     return outcome
 
@@ -112,7 +118,7 @@ def _quiet_gc() -> Iterator[None]:
 
 async def _pool(
     todo: Iterator[Conversation],
-    clients: dict[str, TargetClient],
+    judges: Judges,
     concurrency: int,
     transcripts: JsonlWriter,
     outcome: Outcome,
@@ -126,7 +132,8 @@ async def _pool(
             if stopping.is_set():
                 return
             try:
-                record = await run_conversation(conv, clients[conv.target.name])
+                client = judges.clients[conv.target.name]
+                record = await run_conversation(conv, client, judges)
             except Exception as exc:  # a bug must not take the other conversations down
                 record = failed_record(conv, Kind.INTERNAL, f"{type(exc).__name__}: {exc}")
             transcripts.write(record)

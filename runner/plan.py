@@ -73,6 +73,7 @@ class Plan:
         self.targets = targets
         self.repeat = repeat
         self.shard = shard
+        self.judges: tuple[list[Target], str | None] = ([], None)  # grading targets, default
         check_context(scenarios, targets)
 
     def samples(self, scenario: Scenario) -> int:

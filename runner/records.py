@@ -84,6 +84,7 @@ def transcript_record(
         "conversation_id": conv.id,
         "scenario_id": conv.scenario.id,
         "scenario_file": conv.scenario.file,
+        "tags": list(conv.scenario.tags),
         "target": conv.target.name,
         "provider": conv.target.provider,
         "model": conv.target.model,

@@ -22,12 +22,18 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The table's header and its body, every value shown as the report shows it."""
+    return [title for _, title in COLUMNS], [
+        [_cell(row[key]) for key, _ in COLUMNS] for row in rows
+    ]
+
+
 def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
     """The rows as an aligned text table, a markdown table, or JSON."""
     if fmt == "json":
         return json.dumps(rows, ensure_ascii=False, indent=2)
-    header = [title for _, title in COLUMNS]
-    body = [[_cell(row[key]) for key, _ in COLUMNS] for row in rows]
+    header, body = cells(rows)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])

@@ -16,6 +16,7 @@ from typing import Any
 from runner.conversation import first_request
 from runner.engine import Outcome, execute
 from runner.errors import Exit, InputError
+from runner.judge import judge_names
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
@@ -41,6 +42,7 @@ class Invocation:
     timeout_s: float | None = None
     max_retries: int | None = None
     max_wait_s: float | None = None
+    judge: str | None = None  # the default judge target of judge checks
 
 
 def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
@@ -50,7 +52,25 @@ def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
         raise InputError(f"no scenario matches the filter {inv.filters}")
     models = load_models(inv.models_file) if inv.models_file else {}
     targets = [_override(t, inv) for t in resolve(inv.targets, models, inv.base_url)]
-    return scenarios, targets, Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
+    plan = Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
+    plan.judges = (_judges(judge_names(scenarios, inv.judge), targets, models, inv), inv.judge)
+    return scenarios, targets, plan
+
+
+def _judges(
+    wanted: dict[str, str], targets: list[Target], models: dict[str, Target], inv: Invocation
+) -> list[Target]:
+    """The judge targets: a planned target by its name, else resolved like -m (keys too)."""
+    named, problems = {t.name: t for t in targets}, []
+    for name, where in wanted.items():
+        if name not in named:
+            try:
+                named[name] = _override(resolve([name], models, inv.base_url)[0], inv)
+            except InputError as exc:
+                problems += [f"{where}: {p}" for p in exc.problems]
+    if problems:
+        raise InputError(problems)
+    return [named[n] for n in wanted]
 
 
 def _override(target: Target, inv: Invocation) -> Target:
@@ -116,6 +136,7 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     scenarios, targets, plan = load(inv)
     files = file_hashes(scenarios, inv.models_file)
     manifest = manifest_record(run_dir.name, asdict(inv), files, [t.public() for t in targets])
+    manifest["judges"] = [t.public() for t in plan.judges[0]]
     return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
 
 
@@ -184,6 +205,7 @@ def _go(
             progress_mode=mode_for(not progress),
             skip=skip,
             summary=summary,
+            judges=plan.judges,
         )
     )
     rows = outcome.summary.rows({t.name: t.price for t in plan.targets})

@@ -45,6 +45,15 @@ Context = Full | Window | Server  # what each turn sends: `context: full | {wind
 
 
 @dataclass(frozen=True, slots=True)
+class Judge:
+    """A check graded by a model: the rubric, and the target that grades (None: --judge)."""
+
+    rubric: str
+    target: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Expect:
     """Checks on one generated reply. Strings may hold {{var}} templates."""
 
@@ -57,6 +66,7 @@ class Expect:
     max_latency_ms: float | None = None
     finish_reason: str | None = None
     ignore_case: bool = False
+    judge: Judge | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +274,24 @@ def _context(r: ScenarioReader, node: Node, key: str) -> Context:
     raise Bad(node, f"'context' must be full, server or {{window: N}}, got {show(value)}")
 
 
+def _judge(r: ScenarioReader, node: Node, key: str) -> Judge:
+    """{rubric: TEXT, target: NAME}, or the rubric alone as a string."""
+    if isinstance(node, ScalarNode):
+        return Judge(_text(r, node, "judge"), line=node_line(node))
+    if not isinstance(node, MappingNode):
+        want = "a rubric or {rubric: ..., target: ...}"
+        raise Bad(node, f"'judge' must be {want}, got {r.shown(node)}")
+    entries = r.entries(node, "judge", ("rubric", "target"))
+    if "rubric" not in entries:
+        raise Bad(node, "'judge' needs 'rubric: ...' (what the reply must do to pass)")
+    v = r.fields(entries, {"rubric": _text, "target": _string})
+    if "rubric" not in v:  # its problem is reported; the scenario is dropped
+        return Judge("", line=node_line(node))
+    if not v["rubric"].strip():
+        raise Bad(entries["rubric"][1], "'rubric' must not be empty")
+    return Judge(v["rubric"], v.get("target"), node_line(node))
+
+
 def _keep(scenarios: list[Scenario | None]) -> list[Scenario]:
     return [s for s in scenarios if s is not None]
 
@@ -363,4 +391,5 @@ EXPECT_FIELDS: dict[str, Parser] = {
     "max_latency_ms": _positive_number,
     "finish_reason": _string,
     "ignore_case": _bool,
+    "judge": _judge,
 }

@@ -22,6 +22,8 @@ class TargetStats:
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    judge_tokens: int = 0  # tokens the judges of this target's replies spent
+    judge_cost: float | None = None  # their cost, each at its judge's price
 
 
 class Summary:
@@ -47,6 +49,8 @@ class Summary:
             if turn["ttft_ms"] is not None:
                 stats.ttfts.append(turn["ttft_ms"])
             for check in turn["checks"]:
+                if "usage" in check:  # a judge check: its tokens and cost
+                    _add_judge(stats, check)
                 if check["passed"]:
                     stats.checks_passed += 1
                 else:
@@ -63,6 +67,16 @@ class Summary:
     def rows(self, prices: dict[str, dict[str, float] | None]) -> list[dict[str, Any]]:
         """One row per target, as the report formats show it."""
         return [_row(name, stats, prices.get(name)) for name, stats in self.targets.items()]
+
+
+def _add_judge(stats: TargetStats, check: dict[str, Any]) -> None:
+    stats.judge_tokens += check["usage"].get("total_tokens", 0)
+    if check.get("cost_usd") is not None:
+        stats.judge_cost = (stats.judge_cost or 0.0) + check["cost_usd"]
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else a + b
 
 
 def cost(tokens: dict[str, int], price: dict[str, float] | None) -> float | None:
@@ -98,8 +112,9 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
         "latency_p50_ms": percentile(s.latencies, 0.5),
         "latency_p95_ms": percentile(s.latencies, 0.95),
         "ttft_p50_ms": percentile(s.ttfts, 0.5),
-        "cost_usd": cost(s.tokens, price),
+        "cost_usd": _plus(cost(s.tokens, price), s.judge_cost),
         "errors": s.errors,
+        "judge_tokens": s.judge_tokens,
     }
 
 

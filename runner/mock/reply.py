@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from runner.mock.judge import verdict_text
+
 Message = tuple[str, str]  # (role, text); role is system | user | assistant (others pass through)
 
 BLOCK_MARKER = "[[block]]"  # last user text containing it: the prompt is blocked / filtered
@@ -152,11 +154,12 @@ def make_reply(
     messages: Sequence[Message], reasoning: int = 0, max_tokens: int | None = None
 ) -> Reply:
     """Answer a conversation; max_tokens (reasoning included) truncates to finish LENGTH."""
-    finish = _finish(last_user_text(messages))
+    last = last_user_text(messages)
+    finish = _finish(last)
     usage = (len(messages), *prompt_usage(messages))
     if finish == BLOCKED:
         return Reply("", BLOCKED, *usage, 0, 0)
-    text = reply_text(messages)
+    text = verdict_text(last) or reply_text(messages)
     out = tokens(text)
     if max_tokens is None or finish == FAILED or reasoning + out <= max_tokens:
         return Reply(text, finish, *usage, out, reasoning)
