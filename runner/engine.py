@@ -9,9 +9,10 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from runner.client import TargetClient
 from runner.conversation import failed_record, run_conversation
@@ -30,6 +31,18 @@ class Outcome:
     summary: Summary
     interrupted: bool = False
     skipped: int = 0
+    over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
+
+
+@dataclass
+class Budget:
+    """--max-cost: no conversation starts once the run's estimated cost has passed `max_usd`."""
+
+    max_usd: float
+    prices: dict[str, dict[str, float] | None]
+
+    def passed(self, summary: Summary) -> bool:
+        return summary.spent(self.prices) > self.max_usd
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -55,6 +68,7 @@ async def execute(
     progress_mode: str,
     skip: set[str] | None = None,
     summary: Summary | None = None,
+    budget: Budget | None = None,
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish."""
     skip = skip or set()
@@ -68,7 +82,7 @@ async def execute(
         stack.callback(transcripts.close)
         stack.callback(usage.close)
         targets = [await _reachable(t, stack) for t in plan.targets]
-        clients = {t.name: TargetClient(t, stream, usage.write) for t in targets}
+        clients = {t.name: TargetClient(t, stream, _sink(usage, outcome.summary)) for t in targets}
         for client in clients.values():
             await client.start()
             stack.push_async_callback(client.close)
@@ -79,9 +93,30 @@ async def execute(
         stack.callback(progress.close)
         with _quiet_gc():
             outcome.interrupted = await _pool(
-                todo, clients, concurrency, transcripts, outcome, progress
+                _within(todo, budget, outcome), clients, concurrency, transcripts, outcome, progress
             )
     return outcome
+
+
+def _sink(usage: JsonlWriter, summary: Summary) -> Callable[[dict[str, Any]], None]:
+    """Each usage record is written, then counted (tokens, requests, the running cost)."""
+
+    def write(record: dict[str, Any]) -> None:
+        usage.write(record)
+        summary.add_attempt(record)
+
+    return write
+
+
+def _within(
+    todo: Iterator[Conversation], budget: Budget | None, outcome: Outcome
+) -> Iterator[Conversation]:
+    """The conversations to start, until the budget is passed (checked before each one)."""
+    for conv in todo:
+        if budget is not None and budget.passed(outcome.summary):
+            outcome.over_budget = True
+            return
+        yield conv
 
 
 async def _reachable(target: Target, stack: contextlib.AsyncExitStack) -> Target:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.cost import cost
 from runner.records import TOKEN_KEYS
-from runner.store import latest_transcripts, read_manifest
+from runner.store import USAGE, latest_transcripts, read_jsonl, read_manifest
 
 
 @dataclass
@@ -22,10 +23,15 @@ class TargetStats:
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    passed: int = 0  # conversations ok with every check passed
+    requests: int = 0  # HTTP attempts (usage records), retries included
+    retries: int = 0  # attempts after the first of a turn
 
 
 class Summary:
-    """Per-target counts, tokens and latencies; fed one transcript record at a time."""
+    """Per-target counts and latencies, fed one transcript record at a time (add), and tokens,
+    requests and retries, fed one usage record at a time (add_attempt): every token spent,
+    failed attempts and conversations run again by --retry-failed included."""
 
     def __init__(self) -> None:
         self.targets: dict[str, TargetStats] = {}
@@ -39,8 +45,6 @@ class Summary:
             stats.failed += 1
             kind = (record.get("error") or {}).get("kind", "unknown")
             stats.errors[kind] = stats.errors.get(kind, 0) + 1
-        for key in TOKEN_KEYS:
-            stats.tokens[key] += record["usage"].get(key, 0)
         failing = False
         for turn in record["turns"]:
             stats.latencies.append(turn["latency_ms"])
@@ -53,6 +57,19 @@ class Summary:
                     stats.checks_failed += 1
                     failing = True
         stats.conversations_failing_checks += failing
+        stats.passed += record["status"] == "ok" and not failing
+
+    def add_attempt(self, record: dict[str, Any]) -> None:
+        """One usage record (one HTTP attempt)."""
+        stats = self.targets.setdefault(record["target"], TargetStats())
+        stats.requests += 1
+        stats.retries += record["attempt"] > 1
+        for key in TOKEN_KEYS:
+            stats.tokens[key] += record.get(key) or 0
+
+    def spent(self, prices: dict[str, dict[str, float] | None]) -> float:
+        """The running estimate of the run's cost (targets without a price count nothing)."""
+        return sum(cost(s.tokens, prices.get(name)) or 0.0 for name, s in self.targets.items())
 
     def total(self, attr: str) -> int:
         return sum(getattr(s, attr) for s in self.targets.values())
@@ -61,22 +78,11 @@ class Summary:
         return {k: sum(s.tokens[k] for s in self.targets.values()) for k in TOKEN_KEYS}
 
     def rows(self, prices: dict[str, dict[str, float] | None]) -> list[dict[str, Any]]:
-        """One row per target, as the report formats show it."""
-        return [_row(name, stats, prices.get(name)) for name, stats in self.targets.items()]
-
-
-def cost(tokens: dict[str, int], price: dict[str, float] | None) -> float | None:
-    """Estimated USD: cached input at its own price when given, else at the input price."""
-    if not price:
-        return None
-    cached = tokens["cached_tokens"]
-    cached_price = price.get("cached_input_per_mtok", price.get("input_per_mtok", 0.0))
-    fresh_input = tokens["input_tokens"] - cached
-    return (
-        fresh_input * price.get("input_per_mtok", 0.0)
-        + cached * cached_price
-        + tokens["output_tokens"] * price.get("output_per_mtok", 0.0)
-    ) / 1e6
+        """One row per target, as the report formats show it: the targets of `prices` first,
+        in their order, then any other target that was sent requests."""
+        names = [n for n in prices if n in self.targets]
+        names += [n for n in self.targets if n not in prices]
+        return [_row(name, self.targets[name], prices.get(name)) for name in names]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -94,6 +100,11 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
         "failed": s.failed,
         "checks_passed": s.checks_passed,
         "checks_failed": s.checks_failed,
+        "checks_total": s.checks_passed + s.checks_failed,
+        "passed": s.passed,
+        "pass_rate": s.passed / s.conversations if s.conversations else None,
+        "requests": s.requests,
+        "retries": s.retries,
         **{k: s.tokens[k] for k in TOKEN_KEYS},
         "latency_p50_ms": percentile(s.latencies, 0.5),
         "latency_p95_ms": percentile(s.latencies, 0.95),
@@ -104,8 +115,28 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
 
 
 def summarize_run(run_dir: Path) -> tuple[Summary, dict[str, Any]]:
-    """The summary of a finished run folder (newest record per conversation) and its manifest."""
+    """The summary of a run folder (newest record per conversation, every attempt) and its
+    manifest."""
+    manifest = read_manifest(run_dir)
     summary = Summary()
     for record in latest_transcripts(run_dir).values():
         summary.add(record)
-    return summary, read_manifest(run_dir)
+    add_attempts(summary, run_dir)
+    return summary, manifest
+
+
+def add_attempts(summary: Summary, run_dir: Path) -> None:
+    """Every usage record of a run folder into the summary."""
+    for record in read_jsonl(run_dir / USAGE):
+        summary.add_attempt(record)
+
+
+def target_prices(manifest: dict[str, Any]) -> dict[str, dict[str, float] | None]:
+    """Each target's price as the manifest recorded it, in the run's order."""
+    return {t["name"]: t.get("price") for t in manifest.get("targets", [])}
+
+
+def report_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The report's rows of a run folder (what `report`, `diff` and `compare` show)."""
+    summary, manifest = summarize_run(run_dir)
+    return summary.rows(target_prices(manifest))
