@@ -191,3 +191,19 @@ def junit(run_dir: str, output: str) -> None:
         plan = None
     write_junit(Path(run_dir), Path(output), plan)
     click.echo(output)
+
+
+@main.command()
+@click.argument("base_run", type=click.Path(exists=True, file_okay=False))
+@click.argument("new_run", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
+@click.option("--text", "show_text", is_flag=True, help="List every reply that changed.")
+def diff(base_run: str, new_run: str, fmt: str, show_text: bool) -> None:
+    """Compare NEW_RUN with BASE_RUN, conversation by conversation: exit 1 on a regression
+    (pass -> fail, ok -> failed), 0 otherwise."""
+    from runner.diff import diff_runs
+    from runner.diffview import render_diff
+
+    result = diff_runs(Path(base_run), Path(new_run), show_text)
+    click.echo(render_diff(result, fmt))
+    sys.exit(Exit.CHECKS if result.regressions else Exit.OK)
