@@ -124,13 +124,11 @@ def _add_case(suite: Suite, record: dict[str, Any]) -> None:
     lines = [f"turn {i}: {c['kind']}: {c['reason']}" for i, c in failed]
     if record["status"] != "ok":
         error = record.get("error") or {}
-        node = ET.SubElement(
-            case,
-            "error",
-            type=str(error.get("kind", "unknown")),
-            message=xml_text(str(error.get("message", ""))),
-        )
-        node.text = xml_text("\n".join([*lines, f"{error.get('kind')}: {error.get('message')}"]))
+        status = f"HTTP {error['status']}: " if error.get("status") else ""
+        message = status + str(error.get("message", ""))
+        kind = str(error.get("kind", "unknown"))
+        node = ET.SubElement(case, "error", type=kind, message=xml_text(message))
+        node.text = xml_text("\n".join([*lines, f"{kind}: {message}"]))
         suite.errors += 1
     elif failed:
         kinds = sorted({c["kind"] for _, c in failed})
