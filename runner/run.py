@@ -22,7 +22,7 @@ from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
-from runner.stats import Summary, add_attempts
+from runner.stats import Summary, add_attempts, unstreamed
 from runner.store import MANIFEST, latest_transcripts, read_manifest, write_manifest
 from runner.targets import Target, load_models, resolve
 
@@ -231,7 +231,8 @@ def _go(
             budget=budget,
         )
     )
-    rows = outcome.summary.rows(prices)
+    unstreamed_targets = unstreamed([(t.name, t.stream) for t in plan.targets], inv.stream)
+    rows = outcome.summary.rows(prices, unstreamed_targets)
     _finish(manifest, plan, outcome, rows, time.monotonic() - began)
     write_manifest(run_dir, manifest)
     return Finished(run_dir, manifest, rows, plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,19 @@ class Summary:
     def tokens(self) -> dict[str, int]:
         return {k: sum(s.tokens[k] for s in self.targets.values()) for k in TOKEN_KEYS}
 
-    def rows(self, prices: dict[str, dict[str, float] | None]) -> list[dict[str, Any]]:
+    def rows(
+        self, prices: dict[str, dict[str, float] | None], unstreamed: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
         """One row per target, as the report formats show it: the targets of `prices` first,
-        in their order, then any other target that was sent requests."""
+        in their order, then any other target that was sent requests. TTFT is shown only for
+        streamed targets (a whole reply's first token comes with its last)."""
         names = [n for n in prices if n in self.targets]
         names += [n for n in self.targets if n not in prices]
-        return [_row(name, self.targets[name], prices.get(name)) for name in names]
+        rows = [_row(name, self.targets[name], prices.get(name)) for name in names]
+        for row in rows:
+            if row["target"] in unstreamed:
+                row["ttft_p50_ms"] = None
+        return rows
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -136,7 +144,15 @@ def target_prices(manifest: dict[str, Any]) -> dict[str, dict[str, float] | None
     return {t["name"]: t.get("price") for t in manifest.get("targets", [])}
 
 
+def unstreamed(targets: Iterable[tuple[str, bool | None]], default: bool) -> set[str]:
+    """Names of the targets not streamed: (name, the target's own stream setting) pairs and
+    the run's --stream/--no-stream for those without one."""
+    return {name for name, stream in targets if not (default if stream is None else stream)}
+
+
 def report_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The report's rows of a run folder (what `report`, `diff` and `compare` show)."""
     summary, manifest = summarize_run(run_dir)
-    return summary.rows(target_prices(manifest))
+    targets = [(t["name"], t.get("stream")) for t in manifest.get("targets", [])]
+    default = bool((manifest.get("invocation") or {}).get("stream"))
+    return summary.rows(target_prices(manifest), unstreamed(targets, default))

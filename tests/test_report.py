@@ -82,6 +82,7 @@ def test_report_figures_equal_sums_recomputed_from_the_records(played):
         latencies = [t["latency_ms"] for t in turns]
         assert row["latency_p50_ms"] == nearest_rank(latencies, 0.5)
         assert row["latency_p95_ms"] == nearest_rank(latencies, 0.95)
+        assert row["ttft_p50_ms"] is None  # not streamed: no first token before the last
     manifest = played.manifest
     assert manifest["cost_usd"] == round(sum(r["cost_usd"] for r in rows.values()), 6)
     tokens = defaultdict(int)
@@ -109,3 +110,11 @@ def test_failed_conversations_are_counted_by_kind_under_the_table(tmp_path, mock
     assert "chat: failed http 2" in report.output
     (row,) = json.loads(played.report("json").output)
     assert row["errors"] == {"http": 2} and row["failed"] == 2 and row["pass_rate"] == 0.0
+
+
+def test_ttft_p50_of_streamed_turns(tmp_path, mock_server):
+    played = play(tmp_path, SCENARIOS, "--stream", server=mock_server, targets=("gemini",))
+    (row,) = json.loads(played.report("json").output)
+    ttfts = [t["ttft_ms"] for r in played.transcripts for t in r["turns"]]
+    assert len(ttfts) == 9 and row["ttft_p50_ms"] == nearest_rank(ttfts, 0.5)
+    assert played.result.stdout.startswith(played.report().output.rstrip("\n"))
