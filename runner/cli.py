@@ -183,7 +183,9 @@ def junit(run_dir: str, output: str) -> None:
     conversation (planned but not run: skipped, when the scenario files are still there)."""
     from runner.junit import write_junit
     from runner.run import recorded_plan
+    from runner.store import read_manifest
 
+    read_manifest(Path(run_dir))  # not a run: exit 2 before anything else
     try:
         plan = recorded_plan(Path(run_dir))
     except InputError as exc:

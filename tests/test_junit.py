@@ -35,8 +35,17 @@ scenarios:
 
 
 def suites(path: Path) -> dict[str, object]:
+    """The file's suites by name, once it is valid and every count agrees with its testcases."""
     SCHEMA.validate(str(path))  # raises with the offending element when the file is invalid
-    return {suite.name: suite for suite in JUnitXml.fromfile(str(path))}
+    xml = JUnitXml.fromfile(str(path))
+    for suite in xml:
+        kinds = [type(case.result[0]) if case.result else None for case in suite]
+        assert suite.tests == len(kinds)
+        assert suite.failures == kinds.count(Failure) and suite.errors == kinds.count(Error)
+        assert suite.skipped == kinds.count(Skipped)
+    assert xml.tests == sum(s.tests for s in xml)
+    assert xml.failures == sum(s.failures for s in xml) and xml.errors == sum(s.errors for s in xml)
+    return {suite.name: suite for suite in xml}
 
 
 def results(suite: object) -> dict[str, list[object]]:
