@@ -52,8 +52,9 @@ def figure(delta: dict[str, Any], show: Any) -> str:
     """'before -> after (+change)' of one figure; '-' for a side without a value."""
     old, new, change = delta["base"], delta["new"], delta["change"]
     text = f"{'-' if old is None else show(old)} -> {'-' if new is None else show(new)}"
-    if change:
-        text += f" ({'+' if change > 0 else '-'}{show(abs(change))})"
+    shown = show(abs(change)) if change else "0"
+    if float(shown.replace(",", "")):  # a change too small to show is no change
+        text += f" ({'+' if change > 0 else '-'}{shown})"
     return text
 
 
@@ -78,7 +79,7 @@ def _text(diff: Diff) -> str:
     rows = [[d["target"], *(figure(d[k], show) for k, _, show in FIGURES)] for d in diff.targets]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines += [
-        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+        ("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip()
         for r in [header, *rows]
     ]
     return "\n".join(lines)
