@@ -1,4 +1,5 @@
-"""Aggregates of transcript records per target: counts, tokens, latency percentiles, cost."""
+"""Aggregates per target: counts, checks and latency percentiles from the transcript records,
+tokens, requests, retries and cost from the usage records."""
 
 from __future__ import annotations
 
