@@ -5,7 +5,7 @@ RUNTIME := $(VENV)/.installed-runtime
 TESTDEPS := $(VENV)/.installed-test
 FAST := $(VENV)/.installed-fast
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean baseline
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ lint: $(TESTDEPS)
 	$(BIN)/ruff check runner tests bench
 	$(BIN)/ruff format --check runner tests bench
 	$(BIN)/mypy
+
+# the stored run the CI workflow diffs against (.github/workflows/dialogue-regression.yml);
+# refresh it, review `git diff .ci/baseline` and commit it when a change is meant
+baseline: $(RUNTIME)
+	rm -rf .ci/baseline
+	$(BIN)/dialogue-runner run scenarios/ -k tag:regression -m mock -o .ci --run-id baseline --no-progress
 
 clean:
 	rm -rf $(VENV) build *.egg-info

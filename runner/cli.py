@@ -68,6 +68,9 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option("--judge", help="Target that grades judge checks naming no target.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
               help="Also write the run's compare page to FILE.")  # fmt: skip
+@click.option("--max-cost", type=click.FloatRange(0), help="USD: start no conversation once "
+              "the run's estimated cost passes this (the rest stay for --resume).")  # fmt: skip
+@click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write a JUnit file.")
 @click.option("--no-progress", is_flag=True)
 @click.option(
     "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
@@ -92,6 +95,8 @@ def run(
     max_wait: float | None,
     judge: str | None,
     html_file: str | None,
+    max_cost: float | None,
+    junit_file: str | None,
     no_progress: bool,
     dry_run: bool,
 ) -> None:
@@ -99,7 +104,8 @@ def run(
     from runner import run as runs
 
     if resume_dir:
-        _finished(runs.resume(Path(resume_dir), retry_failed, force, not no_progress), html_file)
+        finished = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, max_cost)
+        _finished(finished, junit_file, html_file)
     if not paths or not targets:
         raise InputError(
             "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
@@ -118,17 +124,19 @@ def run(
         max_retries=max_retries,
         max_wait_s=max_wait,
         judge=judge,
+        max_cost=max_cost,
     )
     if dry_run:
         for text in runs.dry_run(runs.load(inv)[2], inv.stream):
             click.echo(text)
         return
-    _finished(runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress), html_file)
+    finished = runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress)
+    _finished(finished, junit_file, html_file)
 
 
-def _finished(finished: Finished, html_file: str | None = None) -> NoReturn:
-    """The compare page when asked for, the end-of-run table on stdout, one line on stderr,
-    and the run's exit code."""
+def _finished(finished: Finished, junit_file: str | None, html_file: str | None) -> NoReturn:
+    """The end-of-run table on stdout, the JUnit file and the compare page when asked for,
+    one line on stderr, and the run's exit code."""
     from runner.report import render
 
     if html_file:
@@ -136,6 +144,10 @@ def _finished(finished: Finished, html_file: str | None = None) -> NoReturn:
 
         click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
     click.echo(render(finished.rows))
+    if junit_file:
+        from runner.junit import write_junit
+
+        write_junit(finished.run_dir, Path(junit_file), finished.plan)
     click.echo("\n" + finished.line(), err=True)
     sys.exit(finished.exit_code)
 
@@ -146,11 +158,9 @@ def _finished(finished: Finished, html_file: str | None = None) -> NoReturn:
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
     from runner.report import render
-    from runner.stats import summarize_run
+    from runner.stats import report_rows
 
-    summary, manifest = summarize_run(Path(run_dir))
-    prices = {t["name"]: t.get("price") for t in manifest.get("targets", [])}
-    click.echo(render(summary.rows(prices), fmt))
+    click.echo(render(report_rows(Path(run_dir)), fmt))
 
 
 @main.command()
@@ -187,3 +197,40 @@ def mock_server(host: str, port: int, **opts: Any) -> None:
     from runner.mock import MockOptions, serve
 
     serve(MockOptions(**opts), host, port)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The JUnit XML file to write.")  # fmt: skip
+def junit(run_dir: str, output: str) -> None:
+    """Write the JUnit report of an existing run: a testsuite per target, a testcase per
+    conversation (planned but not run: skipped, when the scenario files are still there)."""
+    from runner.junit import write_junit
+    from runner.run import recorded_plan
+    from runner.store import read_manifest
+
+    read_manifest(Path(run_dir))  # not a run: exit 2 before anything else
+    try:
+        plan = recorded_plan(Path(run_dir))
+    except InputError as exc:
+        click.echo("warning: not-run conversations are not listed: " + exc.problems[0], err=True)
+        plan = None
+    write_junit(Path(run_dir), Path(output), plan)
+    click.echo(output)
+
+
+@main.command()
+@click.argument("base_run", type=click.Path(exists=True, file_okay=False))
+@click.argument("new_run", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
+@click.option("--text", "show_text", is_flag=True, help="List every reply that changed.")
+def diff(base_run: str, new_run: str, fmt: str, show_text: bool) -> None:
+    """Compare NEW_RUN with BASE_RUN, conversation by conversation: exit 1 on a regression
+    (pass -> fail, ok -> failed), 0 otherwise."""
+    from runner.diff import diff_runs
+    from runner.diffview import render_diff
+
+    result = diff_runs(Path(base_run), Path(new_run), show_text)
+    click.echo(render_diff(result, fmt))
+    sys.exit(Exit.CHECKS if result.regressions else Exit.OK)

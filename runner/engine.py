@@ -9,9 +9,10 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from runner.client import TargetClient
 from runner.conversation import failed_record, run_conversation
@@ -31,6 +32,18 @@ class Outcome:
     summary: Summary
     interrupted: bool = False
     skipped: int = 0
+    over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
+
+
+@dataclass
+class Budget:
+    """--max-cost: no conversation starts once the run's estimated cost has passed `max_usd`."""
+
+    max_usd: float
+    prices: dict[str, dict[str, float] | None]
+
+    def passed(self, summary: Summary) -> bool:
+        return summary.spent(self.prices) > self.max_usd
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -57,6 +70,7 @@ async def execute(
     skip: set[str] | None = None,
     summary: Summary | None = None,
     judges: tuple[list[Target], str | None] = ([], None),
+    budget: Budget | None = None,
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish.
 
@@ -74,7 +88,8 @@ async def execute(
         planned = {t.name for t in plan.targets}
         extra = [t for t in judges[0] if t.name not in planned]
         targets = [await _reachable(t, stack) for t in [*plan.targets, *extra]]
-        clients = {t.name: TargetClient(t, stream, usage.write) for t in targets}
+        sink = _sink(usage, outcome.summary)
+        clients = {t.name: TargetClient(t, stream, sink) for t in targets}
         for client in clients.values():
             await client.start()
             stack.push_async_callback(client.close)
@@ -85,9 +100,35 @@ async def execute(
         stack.callback(progress.close)
         with _quiet_gc():
             outcome.interrupted = await _pool(
-                todo, Judges(clients, judges[1]), concurrency, transcripts, outcome, progress
+                _within(todo, budget, outcome),
+                Judges(clients, judges[1]),
+                concurrency,
+                transcripts,
+                outcome,
+                progress,
             )
     return outcome
+
+
+def _sink(usage: JsonlWriter, summary: Summary) -> Callable[[dict[str, Any]], None]:
+    """Each usage record is written, then counted (tokens, requests, the running cost)."""
+
+    def write(record: dict[str, Any]) -> None:
+        usage.write(record)
+        summary.add_attempt(record)
+
+    return write
+
+
+def _within(
+    todo: Iterator[Conversation], budget: Budget | None, outcome: Outcome
+) -> Iterator[Conversation]:
+    """The conversations to start, until the budget is passed (checked before each one)."""
+    for conv in todo:
+        if budget is not None and budget.passed(outcome.summary):
+            outcome.over_budget = True
+            return
+        yield conv
 
 
 async def _reachable(target: Target, stack: contextlib.AsyncExitStack) -> Target:

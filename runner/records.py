@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import runner
+from runner.cost import cost
 
 if TYPE_CHECKING:
     from runner.errors import ApiError
@@ -95,6 +96,7 @@ def transcript_record(
         "messages": messages,
         "turns": turns,
         "usage": usage,
+        "cost_usd": cost(usage, conv.target.price),
         "passed": passed,
         "started_at": started,
         "ended_at": utc_now(),

@@ -3,38 +3,59 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-COLUMNS = (
-    ("target", "target"), ("conversations", "conv"), ("ok", "ok"), ("failed", "failed"),
-    ("checks_passed", "checks ok"), ("checks_failed", "checks failed"),
-    ("input_tokens", "in tok"), ("output_tokens", "out tok"), ("reasoning_tokens", "reason tok"),
-    ("cached_tokens", "cached tok"), ("latency_p50_ms", "p50 ms"), ("latency_p95_ms", "p95 ms"),
-    ("ttft_p50_ms", "ttft p50"), ("cost_usd", "cost $"),
-)  # fmt: skip
+Row = dict[str, Any]
+
+
+def _checks(row: Row) -> str:
+    return f"{row['checks_passed']}/{row['checks_total']}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 1 else f"{value:.0f}"
+        return f"{value:.0f}"  # milliseconds
     return str(value)
 
 
-def cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def money(value: float | None) -> str:
+    """USD: cents for dollars, more places for the small sums of a few conversations."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+
+
+def _key(key: str) -> Callable[[Row], str]:
+    return lambda row: _cell(row[key])
+
+
+COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
+    ("target", _key("target")), ("conv", _key("conversations")), ("ok", _key("ok")),
+    ("failed", _key("failed")), ("pass %", lambda row: _percent(row["pass_rate"])),
+    ("checks", _checks), ("in tok", _key("input_tokens")), ("out tok", _key("output_tokens")),
+    ("reason tok", _key("reasoning_tokens")), ("cached tok", _key("cached_tokens")),
+    ("p50 ms", _key("latency_p50_ms")), ("p95 ms", _key("latency_p95_ms")),
+    ("ttft p50", _key("ttft_p50_ms")), ("requests", _key("requests")),
+    ("retries", _key("retries")), ("cost $", lambda row: money(row["cost_usd"])),
+)  # fmt: skip
+
+
+def cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """The table's header and its body, every value shown as the report shows it."""
-    return [title for _, title in COLUMNS], [
-        [_cell(row[key]) for key, _ in COLUMNS] for row in rows
-    ]
+    return [title for title, _ in COLUMNS], [[cell(row) for _, cell in COLUMNS] for row in rows]
 
 
-def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
-    """The rows as an aligned text table, a markdown table, or JSON."""
-    if fmt == "json":
-        return json.dumps(rows, ensure_ascii=False, indent=2)
+def table(rows: list[Row], markdown: bool = False) -> str:
+    """The rows as an aligned text table or a markdown table (one line per target)."""
     header, body = cells(rows)
-    if fmt == "markdown":
+    if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
     widths = [max(len(c) for c in col) for col in zip(header, *body, strict=True)]
@@ -44,3 +65,25 @@ def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         )
         for r in [header, *body]
     )
+
+
+def failure_kinds(rows: list[Row]) -> list[str]:
+    """One line per target with failed conversations: how many of each kind."""
+    return [
+        f"{row['target']}: failed "
+        + ", ".join(f"{k} {n}" for k, n in sorted(row["errors"].items()))
+        for row in rows
+        if row["errors"]
+    ]
+
+
+def render(rows: list[Row], fmt: str = "table") -> str:
+    """The rows as an aligned text table, a markdown table, or JSON; under a table, the
+    failed conversations of each target by kind."""
+    if fmt == "json":
+        return json.dumps(rows, ensure_ascii=False, indent=2)
+    kinds = failure_kinds(rows)
+    text = table(rows, markdown=fmt == "markdown")
+    if kinds:
+        text += "\n\n" + "\n".join(("- " if fmt == "markdown" else "") + k for k in kinds)
+    return text

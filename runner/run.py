@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -14,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from runner.conversation import first_request
-from runner.engine import Outcome, execute
+from runner.cost import total
+from runner.engine import Budget, Outcome, execute
 from runner.errors import Exit, InputError
 from runner.judge import judge_names
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
-from runner.stats import Summary
+from runner.stats import Summary, add_attempts, unstreamed
 from runner.store import MANIFEST, latest_transcripts, read_manifest, write_manifest
 from runner.targets import Target, load_models, resolve
 
@@ -43,6 +45,7 @@ class Invocation:
     max_retries: int | None = None
     max_wait_s: float | None = None
     judge: str | None = None  # the default judge target of judge checks
+    max_cost: float | None = None  # USD: no conversation starts once the estimate passes it
 
 
 def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
@@ -52,6 +55,13 @@ def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
         raise InputError(f"no scenario matches the filter {inv.filters}")
     models = load_models(inv.models_file) if inv.models_file else {}
     targets = [_override(t, inv) for t in resolve(inv.targets, models, inv.base_url)]
+    if inv.max_cost is not None:
+        unpriced = [t.name for t in targets if not t.price]
+        if unpriced:
+            raise InputError(
+                f"--max-cost needs a price for every target; {', '.join(unpriced)} has none "
+                "(give it `price: {input_per_mtok: ..., output_per_mtok: ...}` in the models file)"
+            )
     plan = Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
     plan.judges = (_judges(judge_names(scenarios, inv.judge), targets, models, inv), inv.judge)
     return scenarios, targets, plan
@@ -113,22 +123,31 @@ class Finished:
     run_dir: Path
     manifest: dict[str, Any]
     rows: list[dict[str, Any]]
+    plan: Plan | None = None
 
     @property
     def exit_code(self) -> Exit:
         counts = self.manifest["counts"]
         if self.manifest["status"] == "interrupted":
             return Exit.INTERRUPTED
-        if counts["failed"]:
+        if counts["failed"] or self.manifest["status"] == "over_budget":
             return Exit.FAILED
         return Exit.CHECKS if counts["checks_failed"] else Exit.OK
 
     def line(self) -> str:
         c = self.manifest["counts"]
-        return (
+        text = (
             f"{c['ok']}/{c['planned']} conversations ok, {c['failed']} failed, "
             f"{c['checks_failed']} with failing checks, {c['not_run']} not run -> {self.run_dir}"
         )
+        if self.manifest["status"] == "over_budget":
+            cap = self.manifest["invocation"]["max_cost"]
+            text += (
+                f"\n{c['not_run']} conversations were not run: the estimated cost "
+                f"${self.manifest['cost_usd']:.4f} passed --max-cost ${cap:g}; run them with "
+                f"--resume {self.run_dir} --max-cost <higher>"
+            )
+        return text
 
 
 def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
@@ -140,16 +159,18 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
 
 
-def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> Finished:
+def resume(
+    run_dir: Path, retry_failed: bool, force: bool, progress: bool, max_cost: float | None = None
+) -> Finished:
     """Continue a run: skip what is recorded, run what is not (and failures with retry_failed).
+    A new max_cost replaces the run's cap (which counts what the run spent before).
 
     Paths in the manifest are relative to the folder the run started in (its `cwd`)."""
     run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
-    inv = Invocation(**manifest["invocation"])
-    base = _Rebase(manifest.get("cwd"))
-    inv.paths = [base(p) for p in inv.paths]
-    inv.models_file = base(inv.models_file) if inv.models_file else None
+    if max_cost is not None:
+        manifest["invocation"]["max_cost"] = max_cost
+    inv, base = _recorded(manifest)
     scenarios, targets, plan = load(inv)
     hashes = file_hashes(scenarios, inv.models_file)
     recorded = {base(f): h for f, h in manifest["files"].items()}
@@ -165,9 +186,30 @@ def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> Fi
         if record["status"] == "ok" or not retry_failed:
             skip.add(cid)
             summary.add(record)
+    add_attempts(summary, run_dir)
     manifest["files"] = hashes
     manifest["resumed"] = manifest.get("resumed", 0) + 1
     return _go(plan, run_dir, manifest, inv, progress, skip, summary)
+
+
+def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:
+    """The run's invocation, its paths as seen from here."""
+    inv = Invocation(**manifest["invocation"])
+    base = _Rebase(manifest.get("cwd"))
+    inv.paths = [base(p) for p in inv.paths]
+    inv.models_file = base(inv.models_file) if inv.models_file else None
+    return inv, base
+
+
+def recorded_plan(run_dir: Path) -> Plan:
+    """The plan of an existing run, rebuilt from its manifest (scenario files must still be
+    readable); targets come from the manifest, so no key is needed."""
+    manifest = read_manifest(run_dir)
+    inv, _ = _recorded(manifest)
+    scenarios = select(load_paths(inv.paths), tuple(inv.filters or ()))
+    fields = {f.name for f in dataclasses.fields(Target)}
+    targets = [Target(**{k: v for k, v in t.items() if k in fields}) for t in manifest["targets"]]
+    return Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
 
 
 class _Rebase:
@@ -196,6 +238,8 @@ def _go(
     manifest["status"] = "running"
     write_manifest(run_dir, manifest)
     began = time.monotonic()
+    prices = {t.name: t.price for t in plan.targets}
+    budget = Budget(inv.max_cost, prices) if inv.max_cost is not None else None
     outcome = event_loop_runner()(
         execute(
             plan,
@@ -206,12 +250,14 @@ def _go(
             skip=skip,
             summary=summary,
             judges=plan.judges,
+            budget=budget,
         )
     )
-    rows = outcome.summary.rows({t.name: t.price for t in plan.targets})
+    unstreamed_targets = unstreamed([(t.name, t.stream) for t in plan.targets], inv.stream)
+    rows = outcome.summary.rows(prices, unstreamed_targets)
     _finish(manifest, plan, outcome, rows, time.monotonic() - began)
     write_manifest(run_dir, manifest)
-    return Finished(run_dir, manifest, rows)
+    return Finished(run_dir, manifest, rows, plan)
 
 
 def _finish(
@@ -222,9 +268,10 @@ def _finish(
     seconds: float,
 ) -> None:
     summary = outcome.summary
-    costs = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
     manifest["ended_at"] = utc_now()
     manifest["status"] = "interrupted" if outcome.interrupted else "finished"
+    if outcome.over_budget and not outcome.interrupted:
+        manifest["status"] = "over_budget"
     manifest["elapsed_s"] = round(seconds, 3)
     manifest["counts"] = {
         "planned": len(plan),
@@ -235,7 +282,8 @@ def _finish(
         "not_run": len(plan) - summary.total("conversations"),
     }
     manifest["usage"] = summary.tokens()
-    manifest["cost_usd"] = round(sum(costs), 6) if costs else None
+    manifest["cost_usd"] = total([r["cost_usd"] for r in rows])
+    manifest["cost_by_target"] = {r["target"]: r["cost_usd"] for r in rows}
 
 
 def event_loop_runner() -> Any:

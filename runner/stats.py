@@ -1,13 +1,16 @@
-"""Aggregates of transcript records per target: counts, tokens, latency percentiles, cost."""
+"""Aggregates per target: counts, checks and latency percentiles from the transcript records,
+tokens, requests, retries and cost from the usage records."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.cost import cost
 from runner.records import TOKEN_KEYS
-from runner.store import latest_transcripts, read_manifest
+from runner.store import USAGE, latest_transcripts, read_jsonl, read_manifest
 
 
 @dataclass
@@ -22,12 +25,17 @@ class TargetStats:
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    passed: int = 0  # conversations ok with every check passed
+    requests: int = 0  # HTTP attempts (usage records), retries included
+    retries: int = 0  # attempts after the first of a turn
     judge_tokens: int = 0  # tokens the judges of this target's replies spent
     judge_cost: float | None = None  # their cost, each at its judge's price
 
 
 class Summary:
-    """Per-target counts, tokens and latencies; fed one transcript record at a time."""
+    """Per-target counts and latencies, fed one transcript record at a time (add), and tokens,
+    requests and retries, fed one usage record at a time (add_attempt): every token spent,
+    failed attempts and conversations run again by --retry-failed included."""
 
     def __init__(self) -> None:
         self.targets: dict[str, TargetStats] = {}
@@ -41,8 +49,6 @@ class Summary:
             stats.failed += 1
             kind = (record.get("error") or {}).get("kind", "unknown")
             stats.errors[kind] = stats.errors.get(kind, 0) + 1
-        for key in TOKEN_KEYS:
-            stats.tokens[key] += record["usage"].get(key, 0)
         failing = False
         for turn in record["turns"]:
             stats.latencies.append(turn["latency_ms"])
@@ -57,6 +63,22 @@ class Summary:
                     stats.checks_failed += 1
                     failing = True
         stats.conversations_failing_checks += failing
+        stats.passed += record["status"] == "ok" and not failing
+
+    def add_attempt(self, record: dict[str, Any]) -> None:
+        """One usage record (one HTTP attempt). A judge's attempts are counted with the
+        replies they judged (their checks carry tokens and cost), not as the judge's own."""
+        if record.get("judge"):
+            return
+        stats = self.targets.setdefault(record["target"], TargetStats())
+        stats.requests += 1
+        stats.retries += record["attempt"] > 1
+        for key in TOKEN_KEYS:
+            stats.tokens[key] += record.get(key) or 0
+
+    def spent(self, prices: dict[str, dict[str, float] | None]) -> float:
+        """The running estimate of the run's cost (targets without a price count nothing)."""
+        return sum(_cost(s, prices.get(name)) or 0.0 for name, s in self.targets.items())
 
     def total(self, attr: str) -> int:
         return sum(getattr(s, attr) for s in self.targets.values())
@@ -64,9 +86,19 @@ class Summary:
     def tokens(self) -> dict[str, int]:
         return {k: sum(s.tokens[k] for s in self.targets.values()) for k in TOKEN_KEYS}
 
-    def rows(self, prices: dict[str, dict[str, float] | None]) -> list[dict[str, Any]]:
-        """One row per target, as the report formats show it."""
-        return [_row(name, stats, prices.get(name)) for name, stats in self.targets.items()]
+    def rows(
+        self, prices: dict[str, dict[str, float] | None], unstreamed: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
+        """One row per target, as the report formats show it: the targets of `prices` first,
+        in their order, then any other target that was sent requests. TTFT is shown only for
+        streamed targets (a whole reply's first token comes with its last)."""
+        names = [n for n in prices if n in self.targets]
+        names += [n for n in self.targets if n not in prices]
+        rows = [_row(name, self.targets[name], prices.get(name)) for name in names]
+        for row in rows:
+            if row["target"] in unstreamed:
+                row["ttft_p50_ms"] = None
+        return rows
 
 
 def _add_judge(stats: TargetStats, check: dict[str, Any]) -> None:
@@ -75,22 +107,10 @@ def _add_judge(stats: TargetStats, check: dict[str, Any]) -> None:
         stats.judge_cost = (stats.judge_cost or 0.0) + check["cost_usd"]
 
 
-def _plus(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else a + b
-
-
-def cost(tokens: dict[str, int], price: dict[str, float] | None) -> float | None:
-    """Estimated USD: cached input at its own price when given, else at the input price."""
-    if not price:
-        return None
-    cached = tokens["cached_tokens"]
-    cached_price = price.get("cached_input_per_mtok", price.get("input_per_mtok", 0.0))
-    fresh_input = tokens["input_tokens"] - cached
-    return (
-        fresh_input * price.get("input_per_mtok", 0.0)
-        + cached * cached_price
-        + tokens["output_tokens"] * price.get("output_per_mtok", 0.0)
-    ) / 1e6
+def _cost(s: TargetStats, price: dict[str, float] | None) -> float | None:
+    """A target's cost: its own tokens at its price, plus what its judges cost."""
+    own = cost(s.tokens, price)
+    return s.judge_cost if own is None else own + (s.judge_cost or 0.0)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -108,19 +128,52 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
         "failed": s.failed,
         "checks_passed": s.checks_passed,
         "checks_failed": s.checks_failed,
+        "checks_total": s.checks_passed + s.checks_failed,
+        "passed": s.passed,
+        "pass_rate": s.passed / s.conversations if s.conversations else None,
+        "requests": s.requests,
+        "retries": s.retries,
         **{k: s.tokens[k] for k in TOKEN_KEYS},
         "latency_p50_ms": percentile(s.latencies, 0.5),
         "latency_p95_ms": percentile(s.latencies, 0.95),
         "ttft_p50_ms": percentile(s.ttfts, 0.5),
-        "cost_usd": _plus(cost(s.tokens, price), s.judge_cost),
-        "errors": s.errors,
+        "cost_usd": _cost(s, price),
         "judge_tokens": s.judge_tokens,
+        "errors": s.errors,
     }
 
 
 def summarize_run(run_dir: Path) -> tuple[Summary, dict[str, Any]]:
-    """The summary of a finished run folder (newest record per conversation) and its manifest."""
+    """The summary of a run folder (newest record per conversation, every attempt) and its
+    manifest."""
+    manifest = read_manifest(run_dir)
     summary = Summary()
     for record in latest_transcripts(run_dir).values():
         summary.add(record)
-    return summary, read_manifest(run_dir)
+    add_attempts(summary, run_dir)
+    return summary, manifest
+
+
+def add_attempts(summary: Summary, run_dir: Path) -> None:
+    """Every usage record of a run folder into the summary."""
+    for record in read_jsonl(run_dir / USAGE):
+        summary.add_attempt(record)
+
+
+def target_prices(manifest: dict[str, Any]) -> dict[str, dict[str, float] | None]:
+    """Each target's price as the manifest recorded it, in the run's order."""
+    return {t["name"]: t.get("price") for t in manifest.get("targets", [])}
+
+
+def unstreamed(targets: Iterable[tuple[str, bool | None]], default: bool) -> set[str]:
+    """Names of the targets not streamed: (name, the target's own stream setting) pairs and
+    the run's --stream/--no-stream for those without one."""
+    return {name for name, stream in targets if not (default if stream is None else stream)}
+
+
+def report_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The report's rows of a run folder (what `report`, `diff` and `compare` show)."""
+    summary, manifest = summarize_run(run_dir)
+    targets = [(t["name"], t.get("stream")) for t in manifest.get("targets", [])]
+    default = bool((manifest.get("invocation") or {}).get("stream"))
+    return summary.rows(target_prices(manifest), unstreamed(targets, default))

@@ -10,6 +10,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node
 
+from runner.cost import price_problem
 from runner.errors import InputError
 from runner.providers import PROVIDERS, Provider
 from runner.yamlnodes import Bad, Problems, Reader, node_line, read_documents
@@ -161,6 +162,8 @@ def _field(r: Reader, node: Node, key: str, target: str) -> Any:
     if key == "mock" and set(value) - mock_fields():
         unknown, known = ", ".join(sorted(set(value) - mock_fields())), sorted(mock_fields())
         raise Bad(node, f"unknown mock option {unknown}; use {', '.join(known)}")
+    if key == "price" and (problem := price_problem(value)):
+        raise Bad(node, f"target '{target}': {problem}")
     if key in MINIMUM and value < MINIMUM[key]:
         raise Bad(node, f"'{key}' of target '{target}' is out of range: {value}")
     return value

@@ -211,7 +211,7 @@ def test_failing_check_is_exit_1_with_the_reason_recorded(tmp_path, mock_server)
     assert checks["finish_reason"]["passed"]  # compared without case: stop == STOP
     assert checks["json"]["passed"] is False
     report = played.report("markdown")
-    assert report.exit_code == 0 and "| chat | 1 | 1 | 0 | 3 | 2 |" in report.output
+    assert report.exit_code == 0 and "| chat | 1 | 1 | 0 | 0.0 | 3/5 |" in report.output
 
 
 def test_unusable_paths_are_input_errors_not_tracebacks(tmp_path, mock_server):

@@ -1,0 +1,47 @@
+"""Estimated cost: a target's `price` (USD per million tokens) applied to token counts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# price keys of a target; cached input defaults to the input price, reasoning to the output price
+PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "reasoning_per_mtok")
+
+Price = Mapping[str, float]
+
+
+def cost(tokens: Mapping[str, Any], price: Price | None) -> float | None:
+    """Estimated USD of these tokens; None when the target has no price.
+
+    Cached tokens are part of the input and reasoning tokens part of the output (records.Usage),
+    so each part is charged at its own price and the rest at the plain one."""
+    if not price:
+        return None
+    input_price = price.get("input_per_mtok", 0.0)
+    output_price = price.get("output_per_mtok", 0.0)
+    cached = tokens.get("cached_tokens", 0)
+    reasoning = tokens.get("reasoning_tokens", 0)
+    return (
+        (tokens.get("input_tokens", 0) - cached) * input_price
+        + cached * price.get("cached_input_per_mtok", input_price)
+        + (tokens.get("output_tokens", 0) - reasoning) * output_price
+        + reasoning * price.get("reasoning_per_mtok", output_price)
+    ) / 1e6
+
+
+def price_problem(price: Mapping[str, object]) -> str | None:
+    """What is wrong with a `price` mapping of a models file, or None."""
+    unknown = sorted(set(price) - set(PRICE_KEYS))
+    if unknown:
+        return f"unknown price key {', '.join(unknown)}; use {', '.join(PRICE_KEYS)}"
+    for key, value in price.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            return f"price '{key}' must be a number >= 0 (USD per million tokens), got {value!r}"
+    return None
+
+
+def total(costs: list[float | None]) -> float | None:
+    """The sum of the known costs, rounded to a millionth of a dollar; None when none is known."""
+    known = [c for c in costs if c is not None]
+    return round(sum(known), 6) if known else None

@@ -1,0 +1,126 @@
+"""diff BASE_RUN NEW_RUN: regressions found (exit 1), fixes, missing and new conversations,
+changed replies, per-target deltas; markdown that fits a CI comment."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import cli, play
+
+from runner.diff import Change, Diff
+from runner.diffview import render_diff
+
+SLOW_MS = 1600  # the slowed mock's latency: past the check's limit whatever the machine
+LATENCY = f"""
+id: quick
+turns:
+  - user: answer quickly
+    expect: {{max_latency_ms: {SLOW_MS - 100}}}
+"""
+
+BASE = """
+scenarios:
+  - id: fixed
+    turns:
+      - user: say teal
+        expect: {contains: [coffee]}
+  - id: steady
+    turns: [hello there]
+  - id: breaks
+    turns: [all good]
+  - id: dropped
+    turns: [bye]
+"""
+# the same suite, changed: fixed now passes, steady's reply changes, breaks errors,
+# dropped is gone and added is new
+NEW = (
+    BASE.replace("[coffee]", "[teal]")
+    .replace("hello there", "hello again")
+    .replace("[all good]", '["all good [[error]]"]')
+    .replace("id: dropped\n    turns: [bye]", "id: added\n    turns: [hi]")
+)
+
+
+def test_a_slower_server_failing_max_latency_ms_is_a_regression_exit_1(
+    tmp_path, mock_server, make_mock
+):
+    base = play(tmp_path, LATENCY, server=mock_server)
+    assert base.result.exit_code == 0, base.result.output
+    new = play(tmp_path, LATENCY, server=make_mock(latency_ms=SLOW_MS))
+    assert new.result.exit_code == 1
+
+    result = cli("diff", base.run_dir, new.run_dir)
+    assert result.exit_code == 1
+    assert "1 regression" in result.output and "quick@chat  pass -> fail" in result.output
+    assert "max_latency_ms" in result.output
+    data = json.loads(cli("diff", base.run_dir, new.run_dir, "--format", "json").output)
+    (regression,) = data["regressions"]
+    assert regression["conversation_id"] == "quick@chat"
+    assert regression["reason"].startswith("turn 0: max_latency_ms: ")
+    (target,) = data["targets"]
+    assert target["latency_p50_ms"]["new"] >= SLOW_MS
+    assert target["latency_p50_ms"]["change"] > 0
+    markdown = cli("diff", base.run_dir, new.run_dir, "--format", "markdown").output
+    assert markdown.startswith("### ❌ dialogue-runner diff")
+    assert "<details open><summary>Regressions (1)</summary>" in markdown
+    assert "| chat | 100.0 → 0.0 (-100.0) |" in markdown
+
+    back = cli("diff", new.run_dir, base.run_dir)  # the other way round it is a fix
+    assert back.exit_code == 0 and "1 fix," in back.output
+
+
+def test_fixes_missing_new_and_changed_replies_matched_by_id(tmp_path, mock_server):
+    base = play(tmp_path, BASE, server=mock_server, models={"max_retries": 0})
+    new = play(tmp_path, NEW, server=mock_server, models={"max_retries": 0})
+    result = cli("diff", base.run_dir, new.run_dir, "--format", "json", "--text")
+    assert result.exit_code == 1  # breaks: ok -> failed
+    data = json.loads(result.output)
+    assert [(c["conversation_id"], c["before"], c["after"]) for c in data["regressions"]] == [
+        ("breaks@chat", "pass", "error")
+    ]
+    assert data["regressions"][0]["reason"].startswith("http: ")
+    assert [(c["conversation_id"], c["before"], c["after"]) for c in data["fixes"]] == [
+        ("fixed@chat", "fail", "pass")
+    ]
+    assert "missing ['coffee']" in data["fixes"][0]["reason"]  # why it failed before
+    assert data["missing"] == ["dropped@chat"]
+    assert data["new_conversations"] == ["added@chat"]
+    changed = {(t["conversation_id"], t["turn"]) for t in data["text_changes"]}
+    assert changed == {("steady@chat", 0), ("breaks@chat", 0)}  # fixed: same text, new check
+    steady = next(t for t in data["text_changes"] if t["conversation_id"] == "steady@chat")
+    assert "hello there" in steady["before"] and "hello again" in steady["after"]
+    assert data["replies_changed"] == 2
+    (target,) = data["targets"]
+    assert target["pass_rate"] == {"base": 0.75, "new": 0.75, "change": 0.0}  # 3 of 4 each
+
+    text = cli("diff", base.run_dir, new.run_dir, "--text").output
+    assert "CHANGED REPLIES" in text and "steady@chat turn 0" in text
+    assert "MISSING (in the base run only)\n  dropped@chat" in text
+    assert "NEW (in the new run only)\n  added@chat" in text
+    without = json.loads(cli("diff", base.run_dir, new.run_dir, "--format", "json").output)
+    assert without["text_changes"] == [] and without["replies_changed"] == 2
+
+
+def test_markdown_fits_a_ci_comment_however_many_regressions():
+    diff = Diff("base", "new")
+    diff.regressions = [
+        Change(f"s{i}@t", f"s{i}", "t", "pass", "fail", "turn 0: contains: " + "x" * 500)
+        for i in range(5000)
+    ]
+    markdown = render_diff(diff, "markdown")
+    assert len(markdown) < 65_536
+    assert "5000 regressions" in markdown and "… and 4970 more" in markdown
+
+
+def test_markdown_escapes_what_the_replies_hold():
+    diff = Diff("base", "new")
+    diff.regressions = [Change("a@t", "a", "t", "pass", "fail", "<script>x</script> | pipe")]
+    markdown = render_diff(diff, "markdown")
+    assert "<script>" not in markdown and "&lt;script&gt;" in markdown and "\\| pipe" in markdown
+
+
+def test_diff_of_a_folder_that_is_not_a_run_is_exit_2(tmp_path, mock_server):
+    base = play(tmp_path, "id: a\nturns: [hi]\n", server=mock_server)
+    (tmp_path / "empty").mkdir()
+    result = cli("diff", base.run_dir, tmp_path / "empty")
+    assert result.exit_code == 2 and "not a readable run folder" in result.stderr

@@ -1,0 +1,130 @@
+"""JUnit files for CI: read back with junitparser, validated against Jenkins' junit-10.xsd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import xmlschema
+from conftest import cli, play
+from junitparser import Error, Failure, JUnitXml, Skipped
+
+SCHEMA = xmlschema.XMLSchema(Path(__file__).parent / "data" / "junit-10.xsd")
+
+# the mock echoes the last user text, so `contains` of a word of it passes;
+# "[[error]]" makes the mock answer 500, final with max_retries: 0
+SUITE = """
+scenarios:
+  - id: passes
+    turns:
+      - user: please say teal
+        expect: {contains: [teal]}
+  - id: fails
+    turns:
+      - first turn
+      - user: please say teal
+        expect: {contains: [coffee], regex: "^never"}
+  - id: errors
+    turns:
+      - "hello [[error]]"
+  - id: hostile
+    turns:
+      - user: "<b>&amp; \\x07 ]]> \\"quoted\\"</b>"
+        expect: {equals: nope}
+"""
+
+
+def suites(path: Path) -> dict[str, object]:
+    """The file's suites by name, once it is valid and every count agrees with its testcases."""
+    SCHEMA.validate(str(path))  # raises with the offending element when the file is invalid
+    xml = JUnitXml.fromfile(str(path))
+    for suite in xml:
+        kinds = [type(case.result[0]) if case.result else None for case in suite]
+        assert suite.tests == len(kinds)
+        assert suite.failures == kinds.count(Failure) and suite.errors == kinds.count(Error)
+        assert suite.skipped == kinds.count(Skipped)
+    assert xml.tests == sum(s.tests for s in xml)
+    assert xml.failures == sum(s.failures for s in xml) and xml.errors == sum(s.errors for s in xml)
+    return {suite.name: suite for suite in xml}
+
+
+def results(suite: object) -> dict[str, list[object]]:
+    return {case.name: case.result for case in suite}  # type: ignore[attr-defined]
+
+
+def test_run_writes_a_junit_file_ci_systems_read(tmp_path, mock_server):
+    junit = tmp_path / "ci" / "junit.xml"
+    played = play(
+        tmp_path,
+        SUITE,
+        "--junit",
+        junit,
+        server=mock_server,
+        targets=("chat", "gemini"),
+        models={"max_retries": 0},
+    )
+    assert played.result.exit_code == 3, played.result.output  # one conversation failed
+    by_target = suites(junit)
+    assert list(by_target) == ["chat", "gemini"]
+    for target, suite in by_target.items():
+        assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (4, 2, 1, 0)
+        cases = results(suite)
+        assert cases[f"passes@{target}"] == []
+        (failure,) = cases[f"fails@{target}"]
+        assert isinstance(failure, Failure)
+        assert failure.type == "contains,regex"
+        assert "turn 1: contains: missing ['coffee']" in failure.message
+        assert "turn 1: regex: no match for /^never/" in failure.text
+        (error,) = cases[f"errors@{target}"]
+        assert isinstance(error, Error) and error.type == "http" and "500" in error.message
+        (hostile,) = cases[f"hostile@{target}"]
+        assert isinstance(hostile, Failure) and hostile.type == "equals"
+    case = next(c for c in by_target["chat"] if c.name == "hostile@chat")
+    assert case.classname == "hostile"
+    assert '<b>&amp; \ufffd ]]> "quoted"</b>' in case.system_out  # text, escaped, kept
+    records = {r["conversation_id"]: r for r in played.transcripts}
+    assert all(float(c.time) >= 0 for c in by_target["chat"])
+    assert records["passes@chat"]["status"] == "ok"
+
+
+def test_the_junit_command_marks_not_run_conversations_skipped(tmp_path, mock_server):
+    scenario = "id: s\nturns: [hi]\nvars: {n: [1, 2, 3, 4]}\n"
+    price = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}  # a dollar a token
+    played = play(
+        tmp_path,
+        scenario,
+        "--max-cost",
+        "0.5",
+        "-c",
+        "1",
+        server=mock_server,
+        models={"price": price},
+    )
+    assert played.result.exit_code == 3
+    junit = tmp_path / "junit.xml"
+    result = cli("junit", played.run_dir, "-o", junit)
+    assert result.exit_code == 0, result.output
+    (suite,) = suites(junit).values()
+    assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (4, 0, 0, 3)
+    skipped = [case for case in suite if case.result]
+    assert all(isinstance(case.result[0], Skipped) for case in skipped)
+    assert "--max-cost" in skipped[0].result[0].message
+    assert {case.classname for case in suite} == {"s"}
+
+
+def test_junit_of_a_run_whose_scenarios_are_gone_lists_what_was_recorded(tmp_path, mock_server):
+    played = play(tmp_path, "id: s\nturns: [hi]\n", server=mock_server)
+    (tmp_path / "s.yaml").unlink()
+    junit = tmp_path / "junit.xml"
+    result = cli("junit", played.run_dir, "-o", junit)
+    assert result.exit_code == 0
+    assert "not-run conversations are not listed" in result.stderr
+    (suite,) = suites(junit).values()
+    assert (suite.tests, suite.skipped) == (1, 0)
+
+
+@pytest.mark.parametrize("run_dir", ["missing", "empty"])
+def test_junit_of_something_that_is_not_a_run_is_exit_2(tmp_path, run_dir):
+    (tmp_path / "empty").mkdir()
+    result = cli("junit", tmp_path / run_dir, "-o", tmp_path / "j.xml")
+    assert result.exit_code == 2 and "Traceback" not in result.output
