@@ -13,6 +13,7 @@ import aiohttp
 
 from runner.encoding import from_json
 from runner.errors import ApiError, Kind
+from runner.providers.drain import drain
 from runner.providers.sse import iter_sse
 from runner.records import Usage, no_usage
 
@@ -218,4 +219,5 @@ async def _send(session: aiohttp.ClientSession, provider: Provider, req: Request
         reply = state.reply()
         reply.latency_ms = (time.perf_counter() - start) * 1000
         reply.ttft_ms = ttft
+        await drain(resp.content)
         return reply

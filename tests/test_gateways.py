@@ -1,0 +1,58 @@
+"""What a real gateway shows up: connections reused after streams, why conversations
+failed, one finish-reason vocabulary, failing fast on a bad key, zero usage, dry runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+
+from runner.providers import drain
+from tests.conftest import CHAIN, play
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+def test_every_reply_hands_its_connection_back_for_the_next(tmp_path, mock_server, target, stream):
+    scenario = CHAIN.replace("CONTEXT", "full")
+    played = play(
+        tmp_path, scenario, stream, "-c", "1", "--repeat", "4", server=mock_server,
+        targets=(target,),
+    )  # fmt: skip
+    assert played.result.exit_code == 0, played.result.output
+    assert len(played.usage) == 12 and mock_server.state.answered == 12
+    assert mock_server.state.connections == 1
+
+
+def held_open_after_done(junk: bytes) -> web.Application:
+    """A chat endpoint that streams a whole reply and [DONE], then `junk`, and never ends."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        choice = {"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}
+        chunk = json.dumps({"id": "c1", "choices": [choice]})
+        await resp.write(f"data: {chunk}\n\ndata: [DONE]\n\n".encode() + junk)
+        await asyncio.Event().wait()  # the body stays open until the server is closed
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("drain_s", "junk"),
+    [(0.05, b""), (3600.0, b": " + b"x" * 200_000 + b"\n\n")],
+    ids=["time-cap", "byte-cap"],
+)
+def test_draining_a_body_held_open_gives_up_and_keeps_the_reply(
+    tmp_path, serve_app, monkeypatch, drain_s, junk
+):
+    monkeypatch.setattr(drain, "DRAIN_S", drain_s)
+    served = serve_app(held_open_after_done(junk))
+    played = play(tmp_path, "id: h\nturns: [hello]\n", "--stream", server=served)
+    assert played.result.exit_code == 0, played.result.output
+    assert played.transcripts[0]["turns"][0]["assistant"] == "hi"
