@@ -85,13 +85,17 @@ def failed_record(conv: Conversation, kind: Kind, message: str) -> dict[str, Any
 def _check_reply(reply: Reply, scenario: Scenario) -> None:
     """Never record an empty reply as if it were one; server context needs an id to chain."""
     if not reply.text:
-        raise ApiError(
-            Kind.EMPTY, f"the model returned no text (finish reason: {reply.finish_reason})"
-        )
+        raise ApiError(Kind.EMPTY, f"the model returned no text (finish reason: {_finish(reply)})")
     if isinstance(scenario.context, Server) and not reply.response_id:
         raise ApiError(
             Kind.PROTOCOL, "context: server needs a response id to chain; the reply had none"
         )
+
+
+def _finish(reply: Reply) -> str:
+    """The normalised finish reason, with the provider's own value when it differs."""
+    norm, raw = reply.finish_reason, reply.finish_reason_raw
+    return f"{norm} ({raw})" if raw is not None and raw != norm else str(norm)
 
 
 def _messages(system: str | None, history: list[dict[str, str]]) -> list[dict[str, str]]:

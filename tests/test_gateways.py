@@ -9,6 +9,7 @@ import json
 import pytest
 from aiohttp import web
 
+from runner.finish import normalise
 from runner.providers import drain
 from tests.conftest import CHAIN, play
 
@@ -56,3 +57,64 @@ def test_draining_a_body_held_open_gives_up_and_keeps_the_reply(
     played = play(tmp_path, "id: h\nturns: [hello]\n", "--stream", server=served)
     assert played.result.exit_code == 0, played.result.output
     assert played.transcripts[0]["turns"][0]["assistant"] == "hi"
+
+
+FINISHES = """
+id: f
+turns:
+  - user: hello
+    expect: {finish_reason: stop}
+  - user: again, briefly
+    params: {max_tokens: 5}
+    expect: {finish_reason: LENGTH}
+"""
+RAW_FINISHES = {
+    "chat": ["stop", "length"],
+    "responses": ["completed", "max_output_tokens"],
+    "gemini": ["STOP", "MAX_TOKENS"],
+}
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+def test_finish_reasons_are_one_vocabulary_with_the_providers_own_kept(
+    tmp_path, mock_server, target, stream
+):
+    played = play(tmp_path, FINISHES, stream, server=mock_server, targets=(target,))
+    assert played.result.exit_code == 0, played.result.output  # both checks passed
+    turns = played.transcripts[0]["turns"]
+    assert [t["finish_reason"] for t in turns] == ["stop", "length"]
+    assert [t["finish_reason_raw"] for t in turns] == RAW_FINISHES[target]
+    assert all(c["passed"] for t in turns for c in t["checks"])
+
+
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+def test_a_blocked_prompt_fails_naming_the_normalised_and_the_raw_reason(
+    tmp_path, mock_server, target
+):
+    played = play(tmp_path, "id: b\nturns: ['[[block]]']\n", server=mock_server, targets=(target,))
+    error = played.transcripts[0]["error"]
+    assert error["kind"] == "empty" and "finish reason: content_filter" in error["message"]
+    if target == "gemini":
+        assert "(blocked:SAFETY)" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [("stop", "stop"), ("end_turn", "stop"), ("tool_calls", "tool_calls"),
+     ("function_call", "tool_calls"), ("SAFETY", "content_filter"),
+     ("blocked:PROHIBITED_CONTENT", "content_filter"), ("error", "error"),
+     ("MALFORMED_FUNCTION_CALL", "error"), ("OTHER", "other"), ("incomplete", "other"),
+     ("something_new", "other"), (None, None)],
+)  # fmt: skip
+def test_gateway_finish_reasons_normalise(raw, normalised):
+    assert normalise(raw) == normalised
+
+
+def test_an_expected_finish_reason_outside_the_vocabulary_is_bad_input(tmp_path, mock_server):
+    text = "id: x\nturns:\n  - user: hi\n    expect: {finish_reason: MAX_TOKENS}\n"
+    played = play(tmp_path, text, server=mock_server)
+    assert played.result.exit_code == 2
+    assert "s.yaml:4:" in played.result.output and "recorded as 'length'" in played.result.output
+    assert "stop, length, content_filter, tool_calls, error, other" in played.result.output
+    assert mock_server.state.answered == 0

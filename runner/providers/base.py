@@ -13,6 +13,7 @@ import aiohttp
 
 from runner.encoding import from_json
 from runner.errors import ApiError, Kind
+from runner.finish import normalise
 from runner.providers.drain import drain
 from runner.providers.sse import iter_sse
 from runner.records import Usage, no_usage
@@ -23,12 +24,17 @@ class Reply:
     """One generated reply, as the conversation and the records need it."""
 
     text: str
-    finish_reason: str | None
+    finish_reason_raw: str | None  # the provider's own value
     usage: Usage = field(default_factory=no_usage)
     raw_usage: dict[str, Any] | None = None
     response_id: str | None = None
     latency_ms: float = 0.0
     ttft_ms: float | None = None
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The finish reason in the one vocabulary of runner/finish.py."""
+        return normalise(self.finish_reason_raw)
 
 
 @dataclass(slots=True)
