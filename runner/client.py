@@ -32,7 +32,7 @@ class TargetClient:
         self.limit = AdaptiveLimit(target.concurrency)
         self.rpm = TokenBucket(target.rpm) if target.rpm else None
         self.tpm = TokenBucket(target.tpm) if target.tpm else None
-        self.breaker = Breaker(target.name)
+        self.breaker = Breaker(target.name, target.fail_fast_after)
         self.retries = 0  # shown by the progress line
         self.provider = provider_for(target)
         self.session: aiohttp.ClientSession  # opened by start()
@@ -91,6 +91,7 @@ class TargetClient:
             self._record(cid, turn, n, err.label, None, start)
             raise
         self.limit.release(generation, ok=True)
+        self.breaker.succeeded()
         if self.tpm:
             self.tpm.adjust(reply.usage["total_tokens"] - estimate)
         self._record(cid, turn, n, 200, reply, start)

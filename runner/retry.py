@@ -47,20 +47,48 @@ async def retrying(
 
 
 class Breaker:
-    """Opens when a target refuses the key (401/403): nothing more is sent to it."""
+    """Stops a target, so that nothing more is sent to it: when it refuses the key (401/403),
+    or when its first `same_failures` answers are all the same final error and none has
+    succeeded (gateways that answer a bad key with a 400 or 500, an unknown model name)."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, same_failures: int = 0):
         self.target = target
-        self.error: ApiError | None = None
+        self.error: ApiError | None = None  # set when open: what every later call raises
+        self.same_failures = same_failures
+        self._first: ApiError | None = None  # the first final failure, while all are alike
+        self._alike = 0
+        self._deciding = same_failures > 0  # until an answer differs from the first failures
 
     def check(self) -> None:
         """Raise, without sending, once the breaker is open."""
-        if self.error is not None:
-            raise ApiError(
-                Kind.AUTH, f"not sent: {self.target} refused the key ({self.error.message})"
-            )
+        if self.error is not None:  # a new exception each time: each gets its own traceback
+            raise ApiError(self.error.kind, self.error.message)
 
     def observe(self, err: ApiError) -> None:
-        """Open on an answered auth failure (not on one this breaker raised itself)."""
+        """Open on an answered auth failure (not on one this breaker raised itself), or on
+        the `same_failures`-th identical final failure in a row from the start."""
         if err.kind is Kind.AUTH and err.status is not None:
-            self.error = err
+            self.error = ApiError(
+                Kind.AUTH, f"not sent: {self.target} refused the key ({err.message})"
+            )
+        if not self._deciding:
+            return
+        if err.retryable or err.status is None or not _alike(self._first or err, err):
+            self._deciding = False
+            return
+        self._first, self._alike = self._first or err, self._alike + 1
+        if self._alike >= self.same_failures and self.error is None:
+            self._deciding = False
+            self.error = ApiError(
+                err.kind,
+                f"not sent: {self.target} answered its first {self._alike} requests with "
+                f"{err.status} ({err.message})",
+            )
+
+    def succeeded(self) -> None:
+        """A reply came back: the target works, identical failures no longer stop it."""
+        self._deciding = False
+
+
+def _alike(a: ApiError, b: ApiError) -> bool:
+    return (a.kind, a.status, a.message) == (b.kind, b.status, b.message)

@@ -47,6 +47,7 @@ class Target:
     first_byte_timeout_s: float | None = None
     max_retries: int = 6
     max_wait_s: float = 60.0
+    fail_fast_after: int = 5  # identical final failures from the start that stop it (0: never)
     price: dict[str, float] | None = None
     mock: dict[str, Any] | None = None  # options of an in-process mock server
     key: str | None = field(default=None, repr=False)
@@ -70,8 +71,9 @@ TYPES: dict[str, tuple[type, ...]] = {
     "rpm": (int, float), "tpm": (int, float), "timeout_s": (int, float),
     "connect_timeout_s": (int, float), "first_byte_timeout_s": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
+    "fail_fast_after": (int,),
 }  # fmt: skip
-MINIMUM = {"concurrency": 1, "max_retries": 0}
+MINIMUM = {"concurrency": 1, "max_retries": 0, "fail_fast_after": 0}
 
 
 def mock_base_url(provider: str, server_url: str) -> str:

@@ -118,3 +118,66 @@ def test_an_expected_finish_reason_outside_the_vocabulary_is_bad_input(tmp_path,
     assert "s.yaml:4:" in played.result.output and "recorded as 'length'" in played.result.output
     assert "stop, length, content_filter, tool_calls, error, other" in played.result.output
     assert mock_server.state.answered == 0
+
+
+def gateway(answers: list[tuple[int, str]]) -> tuple[web.Application, list[int]]:
+    """An OpenAI-compatible gateway answering request i with answers[i] (the last one
+    repeated): status 200 is a normal reply, any other an error with that message. Also
+    returns [requests answered so far]."""
+    count = [0]
+
+    async def handle(request: web.Request) -> web.Response:
+        status, message = answers[min(count[0], len(answers) - 1)]
+        count[0] += 1
+        if status != 200:
+            body = {"error": {"message": message, "type": "invalid_request_error"}}
+            return web.json_response(body, status=status)
+        choice = {"index": 0, "message": {"role": "assistant", "content": message},
+                  "finish_reason": "stop"}  # fmt: skip
+        return web.json_response({"id": "c", "choices": [choice], "usage": None})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    return app, count
+
+
+NO_DB = (400, "No connected db.")
+
+
+def test_a_gateway_answering_400_to_everything_is_stopped_after_n(tmp_path, serve_app):
+    app, count = gateway([NO_DB])
+    played = play(tmp_path, "id: g\nturns: [hi]\n", "--repeat", "20", "-c", "1",
+                  server=serve_app(app), models={"fail_fast_after": 3})  # fmt: skip
+    assert played.result.exit_code == 3
+    assert count[0] == 3 and len(played.usage) == 3
+    errors = [t["error"] for t in played.transcripts]
+    assert len(errors) == 20 and all(e["kind"] == "http" for e in errors)
+    assert (
+        sum(e == {"kind": "http", "message": "No connected db.", "status": 400} for e in errors)
+        == 3
+    )
+    stopped = "not sent: chat answered its first 3 requests with 400 (No connected db.)"
+    assert [e["message"] for e in errors[3:]] == [stopped] * 17
+
+
+@pytest.mark.parametrize(
+    ("answers", "fail_fast_after"),
+    [([NO_DB], 0), ([(200, "fine"), NO_DB], 3), ([NO_DB, (400, "Bad param."), NO_DB], 3),
+     ([NO_DB, (500, "busy"), NO_DB], 3)],
+    ids=["disabled", "one-success-first", "another-message", "a-retryable-between"],
+)  # fmt: skip
+def test_identical_failures_stop_a_target_only_from_the_start(
+    tmp_path, serve_app, answers, fail_fast_after
+):
+    app, count = gateway(answers)
+    models = {"fail_fast_after": fail_fast_after}
+    played = play(tmp_path, "id: g\nturns: [hi]\n", "--repeat", "8", "-c", "1", "--max-retries",
+                  "0", server=serve_app(app), models=models)  # fmt: skip
+    assert count[0] == 8  # every conversation was sent
+    assert not any("not sent" in (t["error"] or {}).get("message", "") for t in played.transcripts)
+
+
+def test_fail_fast_after_must_be_a_count(tmp_path, serve_app):
+    played = play(tmp_path, "id: g\nturns: [hi]\n", server=serve_app(gateway([NO_DB])[0]),
+                  models={"fail_fast_after": -1})  # fmt: skip
+    assert played.result.exit_code == 2 and "'fail_fast_after'" in played.result.output
