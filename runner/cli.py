@@ -122,9 +122,10 @@ def run(
 
 def _finished(finished: Finished) -> NoReturn:
     """The end-of-run table on stdout, one line on stderr, and the run's exit code."""
-    from runner.report import render
+    from runner.report import render, render_notes
 
     click.echo(render(finished.rows))
+    _echo_notes(render_notes(finished.rows))
     click.echo("\n" + finished.line(), err=True)
     sys.exit(finished.exit_code)
 
@@ -134,12 +135,20 @@ def _finished(finished: Finished) -> NoReturn:
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table")
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
-    from runner.report import render
+    from runner.report import render, render_notes
     from runner.stats import summarize_run
 
     summary, manifest = summarize_run(Path(run_dir))
     prices = {t["name"]: t.get("price") for t in manifest.get("targets", [])}
-    click.echo(render(summary.rows(prices), fmt))
+    rows = summary.rows(prices)
+    click.echo(render(rows, fmt))
+    _echo_notes(render_notes(rows, fmt))
+
+
+def _echo_notes(notes: str) -> None:
+    """Failures and warnings under the table, after a blank line (nothing when none)."""
+    if notes:
+        click.echo("\n" + notes)
 
 
 @main.command("mock-server")

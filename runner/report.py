@@ -38,3 +38,37 @@ def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         )
         for r in [header, *body]
     )
+
+
+def render_notes(rows: list[dict[str, Any]], fmt: str = "table") -> str:
+    """What goes under the table: each target's most common failures and its warnings
+    ("" when there are none; JSON rows carry them as `failures` and `warnings`)."""
+    failures = [(row["target"], f) for row in rows for f in row.get("failures", ())]
+    warnings = [(row["target"], w) for row in rows for w in row.get("warnings", ())]
+    if fmt == "json" or not (failures or warnings):
+        return ""
+    if fmt == "markdown":
+        return _markdown_notes(failures, warnings)
+    width = max(len(target) for target, _ in failures + warnings)
+    lines = ["most common failures:"] if failures else []
+    for target, f in failures:
+        status = f" {f['status']}" if f["status"] is not None else ""
+        lines.append(f"  {target:<{width}}  {f['count']:>5}×  {f['kind']}{status}: {f['message']}")
+    lines += ["warnings:"] if warnings else []
+    lines += [f"  {target:<{width}}  {w}" for target, w in warnings]
+    return "\n".join(lines)
+
+
+def _markdown_notes(failures: list[tuple[str, Any]], warnings: list[tuple[str, str]]) -> str:
+    parts = []
+    if failures:
+        lines = ["**Most common failures**", "", "| target | count | kind | status | message |"]
+        lines.append("|---|---|---|---|---|")
+        for target, f in failures:
+            message = f["message"].replace("|", "\\|")
+            lines.append(f"| {target} | {f['count']} | {f['kind']} | {_cell(f['status'])} | "
+                         f"{message} |")  # fmt: skip
+        parts.append("\n".join(lines))
+    if warnings:
+        parts.append("\n".join(["**Warnings**", "", *(f"- {t}: {w}" for t, w in warnings)]))
+    return "\n\n".join(parts)

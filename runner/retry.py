@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from runner.errors import ApiError, Kind
+from runner.failures import shorten
 from runner.limits import Sleep
 from runner.providers.base import Reply
 
@@ -91,4 +92,5 @@ class Breaker:
 
 
 def _alike(a: ApiError, b: ApiError) -> bool:
-    return (a.kind, a.status, a.message) == (b.kind, b.status, b.message)
+    """The same failure, request ids in the message aside (runner/failures.py)."""
+    return (a.kind, a.status, shorten(a.message)) == (b.kind, b.status, shorten(b.message))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.failures import FailureKey, failure_key, top_failures, usage_warnings
 from runner.records import TOKEN_KEYS
 from runner.store import latest_transcripts, read_manifest
 
@@ -22,6 +24,9 @@ class TargetStats:
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    failures: Counter[FailureKey] = field(default_factory=Counter)  # runner/failures.py
+    replies: int = 0
+    replies_with_usage: int = 0
 
 
 class Summary:
@@ -39,10 +44,13 @@ class Summary:
             stats.failed += 1
             kind = (record.get("error") or {}).get("kind", "unknown")
             stats.errors[kind] = stats.errors.get(kind, 0) + 1
+            stats.failures[failure_key(record.get("error"))] += 1
         for key in TOKEN_KEYS:
             stats.tokens[key] += record["usage"].get(key, 0)
         failing = False
         for turn in record["turns"]:
+            stats.replies += 1
+            stats.replies_with_usage += any(turn["usage"].values())
             stats.latencies.append(turn["latency_ms"])
             if turn["ttft_ms"] is not None:
                 stats.ttfts.append(turn["ttft_ms"])
@@ -100,6 +108,8 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
         "ttft_p50_ms": percentile(s.ttfts, 0.5),
         "cost_usd": cost(s.tokens, price),
         "errors": s.errors,
+        "failures": top_failures(s.failures),
+        "warnings": usage_warnings(s.replies, s.replies_with_usage),
     }
 
 

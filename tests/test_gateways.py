@@ -181,3 +181,41 @@ def test_fail_fast_after_must_be_a_count(tmp_path, serve_app):
     played = play(tmp_path, "id: g\nturns: [hi]\n", server=serve_app(gateway([NO_DB])[0]),
                   models={"fail_fast_after": -1})  # fmt: skip
     assert played.result.exit_code == 2 and "'fail_fast_after'" in played.result.output
+
+
+def test_the_summary_and_the_report_say_why_conversations_failed(tmp_path, serve_app):
+    answers = [(400, f"No connected db. (request id: 2026112206271318394858{i:03d}AB)")
+               for i in range(6)]  # fmt: skip
+    app, _ = gateway(answers)
+    played = play(tmp_path, "id: g\nturns: [hi]\n", "--repeat", "6", "-c", "1",
+                  server=serve_app(app), models={"fail_fast_after": 3})  # fmt: skip
+    assert played.result.exit_code == 3
+    said = "No connected db. (request id: ***)"
+    for output in (played.result.stdout, played.report().output):
+        assert "most common failures:" in output
+        assert f"chat      3×  http 400: {said}" in output
+        assert (
+            f"chat      3×  http: not sent: chat answered its first 3 requests with 400 ({said})"
+            in output
+        )
+    rows = json.loads(played.report("json").output)
+    assert rows[0]["failures"][0] == {"count": 3, "kind": "http", "status": 400, "message": said}
+    assert rows[0]["failures"][1]["status"] is None and len(rows[0]["failures"]) == 2
+    assert f"| chat | 3 | http | 400 | {said} |" in played.report("markdown").output
+
+
+def test_a_target_whose_replies_never_report_usage_gets_one_warning(
+    tmp_path, serve_app, mock_server
+):
+    app, _ = gateway([(200, "fine")])
+    played = play(tmp_path, CHAIN.replace("CONTEXT", "full"), "--repeat", "2",
+                  server=serve_app(app))  # fmt: skip
+    assert played.result.exit_code == 0
+    warning = "none of 6 replies reported token usage, so tokens and cost show 0"
+    assert played.result.stdout.count(warning) == 1 and played.report().output.count(warning) == 1
+    assert warning in json.loads(played.report("json").output)[0]["warnings"][0]
+    with_usage = play(tmp_path, "id: u\nturns: [hi]\n", "--stream", server=mock_server)
+    assert (
+        "warnings" not in with_usage.result.stdout and "most common" not in with_usage.result.stdout
+    )
+    assert json.loads(with_usage.report("json").output)[0]["warnings"] == []
