@@ -114,7 +114,7 @@ def run(
         max_wait_s=max_wait,
     )
     if dry_run:
-        for text in runs.dry_run(runs.load(inv)[2], inv.stream):
+        for text in runs.dry_run(runs.load(inv, need_keys=False)[2], inv.stream):
             click.echo(text)
         return
     _finished(runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress))

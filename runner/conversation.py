@@ -103,6 +103,7 @@ def _messages(system: str | None, history: list[dict[str, str]]) -> list[dict[st
 
 
 MOCK_PLACEHOLDER = "http://127.0.0.1:<mock port>"
+UNSET = "<unset>"  # where a dry run shows a key that is not set
 
 
 def first_request(conv: Conversation, stream: bool) -> str:
@@ -117,7 +118,10 @@ def first_request(conv: Conversation, stream: bool) -> str:
             break
     if target.mock is not None:
         target = replace(target, base_url=mock_base_url(target.provider, MOCK_PLACEHOLDER))
+    hidden = "***"
+    if target.api_key_env and not target.key:  # a dry run does not need the key
+        target, hidden = replace(target, key=UNSET), UNSET
     provider = provider_for(target)
     use_stream = target.stream if target.stream is not None else stream
     request = provider.build(Call(system, sent_messages(scenario, history, 0), params, use_stream))
-    return request.masked(target.key)
+    return request.masked(target.key, hidden)

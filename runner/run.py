@@ -43,13 +43,15 @@ class Invocation:
     max_wait_s: float | None = None
 
 
-def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
-    """Scenarios, targets (keys from the environment) and plan; InputError on any problem."""
+def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], Plan]:
+    """Scenarios, targets (keys from the environment) and plan; InputError on any problem
+    (an unset key too, when need_keys)."""
     scenarios = select(load_paths(inv.paths), tuple(inv.filters or ()))
     if not scenarios:
         raise InputError(f"no scenario matches the filter {inv.filters}")
     models = load_models(inv.models_file) if inv.models_file else {}
-    targets = [_override(t, inv) for t in resolve(inv.targets, models, inv.base_url)]
+    resolved = resolve(inv.targets, models, inv.base_url, need_keys)
+    targets = [_override(t, inv) for t in resolved]
     return scenarios, targets, Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
 
 

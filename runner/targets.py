@@ -174,14 +174,18 @@ def _of_type(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def resolve(
-    names: list[str], models: dict[str, Target], base_url: str | None = None
+    names: list[str],
+    models: dict[str, Target],
+    base_url: str | None = None,
+    need_keys: bool = True,
 ) -> list[Target]:
-    """Targets for the -m names, keys read from the environment; errors exit 2."""
+    """Targets for the -m names, keys read from the environment (an unset one is an error
+    when need_keys, else left None); errors exit 2."""
     targets, problems = [], []
     for name in names:
         try:
             target = _lookup(name, models, base_url)
-            target.key = _read_key(target)
+            target.key = _read_key(target, need_keys)
             targets.append(target)
         except InputError as exc:
             problems.extend(exc.problems)
@@ -208,16 +212,16 @@ def _lookup(name: str, models: dict[str, Target], base_url: str | None) -> Targe
     )
 
 
-def _read_key(target: Target) -> str | None:
+def _read_key(target: Target, required: bool) -> str | None:
     if not target.api_key_env:
         return None
     key = os.environ.get(target.api_key_env)
-    if not key:
+    if not key and required:
         raise InputError(
             f"target '{target.name}' reads its API key from the environment variable "
             f"{target.api_key_env}, which is not set; export it (keys are never read from files)"
         )
-    return key
+    return key or None
 
 
 def provider_for(target: Target) -> Provider:

@@ -219,3 +219,17 @@ def test_a_target_whose_replies_never_report_usage_gets_one_warning(
         "warnings" not in with_usage.result.stdout and "most common" not in with_usage.result.stdout
     )
     assert json.loads(with_usage.report("json").output)[0]["warnings"] == []
+
+
+@pytest.mark.parametrize("auth", ["x-goog-api-key", "query"])
+def test_a_dry_run_needs_no_key_and_shows_where_it_would_go(tmp_path, mock_server, auth):
+    unset = {"TEST_API_KEY": None}
+    where = {"server": mock_server, "targets": ("chat", "gemini"), "models": {"auth": auth}}
+    dry = play(tmp_path, "id: d\nturns: [hi]\n", "--dry-run", env=unset, **where)
+    assert dry.result.exit_code == 0, dry.result.output
+    assert "Authorization: <unset>" in dry.result.output
+    gemini = "x-goog-api-key: <unset>" if auth != "query" else ":generateContent?key=<unset>"
+    assert gemini in dry.result.output and "***" not in dry.result.output
+    real = play(tmp_path, "id: d\nturns: [hi]\n", env=unset, **where)
+    assert real.result.exit_code == 2 and "TEST_API_KEY, which is not set" in real.result.output
+    assert mock_server.requests == []

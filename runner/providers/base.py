@@ -58,25 +58,25 @@ class Request:
     body: bytes
     stream: bool
 
-    def masked(self, key: str | None) -> str:
-        """The request as text for people: credentials replaced by ***."""
-        lines = [f"POST {mask(self.url, key)}"]
+    def masked(self, key: str | None, hidden: str = "***") -> str:
+        """The request as text for people: credentials replaced by `hidden`."""
+        lines = [f"POST {mask(self.url, key, hidden)}"]
         for name, value in self.headers.items():
             secret = name.lower() in SECRET_HEADERS
-            lines.append(f"{name}: {'***' if secret else mask(value, key)}")
+            lines.append(f"{name}: {hidden if secret else mask(value, key, hidden)}")
         body = json.dumps(json.loads(self.body), ensure_ascii=False, indent=2)
-        return "\n".join([*lines, "", mask(body, key)])
+        return "\n".join([*lines, "", mask(body, key, hidden)])
 
 
 SECRET_HEADERS = {"authorization", "x-goog-api-key", "api-key", "x-api-key"}
 KEY_PARAM = re.compile(r"([?&]key=)[^&#\s]+")
 
 
-def mask(text: str, key: str | None) -> str:
+def mask(text: str, key: str | None, hidden: str = "***") -> str:
     """Hide a key wherever it appears, and any ?key= query value."""
     if key:
-        text = text.replace(key, "***")
-    return KEY_PARAM.sub(r"\1***", text)
+        text = text.replace(key, hidden)
+    return KEY_PARAM.sub(lambda m: m.group(1) + hidden, text)
 
 
 class StreamState:
