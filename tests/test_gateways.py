@@ -27,21 +27,36 @@ def test_every_reply_hands_its_connection_back_for_the_next(tmp_path, mock_serve
     assert mock_server.state.connections == 1
 
 
-def held_open_after_done(junk: bytes) -> web.Application:
-    """A chat endpoint that streams a whole reply and [DONE], then `junk`, and never ends."""
+def open_after_done(junk: bytes, hold_s: float | None) -> tuple[web.Application, list[object]]:
+    """A chat endpoint that streams a whole reply and [DONE], then `junk`, and ends the body
+    hold_s later (None: never), as gateways that flush every event do; and the connections
+    it was asked on."""
+    connections: list[object] = []
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if not any(request.transport is c for c in connections):
+            connections.append(request.transport)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         choice = {"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}
         chunk = json.dumps({"id": "c1", "choices": [choice]})
         await resp.write(f"data: {chunk}\n\ndata: [DONE]\n\n".encode() + junk)
-        await asyncio.Event().wait()  # the body stays open until the server is closed
+        if hold_s is None:
+            await asyncio.Event().wait()  # the body stays open until the server is closed
+        await asyncio.sleep(hold_s)
         return resp
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
-    return app
+    return app, connections
+
+
+def test_a_body_ended_a_moment_after_done_still_hands_its_connection_back(tmp_path, serve_app):
+    app, connections = open_after_done(b"", hold_s=0.05)
+    played = play(tmp_path, "id: h\nturns: [hello]\n", "--stream", "-c", "1", "--repeat", "5",
+                  server=serve_app(app))  # fmt: skip
+    assert played.result.exit_code == 0, played.result.output
+    assert len(connections) == 1  # without the drain: one per request
 
 
 @pytest.mark.parametrize(
@@ -53,7 +68,7 @@ def test_draining_a_body_held_open_gives_up_and_keeps_the_reply(
     tmp_path, serve_app, monkeypatch, drain_s, junk
 ):
     monkeypatch.setattr(drain, "DRAIN_S", drain_s)
-    served = serve_app(held_open_after_done(junk))
+    served = serve_app(open_after_done(junk, hold_s=None)[0])
     played = play(tmp_path, "id: h\nturns: [hello]\n", "--stream", server=served)
     assert played.result.exit_code == 0, played.result.output
     assert played.transcripts[0]["turns"][0]["assistant"] == "hi"
