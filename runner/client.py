@@ -66,7 +66,11 @@ class TargetClient:
         def attempt(n: int) -> Any:
             return self._attempt(request, conversation_id, turn, n)
 
-        return await retrying(attempt, self.policy)
+        try:
+            return await retrying(attempt, self.policy)
+        except ApiError as err:
+            self.breaker.gave_up(err)
+            raise
 
     async def _attempt(self, request: Request, cid: str, turn: int, n: int) -> Reply:
         estimate = len(request.body) // 4

@@ -171,15 +171,17 @@ def test_a_gateway_answering_400_to_everything_is_stopped_after_n(tmp_path, serv
         sum(e == {"kind": "http", "message": "No connected db.", "status": 400} for e in errors)
         == 3
     )
-    stopped = "not sent: chat answered its first 3 requests with 400 (No connected db.)"
+    stopped = "not sent: chat failed 3 times in a row from the start with 400 (No connected db.)"
     assert [e["message"] for e in errors[3:]] == [stopped] * 17
 
 
 @pytest.mark.parametrize(
     ("answers", "fail_fast_after"),
     [([NO_DB], 0), ([(200, "fine"), NO_DB], 3), ([NO_DB, (400, "Bad param."), NO_DB], 3),
-     ([NO_DB, (500, "busy"), NO_DB], 3)],
-    ids=["disabled", "one-success-first", "another-message", "a-retryable-between"],
+     ([NO_DB, (500, "busy"), NO_DB], 3), ([(500, "busy"), (200, "fine"), (500, "busy")], 2),
+     ([(429, "slow down"), (429, "slow down")], 2)],
+    ids=["disabled", "one-success-first", "another-message", "a-5xx-between",
+         "a-success-after-a-5xx", "rate-limited"],
 )  # fmt: skip
 def test_identical_failures_stop_a_target_only_from_the_start(
     tmp_path, serve_app, answers, fail_fast_after
@@ -190,6 +192,19 @@ def test_identical_failures_stop_a_target_only_from_the_start(
                   "0", server=serve_app(app), models=models)  # fmt: skip
     assert count[0] == 8  # every conversation was sent
     assert not any("not sent" in (t["error"] or {}).get("message", "") for t in played.transcripts)
+
+
+def test_a_gateway_answering_500_to_everything_is_stopped_after_n_conversations(
+    tmp_path, serve_app
+):
+    app, count = gateway([(500, "invalid token")])
+    played = play(tmp_path, "id: g\nturns: [hi]\n", "--repeat", "6", "-c", "1", "--max-retries",
+                  "1", server=serve_app(app), models={"fail_fast_after": 2})  # fmt: skip
+    assert played.result.exit_code == 3
+    assert count[0] == 4  # two conversations, each tried twice
+    messages = [t["error"]["message"] for t in played.transcripts]
+    stopped = "not sent: chat failed 2 times in a row from the start with 500 (invalid token)"
+    assert messages == ["invalid token"] * 2 + [stopped] * 4
 
 
 def test_fail_fast_after_must_be_a_count(tmp_path, serve_app):
@@ -210,8 +225,8 @@ def test_the_summary_and_the_report_say_why_conversations_failed(tmp_path, serve
         assert "most common failures:" in output
         assert f"chat      3×  http 400: {said}" in output
         assert (
-            f"chat      3×  http: not sent: chat answered its first 3 requests with 400 ({said})"
-            in output
+            f"chat      3×  http: not sent: chat failed 3 times in a row from the start with 400 "
+            f"({said})" in output
         )
     rows = json.loads(played.report("json").output)
     assert rows[0]["failures"][0] == {"count": 3, "kind": "http", "status": 400, "message": said}
