@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +30,7 @@ class Sample:
     rss_mb: float
     server_cpu_s: float
     ok: int = 0
+    connections: int = 0  # TCP connections the mock server accepted during the run
 
 
 class Server(NamedTuple):
@@ -45,20 +47,31 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(cmd: list[str], env: dict[str, str], server_pid: int) -> tuple[Sample, int, str]:
-    """Run a child: wall time, its CPU and peak RSS (wait4), the server's CPU, exit, output."""
+def accepted(server: Server) -> int:
+    """Connections the mock server has accepted so far (its GET /mock/stats), this one too."""
+    url = f"http://127.0.0.1:{server.port}/mock/stats"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return int(json.loads(resp.read())["connections"])
+
+
+def measure(cmd: list[str], env: dict[str, str], server: Server) -> tuple[Sample, int, str]:
+    """Run a child: wall time, its CPU and peak RSS (wait4), the server's CPU and the
+    connections it accepted, exit, output."""
+    connections = accepted(server)
     with tempfile.TemporaryFile() as out:
-        server_before = proc_cpu_s(server_pid)
+        server_before = proc_cpu_s(server.pid)
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
-        server = proc_cpu_s(server_pid) - server_before
+        server_cpu = proc_cpu_s(server.pid) - server_before
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
     cpu = usage.ru_utime + usage.ru_stime
-    return Sample(wall, cpu, usage.ru_maxrss / 1024, server), code, text
+    connections = accepted(server) - connections - 1  # the second look's own connection
+    sample = Sample(wall, cpu, usage.ru_maxrss / 1024, server_cpu, connections=connections)
+    return sample, code, text
 
 
 def fail(what: str, code: int, output: str) -> None:
@@ -68,7 +81,7 @@ def fail(what: str, code: int, output: str) -> None:
 def run_floor(w: Workload, server: Server, env: dict[str, str]) -> Sample:
     cmd = [PY, "-m", "bench", "floor", "--port", str(server.port), "--n", str(w.n)]
     cmd += ["-c", str(w.c), "--turns", str(w.turns)] + (["--stream"] if w.stream else [])
-    sample, code, out = measure(cmd, env, server.pid)
+    sample, code, out = measure(cmd, env, server)
     if code != 0:
         fail(f"floor {w.name}", code, out)
     sample.ok = json.loads(out.strip().splitlines()[-1])["conversations"]
@@ -92,7 +105,7 @@ def run_runner(w: Workload, server: Server, env: dict[str, str], work: Path) -> 
     cmd = [PY, "-m", "runner", "run", str(scenario), "-m", "bench", "--models", str(models),
            "-c", str(w.c), "--repeat", str(w.n), "--no-progress", "-o", str(out),
            "--run-id", run_id] + (["--stream"] if w.stream else [])  # fmt: skip
-    sample, code, text = measure(cmd, env, server.pid)
+    sample, code, text = measure(cmd, env, server)
     run_dir = out / run_id
     lines, sample.ok = count_ok(run_dir / "transcripts.jsonl")
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -32,6 +32,7 @@ def medians(w: Workload, samples: list[Sample]) -> dict[str, float]:
         "rss_mb": max(s.rss_mb for s in samples),
         "ideal_s": w.ideal_s,
         "runs": len(samples),
+        "conn_per_req": statistics.median(s.connections for s in samples) / w.requests,
     }
 
 
@@ -48,8 +49,9 @@ def goals(results: dict[str, dict[str, Any]]) -> list[tuple[str, float, float]]:
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     head = ("workload", "side", "runs", "wall s", "CPU s", "req/s", "CPU µs/req", "RSS MB",
-            "ideal s", "srv CPU", "wall ×", "CPU ×")  # fmt: skip
-    print("{:<9} {:<7} {:>4} {:>7} {:>7} {:>8} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7}".format(*head))
+            "ideal s", "srv CPU", "wall ×", "CPU ×", "conn/req")  # fmt: skip
+    print("{:<9} {:<7} {:>4} {:>7} {:>7} {:>8} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}"
+          .format(*head))  # fmt: skip
     for name in sorted(results, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER)):
         r = results[name]
         for side in SIDES:
@@ -60,7 +62,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
             print(f"{name:<9} {side:<7} {m['runs']:>4} {m['wall_s']:>7.2f} {m['cpu_s']:>7.2f} "
                   f"{m['req_per_s']:>8.0f} {m['cpu_us_per_req']:>10.0f} {m['rss_mb']:>7.1f} "
                   f"{m['ideal_s']:>7.2f} {m['server_cpu_s']:>7.2f} {ratios[0]:>7} "
-                  f"{ratios[1]:>7}")  # fmt: skip
+                  f"{ratios[1]:>7} {m['conn_per_req']:>8.3f}")  # fmt: skip
 
 
 def print_scale(scale: dict[str, dict[str, Any]]) -> None:

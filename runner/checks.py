@@ -45,7 +45,7 @@ def evaluate(
         ok = latency_ms <= expect.max_latency_ms
         add("max_latency_ms", ok, f"{latency_ms:.0f} ms (limit {expect.max_latency_ms:g})")
     if expect.finish_reason is not None:
-        ok = (finish_reason or "").lower() == expect.finish_reason.lower()
+        ok = finish_reason == expect.finish_reason.lower()  # both normalised: runner/finish.py
         add("finish_reason", ok, f"finish reason {finish_reason!r}")
     return results
 

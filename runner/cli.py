@@ -127,7 +127,7 @@ def run(
         max_cost=max_cost,
     )
     if dry_run:
-        for text in runs.dry_run(runs.load(inv)[2], inv.stream):
+        for text in runs.dry_run(runs.load(inv, need_keys=False)[2], inv.stream):
             click.echo(text)
         return
     finished = runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress)
@@ -135,15 +135,16 @@ def run(
 
 
 def _finished(finished: Finished, junit_file: str | None, html_file: str | None) -> NoReturn:
-    """The end-of-run table on stdout, the JUnit file and the compare page when asked for,
-    one line on stderr, and the run's exit code."""
-    from runner.report import render
+    """The end-of-run table and its notes on stdout, the JUnit file and the compare page when
+    asked for, one line on stderr, and the run's exit code."""
+    from runner.report import render, render_notes
 
     if html_file:
         from runner.compare import write_page
 
         click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
     click.echo(render(finished.rows))
+    _echo_notes(render_notes(finished.rows))
     if junit_file:
         from runner.junit import write_junit
 
@@ -157,10 +158,18 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table")
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
-    from runner.report import render
+    from runner.report import render, render_notes
     from runner.stats import report_rows
 
-    click.echo(render(report_rows(Path(run_dir)), fmt))
+    rows = report_rows(Path(run_dir))
+    click.echo(render(rows, fmt))
+    _echo_notes(render_notes(rows, fmt))
+
+
+def _echo_notes(notes: str) -> None:
+    """Failures and warnings under the table, after a blank line (nothing when none)."""
+    if notes:
+        click.echo("\n" + notes)
 
 
 @main.command()

@@ -33,7 +33,7 @@ class TargetClient:
         self.limit = AdaptiveLimit(target.concurrency)
         self.rpm = TokenBucket(target.rpm) if target.rpm else None
         self.tpm = TokenBucket(target.tpm) if target.tpm else None
-        self.breaker = Breaker(target.name)
+        self.breaker = Breaker(target.name, target.fail_fast_after)
         self.retries = 0  # shown by the progress line
         self.provider = provider_for(target)
         self.session: aiohttp.ClientSession  # opened by start()
@@ -71,7 +71,11 @@ class TargetClient:
         def attempt(n: int) -> Any:
             return self._attempt(request, conversation_id, turn, n, judge)
 
-        return await retrying(attempt, self.policy)
+        try:
+            return await retrying(attempt, self.policy)
+        except ApiError as err:
+            self.breaker.gave_up(err)
+            raise
 
     async def _attempt(
         self, request: Request, cid: str, turn: int, n: int, judge: Verdict | None
@@ -98,6 +102,7 @@ class TargetClient:
             self._record(cid, turn, n, err.label, None, start, judge is not None)
             raise
         self.limit.release(generation, ok=True)
+        self.breaker.succeeded()
         if self.tpm:
             self.tpm.adjust(reply.usage["total_tokens"] - estimate)
         self._record(cid, turn, n, 200, reply, start, judge is not None)

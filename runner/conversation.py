@@ -95,13 +95,17 @@ def failed_record(conv: Conversation, kind: Kind, message: str) -> dict[str, Any
 def _check_reply(reply: Reply, scenario: Scenario) -> None:
     """Never record an empty reply as if it were one; server context needs an id to chain."""
     if not reply.text:
-        raise ApiError(
-            Kind.EMPTY, f"the model returned no text (finish reason: {reply.finish_reason})"
-        )
+        raise ApiError(Kind.EMPTY, f"the model returned no text (finish reason: {_finish(reply)})")
     if isinstance(scenario.context, Server) and not reply.response_id:
         raise ApiError(
             Kind.PROTOCOL, "context: server needs a response id to chain; the reply had none"
         )
+
+
+def _finish(reply: Reply) -> str:
+    """The normalised finish reason, with the provider's own value when it differs."""
+    norm, raw = reply.finish_reason, reply.finish_reason_raw
+    return f"{norm} ({raw})" if raw is not None and raw != norm else str(norm)
 
 
 def _messages(system: str | None, history: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -109,6 +113,7 @@ def _messages(system: str | None, history: list[dict[str, str]]) -> list[dict[st
 
 
 MOCK_PLACEHOLDER = "http://127.0.0.1:<mock port>"
+UNSET = "<unset>"  # where a dry run shows a key that is not set
 
 
 def first_request(conv: Conversation, stream: bool) -> str:
@@ -123,7 +128,10 @@ def first_request(conv: Conversation, stream: bool) -> str:
             break
     if target.mock is not None:
         target = replace(target, base_url=mock_base_url(target.provider, MOCK_PLACEHOLDER))
+    hidden = "***"
+    if target.api_key_env and not target.key:  # a dry run does not need the key
+        target, hidden = replace(target, key=UNSET), UNSET
     provider = provider_for(target)
     use_stream = target.stream if target.stream is not None else stream
     request = provider.build(Call(system, sent_messages(scenario, history, 0), params, use_stream))
-    return request.masked(target.key)
+    return request.masked(target.key, hidden)

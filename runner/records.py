@@ -59,7 +59,8 @@ def turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -
         "index": index,
         "user": user,
         "assistant": reply.text,
-        "finish_reason": reply.finish_reason,
+        "finish_reason": reply.finish_reason,  # normalised: runner/finish.py
+        "finish_reason_raw": reply.finish_reason_raw,
         "usage": reply.usage,
         "raw_usage": reply.raw_usage,
         "latency_ms": round(reply.latency_ms, 2),

@@ -67,23 +67,43 @@ def table(rows: list[Row], markdown: bool = False) -> str:
     )
 
 
-def failure_kinds(rows: list[Row]) -> list[str]:
-    """One line per target with failed conversations: how many of each kind."""
-    return [
-        f"{row['target']}: failed "
-        + ", ".join(f"{k} {n}" for k, n in sorted(row["errors"].items()))
-        for row in rows
-        if row["errors"]
-    ]
-
-
 def render(rows: list[Row], fmt: str = "table") -> str:
-    """The rows as an aligned text table, a markdown table, or JSON; under a table, the
-    failed conversations of each target by kind."""
+    """The rows as an aligned text table, a markdown table, or JSON (failures by kind are
+    in each JSON row's `errors`; render_notes shows the most common ones under a table)."""
     if fmt == "json":
         return json.dumps(rows, ensure_ascii=False, indent=2)
-    kinds = failure_kinds(rows)
-    text = table(rows, markdown=fmt == "markdown")
-    if kinds:
-        text += "\n\n" + "\n".join(("- " if fmt == "markdown" else "") + k for k in kinds)
-    return text
+    return table(rows, markdown=fmt == "markdown")
+
+
+def render_notes(rows: list[dict[str, Any]], fmt: str = "table") -> str:
+    """What goes under the table: each target's most common failures and its warnings
+    ("" when there are none; JSON rows carry them as `failures` and `warnings`)."""
+    failures = [(row["target"], f) for row in rows for f in row.get("failures", ())]
+    warnings = [(row["target"], w) for row in rows for w in row.get("warnings", ())]
+    if fmt == "json" or not (failures or warnings):
+        return ""
+    if fmt == "markdown":
+        return _markdown_notes(failures, warnings)
+    width = max(len(target) for target, _ in failures + warnings)
+    lines = ["most common failures:"] if failures else []
+    for target, f in failures:
+        status = f" {f['status']}" if f["status"] is not None else ""
+        lines.append(f"  {target:<{width}}  {f['count']:>5}×  {f['kind']}{status}: {f['message']}")
+    lines += ["warnings:"] if warnings else []
+    lines += [f"  {target:<{width}}  {w}" for target, w in warnings]
+    return "\n".join(lines)
+
+
+def _markdown_notes(failures: list[tuple[str, Any]], warnings: list[tuple[str, str]]) -> str:
+    parts = []
+    if failures:
+        lines = ["**Most common failures**", "", "| target | count | kind | status | message |"]
+        lines.append("|---|---|---|---|---|")
+        for target, f in failures:
+            message = f["message"].replace("|", "\\|")
+            lines.append(f"| {target} | {f['count']} | {f['kind']} | {_cell(f['status'])} | "
+                         f"{message} |")  # fmt: skip
+        parts.append("\n".join(lines))
+    if warnings:
+        parts.append("\n".join(["**Warnings**", "", *(f"- {t}: {w}" for t, w in warnings)]))
+    return "\n\n".join(parts)

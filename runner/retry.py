@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from runner.errors import ApiError, Kind
+from runner.failures import shorten
 from runner.limits import Sleep
 from runner.providers.base import Reply
 
@@ -47,20 +48,60 @@ async def retrying(
 
 
 class Breaker:
-    """Opens when a target refuses the key (401/403): nothing more is sent to it."""
+    """Stops a target, so that nothing more is sent to it: when it refuses the key (401/403),
+    or when its first `same_failures` final failures (an error not retried, or the last of
+    a request's retries) are all alike and nothing has succeeded: gateways that answer a
+    bad key with a 400 or a 500, a base URL that answers 404."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, same_failures: int = 0):
         self.target = target
-        self.error: ApiError | None = None
+        self.error: ApiError | None = None  # set when open: what every later call raises
+        self.same_failures = same_failures
+        self._first: ApiError | None = None  # the first final failure, while all are alike
+        self._alike = 0
+        self._deciding = same_failures > 0  # until a success or an unlike final failure
 
     def check(self) -> None:
         """Raise, without sending, once the breaker is open."""
-        if self.error is not None:
-            raise ApiError(
-                Kind.AUTH, f"not sent: {self.target} refused the key ({self.error.message})"
-            )
+        if self.error is not None:  # a new exception each time: each gets its own traceback
+            raise ApiError(self.error.kind, self.error.message)
 
     def observe(self, err: ApiError) -> None:
-        """Open on an answered auth failure (not on one this breaker raised itself)."""
+        """An attempt's error: open on an answered auth failure (not on one this breaker
+        raised itself); count a final one (not retried)."""
         if err.kind is Kind.AUTH and err.status is not None:
-            self.error = err
+            self.error = ApiError(
+                Kind.AUTH, f"not sent: {self.target} refused the key ({err.message})"
+            )
+        if not err.retryable:
+            self._final(err)
+
+    def gave_up(self, err: ApiError) -> None:
+        """The retry loop's last error: count it when it could have been retried (an error
+        not retried was counted by observe). Rate limits are pacing, not a broken target."""
+        if err.retryable:
+            self._final(err if err.kind is not Kind.RATE_LIMIT else None)
+
+    def succeeded(self) -> None:
+        """A reply came back: the target works, alike failures no longer stop it."""
+        self._deciding = False
+
+    def _final(self, err: ApiError | None) -> None:
+        if not self._deciding:
+            return
+        if err is None or err.status is None or not _alike(self._first or err, err):
+            self._deciding = False
+            return
+        self._first, self._alike = self._first or err, self._alike + 1
+        if self._alike >= self.same_failures and self.error is None:
+            self._deciding = False
+            self.error = ApiError(
+                err.kind,
+                f"not sent: {self.target} failed {self._alike} times in a row from the start "
+                f"with {err.status} ({err.message})",
+            )
+
+
+def _alike(a: ApiError, b: ApiError) -> bool:
+    """The same failure, request ids in the message aside (runner/failures.py)."""
+    return (a.kind, a.status, shorten(a.message)) == (b.kind, b.status, shorten(b.message))

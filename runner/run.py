@@ -48,13 +48,15 @@ class Invocation:
     max_cost: float | None = None  # USD: no conversation starts once the estimate passes it
 
 
-def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
-    """Scenarios, targets (keys from the environment) and plan; InputError on any problem."""
+def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], Plan]:
+    """Scenarios, targets (keys from the environment) and plan; InputError on any problem
+    (an unset key too, when need_keys)."""
     scenarios = select(load_paths(inv.paths), tuple(inv.filters or ()))
     if not scenarios:
         raise InputError(f"no scenario matches the filter {inv.filters}")
     models = load_models(inv.models_file) if inv.models_file else {}
-    targets = [_override(t, inv) for t in resolve(inv.targets, models, inv.base_url)]
+    resolved = resolve(inv.targets, models, inv.base_url, need_keys)
+    targets = [_override(t, inv) for t in resolved]
     if inv.max_cost is not None:
         unpriced = [t.name for t in targets if not t.price]
         if unpriced:
@@ -63,19 +65,25 @@ def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
                 "(give it `price: {input_per_mtok: ..., output_per_mtok: ...}` in the models file)"
             )
     plan = Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
-    plan.judges = (_judges(judge_names(scenarios, inv.judge), targets, models, inv), inv.judge)
+    judges = _judges(judge_names(scenarios, inv.judge), targets, models, inv, need_keys)
+    plan.judges = (judges, inv.judge)
     return scenarios, targets, plan
 
 
 def _judges(
-    wanted: dict[str, str], targets: list[Target], models: dict[str, Target], inv: Invocation
+    wanted: dict[str, str],
+    targets: list[Target],
+    models: dict[str, Target],
+    inv: Invocation,
+    need_keys: bool,
 ) -> list[Target]:
     """The judge targets: a planned target by its name, else resolved like -m (keys too)."""
     named, problems = {t.name: t for t in targets}, []
     for name, where in wanted.items():
         if name not in named:
             try:
-                named[name] = _override(resolve([name], models, inv.base_url)[0], inv)
+                judge = resolve([name], models, inv.base_url, need_keys)[0]
+                named[name] = _override(judge, inv)
             except InputError as exc:
                 problems += [f"{where}: {p}" for p in exc.problems]
     if problems:

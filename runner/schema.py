@@ -10,6 +10,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from runner.finish import FINISH_REASONS, normalise
 from runner.variables import Vars, check_templates, read_vars, stand_in, var_combinations, var_count
 from runner.yamlnodes import (
     NULL_TAG,
@@ -311,6 +312,18 @@ def _string(r: Reader, node: Node, key: str) -> str:
     return _checked(r, node, key, "a string", lambda v: isinstance(v, str))
 
 
+def _finish_reason(r: Reader, node: Node, key: str) -> str:
+    """One of the normalised finish reasons (any case); a provider's own name is refused
+    with the normalised one it stands for."""
+    value = _string(r, node, key)
+    if value.lower() in FINISH_REASONS:
+        return value
+    hint = (
+        f" ('{value}' is recorded as '{normalise(value)}')" if normalise(value) != "other" else ""
+    )
+    raise Bad(node, f"'{key}' must be one of {', '.join(FINISH_REASONS)}{hint}")
+
+
 def _text(r: ScenarioReader, node: Node, key: str) -> str:
     """A string that may hold {{var}} templates."""
     return r.text(node, _string(r, node, key))
@@ -389,7 +402,7 @@ EXPECT_FIELDS: dict[str, Parser] = {
     "equals": _text,
     "json": _bool,
     "max_latency_ms": _positive_number,
-    "finish_reason": _string,
+    "finish_reason": _finish_reason,
     "ignore_case": _bool,
     "judge": _judge,
 }

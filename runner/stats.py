@@ -3,12 +3,14 @@ tokens, requests, retries and cost from the usage records."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.cost import cost
+from runner.failures import FailureKey, failure_key, top_failures, usage_warnings
 from runner.records import TOKEN_KEYS
 from runner.store import USAGE, latest_transcripts, read_jsonl, read_manifest
 
@@ -30,6 +32,9 @@ class TargetStats:
     retries: int = 0  # attempts after the first of a turn
     judge_tokens: int = 0  # tokens the judges of this target's replies spent
     judge_cost: float | None = None  # their cost, each at its judge's price
+    failures: Counter[FailureKey] = field(default_factory=Counter)  # runner/failures.py
+    replies: int = 0
+    replies_with_usage: int = 0
 
 
 class Summary:
@@ -49,8 +54,11 @@ class Summary:
             stats.failed += 1
             kind = (record.get("error") or {}).get("kind", "unknown")
             stats.errors[kind] = stats.errors.get(kind, 0) + 1
+            stats.failures[failure_key(record.get("error"))] += 1
         failing = False
         for turn in record["turns"]:
+            stats.replies += 1
+            stats.replies_with_usage += any(turn["usage"].values())
             stats.latencies.append(turn["latency_ms"])
             if turn["ttft_ms"] is not None:
                 stats.ttfts.append(turn["ttft_ms"])
@@ -140,6 +148,8 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
         "cost_usd": _cost(s, price),
         "judge_tokens": s.judge_tokens,
         "errors": s.errors,
+        "failures": top_failures(s.failures),
+        "warnings": usage_warnings(s.replies, s.replies_with_usage),
     }
 
 

@@ -48,6 +48,7 @@ class Target:
     first_byte_timeout_s: float | None = None
     max_retries: int = 6
     max_wait_s: float = 60.0
+    fail_fast_after: int = 5  # identical final failures from the start that stop it (0: never)
     price: dict[str, float] | None = None
     mock: dict[str, Any] | None = None  # options of an in-process mock server
     key: str | None = field(default=None, repr=False)
@@ -71,8 +72,9 @@ TYPES: dict[str, tuple[type, ...]] = {
     "rpm": (int, float), "tpm": (int, float), "timeout_s": (int, float),
     "connect_timeout_s": (int, float), "first_byte_timeout_s": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
+    "fail_fast_after": (int,),
 }  # fmt: skip
-MINIMUM = {"concurrency": 1, "max_retries": 0}
+MINIMUM = {"concurrency": 1, "max_retries": 0, "fail_fast_after": 0}
 
 
 def mock_base_url(provider: str, server_url: str) -> str:
@@ -175,14 +177,18 @@ def _of_type(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def resolve(
-    names: list[str], models: dict[str, Target], base_url: str | None = None
+    names: list[str],
+    models: dict[str, Target],
+    base_url: str | None = None,
+    need_keys: bool = True,
 ) -> list[Target]:
-    """Targets for the -m names, keys read from the environment; errors exit 2."""
+    """Targets for the -m names, keys read from the environment (an unset one is an error
+    when need_keys, else left None); errors exit 2."""
     targets, problems = [], []
     for name in names:
         try:
             target = _lookup(name, models, base_url)
-            target.key = _read_key(target)
+            target.key = _read_key(target, need_keys)
             targets.append(target)
         except InputError as exc:
             problems.extend(exc.problems)
@@ -209,16 +215,16 @@ def _lookup(name: str, models: dict[str, Target], base_url: str | None) -> Targe
     )
 
 
-def _read_key(target: Target) -> str | None:
+def _read_key(target: Target, required: bool) -> str | None:
     if not target.api_key_env:
         return None
     key = os.environ.get(target.api_key_env)
-    if not key:
+    if not key and required:
         raise InputError(
             f"target '{target.name}' reads its API key from the environment variable "
             f"{target.api_key_env}, which is not set; export it (keys are never read from files)"
         )
-    return key
+    return key or None
 
 
 def provider_for(target: Target) -> Provider:

@@ -27,3 +27,13 @@ def test_floor_plays_every_turn_with_the_growing_history(mock_server, stream):
 def test_ideal_time_is_turns_times_latency_times_waves():
     assert Workload("L", 2000, 200, 50).ideal_s == pytest.approx(1.5)
     assert Workload("Z", 20000, 200, 0).ideal_s == 0
+
+
+def test_the_bench_reads_the_connections_the_mock_accepted(mock_server):
+    import os
+
+    from bench.measure import Server, accepted
+
+    server = Server(mock_server.port, os.getpid())
+    first = accepted(server)
+    assert first >= 1 and accepted(server) == first + 1  # each look opens one connection

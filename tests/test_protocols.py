@@ -172,14 +172,16 @@ def test_blocked_prompt_is_a_failure_not_an_empty_reply(tmp_path, mock_server, t
 
 @pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
 def test_truncated_reply_keeps_its_finish_reason(tmp_path, mock_server, stream):
-    finish = {}
+    finish, raw = {}, {}
     for target, key in (("chat", "max_tokens"), ("responses", "max_output_tokens"),
                         ("gemini", "maxOutputTokens")):  # fmt: skip
         text = f"id: t\nturns: [hello]\nparams: {{{key}: 5}}\n"
         played = play(tmp_path, text, stream, server=mock_server, targets=(target,))
         assert played.result.exit_code == 0, played.result.output
         finish[target] = played.transcripts[0]["turns"][0]["finish_reason"]
-    assert finish == {"chat": "length", "responses": "max_output_tokens", "gemini": "MAX_TOKENS"}
+        raw[target] = played.transcripts[0]["turns"][0]["finish_reason_raw"]
+    assert finish == dict.fromkeys(("chat", "responses", "gemini"), "length")
+    assert raw == {"chat": "length", "responses": "max_output_tokens", "gemini": "MAX_TOKENS"}
 
 
 def test_models_example_loads_and_names_keys_only_by_variable():

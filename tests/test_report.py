@@ -107,7 +107,7 @@ def test_failed_conversations_are_counted_by_kind_under_the_table(tmp_path, mock
     played = play(tmp_path, scenario, server=mock_server, models={"max_retries": 0})
     assert played.result.exit_code == 3
     report = played.report("table")
-    assert "chat: failed http 2" in report.output
+    assert "chat      2×  http 500: The model failed while answering" in report.output
     (row,) = json.loads(played.report("json").output)
     assert row["errors"] == {"http": 2} and row["failed"] == 2 and row["pass_rate"] == 0.0
 

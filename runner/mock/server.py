@@ -38,6 +38,7 @@ async def answer(request: web.Request, proto: Protocol) -> web.StreamResponse:
     """Record, check the key, draw faults, wait, then answer (error, malformed or normal)."""
     state = request.app[STATE_KEY]
     opts = state.options
+    state.answered += 1
     body = await read_json(request)
     if opts.record:
         state.record(request, None if body is INVALID else body)
@@ -76,6 +77,27 @@ def handler(proto: Protocol) -> Callable[[web.Request], Awaitable[web.StreamResp
     return handle
 
 
+async def stats(request: web.Request) -> web.Response:
+    """GET /mock/stats: connections accepted and API requests answered since the start."""
+    state = request.app[STATE_KEY]
+    body = {"connections": state.connections, "requests": state.answered}
+    return web.Response(text=json.dumps(body), content_type="application/json")
+
+
+def count_connections(runner: web.AppRunner, state: MockState) -> None:
+    """Count every connection the server accepts (aiohttp has no hook for it: wrap the
+    low-level server's connection_made, which each new connection's handler calls once)."""
+    server = runner.server
+    assert server is not None  # set up already
+    made = server.connection_made
+
+    def counted(handler: Any, transport: Any) -> None:
+        state.connections += 1
+        made(handler, transport)
+
+    server.connection_made = counted  # type: ignore[method-assign]
+
+
 def make_app(options: MockOptions) -> web.Application:
     """The mock app: OpenAI Chat, OpenAI Responses and Gemini routes over one MockState."""
     app = web.Application(client_max_size=MAX_BODY)
@@ -83,6 +105,7 @@ def make_app(options: MockOptions) -> web.Application:
     app.router.add_post("/v1/chat/completions", handler(chat.PROTOCOL))
     app.router.add_post("/v1/responses", handler(responses.PROTOCOL))
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
+    app.router.add_get("/mock/stats", stats)
     for version in ("v1beta", "v1"):
         app.router.add_post(f"/{version}/models/{{target}}", handler(gemini.PROTOCOL))
     return app
@@ -117,6 +140,7 @@ async def start_mock(
     app = make_app(options or MockOptions())
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
+    count_connections(runner, app[STATE_KEY])
     site = web.TCPSite(runner, host, port, backlog=BACKLOG)
     await site.start()
     return MockServer(runner, host, runner.addresses[0][1])

@@ -83,6 +83,8 @@ class MockState:
         self.options = options
         self.rng = random.Random(options.seed)
         self.requests: list[dict[str, Any]] = []
+        self.connections = 0  # accepted since start (keep-alive reuse keeps this low)
+        self.answered = 0  # requests to the API routes, recorded or not
         self.store = ResponseStore(options.max_stored_responses)
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)

@@ -13,6 +13,8 @@ import aiohttp
 
 from runner.encoding import from_json
 from runner.errors import ApiError, Kind
+from runner.finish import normalise
+from runner.providers.drain import drain
 from runner.providers.sse import iter_sse
 from runner.records import Usage, no_usage
 
@@ -22,12 +24,17 @@ class Reply:
     """One generated reply, as the conversation and the records need it."""
 
     text: str
-    finish_reason: str | None
+    finish_reason_raw: str | None  # the provider's own value
     usage: Usage = field(default_factory=no_usage)
     raw_usage: dict[str, Any] | None = None
     response_id: str | None = None
     latency_ms: float = 0.0
     ttft_ms: float | None = None
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The finish reason in the one vocabulary of runner/finish.py."""
+        return normalise(self.finish_reason_raw)
 
 
 @dataclass(slots=True)
@@ -51,25 +58,25 @@ class Request:
     body: bytes
     stream: bool
 
-    def masked(self, key: str | None) -> str:
-        """The request as text for people: credentials replaced by ***."""
-        lines = [f"POST {mask(self.url, key)}"]
+    def masked(self, key: str | None, hidden: str = "***") -> str:
+        """The request as text for people: credentials replaced by `hidden`."""
+        lines = [f"POST {mask(self.url, key, hidden)}"]
         for name, value in self.headers.items():
             secret = name.lower() in SECRET_HEADERS
-            lines.append(f"{name}: {'***' if secret else mask(value, key)}")
+            lines.append(f"{name}: {hidden if secret else mask(value, key, hidden)}")
         body = json.dumps(json.loads(self.body), ensure_ascii=False, indent=2)
-        return "\n".join([*lines, "", mask(body, key)])
+        return "\n".join([*lines, "", mask(body, key, hidden)])
 
 
 SECRET_HEADERS = {"authorization", "x-goog-api-key", "api-key", "x-api-key"}
 KEY_PARAM = re.compile(r"([?&]key=)[^&#\s]+")
 
 
-def mask(text: str, key: str | None) -> str:
+def mask(text: str, key: str | None, hidden: str = "***") -> str:
     """Hide a key wherever it appears, and any ?key= query value."""
     if key:
-        text = text.replace(key, "***")
-    return KEY_PARAM.sub(r"\1***", text)
+        text = text.replace(key, hidden)
+    return KEY_PARAM.sub(lambda m: m.group(1) + hidden, text)
 
 
 class StreamState:
@@ -218,4 +225,5 @@ async def _send(session: aiohttp.ClientSession, provider: Provider, req: Request
         reply = state.reply()
         reply.latency_ms = (time.perf_counter() - start) * 1000
         reply.ttft_ms = ttft
+        await drain(resp.content)
         return reply

@@ -26,7 +26,7 @@ def response_reply(response: dict[str, Any]) -> Reply:
             Kind.HTTP, f"response failed ({code}): {err.get('message', '')}", retryable=retryable
         )
     text = output_text(response.get("output") or [])
-    finish = "stop" if status in ("completed", None) else status
+    finish = status or "completed"  # a Response without a status is taken as complete
     if status == "incomplete":
         reason = (response.get("incomplete_details") or {}).get("reason")
         finish = reason or "incomplete"
