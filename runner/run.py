@@ -70,8 +70,15 @@ def dry_run(plan: Plan, stream: bool) -> Iterator[str]:
 
 
 def file_hashes(scenarios: list[Scenario], models_file: str | None) -> dict[str, str]:
-    files = sorted({s.file for s in scenarios} | ({models_file} if models_file else set()))
-    return {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
+    """sha256 of every input file: scenarios, their vars files, the models file."""
+    files = {s.file for s in scenarios} | ({models_file} if models_file else set())
+    files |= {s.vars_file.path for s in scenarios if s.vars_file is not None}
+    return {f: _sha256(f) for f in sorted(files)}
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as fh:  # streamed: a vars file may be large
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def new_run_dir(output_dir: str, run_id: str | None) -> Path:
