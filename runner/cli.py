@@ -162,3 +162,23 @@ def mock_server(host: str, port: int, **opts: Any) -> None:
     from runner.mock import MockOptions, serve
 
     serve(MockOptions(**opts), host, port)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["openai", "sharegpt", "mtbench", "jsonl"]))  # fmt: skip
+@click.option("-o", "--output", "out", required=True, help="File to write (mtbench: a folder).")
+@click.option("--only-ok", is_flag=True, help="Leave out failed conversations.")
+@click.option("--only-passed", is_flag=True, help="Only conversations whose checks all passed.")
+@click.option("--target", "targets", multiple=True, help="Only this target's (repeatable).")
+def export(
+    run_dir: str, fmt: str, out: str, only_ok: bool, only_passed: bool, targets: tuple[str, ...]
+) -> None:
+    """Export the newest record of each conversation of RUN_DIR as a dataset: openai
+    (chat fine-tuning), sharegpt, mtbench (FastChat answer files) or jsonl (the records)."""
+    from runner.export import Filters
+    from runner.export import export as write
+
+    done = write(Path(run_dir), fmt, Path(out), Filters(only_ok, only_passed, targets))
+    click.echo(done.line(), err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.records import TOKEN_KEYS
-from runner.store import latest_transcripts, read_manifest
+from runner.store import newest_transcripts, read_manifest
 
 
 @dataclass
@@ -106,6 +106,6 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
 def summarize_run(run_dir: Path) -> tuple[Summary, dict[str, Any]]:
     """The summary of a finished run folder (newest record per conversation) and its manifest."""
     summary = Summary()
-    for record in latest_transcripts(run_dir).values():
+    for _, record in newest_transcripts(run_dir):  # streamed: memory flat in the run's size
         summary.add(record)
     return summary, read_manifest(run_dir)
