@@ -182,3 +182,20 @@ def export(
 
     done = write(Path(run_dir), fmt, Path(out), Filters(only_ok, only_passed, targets))
     click.echo(done.line(), err=True)
+
+
+@main.group("import")
+def import_() -> None:
+    """Turn other tools' question sets into scenario files."""
+
+
+@import_.command("mtbench")
+@click.argument("questions", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, help="Scenario file (YAML) to write.")
+def import_mtbench(questions: str, out: str) -> None:
+    """FastChat's MT-Bench QUESTIONS.jsonl to scenarios: one per question, its category
+    a tag and its temperature, reference answers kept as metadata."""
+    from runner.mtbench import import_mtbench as convert
+
+    count = convert(Path(questions), Path(out))
+    click.echo(f"{count} scenarios -> {out}", err=True)
