@@ -28,8 +28,11 @@ def test_the_real_question_file_imports_runs_and_exports_back(tmp_path: Path, mo
     assert race.params == {"temperature": 0.0}
     assert race.metadata["reference"] == ["You are in second place.", "Uncertain."]
     temperatures = {s.tags[1]: s.params["temperature"] for s in scenarios.values()}
-    assert temperatures == {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0,
-                            "coding": 0.0, "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}  # fmt: skip
+    assert temperatures == {
+        **dict.fromkeys(("writing", "roleplay"), 0.7),
+        **dict.fromkeys(("extraction", "math", "coding", "reasoning"), 0.0),
+        **dict.fromkeys(("stem", "humanities"), 0.1),
+    }
     assert [t.content for t in scenarios["mt-bench-95"].turns] == questions[14]["turns"]
 
     played = play(tmp_path, out, server=mock_server)
