@@ -199,3 +199,20 @@ def import_mtbench(questions: str, out: str) -> None:
 
     count = convert(Path(questions), Path(out))
     click.echo(f"{count} scenarios -> {out}", err=True)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False))  # fmt: skip
+@click.option("-o", "--output", "out", required=True, help="The merged run folder (new).")
+def merge(run_dirs: tuple[str, ...], out: str) -> None:
+    """Join shard runs (or any runs) into one run folder: the newest record of each
+    conversation, every usage record, one manifest."""
+    from runner.merge import merge as join
+
+    counts = join([Path(d) for d in run_dirs], Path(out))["counts"]
+    click.echo(
+        f"{counts['ok'] + counts['failed']} conversations ({counts['ok']} ok, "
+        f"{counts['failed']} failed) from {len(run_dirs)} runs -> {out}",
+        err=True,
+    )

@@ -132,6 +132,8 @@ def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> Fi
     Paths in the manifest are relative to the folder the run started in (its `cwd`)."""
     run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
+    if not manifest.get("invocation"):
+        raise InputError(f"{run_dir}: merged from runs started differently; it cannot be resumed")
     inv = Invocation(**manifest["invocation"])
     base = _Rebase(manifest.get("cwd"))
     inv.paths = [base(p) for p in inv.paths]
