@@ -27,3 +27,14 @@ def test_floor_plays_every_turn_with_the_growing_history(mock_server, stream):
 def test_ideal_time_is_turns_times_latency_times_waves():
     assert Workload("L", 2000, 200, 50).ideal_s == pytest.approx(1.5)
     assert Workload("Z", 20000, 200, 0).ideal_s == 0
+
+
+def test_a_table_workload_is_one_conversation_per_row_of_a_vars_file(tmp_path):
+    from bench.workloads import write_inputs
+    from runner.scenarios import load_file
+
+    scenario, _ = write_inputs(tmp_path, 1234, 1, rows=5)
+    [loaded] = load_file(str(scenario))
+    assert loaded.var_count() == 5
+    first = next(loaded.var_combinations())
+    assert first == {"name": "person 0", "city": "City 0, Country"}
