@@ -21,7 +21,7 @@ from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary
-from runner.store import MANIFEST, latest_transcripts, read_manifest, write_manifest
+from runner.store import MANIFEST, newest_transcripts, read_manifest, write_manifest
 from runner.targets import Target, load_models, resolve
 
 
@@ -149,9 +149,9 @@ def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> Fi
             "resuming would mix two versions (use --force to resume anyway)"
         )
     skip, summary = set(), Summary()
-    for cid, record in latest_transcripts(run_dir).items():
+    for _, record in newest_transcripts(run_dir):  # streamed: only the ids are kept
         if record["status"] == "ok" or not retry_failed:
-            skip.add(cid)
+            skip.add(record["conversation_id"])
             summary.add(record)
     manifest["files"] = hashes
     manifest["resumed"] = manifest.get("resumed", 0) + 1
