@@ -76,14 +76,19 @@ def export(run_dir: Path, fmt: str, out: Path, filters: Filters) -> Exported:
             f"--target {', '.join(unknown)}: not a target of {run_dir} "
             f"(its targets: {', '.join(known) or 'none'})"
         )
+    if fmt != "mtbench" and out.is_dir():
+        raise InputError(f"-o {out} is a folder; --format {fmt} writes one file")
     done = Exported()
     kept = _kept(run_dir, filters, done)
-    if fmt == "mtbench":
-        _mtbench(run_dir, kept, out, done)
-        return done
-    convert = {"openai": _openai, "sharegpt": _sharegpt, "jsonl": lambda r: r}[fmt]
-    _ready(out.parent)
-    done.written = write_jsonl(out, _converted(kept, convert, done))
+    try:
+        if fmt == "mtbench":
+            _mtbench(run_dir, kept, out, done)
+            return done
+        convert = {"openai": _openai, "sharegpt": _sharegpt, "jsonl": lambda r: r}[fmt]
+        _ready(out.parent)
+        done.written = write_jsonl(out, _converted(kept, convert, done))
+    except OSError as exc:  # the export's own file: a full disk, a folder without rights
+        raise InputError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     done.files.append(out)
     return done
 

@@ -2,8 +2,8 @@
 
 At load time the file is read once, row by row, to count its rows and check each of them
 (every column a template uses is there, duplicates, a line that is not JSON); nothing but
-one 64-bit hash per row is kept, to find duplicates. Planning reads the rows again, one
-at a time, as conversations are made.
+one 64-bit hash per row is kept, in a flat table (HashSet), to find duplicates. Planning
+reads the rows again, one at a time, as conversations are made.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import difflib
 import json
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ class RowsFile:
 
 def _rows(path: str) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(line, row number, row) for each row; BadRow for a row or file that cannot be read."""
-    reader = _csv_rows if path.lower().endswith(".csv") else _jsonl_rows
+    reader = _csv_rows if is_csv(path) else _jsonl_rows
     number = 0
     try:
         for line, row in reader(path):
@@ -116,22 +117,20 @@ def scan(
     needed: var name -> the scenario line of a template that uses it, found in no `vars`;
     every row must have it, as a string, number or boolean."""
     problems = _Capped(path, report)
-    seen: set[int] = set()  # one hash per row: equal rows would plan the same conversation
+    seen = HashSet()  # one hash per row: equal rows would plan the same conversation
     number = 0
     where = named_at.rsplit(":", 1)[0]
     used = {name: f"{where}:{line}" for name, line in needed.items()}
     try:
         for line, number, row in _rows(path):
-            if number == 1 and path.lower().endswith(".csv"):
+            if number == 1 and is_csv(path):
                 used = _header_problems(row, used, var_names, problems)
             for message in _row_problems(row, used, var_names):
                 problems.add(line, f"row {number}: {message}")
-            key = _row_hash(row)
-            if key in seen and problems.count < MAX_PROBLEMS:
-                problems.add(line, f"row {number} repeats {_first(path, key)}")
-            elif key in seen:
-                problems.add(line, "")
-            seen.add(key)
+            key = _row_hash(row, is_csv(path))
+            if seen.add(key):
+                repeats = _first(path, key) if problems.count < MAX_PROBLEMS else ""
+                problems.add(line, f"row {number} repeats {repeats}")
     except BadRow as e:
         where = f" (vars_file of {named_at})" if e.line is None else ""
         problems.add(
@@ -169,19 +168,56 @@ def _row_problems(row: dict[str, Any], needed: dict[str, str], var_names: set[st
     return out
 
 
-def _row_hash(row: dict[str, Any]) -> int:
+def is_csv(path: str) -> bool:
+    """A .csv file is CSV; anything else is read as JSONL."""
+    return path.lower().endswith(".csv")
+
+
+def _row_hash(row: dict[str, Any], csv_row: bool) -> int:
+    """64 bits, never 0 (an empty slot of HashSet). A CSV row's keys are always the
+    header, in its order; a JSONL row's may come in any order."""
     try:
-        return hash(tuple(sorted(row.items())))
+        value = hash(tuple(row.values()) if csv_row else tuple(sorted(row.items())))
     except TypeError:  # a list or object in a column no template uses
-        return hash(json.dumps(row, sort_keys=True))
+        value = hash(json.dumps(row, sort_keys=True))
+    return (value & 0xFFFF_FFFF_FFFF_FFFF) or 1
 
 
 def _first(path: str, key: int) -> str:
     """Where the first row with this hash is (read again: only on the error path)."""
     for line, number, row in _rows(path):
-        if _row_hash(row) == key:
+        if _row_hash(row, is_csv(path)) == key:
             return f"row {number} (line {line})"
     return "an earlier row"  # unreachable while the file is unchanged
+
+
+class HashSet:
+    """A set of non-zero 64-bit hashes in one flat table (open addressing, at most half
+    full): 16 to 32 bytes a row, where a set of Python ints takes about 70."""
+
+    def __init__(self, size: int = 1 << 12):
+        self.table = array("Q", bytes(8 * size))
+        self.count = 0
+
+    def add(self, key: int) -> bool:
+        """Add KEY; True when it was there already."""
+        table, mask = self.table, len(self.table) - 1
+        i = key & mask
+        while table[i]:
+            if table[i] == key:
+                return True
+            i = (i + 1) & mask
+        table[i] = key
+        self.count += 1
+        if self.count * 2 > len(table):
+            self._grow()
+        return False
+
+    def _grow(self) -> None:
+        old, self.table, self.count = self.table, array("Q", bytes(16 * len(self.table))), 0
+        for key in old:
+            if key:
+                self.add(key)
 
 
 class _Capped:

@@ -223,6 +223,9 @@ def _rows_file(
     """Check the rows of a vars_file once (streamed): every template var not in `vars`
     must be a column of every row."""
     path = resolve(r.path, given)
+    if not path.lower().endswith((".csv", ".jsonl")):
+        r.report(line, f"'vars_file' must name a .csv or .jsonl file, got {show(given)}")
+        return RowsFile(path, 0)
     names = var_names(values.get("vars", {}))
     return scan(path, f"{r.path}:{line}", left, names, r.problems.report)
 

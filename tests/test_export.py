@@ -92,6 +92,8 @@ def test_filters_only_ok_only_passed_and_target(run: Played) -> None:
     result = cli("export", run.run_dir, "--format", "openai", "-o", "x", "--target", "nope")
     assert result.exit_code == 2
     assert "not a target" in result.output and "chat, gemini" in result.output
+    result = cli("export", run.run_dir, "--format", "openai", "-o", run.run_dir)
+    assert result.exit_code == 2 and "is a folder" in result.output
 
 
 def test_jsonl_export_holds_the_newest_record_of_each_conversation(run: Played) -> None:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 from conftest import play
+from hypothesis import given
+from hypothesis import strategies as st
 
+from runner.errors import InputError
 from runner.plan import Plan
-from runner.rows import RowsFile
+from runner.rows import HashSet, RowsFile
 from runner.scenarios import load_file
 from runner.targets import resolve
 
@@ -124,13 +127,23 @@ def test_an_unreadable_table_names_the_scenario_line(tmp_path: Path, mock_server
     assert mock_server.requests == []
 
 
+def test_a_table_of_another_kind_is_refused_at_the_scenario_line(tmp_path: Path) -> None:
+    write(tmp_path / "data/people.tsv", "name\tcity\n")
+    scenario = write(tmp_path / "s.yaml", SCENARIO.replace("EXT", "tsv"))
+    with pytest.raises(InputError) as info:
+        load_file(str(scenario))
+    assert info.value.problems == [
+        f"{scenario}:5: 'vars_file' must name a .csv or .jsonl file, got 'data/people.tsv'"
+    ]
+
+
 def test_a_systematic_problem_is_shown_ten_times_then_counted(tmp_path: Path) -> None:
     rows = "".join(json.dumps({"name": f"p{i}"}) + "\n" for i in range(25))
     write(tmp_path / "data/people.jsonl", rows)
     scenario = write(tmp_path / "s.yaml", SCENARIO.replace("EXT", "jsonl"))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(InputError) as info:
         load_file(str(scenario))
-    problems = info.value.problems  # type: ignore[attr-defined]
+    problems = info.value.problems
     assert len(problems) == 11
     assert problems[-1].endswith("... and 15 more problems in this file")
 
@@ -184,3 +197,13 @@ def test_a_given_seed_is_the_first_samples_and_one_sample_sends_none(
     play(tmp_path, "id: t\nturns: [hi]\n", server=mock_server)
     sent = [r["json"] for r in mock_server.requests]
     assert sorted(b.get("seed", -1) for b in sent) == [-1, 40, 41]
+
+
+@given(st.lists(st.integers(1, 2**64 - 1), max_size=3000))
+def test_the_row_hash_table_behaves_as_a_set(keys: list[int]) -> None:
+    table, seen = HashSet(size=4), set()
+    for key in keys:
+        assert table.add(key) == (key in seen)
+        seen.add(key)
+    assert table.count == len(seen)
+    assert len(table.table) >= 2 * len(seen)
