@@ -19,6 +19,7 @@ from typing import Any
 
 from runner.encoding import from_json
 from runner.variables import VAR_TYPES
+from runner.yamlnodes import Reader, show
 
 MAX_PROBLEMS = 10  # per file: a systematic problem is shown ten times, then counted
 Report = Callable[[str, int | None, str], None]  # (file, line, message)
@@ -239,7 +240,15 @@ class _Capped:
             self.report(self.path, self.last_line, f"... and {more} more problems in this file")
 
 
-def resolve(scenario_file: str, given: str) -> str:
-    """A vars_file path is relative to the scenario file that names it."""
+def open_table(
+    r: Reader, line: int, given: str, needed: dict[str, int], var_names: set[str]
+) -> RowsFile:
+    """The vars_file named at LINE of the scenario file R reads, checked (scan): its path
+    is relative to that file."""
     path = Path(given).expanduser()
-    return str(path if path.is_absolute() else Path(scenario_file).parent / path)
+    if not path.is_absolute():
+        path = Path(r.path).parent / path
+    if not str(path).lower().endswith((".csv", ".jsonl")):
+        r.report(line, f"'vars_file' must name a .csv or .jsonl file, got {show(given)}")
+        return RowsFile(str(path), 0)
+    return scan(str(path), f"{r.path}:{line}", needed, var_names, r.problems.report)

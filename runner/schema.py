@@ -10,7 +10,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from runner.rows import RowsFile, resolve, scan
+from runner.rows import RowsFile, open_table
 from runner.variables import (
     Vars,
     check_templates,
@@ -211,23 +211,11 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
         left = check_templates(r, r.templated, values.get("vars", {}), "vars_file" in merged)
         if "vars_file" in values:
             line = node_line(merged["vars_file"][0])
-            values["vars_file"] = _rows_file(r, line, values["vars_file"], left, values)
+            names = var_names(values.get("vars", {}))
+            values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
     if r.count() > start:
         return None
     return Scenario(**values, file=r.path, line=node_line(node))
-
-
-def _rows_file(
-    r: ScenarioReader, line: int, given: str, left: dict[str, int], values: dict[str, Any]
-) -> RowsFile:
-    """Check the rows of a vars_file once (streamed): every template var not in `vars`
-    must be a column of every row."""
-    path = resolve(r.path, given)
-    if not path.lower().endswith((".csv", ".jsonl")):
-        r.report(line, f"'vars_file' must name a .csv or .jsonl file, got {show(given)}")
-        return RowsFile(path, 0)
-    names = var_names(values.get("vars", {}))
-    return scan(path, f"{r.path}:{line}", left, names, r.problems.report)
 
 
 def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
