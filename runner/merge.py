@@ -74,7 +74,8 @@ def _chosen(
 ) -> Iterator[dict[str, Any]]:
     for index, run_dir in enumerate(run_dirs):
         for offset, record in scan_jsonl(run_dir / TRANSCRIPTS):
-            if newest[record["conversation_id"]][1:] == (index, offset):
+            place = newest.get(record["conversation_id"])  # None: appended since the first pass
+            if place is not None and place[1:] == (index, offset):
                 summary.add(record)
                 yield record
 

@@ -124,11 +124,12 @@ def newest_offsets(path: Path) -> dict[str, int]:
 def newest_transcripts(run_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(offset, record) of the newest record per conversation, in file order, streamed.
 
-    Two passes over the file; all that is held is each id's offset (not its record)."""
+    Two passes over the file; all that is held is each id's offset (not its record).
+    Records appended between the passes (a run still going) are left for the next read."""
     path = run_dir / TRANSCRIPTS
     newest = newest_offsets(path)
     for offset, record in scan_jsonl(path):
-        if newest[record["conversation_id"]] == offset:
+        if newest.get(record["conversation_id"]) == offset:
             yield offset, record
 
 
