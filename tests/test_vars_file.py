@@ -207,3 +207,21 @@ def test_the_row_hash_table_behaves_as_a_set(keys: list[int]) -> None:
         seen.add(key)
     assert table.count == len(seen)
     assert len(table.table) >= 2 * len(seen)
+
+
+def test_a_vars_file_in_defaults_is_relative_to_the_file_and_shared(tmp_path: Path) -> None:
+    write(tmp_path / "sets/data/people.csv", PEOPLE_CSV)
+    text = """\
+defaults:
+  vars_file: data/people.csv
+scenarios:
+  - {id: a, turns: ["{{name}}"]}
+  - {id: b, turns: ["{{city}}"], vars: {n: [1, 2, 3]}}
+"""
+    scenario = write(tmp_path / "sets/s.yaml", text)
+    a, b = load_file(str(scenario))
+    assert (a.var_count(), b.var_count()) == (2, 6)
+    assert list(b.var_combinations())[:2] == [
+        {"name": "Smith, Ann", "city": "Paris, France", "n": 1},
+        {"name": "Smith, Ann", "city": "Paris, France", "n": 2},
+    ]
