@@ -99,18 +99,38 @@ def count_ok(transcripts: Path) -> tuple[int, int]:
     return lines, ok
 
 
-def run_runner(w: Workload, server: Server, env: dict[str, str], work: Path) -> Sample:
-    scenario, models = write_inputs(work, server.port, w.turns)
+def run_runner(
+    w: Workload,
+    server: Server,
+    env: dict[str, str],
+    work: Path,
+    exports: list[Sample] | None = None,
+) -> Sample:
+    """One run of the workload; with EXPORTS, the run is then exported and measured too."""
+    scenario, models = write_inputs(work, server.port, w.turns, w.n if w.table else 0)
     out, run_id = work / "out", f"{w.name}-{time.monotonic_ns()}"
     cmd = [PY, "-m", "runner", "run", str(scenario), "-m", "bench", "--models", str(models),
-           "-c", str(w.c), "--repeat", str(w.n), "--no-progress", "-o", str(out),
-           "--run-id", run_id] + (["--stream"] if w.stream else [])  # fmt: skip
+           "-c", str(w.c), "--repeat", str(1 if w.table else w.n), "--no-progress",
+           "-o", str(out), "--run-id", run_id] + (["--stream"] if w.stream else [])  # fmt: skip
     sample, code, text = measure(cmd, env, server)
     run_dir = out / run_id
     lines, sample.ok = count_ok(run_dir / "transcripts.jsonl")
+    if code == 0 and exports is not None:
+        exports.append(run_export(w, run_dir, env, server))
     shutil.rmtree(run_dir, ignore_errors=True)
     if code != 0 or lines != w.n or sample.ok != w.n:
         fail(f"runner {w.name} ({sample.ok}/{lines} ok of {w.n})", code, text)
+    return sample
+
+
+def run_export(w: Workload, run_dir: Path, env: dict[str, str], server: Server) -> Sample:
+    """`export --format openai` of a finished run, measured like a run (every line written)."""
+    dataset = run_dir / "dataset.jsonl"
+    cmd = [PY, "-m", "runner", "export", str(run_dir), "--format", "openai", "-o", str(dataset)]
+    sample, code, text = measure(cmd, env, server.pid)
+    sample.ok = count_ok(dataset)[0]
+    if code != 0 or sample.ok != w.n:
+        fail(f"export {w.name} ({sample.ok} of {w.n} lines)", code, text)
     return sample
 
 

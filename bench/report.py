@@ -70,9 +70,16 @@ def print_scale(scale: dict[str, dict[str, Any]]) -> None:
         w, s = r["workload"], r["sample"]
         verdict = "" if r["rss_ok"] is None else " (under" if r["rss_ok"] else " (OVER"
         verdict += f" {RSS_LIMIT_MB:g} MB)" if verdict else ""
-        print(f"{name}: {s['ok']}/{w['n']} ok, {w['n']:,} × {w['turns']} turn, -c {w['c']}, "
-              f"{w['latency_ms']:g} ms: wall {s['wall_s']:.2f} s (ideal {r['ideal_s']:.2f}), "
-              f"CPU {s['cpu_s']:.2f} s, peak RSS {s['rss_mb']:.1f} MB{verdict}")  # fmt: skip
+        source = "vars_file rows" if w.get("table") else "samples"
+        print(f"{name}: {s['ok']}/{w['n']} ok, {w['n']:,} × {w['turns']} turn ({source}), "
+              f"-c {w['c']}, {w['latency_ms']:g} ms: wall {s['wall_s']:.2f} s (ideal "
+              f"{r['ideal_s']:.2f}), CPU {s['cpu_s']:.2f} s, peak RSS {s['rss_mb']:.1f} MB"
+              f"{verdict}")  # fmt: skip
+        if "export" in r:
+            e = r["export"]["sample"]
+            verdict = f" ({'under' if r['export']['rss_ok'] else 'OVER'} {RSS_LIMIT_MB:g} MB)"
+            print(f"{name} export --format openai: {e['ok']:,} lines, wall {e['wall_s']:.2f} s, "
+                  f"CPU {e['cpu_s']:.2f} s, peak RSS {e['rss_mb']:.1f} MB{verdict}")  # fmt: skip
 
 
 def report(

@@ -27,6 +27,7 @@ class Workload:
     stream: bool = False
     runs: int = 3
     min_runs: int = 3  # runs beyond this one only while the time budget allows
+    table: bool = False  # n rows of a vars_file (then the run is exported too), not --repeat n
 
     @property
     def requests(self) -> int:
@@ -55,14 +56,25 @@ def scale_checks(quick: bool) -> list[Workload]:
     return [
         Workload("inflight-10k", 2000 if quick else 10000, 2000 if quick else 10000, 200,
                  turns=1, runs=1),
-        Workload("memory-100k", 10000 if quick else 100000, 200, 0, turns=1, runs=1),
+        Workload("memory-100k", 10000 if quick else 100000, 200, 0, turns=1, runs=1, table=True),
     ]  # fmt: skip
 
 
-def write_inputs(work: Path, port: int, turns: int) -> tuple[Path, Path]:
-    """The scenario (turns user turns) and a models file pointing at the mock on `port`."""
-    scenario = work / f"bench-{turns}.yaml"
-    scenario.write_text(json.dumps({"id": "bench", "turns": list(TURNS[:turns])}))
+def write_inputs(work: Path, port: int, turns: int, rows: int = 0) -> tuple[Path, Path]:
+    """The scenario (turns user turns) and a models file pointing at the mock on `port`.
+
+    With ROWS, the scenario's first turn names a person from a vars_file of that many rows:
+    a dataset of one conversation per row."""
+    scenario = work / f"bench-{turns}-{rows}.yaml"
+    spec: dict[str, object] = {"id": "bench", "turns": list(TURNS[:turns])}
+    if rows:
+        table = work / f"people-{rows}.csv"
+        with open(table, "w", encoding="utf-8") as fh:
+            fh.write("name,city\n")
+            fh.writelines(f'person {i},"City {i % 1000}, Country"\n' for i in range(rows))
+        spec["turns"] = ["Hello! I am {{name}} from {{city}}.", *TURNS[1:turns]]
+        spec["vars_file"] = table.name
+    scenario.write_text(json.dumps(spec))
     models = work / f"models-{port}.yaml"
     target = {"provider": "openai-chat", "base_url": f"http://127.0.0.1:{port}/v1",
               "model": "bench", "api_key_env": KEY_ENV, "concurrency": 100000}  # fmt: skip

@@ -243,3 +243,57 @@ def diff(base_run: str, new_run: str, fmt: str, show_text: bool) -> None:
     result = diff_runs(Path(base_run), Path(new_run), show_text)
     click.echo(render_diff(result, fmt))
     sys.exit(Exit.CHECKS if result.regressions else Exit.OK)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["openai", "sharegpt", "mtbench", "jsonl"]))  # fmt: skip
+@click.option("-o", "--output", "out", required=True, help="File to write (mtbench: a folder).")
+@click.option("--only-ok", is_flag=True, help="Leave out failed conversations.")
+@click.option("--only-passed", is_flag=True, help="Only conversations whose checks all passed.")
+@click.option("--target", "targets", multiple=True, help="Only this target's (repeatable).")
+def export(
+    run_dir: str, fmt: str, out: str, only_ok: bool, only_passed: bool, targets: tuple[str, ...]
+) -> None:
+    """Export the newest record of each conversation of RUN_DIR as a dataset: openai
+    (chat fine-tuning), sharegpt, mtbench (FastChat answer files) or jsonl (the records)."""
+    from runner.export import Filters
+    from runner.export import export as write
+
+    done = write(Path(run_dir), fmt, Path(out), Filters(only_ok, only_passed, targets))
+    click.echo(done.line(), err=True)
+
+
+@main.group("import")
+def import_() -> None:
+    """Turn other tools' question sets into scenario files."""
+
+
+@import_.command("mtbench")
+@click.argument("questions", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, help="Scenario file (YAML) to write.")
+def import_mtbench(questions: str, out: str) -> None:
+    """FastChat's MT-Bench QUESTIONS.jsonl to scenarios: one per question, its category
+    a tag and its temperature, reference answers kept as metadata."""
+    from runner.mtbench import import_mtbench as convert
+
+    count = convert(Path(questions), Path(out))
+    click.echo(f"{count} scenarios -> {out}", err=True)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False))  # fmt: skip
+@click.option("-o", "--output", "out", required=True, help="The merged run folder (new).")
+def merge(run_dirs: tuple[str, ...], out: str) -> None:
+    """Join shard runs (or any runs) into one run folder: the newest record of each
+    conversation, every usage record, one manifest."""
+    from runner.merge import merge as join
+
+    counts = join([Path(d) for d in run_dirs], Path(out))["counts"]
+    click.echo(
+        f"{counts['ok'] + counts['failed']} conversations ({counts['ok']} ok, "
+        f"{counts['failed']} failed) from {len(run_dirs)} runs -> {out}",
+        err=True,
+    )

@@ -82,6 +82,8 @@ def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
     scenario = conv.scenario
     system = fill(scenario.system, conv.vars) if scenario.system is not None else None
     params = {**conv.target.params, **scenario.params}
+    if conv.seed is not None:
+        params["seed"] = conv.seed
     if isinstance(scenario.context, Server):  # chaining needs every response stored
         params["store"] = True
     return system, params

@@ -24,14 +24,19 @@ class Conversation:
     vars: dict[str, Any]
     sample: int
     target: Target
+    seed: int | None = None  # sent as the `seed` param: each sample its own, the same each run
 
 
-def conversation_id(scenario_id: str, values: dict[str, Any], sample: int, target: str) -> str:
-    """Stable across runs: the same scenario, vars, sample and target give the same id."""
+def conversation_id(
+    scenario_id: str, values: dict[str, Any], sample: int, target: str, digits: int = 10
+) -> str:
+    """Stable across runs: the same scenario, vars, sample and target give the same id.
+
+    Rows of a vars_file get 16 hex digits: 10 would likely collide past a million rows."""
     cid = scenario_id
     if values:
         digest = json.dumps(values, sort_keys=True, ensure_ascii=False).encode()
-        cid += "[" + hashlib.sha1(digest).hexdigest()[:10] + "]"
+        cid += "[" + hashlib.sha1(digest).hexdigest()[:digits] + "]"
     cid += "@" + target
     return cid + (f"#{sample}" if sample else "")
 
@@ -94,13 +99,25 @@ class Plan:
         index = 0
         k, n = self.shard or (1, 1)
         for scenario in self.scenarios:
+            samples = self.samples(scenario)
+            digits = 16 if scenario.vars_file is not None else 10
             for values in scenario.var_combinations():
-                for sample in range(self.samples(scenario)):
+                for sample in range(samples):
                     for target in self.targets:
                         if index % n == k - 1:
-                            cid = conversation_id(scenario.id, values, sample, target.name)
-                            yield Conversation(cid, scenario, values, sample, target)
+                            cid = conversation_id(scenario.id, values, sample, target.name, digits)
+                            seed = sample_seed(scenario, target, sample, samples)
+                            yield Conversation(cid, scenario, values, sample, target, seed)
                         index += 1
+
+
+def sample_seed(scenario: Scenario, target: Target, sample: int, samples: int) -> int | None:
+    """With repeat > 1, sample i sends seed (the given seed, else 0) + i, where the
+    provider accepts one: samples differ, and a rerun sends the same seeds."""
+    if samples < 2 or not PROVIDERS[target.provider].accepts_seed:
+        return None
+    base = {**target.params, **scenario.params}.get("seed", 0)
+    return (base if isinstance(base, int) and not isinstance(base, bool) else 0) + sample
 
 
 def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:

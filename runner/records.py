@@ -92,6 +92,8 @@ def transcript_record(
         "model": conv.target.model,
         "sample": conv.sample,
         "vars": conv.vars,
+        "seed": conv.seed,  # the seed param sent, when samples were seeded
+        "metadata": conv.scenario.metadata,  # from the scenario, e.g. MT-Bench's references
         "status": "failed" if error else "ok",
         "error": error.as_record() if error else None,
         "messages": messages,

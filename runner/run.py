@@ -24,7 +24,7 @@ from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
-from runner.store import MANIFEST, latest_transcripts, read_manifest, write_manifest
+from runner.store import MANIFEST, newest_transcripts, read_manifest, write_manifest
 from runner.targets import Target, load_models, resolve
 
 
@@ -108,8 +108,15 @@ def dry_run(plan: Plan, stream: bool) -> Iterator[str]:
 
 
 def file_hashes(scenarios: list[Scenario], models_file: str | None) -> dict[str, str]:
-    files = sorted({s.file for s in scenarios} | ({models_file} if models_file else set()))
-    return {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
+    """sha256 of every input file: scenarios, their vars files, the models file."""
+    files = {s.file for s in scenarios} | ({models_file} if models_file else set())
+    files |= {s.vars_file.path for s in scenarios if s.vars_file is not None}
+    return {f: _sha256(f) for f in sorted(files)}
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as fh:  # streamed: a vars file may be large
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def new_run_dir(output_dir: str, run_id: str | None) -> Path:
@@ -176,6 +183,8 @@ def resume(
     Paths in the manifest are relative to the folder the run started in (its `cwd`)."""
     run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
+    if not manifest.get("invocation"):
+        raise InputError(f"{run_dir}: merged from runs started differently; it cannot be resumed")
     if max_cost is not None:
         manifest["invocation"]["max_cost"] = max_cost
     inv, base = _recorded(manifest)
@@ -190,9 +199,9 @@ def resume(
             "resuming would mix two versions (use --force to resume anyway)"
         )
     skip, summary = set(), Summary()
-    for cid, record in latest_transcripts(run_dir).items():
+    for _, record in newest_transcripts(run_dir):  # streamed: only the ids are kept
         if record["status"] == "ok" or not retry_failed:
-            skip.add(cid)
+            skip.add(record["conversation_id"])
             summary.add(record)
     add_attempts(summary, run_dir)
     manifest["files"] = hashes

@@ -11,7 +11,16 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.finish import FINISH_REASONS, normalise
-from runner.variables import Vars, check_templates, read_vars, stand_in, var_combinations, var_count
+from runner.rows import RowsFile, open_table
+from runner.variables import (
+    Vars,
+    check_templates,
+    read_vars,
+    stand_in,
+    var_combinations,
+    var_count,
+    var_names,
+)
 from runner.yamlnodes import (
     NULL_TAG,
     Bad,
@@ -95,15 +104,17 @@ class Scenario:
     params: dict[str, Any] = field(default_factory=dict)
     context: Context = Full()
     vars: Vars = field(default_factory=dict)
+    vars_file: RowsFile | None = None  # one conversation per row, crossed with vars
     repeat: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)  # carried into the records
 
     def var_count(self) -> int:
-        """Number of var combinations (1 when there are no vars)."""
-        return var_count(self.vars)
+        """Number of var combinations (1 when there are no vars), times the file's rows."""
+        return var_count(self.vars, self.vars_file)
 
     def var_combinations(self) -> Iterator[dict[str, Any]]:
-        """The var combinations, lazily, in a stable order."""
-        return var_combinations(self.vars)
+        """The var combinations, lazily, in a stable order (a file's rows read one by one)."""
+        return var_combinations(self.vars, self.vars_file)
 
 
 SCENARIO_KEYS = (
@@ -115,7 +126,9 @@ SCENARIO_KEYS = (
     "context",
     "turns",
     "vars",
+    "vars_file",
     "repeat",
+    "metadata",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
 USER_TURN_KEYS = ("user", "expect", "params")
@@ -206,7 +219,11 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
     ]  # merged shallowly, the scenario's own over the defaults
     values["params"] = {k: v for p in params for k, v in p.get("params", {}).items()}
     if "vars" in values or "vars" not in merged:  # else vars were bad: names unknown
-        check_templates(r, r.templated, values.get("vars", {}))
+        left = check_templates(r, r.templated, values.get("vars", {}), "vars_file" in merged)
+        if "vars_file" in values:
+            line = node_line(merged["vars_file"][0])
+            names = var_names(values.get("vars", {}))
+            values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
     if r.count() > start:
         return None
     return Scenario(**values, file=r.path, line=node_line(node))
@@ -393,7 +410,9 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "context": _context,
     "turns": _turns,
     "vars": read_vars,
+    "vars_file": _string,
     "repeat": _positive_int,
+    "metadata": _params,
 }
 TURN_FIELDS: dict[str, Parser] = {"user": _text, "expect": _expect, "params": _params}
 EXPECT_FIELDS: dict[str, Parser] = {

@@ -12,7 +12,7 @@ from typing import Any
 from runner.cost import cost
 from runner.failures import FailureKey, failure_key, top_failures, usage_warnings
 from runner.records import TOKEN_KEYS
-from runner.store import USAGE, latest_transcripts, read_jsonl, read_manifest
+from runner.store import USAGE, newest_transcripts, read_jsonl, read_manifest
 
 
 @dataclass
@@ -158,7 +158,7 @@ def summarize_run(run_dir: Path) -> tuple[Summary, dict[str, Any]]:
     manifest."""
     manifest = read_manifest(run_dir)
     summary = Summary()
-    for record in latest_transcripts(run_dir).values():
+    for _, record in newest_transcripts(run_dir):  # streamed: memory flat in the run's size
         summary.add(record)
     add_attempts(summary, run_dir)
     return summary, manifest

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,6 +96,65 @@ def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
     for record in read_jsonl(run_dir / TRANSCRIPTS):
         latest[record["conversation_id"]] = record
     return latest
+
+
+def scan_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset, record) of every whole record, streamed; a torn line is skipped."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    with fh:
+        offset = 0
+        for line in fh:
+            start, offset = offset, offset + len(line)
+            try:
+                record = from_json(line) if line.strip() else None
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield start, record
+
+
+def newest_offsets(path: Path) -> dict[str, int]:
+    """conversation id -> byte offset of its newest (last) record in a transcripts file."""
+    return {record["conversation_id"]: offset for offset, record in scan_jsonl(path)}
+
+
+def newest_transcripts(run_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset, record) of the newest record per conversation, in file order, streamed.
+
+    Two passes over the file; all that is held is each id's offset (not its record).
+    Records appended between the passes (a run still going) are left for the next read."""
+    path = run_dir / TRANSCRIPTS
+    newest = newest_offsets(path)
+    for offset, record in scan_jsonl(path):
+        if newest.get(record["conversation_id"]) == offset:
+            yield offset, record
+
+
+def read_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, Any]]:
+    """The records starting at these byte offsets (as scan_jsonl gave them), in that order."""
+    with open(path, "rb") as fh:
+        for offset in offsets:
+            fh.seek(offset)
+            yield from_json(fh.readline())
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write a whole JSONL file (replacing any), atomically; returns the records written."""
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    try:
+        with open(tmp, "wb") as fh, jsonlines.Writer(fh, dumps=to_json) as writer:
+            for record in records:
+                writer.write(record)
+                count += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return count
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:

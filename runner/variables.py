@@ -1,7 +1,8 @@
 """Scenario vars: reading them, expanding them into combinations, filling {{name}} templates.
 
 A scenario's vars are either a mapping name -> values, expanded as a cross product,
-or a list of rows (mappings with the same keys), one combination each.
+or a list of rows (mappings with the same keys), one combination each. Rows of a
+`vars_file` (runner/rows.py) are crossed with them: each row with every combination.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, SequenceNode
@@ -31,18 +32,29 @@ def fill(text: str, values: dict[str, Any]) -> str:
     return TEMPLATE.sub(lambda m: str(values[m.group(1)]), text)
 
 
-def var_count(scenario_vars: Vars) -> int:
-    """Number of var combinations (1 when there are no vars)."""
+def var_count(scenario_vars: Vars, rows: Sized | None = None) -> int:
+    """Number of var combinations (1 when there are no vars), times the rows of a file."""
+    n = len(rows) if rows is not None else 1
     if isinstance(scenario_vars, tuple):
-        return len(scenario_vars)
-    n = 1
+        return n * len(scenario_vars)
     for values in scenario_vars.values():
         n *= len(values)
     return n
 
 
-def var_combinations(scenario_vars: Vars) -> Iterator[dict[str, Any]]:
-    """The var combinations, lazily, in a stable order."""
+def var_combinations(
+    scenario_vars: Vars, rows: Iterable[dict[str, Any]] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The var combinations, lazily, in a stable order: each row crossed with the vars."""
+    if rows is None:
+        yield from _combinations(scenario_vars)
+        return
+    for row in rows:  # read one at a time: a file's rows are never all held
+        for values in _combinations(scenario_vars):
+            yield {**row, **values} if values else row
+
+
+def _combinations(scenario_vars: Vars) -> Iterator[dict[str, Any]]:
     if isinstance(scenario_vars, tuple):
         yield from scenario_vars
         return
@@ -151,14 +163,28 @@ def _names(row: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- templates
 
 
-def check_templates(r: Reader, templated: list[tuple[int, str]], scenario_vars: Vars) -> None:
-    """Every {{name}} in TEMPLATED (line, text) must name one of the scenario's vars."""
-    rows = scenario_vars if isinstance(scenario_vars, tuple) else [scenario_vars]
-    names = {name for row in rows for name in row}
+def check_templates(
+    r: Reader, templated: list[tuple[int, str]], scenario_vars: Vars, from_file: bool = False
+) -> dict[str, int]:
+    """Every {{name}} in TEMPLATED (line, text) must name one of the scenario's vars.
+
+    With FROM_FILE the others are left for the vars_file's rows: returned, name -> line."""
+    names = var_names(scenario_vars)
+    left: dict[str, int] = {}
     for line, text in templated:
         for name in TEMPLATE.findall(text):
-            if name not in names:
+            if name in names:
+                continue
+            if from_file:
+                left.setdefault(name, line)
+            else:
                 r.report(line, f"unknown var '{name}' in template{_var_hint(name, names)}")
+    return left
+
+
+def var_names(scenario_vars: Vars) -> set[str]:
+    rows = scenario_vars if isinstance(scenario_vars, tuple) else [scenario_vars]
+    return {name for row in rows for name in row}
 
 
 def _var_hint(name: str, names: set[str]) -> str:

@@ -37,3 +37,14 @@ def test_the_bench_reads_the_connections_the_mock_accepted(mock_server):
     server = Server(mock_server.port, os.getpid())
     first = accepted(server)
     assert first >= 1 and accepted(server) == first + 1  # each look opens one connection
+
+
+def test_a_table_workload_is_one_conversation_per_row_of_a_vars_file(tmp_path):
+    from bench.workloads import write_inputs
+    from runner.scenarios import load_file
+
+    scenario, _ = write_inputs(tmp_path, 1234, 1, rows=5)
+    [loaded] = load_file(str(scenario))
+    assert loaded.var_count() == 5
+    first = next(loaded.var_combinations())
+    assert first == {"name": "person 0", "city": "City 0, Country"}

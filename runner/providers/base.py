@@ -105,6 +105,7 @@ class Provider:
 
     name = ""
     supports_server_context = False
+    accepts_seed = False  # a `seed` param makes sampling reproducible
 
     def __init__(self, base_url: str, model: str, key: str | None, auth: str | None = None):
         self.base_url = base_url.rstrip("/")

@@ -59,6 +59,7 @@ def gemini_usage(raw: dict[str, Any] | None) -> Usage:
 
 class Gemini(Provider):
     name = "gemini"
+    accepts_seed = True  # generationConfig.seed
 
     def build(self, call: Call) -> Request:
         contents = [

@@ -78,6 +78,7 @@ class OpenAIProvider(Provider):
 
 class OpenAIChat(OpenAIProvider):
     name = "openai-chat"
+    accepts_seed = True
 
     def build(self, call: Call) -> Request:
         messages = call.messages
