@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
@@ -28,9 +28,14 @@ from runner.yamlnodes import (
     Parser,
     Problems,
     Reader,
+    boolean,
     mapping_keys,
     node_line,
+    positive_int,
+    positive_number,
     show,
+    string,
+    string_mapping,
 )
 
 
@@ -213,7 +218,7 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
             r.report(node_line(node), f"scenario is missing '{key}'")
     values = r.fields({k: p for k, p in merged.items() if k != "params"}, SCENARIO_FIELDS)
     params = [
-        r.fields({"params": e["params"]}, {"params": _params})
+        r.fields({"params": e["params"]}, {"params": string_mapping})
         for e in (defaults, own)
         if "params" in e
     ]  # merged shallowly, the scenario's own over the defaults
@@ -283,7 +288,7 @@ def _context(r: ScenarioReader, node: Node, key: str) -> Context:
         entries = r.entries(node, "context", ("window",))
         if "window" not in entries:
             raise Bad(node, "'context' as a mapping needs 'window: N'")
-        return Window(_positive_int(r, entries["window"][1], "window"))
+        return Window(positive_int(r, entries["window"][1], "window"))
     value = r.value(node)
     if value == "full":
         return Full()
@@ -302,7 +307,7 @@ def _judge(r: ScenarioReader, node: Node, key: str) -> Judge:
     entries = r.entries(node, "judge", ("rubric", "target"))
     if "rubric" not in entries:
         raise Bad(node, "'judge' needs 'rubric: ...' (what the reply must do to pass)")
-    v = r.fields(entries, {"rubric": _text, "target": _string})
+    v = r.fields(entries, {"rubric": _text, "target": string})
     if "rubric" not in v:  # its problem is reported; the scenario is dropped
         return Judge("", line=node_line(node))
     if not v["rubric"].strip():
@@ -314,25 +319,13 @@ def _keep(scenarios: list[Scenario | None]) -> list[Scenario]:
     return [s for s in scenarios if s is not None]
 
 
-# ---------------------------------------------------------------- value parsers
-
-
-def _checked(r: Reader, node: Node, key: str, want: str, ok: Callable[[Any], bool]) -> Any:
-    """The node's value when OK says so; else Bad: "'KEY' must be WANT, got ..."."""
-    value = r.value(node)
-    if not ok(value):
-        raise Bad(node, f"'{key}' must be {want}, got {show(value)}")
-    return value
-
-
-def _string(r: Reader, node: Node, key: str) -> str:
-    return _checked(r, node, key, "a string", lambda v: isinstance(v, str))
+# ---------------------------------------------------------------- value parsers of scenarios
 
 
 def _finish_reason(r: Reader, node: Node, key: str) -> str:
     """One of the normalised finish reasons (any case); a provider's own name is refused
     with the normalised one it stands for."""
-    value = _string(r, node, key)
+    value = string(r, node, key)
     if value.lower() in FINISH_REASONS:
         return value
     hint = (
@@ -343,11 +336,11 @@ def _finish_reason(r: Reader, node: Node, key: str) -> str:
 
 def _text(r: ScenarioReader, node: Node, key: str) -> str:
     """A string that may hold {{var}} templates."""
-    return r.text(node, _string(r, node, key))
+    return r.text(node, string(r, node, key))
 
 
 def _id(r: ScenarioReader, node: Node, key: str) -> str:
-    value = _string(r, node, key)
+    value = string(r, node, key)
     if not value.strip():
         raise Bad(node, "'id' must be a non-empty string")
     r.claim_id(value, node_line(node))
@@ -377,51 +370,26 @@ def _regex(r: ScenarioReader, node: Node, key: str) -> str:
     return value
 
 
-def _params(r: Reader, node: Node, key: str) -> dict[str, Any]:
-    return _checked(r, node, key, "a mapping with string keys", _string_keyed)
-
-
-def _bool(r: Reader, node: Node, key: str) -> bool:
-    return _checked(r, node, key, "true or false", lambda v: isinstance(v, bool))
-
-
-def _positive_int(r: Reader, node: Node, key: str) -> int:
-    return _checked(r, node, key, "a positive integer", lambda v: _is_number(v, int) and v >= 1)
-
-
-def _positive_number(r: Reader, node: Node, key: str) -> float:
-    return _checked(r, node, key, "a positive number", lambda v: _is_number(v) and v > 0)
-
-
-def _string_keyed(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-
-
-def _is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
-    """An int (or float) that is not a bool (YAML's true is an int to Python)."""
-    return isinstance(value, kind) and not isinstance(value, bool)
-
-
 SCENARIO_FIELDS: dict[str, Parser] = {
     "id": _id,
-    "description": _string,
+    "description": string,
     "tags": partial(_strings, single=False),
     "system": _text,
     "context": _context,
     "turns": _turns,
     "vars": read_vars,
-    "vars_file": _string,
-    "repeat": _positive_int,
-    "metadata": _params,
+    "vars_file": string,
+    "repeat": positive_int,
+    "metadata": string_mapping,
 }
-TURN_FIELDS: dict[str, Parser] = {"user": _text, "expect": _expect, "params": _params}
+TURN_FIELDS: dict[str, Parser] = {"user": _text, "expect": _expect, "params": string_mapping}
 EXPECT_FIELDS: dict[str, Parser] = {
     **dict.fromkeys(("contains", "contains_any", "not_contains"), partial(_strings, single=True)),
     "regex": _regex,
     "equals": _text,
-    "json": _bool,
-    "max_latency_ms": _positive_number,
+    "json": boolean,
+    "max_latency_ms": positive_number,
     "finish_reason": _finish_reason,
-    "ignore_case": _bool,
+    "ignore_case": boolean,
     "judge": _judge,
 }

@@ -215,3 +215,44 @@ def yaml_reason(e: Exception) -> str:
     """What a YAML error says is wrong, without its marks."""
     parts = [getattr(e, "context", None), getattr(e, "problem", None) or getattr(e, "reason", None)]
     return ", ".join(p for p in parts if p) or str(e)
+
+
+# ---------------------------------------------------------------- value parsers
+# each takes (reader, value node, key) and returns the value, or raises Bad naming the key
+
+
+def checked(r: Reader, node: Node, key: str, want: str, ok: Callable[[Any], bool]) -> Any:
+    """The node's value when OK says so; else Bad: "'KEY' must be WANT, got ..."."""
+    value = r.value(node)
+    if not ok(value):
+        raise Bad(node, f"'{key}' must be {want}, got {show(value)}")
+    return value
+
+
+def string(r: Reader, node: Node, key: str) -> str:
+    return checked(r, node, key, "a string", lambda v: isinstance(v, str))
+
+
+def string_mapping(r: Reader, node: Node, key: str) -> dict[str, Any]:
+    return checked(r, node, key, "a mapping with string keys", string_keyed)
+
+
+def boolean(r: Reader, node: Node, key: str) -> bool:
+    return checked(r, node, key, "true or false", lambda v: isinstance(v, bool))
+
+
+def positive_int(r: Reader, node: Node, key: str) -> int:
+    return checked(r, node, key, "a positive integer", lambda v: is_number(v, int) and v >= 1)
+
+
+def positive_number(r: Reader, node: Node, key: str) -> float:
+    return checked(r, node, key, "a positive number", lambda v: is_number(v) and v > 0)
+
+
+def string_keyed(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    """An int (or float) that is not a bool (YAML's true is an int to Python)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
