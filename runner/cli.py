@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 import runner
-from runner.errors import Exit, InputError
+from runner.errors import Exit, InputError, WriteError
 
 if TYPE_CHECKING:
     from runner.run import Finished
@@ -24,6 +24,9 @@ class Group(click.Group):
         except InputError as exc:
             click.echo("error: " + "\n  ".join(exc.problems), err=True)
             sys.exit(Exit.INPUT)
+        except WriteError as exc:
+            click.echo(f"error: results could not be written: {exc}", err=True)
+            sys.exit(Exit.WRITE)
 
 
 @click.group(cls=Group)
@@ -92,32 +95,34 @@ def run(
 ) -> None:
     """Run SCENARIOS (files or folders) against every -m target."""
     from runner import run as runs
+    from runner.signals import remembered
 
-    if resume_dir:
-        _finished(runs.resume(Path(resume_dir), retry_failed, force, not no_progress))
-    if not paths or not targets:
-        raise InputError(
-            "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
+    with remembered():  # a signal from here on ends the run cleanly (exit 130)
+        if resume_dir:
+            _finished(runs.resume(Path(resume_dir), retry_failed, force, not no_progress))
+        if not paths or not targets:
+            raise InputError(
+                "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
+            )
+        inv = runs.Invocation(
+            paths=list(paths),
+            targets=list(targets),
+            models_file=runs.default_models_file(models_file),
+            base_url=base_url,
+            repeat=repeat,
+            filters=list(filters),
+            shard=shard,
+            stream=stream,
+            concurrency=concurrency,
+            timeout_s=timeout,
+            max_retries=max_retries,
+            max_wait_s=max_wait,
         )
-    inv = runs.Invocation(
-        paths=list(paths),
-        targets=list(targets),
-        models_file=runs.default_models_file(models_file),
-        base_url=base_url,
-        repeat=repeat,
-        filters=list(filters),
-        shard=shard,
-        stream=stream,
-        concurrency=concurrency,
-        timeout_s=timeout,
-        max_retries=max_retries,
-        max_wait_s=max_wait,
-    )
-    if dry_run:
-        for text in runs.dry_run(runs.load(inv)[2], inv.stream):
-            click.echo(text)
-        return
-    _finished(runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress))
+        if dry_run:
+            for text in runs.dry_run(runs.load(inv)[2], inv.stream):
+                click.echo(text)
+            return
+        _finished(runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress))
 
 
 def _finished(finished: Finished) -> NoReturn:

@@ -15,13 +15,13 @@ from typing import Any
 
 from runner.conversation import first_request
 from runner.engine import Outcome, execute
-from runner.errors import Exit, InputError
+from runner.errors import Exit, InputError, WriteError
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary
-from runner.store import MANIFEST, latest_transcripts, read_manifest, write_manifest
+from runner.store import MANIFEST, RunLock, latest_transcripts, read_manifest, write_manifest
 from runner.targets import Target, load_models, resolve
 
 
@@ -116,14 +116,25 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     scenarios, targets, plan = load(inv)
     files = file_hashes(scenarios, inv.models_file)
     manifest = manifest_record(run_dir.name, asdict(inv), files, [t.public() for t in targets])
-    return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
+    with RunLock(run_dir):
+        if (run_dir / MANIFEST).exists():  # another process started it meanwhile
+            raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+        return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
 
 
 def resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> Finished:
-    """Continue a run: skip what is recorded, run what is not (and failures with retry_failed).
+    """Continue a run, holding its lock: what is recorded is read once no other process
+    can add to it."""
+    run_dir = run_dir.resolve()
+    read_manifest(run_dir)  # a run folder at all, before a lock file is made in it
+    with RunLock(run_dir):
+        return _resume(run_dir, retry_failed, force, progress)
+
+
+def _resume(run_dir: Path, retry_failed: bool, force: bool, progress: bool) -> Finished:
+    """Skip what is recorded, run what is not (and failures with retry_failed).
 
     Paths in the manifest are relative to the folder the run started in (its `cwd`)."""
-    run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
     inv = Invocation(**manifest["invocation"])
     base = _Rebase(manifest.get("cwd"))
@@ -175,21 +186,39 @@ def _go(
     manifest["status"] = "running"
     write_manifest(run_dir, manifest)
     began = time.monotonic()
-    outcome = event_loop_runner()(
-        execute(
-            plan,
-            run_dir,
-            concurrency=inv.concurrency,
-            stream=inv.stream,
-            progress_mode=mode_for(not progress),
-            skip=skip,
-            summary=summary,
+    try:
+        outcome = event_loop_runner()(
+            execute(
+                plan,
+                run_dir,
+                concurrency=inv.concurrency,
+                stream=inv.stream,
+                progress_mode=mode_for(not progress),
+                skip=skip,
+                summary=summary,
+            )
         )
-    )
+    except WriteError as exc:  # the record files could not even be opened
+        outcome = Outcome(summary, skipped=len(skip), write_error=exc)
     rows = outcome.summary.rows({t.name: t.price for t in plan.targets})
     _finish(manifest, plan, outcome, rows, time.monotonic() - began)
+    if outcome.write_error is not None:
+        raise _stopped(run_dir, manifest, outcome.write_error)
     write_manifest(run_dir, manifest)
     return Finished(run_dir, manifest, rows)
+
+
+def _stopped(run_dir: Path, manifest: dict[str, Any], error: WriteError) -> WriteError:
+    """A run stopped by a failed write: what can be written of the manifest is, and the one
+    line to print says what happened and how to go on."""
+    try:
+        write_manifest(run_dir, manifest)
+        kept = f"{manifest['counts']['ok'] + manifest['counts']['failed']} conversations recorded"
+    except WriteError:
+        kept = f"{MANIFEST} could not be updated either"
+    return WriteError(
+        f"{error}; the run stopped ({kept}); free space or fix the folder, then --resume {run_dir}"
+    )
 
 
 def _finish(
@@ -202,7 +231,13 @@ def _finish(
     summary = outcome.summary
     costs = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
     manifest["ended_at"] = utc_now()
-    manifest["status"] = "interrupted" if outcome.interrupted else "finished"
+    manifest["status"] = (
+        "write_failed"
+        if outcome.write_error
+        else "interrupted"
+        if outcome.interrupted
+        else "finished"
+    )
     manifest["elapsed_s"] = round(seconds, 3)
     manifest["counts"] = {
         "planned": len(plan),
