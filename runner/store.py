@@ -139,17 +139,35 @@ def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Write run.json atomically (a kill never leaves half a manifest); WriteError if it
-    cannot be written, the old manifest then left as it was."""
-    tmp = run_dir / (MANIFEST + ".tmp")
-    text = json.dumps(strict(manifest), ensure_ascii=False, indent=2, allow_nan=False)
+    cannot be written. On a full disk it is rewritten in place when it fits in the space
+    the old one already holds, so that a stopped run still says what happened."""
+    text = json.dumps(strict(manifest), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    data = text.encode("utf-8")
+    path, tmp = run_dir / MANIFEST, run_dir / (MANIFEST + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, run_dir / MANIFEST)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise write_error(run_dir / MANIFEST, exc) from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and _rewrite_in_place(path, data):
+            return
+        raise write_error(path, exc) from None
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> bool:
+    """Overwrite a file within the blocks it already has (no new space needed)."""
+    try:
+        with open(path, "r+b") as fh:
+            if len(data) > os.fstat(fh.fileno()).st_blocks * 512:
+                return False
+            fh.write(data)
+            fh.truncate()
+            fh.flush()
+    except OSError:
+        return False
+    return True
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
