@@ -38,12 +38,17 @@ def too_large(limits: Limits, what: str = "the response") -> ApiError:
 async def read_body(resp: aiohttp.ClientResponse, limits: Limits) -> bytes:
     """The whole body, or ApiError once it passes the cap or stalls."""
     declared = resp.content_length
-    if (
-        declared is not None
-        and declared > limits.max_bytes
-        and not resp.headers.get("Content-Encoding")
-    ):
-        raise too_large(limits)
+    if declared is not None and not resp.headers.get("Content-Encoding"):
+        if declared > limits.max_bytes:
+            raise too_large(limits)
+        idle = Idle(limits.idle_s, resp.close)  # the length is bounded: aiohttp's own read
+        try:
+            return await resp.read()
+        except (aiohttp.ClientError, OSError):
+            idle.check()  # the connection was closed by the idle timeout
+            raise
+        finally:
+            idle.stop()
     parts = [chunk async for chunk in chunks(resp, limits)]
     return b"".join(parts)
 

@@ -130,16 +130,26 @@ class ChatStream(StreamState):
         if chunk.get("usage"):
             self.raw_usage = base.want(chunk["usage"], dict, "usage")
         self.response_id = self.response_id or base.text_or_none(chunk.get("id"), "the id")
-        for choice in base.items(chunk.get("choices"), "choices"):
-            if base.want(choice, dict, "a choice").get("index", 0) != 0:
-                continue
-            text = content_text(base.fields(choice.get("delta"), "a delta").get("content"))
+        choices = chunk.get("choices")
+        if choices:
+            for choice in base.want(choices, list, "choices"):
+                self._choice(choice)
+        return False
+
+    def _choice(self, choice: Any) -> None:
+        if not isinstance(choice, dict):
+            raise base.malformed("a choice is not an object")
+        if choice.get("index", 0) != 0:
+            return
+        delta = choice.get("delta")
+        if delta:
+            content = base.want(delta, dict, "a delta").get("content")
+            text = content if isinstance(content, str) else content_text(content)
             if text:
                 self.parts.append(text)
                 self.started = True
-            if choice.get("finish_reason"):
-                self.finish_reason = base.want(choice["finish_reason"], str, "finish_reason")
-        return False
+        if choice.get("finish_reason"):
+            self.finish_reason = base.want(choice["finish_reason"], str, "finish_reason")
 
     def reply(self) -> Reply:
         # some gateways omit [DONE]; a finish reason plus the usage chunk is complete too
