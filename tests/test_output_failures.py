@@ -212,3 +212,29 @@ def test_a_signal_during_start_up_exits_130_with_the_manifest(tmp_path, mock_ser
     assert mock_server.requests == []  # it stopped before sending anything
     assert played.resume().result.exit_code == 0
     assert len(played.transcripts) == 5
+
+
+def test_a_record_that_cannot_be_encoded_fails_its_conversation_not_the_run(
+    tmp_path, mock_server, monkeypatch
+):
+    import runner.engine
+
+    play_one = runner.engine.run_conversation
+
+    async def with_a_bug(conv, client):
+        record = await play_one(conv, client)
+        if conv.vars["n"] == 1:
+            record["vars"] = {object()}  # not JSON by any encoder
+        return record
+
+    monkeypatch.setattr(runner.engine, "run_conversation", with_a_bug)
+    played = play(tmp_path, numbered(3), server=mock_server, models=RETRIES)
+    assert played.result.exit_code == 3, played.result.output
+    records = whole_lines(played.run_dir / "transcripts.jsonl")
+    assert sorted(r["status"] for r in records) == ["failed", "ok", "ok"]
+    (failed,) = [r for r in records if r["status"] == "failed"]
+    assert (
+        failed["error"]["kind"] == "internal"
+        and "could not be written" in failed["error"]["message"]
+    )
+    assert played.manifest["status"] == "finished"
