@@ -68,6 +68,8 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option(
     "--max-wait", type=click.FloatRange(0), help="Cap in seconds on any one backoff wait."
 )
+@click.option("--idle-timeout", type=click.FloatRange(0),
+              help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True)
 @click.option(
     "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
@@ -90,6 +92,7 @@ def run(
     timeout: float | None,
     max_retries: int | None,
     max_wait: float | None,
+    idle_timeout: float | None,
     no_progress: bool,
     dry_run: bool,
 ) -> None:
@@ -117,6 +120,7 @@ def run(
             timeout_s=timeout,
             max_retries=max_retries,
             max_wait_s=max_wait,
+            idle_timeout_s=idle_timeout,
         )
         if dry_run:
             for text in runs.dry_run(runs.load(inv)[2], inv.stream):

@@ -41,6 +41,7 @@ class Invocation:
     timeout_s: float | None = None
     max_retries: int | None = None
     max_wait_s: float | None = None
+    idle_timeout_s: float | None = None
 
 
 def load(inv: Invocation) -> tuple[list[Scenario], list[Target], Plan]:
@@ -59,6 +60,7 @@ def _override(target: Target, inv: Invocation) -> Target:
         "timeout_s": inv.timeout_s,
         "max_retries": inv.max_retries,
         "max_wait_s": inv.max_wait_s,
+        "idle_timeout_s": inv.idle_timeout_s,
     }
     return replace(target, **{k: v for k, v in changes.items() if v is not None})
 

@@ -31,6 +31,9 @@ MANIFEST = "run.json"
 
 
 LOCK = "run.lock"
+# a manifest that cannot be replaced for these reasons is rewritten in place, if it can be:
+# a full disk (no room for a new file), a folder made read-only (no new file allowed in it)
+IN_PLACE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
 class JsonlWriter:
@@ -139,8 +142,8 @@ def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Write run.json atomically (a kill never leaves half a manifest); WriteError if it
-    cannot be written. On a full disk it is rewritten in place when it fits in the space
-    the old one already holds, so that a stopped run still says what happened."""
+    cannot be written. On a full disk or in a read-only folder it is rewritten in place
+    (when it fits in the space the old one holds), so a run still says how it ended."""
     text = json.dumps(strict(manifest), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
     data = text.encode("utf-8")
     path, tmp = run_dir / MANIFEST, run_dir / (MANIFEST + ".tmp")
@@ -151,7 +154,7 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and _rewrite_in_place(path, data):
+        if exc.errno in IN_PLACE and _rewrite_in_place(path, data):
             return
         raise write_error(path, exc) from None
 

@@ -272,8 +272,10 @@ def test_a_body_that_stalls_ends_at_the_idle_timeout_and_is_retried(tmp_path, ra
     if stream == "--stream":
         stalled = [chat_stream('"partial"')[:-40], STALL]
     server = raw_server(answers(stalled, chat_stream('"fine"') if stream == "--stream" else chat()))
-    models = {**FAST, "idle_timeout_s": 0.2}
-    played = play(tmp_path, ONE_TURN, stream, server=server, models=models)
+    # from the models file, or from the command line (which wins over a long one there)
+    models = {**FAST, "idle_timeout_s": 0.2 if stream == "--no-stream" else 3600}
+    flags = (stream,) if stream == "--no-stream" else (stream, "--idle-timeout", "0.2")
+    played = play(tmp_path, ONE_TURN, *flags, server=server, models=models)
     assert played.result.exit_code == 0, played.result.output
     assert [u["status"] for u in played.usage] == ["timeout", 200]
     assert only(played)["turns"][0]["assistant"] == "fine"

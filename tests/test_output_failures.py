@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import Played, holding_one, play, spawn, wait_until
+from test_reliability import signal_pending
 
 from runner.errors import WriteError
 from runner.store import JsonlWriter, RunLock
@@ -238,3 +240,34 @@ def test_a_record_that_cannot_be_encoded_fails_its_conversation_not_the_run(
         and "could not be written" in failed["error"]["message"]
     )
     assert played.manifest["status"] == "finished"
+
+
+@pytest.mark.parametrize("how", ["read-only", "deleted"])
+def test_a_run_folder_made_read_only_or_deleted_mid_run_ends_with_exit_4(tmp_path, make_mock, how):
+    server = make_mock(**holding_one(within=12, among=200))
+    running = spawn(tmp_path, numbered(20), "-c", "4", server=server, models=RETRIES)
+    wait_until(lambda: len(server.requests) >= 12, running.proc)  # the held one is in flight
+    folder = str(running.run_dir)
+    if how == "read-only":  # a read-only bind mount over the folder (root only)
+        if subprocess.run(["mount", "--bind", folder, folder]).returncode:
+            running.proc.kill()
+            pytest.skip("cannot bind-mount here")
+        subprocess.run(["mount", "-o", "remount,ro,bind", folder], check=True)
+    else:
+        shutil.rmtree(folder)
+    try:
+        running.proc.send_signal(signal.SIGINT)
+        wait_until(lambda: not signal_pending(running.proc.pid, signal.SIGINT), running.proc)
+        running.proc.send_signal(signal.SIGINT)
+        played = running.finish()
+    finally:
+        if how == "read-only":
+            subprocess.run(["umount", folder], check=False)
+    assert played.result.exit_code == 4, played.result.stderr
+    line = one_error_line(played.result.stderr)
+    assert "results could not be written" in line and "run.json" in line
+    if how == "read-only":  # the records written before are whole, and resume finishes
+        whole_lines(played.run_dir / "transcripts.jsonl")
+        assert played.resume().result.exit_code == 0
+        ids = [r["conversation_id"] for r in played.transcripts]
+        assert len(ids) == len(set(ids)) == 20
