@@ -179,6 +179,7 @@ def test_a_resume_while_the_run_is_alive_is_refused(tmp_path, make_mock):
     assert resumed.result.exit_code == 2
     assert f"pid {running.proc.pid}" in one_error_line(resumed.result.stderr)
     running.proc.send_signal(signal.SIGINT)
+    wait_until(lambda: not signal_pending(running.proc.pid, signal.SIGINT), running.proc)
     running.proc.send_signal(signal.SIGINT)
     played = running.finish()
     assert played.result.exit_code == 130
@@ -246,7 +247,7 @@ def test_a_record_that_cannot_be_encoded_fails_its_conversation_not_the_run(
 def test_a_run_folder_made_read_only_or_deleted_mid_run_ends_with_exit_4(tmp_path, make_mock, how):
     server = make_mock(**holding_one(within=12, among=200))
     running = spawn(tmp_path, numbered(20), "-c", "4", server=server, models=RETRIES)
-    wait_until(lambda: len(server.requests) >= 12, running.proc)  # the held one is in flight
+    running.wait_for_records(19)  # every conversation but the held one: nothing else to write
     folder = str(running.run_dir)
     if how == "read-only":  # a read-only bind mount over the folder (root only)
         if subprocess.run(["mount", "--bind", folder, folder]).returncode:
