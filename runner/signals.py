@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from runner.errors import Exit
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -18,7 +20,10 @@ class _Early:
 
 
 def _note(signum: int, frame: FrameType | None) -> None:
+    """The first signal is remembered; a second one stops at once (as during the run)."""
     _Early.received += 1
+    if _Early.received > 1:
+        raise SystemExit(Exit.INTERRUPTED)
 
 
 def pending() -> bool:
@@ -31,10 +36,10 @@ def remembered() -> Iterator[None]:
     """While inside, SIGINT and SIGTERM are noted instead of ending the process; the
     handlers before are restored after (only the main thread may set them)."""
     before: dict[signal.Signals, Any] = {}
+    _Early.received = 0
     with contextlib.suppress(ValueError):  # not the main thread: nothing to take over
         for sig in SIGNALS:
             before[sig] = signal.signal(sig, _note)
-    _Early.received = 0
     try:
         yield
     finally:

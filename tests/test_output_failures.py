@@ -272,3 +272,14 @@ def test_a_run_folder_made_read_only_or_deleted_mid_run_ends_with_exit_4(tmp_pat
         assert played.resume().result.exit_code == 0
         ids = [r["conversation_id"] for r in played.transcripts]
         assert len(ids) == len(set(ids)) == 20
+
+
+def test_a_second_signal_during_start_up_stops_at_once(tmp_path, mock_server):
+    preamble = SIGNAL_DURING_LOAD.format(sig="SIGINT").replace(
+        "    return _load(inv)", "    os.kill(os.getpid(), signal.SIGINT)\n    return _load(inv)"
+    )
+    running = spawn(tmp_path, numbered(5), server=mock_server, preamble=preamble)
+    played = running.finish()
+    assert played.result.exit_code == 130, played.result.stderr
+    assert "Traceback" not in played.result.stderr and "Aborted" not in played.result.stderr
+    assert mock_server.requests == [] and not (played.run_dir / "run.json").exists()
