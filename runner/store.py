@@ -43,6 +43,7 @@ class JsonlWriter:
 
     def __init__(self, path: Path):
         self.path = path
+        self.failed: WriteError | None = None
         try:
             repair_torn_tail(path)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -51,6 +52,8 @@ class JsonlWriter:
             raise write_error(path, exc) from None
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.failed is not None:  # once a write failed, nothing more goes in (flapping space)
+            raise self.failed
         data = to_json(record) + b"\n"
         try:
             if os.fstat(self._fd).st_nlink == 0:  # appending to it would go nowhere
@@ -63,7 +66,8 @@ class JsonlWriter:
                 written += n
         except OSError as exc:
             self._cut_back()
-            raise write_error(self.path, exc) from None
+            self.failed = write_error(self.path, exc)
+            raise self.failed from None
         self._size += written
 
     def _cut_back(self) -> None:

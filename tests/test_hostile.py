@@ -247,6 +247,17 @@ def test_a_response_larger_than_the_cap_is_malformed(tmp_path, raw_server, answe
     assert error["kind"] == "malformed" and "MB cap" in error["message"], error
 
 
+def test_a_stream_larger_than_the_cap_is_malformed(tmp_path, raw_server):
+    event = b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"word "}}]}\n\n'
+    head = raw_response(b"", headers={"Content-Type": "text/event-stream", "Content-Length": "0"})
+    body = event * 400  # short lines, 30 kB in all, and never a finish
+    head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body))
+    server = raw_server(answers(head + body))
+    played = play(tmp_path, ONE_TURN, "--stream", server=server, models=SMALL)
+    error = only(played)["error"]
+    assert error["kind"] == "malformed" and "larger than the 0.01 MB cap" in error["message"]
+
+
 def test_an_sse_line_longer_than_the_cap_is_malformed(tmp_path, raw_server):
     head = raw_response(
         b"", headers={"Content-Type": "text/event-stream", "Content-Length": "999999999"}

@@ -141,6 +141,9 @@ def test_a_record_file_deleted_during_the_run_is_a_write_error(tmp_path):
     os.unlink(tmp_path / "x.jsonl")
     with pytest.raises(WriteError, match="deleted"):
         writer.write({"a": 2})
+    (tmp_path / "x.jsonl").write_text("")  # the space came back: still nothing more goes in
+    with pytest.raises(WriteError, match="deleted"):
+        writer.write({"a": 3})
     writer.close()
 
 

@@ -30,7 +30,7 @@ class Limits:
 def too_large(limits: Limits, what: str = "the response") -> ApiError:
     return ApiError(
         Kind.MALFORMED,
-        f"{what} is larger than the {limits.max_bytes / MB:g} MB cap (max_response_mb)",
+        f"{what} is larger than the {limits.max_bytes / MB:.3g} MB cap (max_response_mb)",
         retryable=True,
     )
 

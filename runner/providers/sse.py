@@ -55,7 +55,7 @@ class SSEParser:
         if self.max_line is not None and self._pending_len > self.max_line:
             raise ApiError(
                 Kind.MALFORMED,
-                f"an SSE line is longer than the {self.max_line / 2**20:g} MB cap "
+                f"an SSE line is longer than the {self.max_line / 2**20:.3g} MB cap "
                 "(max_response_mb)",
                 retryable=True,
             )
