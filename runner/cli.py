@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 import runner
-from runner.errors import Exit, InputError
+from runner.errors import Exit, InputError, WriteError
 
 if TYPE_CHECKING:
     from runner.run import Finished
@@ -24,6 +24,9 @@ class Group(click.Group):
         except InputError as exc:
             click.echo("error: " + "\n  ".join(exc.problems), err=True)
             sys.exit(Exit.INPUT)
+        except WriteError as exc:
+            click.echo(f"error: results could not be written: {exc}", err=True)
+            sys.exit(Exit.WRITE)
 
 
 @click.group(cls=Group)
@@ -71,6 +74,8 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option("--max-cost", type=click.FloatRange(0), help="USD: start no conversation once "
               "the run's estimated cost passes this (the rest stay for --resume).")  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write a JUnit file.")
+@click.option("--idle-timeout", type=click.FloatRange(0),
+              help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True)
 @click.option(
     "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
@@ -97,41 +102,45 @@ def run(
     html_file: str | None,
     max_cost: float | None,
     junit_file: str | None,
+    idle_timeout: float | None,
     no_progress: bool,
     dry_run: bool,
 ) -> None:
     """Run SCENARIOS (files or folders) against every -m target."""
     from runner import run as runs
+    from runner.signals import remembered
 
-    if resume_dir:
-        finished = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, max_cost)
-        _finished(finished, junit_file, html_file)
-    if not paths or not targets:
-        raise InputError(
-            "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
+    with remembered():  # a signal from here on ends the run cleanly (exit 130)
+        if resume_dir:
+            resumed = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, max_cost)
+            _finished(resumed, junit_file, html_file)
+        if not paths or not targets:
+            raise InputError(
+                "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
+            )
+        inv = runs.Invocation(
+            paths=list(paths),
+            targets=list(targets),
+            models_file=runs.default_models_file(models_file),
+            base_url=base_url,
+            repeat=repeat,
+            filters=list(filters),
+            shard=shard,
+            stream=stream,
+            concurrency=concurrency,
+            timeout_s=timeout,
+            max_retries=max_retries,
+            max_wait_s=max_wait,
+            judge=judge,
+            max_cost=max_cost,
+            idle_timeout_s=idle_timeout,
         )
-    inv = runs.Invocation(
-        paths=list(paths),
-        targets=list(targets),
-        models_file=runs.default_models_file(models_file),
-        base_url=base_url,
-        repeat=repeat,
-        filters=list(filters),
-        shard=shard,
-        stream=stream,
-        concurrency=concurrency,
-        timeout_s=timeout,
-        max_retries=max_retries,
-        max_wait_s=max_wait,
-        judge=judge,
-        max_cost=max_cost,
-    )
-    if dry_run:
-        for text in runs.dry_run(runs.load(inv, need_keys=False)[2], inv.stream):
-            click.echo(text)
-        return
-    finished = runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress)
-    _finished(finished, junit_file, html_file)
+        if dry_run:
+            for text in runs.dry_run(runs.load(inv, need_keys=False)[2], inv.stream):
+                click.echo(text)
+            return
+        finished = runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress)
+        _finished(finished, junit_file, html_file)
 
 
 def _finished(finished: Finished, junit_file: str | None, html_file: str | None) -> NoReturn:

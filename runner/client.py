@@ -9,10 +9,12 @@ from typing import Any
 import aiohttp
 
 import runner
+from runner.encoding import clean_text
 from runner.errors import ApiError, Kind
 from runner.limits import AdaptiveLimit, TokenBucket
 from runner.providers import Call, Reply
-from runner.providers.base import Request, mask, send
+from runner.providers.base import Request, mask, send, shorten
+from runner.providers.body import MB, Limits
 from runner.records import attempt_record
 from runner.retry import Breaker, RetryPolicy, retrying
 from runner.targets import Target, provider_for
@@ -36,6 +38,9 @@ class TargetClient:
         self.breaker = Breaker(target.name, target.fail_fast_after)
         self.retries = 0  # shown by the progress line
         self.provider = provider_for(target)
+        self.limits = Limits(
+            max_bytes=int(target.max_response_mb * MB), idle_s=target.idle_timeout_s or None
+        )
         self.session: aiohttp.ClientSession  # opened by start()
 
     async def start(self) -> None:
@@ -94,13 +99,14 @@ class TargetClient:
         self.retries += n > 0
         start = time.perf_counter()
         try:
-            reply = await send(self.session, self.provider, request)
-        except ApiError as err:
-            err.message = mask(err.message, self.target.key)
+            reply = await send(self.session, self.provider, request, self.limits)
+        except Exception as exc:
+            err = exc if isinstance(exc, ApiError) else internal(exc)
+            err.message = shorten(clean_text(mask(err.message, self.target.key)))
             self.limit.release(generation, rate_limited=err.kind is Kind.RATE_LIMIT)
             self.breaker.observe(err)
             self._record(cid, turn, n, err.label, None, start, judge is not None)
-            raise
+            raise err from None
         self.limit.release(generation, ok=True)
         self.breaker.succeeded()
         if self.tpm:
@@ -126,3 +132,8 @@ class TargetClient:
         if judge:
             record["judge"] = True
         self.on_attempt(record)
+
+
+def internal(exc: Exception) -> ApiError:
+    """An exception nothing classified (a bug): this conversation fails, final, recorded."""
+    return ApiError(Kind.INTERNAL, f"{type(exc).__name__}: {exc}")

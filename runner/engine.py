@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from runner import signals
 from runner.client import TargetClient
 from runner.conversation import failed_record, run_conversation
-from runner.errors import Kind
+from runner.errors import Kind, WriteError
 from runner.judge import Judges
 from runner.plan import Conversation, Plan
 from runner.progress import Progress
@@ -33,6 +34,7 @@ class Outcome:
     interrupted: bool = False
     skipped: int = 0
     over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
+    write_error: WriteError | None = None  # the first failed write: the run stopped there
 
 
 @dataclass
@@ -173,11 +175,13 @@ async def _pool(
             if stopping.is_set():
                 return
             try:
-                client = judges.clients[conv.target.name]
-                record = await run_conversation(conv, client, judges)
-            except Exception as exc:  # a bug must not take the other conversations down
-                record = failed_record(conv, Kind.INTERNAL, f"{type(exc).__name__}: {exc}")
-            transcripts.write(record)
+                record = await _play(conv, judges)
+                _write(transcripts, conv, record)
+            except WriteError as exc:  # nothing more can be kept: spend no more requests
+                outcome.write_error = outcome.write_error or exc
+                stopping.set()
+                _cancel(workers)
+                return
             outcome.summary.add(record)
             progress.finished(record["status"] == "ok")
 
@@ -188,7 +192,39 @@ async def _pool(
         error = None if task.cancelled() else task.exception()
         if error is not None:
             raise error
-    return stopping.is_set()
+    return stopping.is_set() and outcome.write_error is None
+
+
+async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
+    """The conversation's record; a bug fails this conversation, not the run."""
+    try:
+        return await run_conversation(conv, judges.clients[conv.target.name], judges)
+    except WriteError:
+        raise
+    except Exception as exc:
+        return failed_record(conv, Kind.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def _write(transcripts: JsonlWriter, conv: Conversation, record: dict[str, Any]) -> None:
+    """Write a transcript record; one that cannot be encoded (a bug) is replaced by a
+    failed record saying so, so that no single record can stop the run."""
+    try:
+        transcripts.write(record)
+    except WriteError:
+        raise
+    except Exception as exc:
+        message = f"the record could not be written: {type(exc).__name__}: {exc}"
+        record.clear()
+        record.update(failed_record(conv, Kind.INTERNAL, message))
+        transcripts.write(record)
+
+
+def _cancel(workers: list[asyncio.Task[None]]) -> None:
+    """Cancel every worker but the caller (it returns by itself)."""
+    current = asyncio.current_task()
+    for task in workers:
+        if task is not current:
+            task.cancel()
 
 
 @contextlib.contextmanager
@@ -197,8 +233,7 @@ def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> I
     loop = asyncio.get_running_loop()
 
     def cancel_all() -> None:
-        for task in workers:
-            task.cancel()
+        _cancel(workers)
 
     def on_signal() -> None:
         if stopping.is_set():
@@ -207,6 +242,9 @@ def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> I
         stopping.set()
         loop.call_later(GRACE_S, cancel_all)
 
+    if signals.pending():  # a signal during start-up: stop before anything is sent
+        on_signal()
+    saved = signals.handlers()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -217,6 +255,7 @@ def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> I
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        signals.restore(saved)  # the start-up handlers again, while the run is written up
 
 
 def _stats(clients: dict[str, TargetClient], tokens: dict[str, int], began: float) -> str:

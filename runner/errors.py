@@ -12,6 +12,7 @@ class Exit(IntEnum):
     CHECKS = 1  # a check failed
     INPUT = 2  # bad input or configuration: nothing was sent
     FAILED = 3  # some conversations failed after retries
+    WRITE = 4  # results could not be written (disk full, folder gone or read-only)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM: what finished is kept, --resume continues
 
 
@@ -40,6 +41,12 @@ class InputError(Exception):
     def __init__(self, problems: str | list[str]):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class WriteError(Exception):
+    """A record or the manifest could not be written: the run stops (exit code 4).
+
+    Nothing is sent after it; what was written before it stays whole on disk."""
 
 
 class ApiError(Exception):

@@ -17,14 +17,14 @@ from typing import Any
 from runner.conversation import first_request
 from runner.cost import total
 from runner.engine import Budget, Outcome, execute
-from runner.errors import Exit, InputError
+from runner.errors import Exit, InputError, WriteError
 from runner.judge import judge_names
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
-from runner.store import MANIFEST, newest_transcripts, read_manifest, write_manifest
+from runner.store import MANIFEST, RunLock, newest_transcripts, read_manifest, write_manifest
 from runner.targets import Target, load_models, resolve
 
 
@@ -46,6 +46,7 @@ class Invocation:
     max_wait_s: float | None = None
     judge: str | None = None  # the default judge target of judge checks
     max_cost: float | None = None  # USD: no conversation starts once the estimate passes it
+    idle_timeout_s: float | None = None
 
 
 def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], Plan]:
@@ -97,6 +98,7 @@ def _override(target: Target, inv: Invocation) -> Target:
         "timeout_s": inv.timeout_s,
         "max_retries": inv.max_retries,
         "max_wait_s": inv.max_wait_s,
+        "idle_timeout_s": inv.idle_timeout_s,
     }
     return replace(target, **{k: v for k, v in changes.items() if v is not None})
 
@@ -171,17 +173,30 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     files = file_hashes(scenarios, inv.models_file)
     manifest = manifest_record(run_dir.name, asdict(inv), files, [t.public() for t in targets])
     manifest["judges"] = [t.public() for t in plan.judges[0]]
-    return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
+    with RunLock(run_dir):
+        if (run_dir / MANIFEST).exists():  # another process started it meanwhile
+            raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+        return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
 
 
 def resume(
     run_dir: Path, retry_failed: bool, force: bool, progress: bool, max_cost: float | None = None
 ) -> Finished:
-    """Continue a run: skip what is recorded, run what is not (and failures with retry_failed).
-    A new max_cost replaces the run's cap (which counts what the run spent before).
+    """Continue a run, holding its lock: what is recorded is read once no other process
+    can add to it. A new max_cost replaces the run's cap (which counts what the run spent
+    before)."""
+    run_dir = run_dir.resolve()
+    read_manifest(run_dir)  # a run folder at all, before a lock file is made in it
+    with RunLock(run_dir):
+        return _resume(run_dir, retry_failed, force, progress, max_cost)
+
+
+def _resume(
+    run_dir: Path, retry_failed: bool, force: bool, progress: bool, max_cost: float | None
+) -> Finished:
+    """Skip what is recorded, run what is not (and failures with retry_failed).
 
     Paths in the manifest are relative to the folder the run started in (its `cwd`)."""
-    run_dir = run_dir.resolve()
     manifest = read_manifest(run_dir)
     if not manifest.get("invocation"):
         raise InputError(f"{run_dir}: merged from runs started differently; it cannot be resumed")
@@ -257,24 +272,51 @@ def _go(
     began = time.monotonic()
     prices = {t.name: t.price for t in plan.targets}
     budget = Budget(inv.max_cost, prices) if inv.max_cost is not None else None
-    outcome = event_loop_runner()(
-        execute(
-            plan,
-            run_dir,
-            concurrency=inv.concurrency,
-            stream=inv.stream,
-            progress_mode=mode_for(not progress),
-            skip=skip,
-            summary=summary,
-            judges=plan.judges,
-            budget=budget,
+    try:
+        outcome = event_loop_runner()(
+            execute(
+                plan,
+                run_dir,
+                concurrency=inv.concurrency,
+                stream=inv.stream,
+                progress_mode=mode_for(not progress),
+                skip=skip,
+                summary=summary,
+                judges=plan.judges,
+                budget=budget,
+            )
         )
-    )
+    except WriteError as exc:  # the record files could not even be opened
+        outcome = Outcome(summary, skipped=len(skip), write_error=exc)
     unstreamed_targets = unstreamed([(t.name, t.stream) for t in plan.targets], inv.stream)
     rows = outcome.summary.rows(prices, unstreamed_targets)
     _finish(manifest, plan, outcome, rows, time.monotonic() - began)
+    if outcome.write_error is not None:
+        raise _stopped(run_dir, manifest, outcome.write_error)
     write_manifest(run_dir, manifest)
     return Finished(run_dir, manifest, rows, plan)
+
+
+def _stopped(run_dir: Path, manifest: dict[str, Any], error: WriteError) -> WriteError:
+    """A run stopped by a failed write: what can be written of the manifest is, and the one
+    line to print says what happened and how to go on."""
+    try:
+        write_manifest(run_dir, manifest)
+        kept = f"{manifest['counts']['ok'] + manifest['counts']['failed']} conversations recorded"
+    except WriteError:
+        kept = f"{MANIFEST} could not be updated either"
+    return WriteError(
+        f"{error}; the run stopped ({kept}); free space or fix the folder, then --resume {run_dir}"
+    )
+
+
+def _status(outcome: Outcome) -> str:
+    """How a run ended, as its manifest says it."""
+    if outcome.write_error is not None:
+        return "write_failed"
+    if outcome.interrupted:
+        return "interrupted"
+    return "over_budget" if outcome.over_budget else "finished"
 
 
 def _finish(
@@ -286,9 +328,7 @@ def _finish(
 ) -> None:
     summary = outcome.summary
     manifest["ended_at"] = utc_now()
-    manifest["status"] = "interrupted" if outcome.interrupted else "finished"
-    if outcome.over_budget and not outcome.interrupted:
-        manifest["status"] = "over_budget"
+    manifest["status"] = _status(outcome)
     manifest["elapsed_s"] = round(seconds, 3)
     manifest["counts"] = {
         "planned": len(plan),

@@ -1,41 +1,110 @@
-"""A run folder on disk: JSONL files appended and flushed one record at a time, the manifest.
+"""A run folder on disk: JSONL files appended one checked record at a time, the manifest,
+and the lock that keeps a second process out of a run folder in use.
 
-Every JSONL file is written and read through `jsonlines`, with orjson as its encoder when
-installed (runner/encoding.py). A line torn by a kill is never read as a record.
+Records are encoded as strict JSON (runner/encoding.py) and each is written whole or not
+at all: a failed or short write is cut away, so the file ends on its last whole record, and
+raises WriteError. Every JSONL file is written and read through `jsonlines`; a line torn by
+a kill is never read as a record.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import jsonlines
 
-from runner.encoding import from_json, to_json
-from runner.errors import InputError
+from runner.encoding import from_json, strict, to_json
+from runner.errors import InputError, WriteError
+from runner.records import utc_now
 
 TRANSCRIPTS = "transcripts.jsonl"
 USAGE = "usage.jsonl"
 MANIFEST = "run.json"
 
 
+LOCK = "run.lock"
+# a manifest that cannot be replaced for these reasons is rewritten in place, if it can be:
+# a full disk (no room for a new file), a folder made read-only (no new file allowed in it)
+IN_PLACE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
 class JsonlWriter:
-    """Appends one record at a time and flushes it, so a killed run loses nothing finished."""
+    """Appends one record at a time through jsonlines, each straight to the OS in one
+    checked write, so a killed run loses nothing finished; a write that fails or falls short
+    raises WriteError and leaves the file ending on its last whole record."""
 
     def __init__(self, path: Path):
-        repair_torn_tail(path)
-        self._fh: IO[bytes] = open(path, "ab")  # noqa: SIM115 - lives as long as the run
-        self._writer = jsonlines.Writer(self._fh, dumps=to_json, flush=True)
+        self._file = _RecordFile(path)
+        self._writer = jsonlines.Writer(cast(IO[bytes], self._file), dumps=to_json, flush=True)
 
     def write(self, record: dict[str, Any]) -> None:
         self._writer.write(record)
 
     def close(self) -> None:
-        self._writer.close()
-        self._fh.close()
+        self._file.close()
+
+
+class _RecordFile:
+    """The file under a JsonlWriter: what jsonlines writes of one record (the line, then its
+    newline) is kept until its flush, then appended whole in one checked write."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.failed: WriteError | None = None
+        self._pending: list[bytes] = []
+        try:
+            repair_torn_tail(path)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise write_error(path, exc) from None
+
+    def write(self, data: bytes) -> int:
+        if not isinstance(data, bytes):  # how jsonlines tells a binary file from a text one
+            raise TypeError("a record file takes bytes")
+        self._pending.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if self.failed is not None:  # once a write failed, nothing more goes in (flapping space)
+            raise self.failed
+        try:
+            if os.fstat(self._fd).st_nlink == 0:  # appending to it would go nowhere
+                raise FileNotFoundError(errno.ENOENT, "the file was deleted during the run")
+            written = 0
+            while written < len(data):
+                n = os.write(self._fd, data[written:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "a write fell short")
+                written += n
+        except OSError as exc:
+            self._cut_back()
+            self.failed = write_error(self.path, exc)
+            raise self.failed from None
+        self._size += written
+
+    def _cut_back(self) -> None:
+        """Cut away whatever part of a record got written (best effort: the disk may refuse)."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._size)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """The one-line message of a failed write: the file and the system's reason."""
+    return WriteError(f"could not write {path}: {exc.strerror or exc}")
 
 
 def repair_torn_tail(path: Path) -> None:
@@ -158,10 +227,36 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write run.json atomically (a kill never leaves half a manifest)."""
-    tmp = run_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / MANIFEST)
+    """Write run.json atomically (a kill never leaves half a manifest); WriteError if it
+    cannot be written. On a full disk or in a read-only folder it is rewritten in place
+    (when it fits in the space the old one holds), so a run still says how it ended."""
+    text = json.dumps(strict(manifest), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    data = text.encode("utf-8")
+    path, tmp = run_dir / MANIFEST, run_dir / (MANIFEST + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if exc.errno in IN_PLACE and _rewrite_in_place(path, data):
+            return
+        raise write_error(path, exc) from None
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> bool:
+    """Overwrite a file within the blocks it already has (no new space needed)."""
+    try:
+        with open(path, "r+b") as fh:
+            if len(data) > os.fstat(fh.fileno()).st_blocks * 512:
+                return False
+            fh.write(data)
+            fh.truncate()
+            fh.flush()
+    except OSError:
+        return False
+    return True
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -170,3 +265,40 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         return json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{run_dir}: not a readable run folder ({MANIFEST}: {exc})") from None
+
+
+class RunLock:
+    """An exclusive lock on a run folder (flock on run.lock) held for the whole run, so two
+    processes never play the same conversations; the file names its holder."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise InputError(
+                f"{self.path.parent} is in use by {holder} ({LOCK}); "
+                "wait for it to end or stop it, then --resume"
+            ) from None
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}"
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode() + b"\n", 0)
+        except OSError:
+            pass  # the lock holds without its note
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock; the file stays (removing it would race)
+            self._fd = None

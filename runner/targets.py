@@ -46,6 +46,8 @@ class Target:
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float | None = None
+    idle_timeout_s: float = 30.0  # no byte for this long once a response began: retried; 0 off
+    max_response_mb: float = 32.0  # a response (decompressed) or SSE line larger: malformed
     max_retries: int = 6
     max_wait_s: float = 60.0
     fail_fast_after: int = 5  # identical final failures from the start that stop it (0: never)
@@ -71,10 +73,14 @@ TYPES: dict[str, tuple[type, ...]] = {
     "auth": (str,), "stream": (bool,), "params": (dict,), "concurrency": (int,),
     "rpm": (int, float), "tpm": (int, float), "timeout_s": (int, float),
     "connect_timeout_s": (int, float), "first_byte_timeout_s": (int, float),
+    "idle_timeout_s": (int, float), "max_response_mb": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
     "fail_fast_after": (int,),
 }  # fmt: skip
-MINIMUM = {"concurrency": 1, "max_retries": 0, "fail_fast_after": 0}
+MINIMUM = {
+    "concurrency": 1, "max_retries": 0, "fail_fast_after": 0, "idle_timeout_s": 0,
+    "max_response_mb": 0.001,
+}  # fmt: skip
 
 
 def mock_base_url(provider: str, server_url: str) -> str:

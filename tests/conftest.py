@@ -109,6 +109,92 @@ def serve_app() -> Iterator[Callable[[web.Application], Served]]:
         loop.close()
 
 
+@dataclass
+class RawRequest:
+    """What a raw server was sent: the request line's path, headers (lower-case) and body."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class RawServer:
+    """A loopback server that answers with exactly the bytes `respond(request)` returns."""
+
+    base_url: str
+    requests: list[RawRequest] = field(default_factory=list)
+
+
+STALL = None  # a piece of a raw answer: keep the connection open, send nothing more
+
+
+def raw_response(
+    body: bytes | str, status: str = "200 OK", headers: dict[str, str] | None = None
+) -> bytes:
+    """An HTTP/1.1 answer as bytes: the body as given, with Content-Length unless the headers
+    say otherwise (give "Content-Length" or "Transfer-Encoding" yourself to lie or chunk)."""
+    data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    head = {"Content-Type": "application/json", "Connection": "close", **(headers or {})}
+    if not {"content-length", "transfer-encoding"} & {k.lower() for k in head}:
+        head["Content-Length"] = str(len(data))
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in head.items()), "", ""]
+    return "\r\n".join(lines).encode("latin-1") + data
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[RawRequest], Any]], RawServer]]:
+    """Serve arbitrary raw bytes and headers on a loopback port, one thread per server.
+
+    respond(request) returns bytes, or a list of bytes and STALL pieces sent in order (STALL
+    holds the connection open until the test ends); the connection is closed after it."""
+    started: list[tuple[asyncio.AbstractEventLoop, threading.Thread, asyncio.Server]] = []
+
+    def serve(respond: Callable[[RawRequest], Any]) -> RawServer:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        server = RawServer("")
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                request = RawRequest(lines[0].split(" ")[1], headers, body)
+                server.requests.append(request)
+                answer = respond(request)
+                for piece in answer if isinstance(answer, list) else [answer]:
+                    if piece is STALL:
+                        await asyncio.Event().wait()
+                    writer.write(piece)
+                    await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        async def up() -> asyncio.Server:
+            return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+        listening = asyncio.run_coroutine_threadsafe(up(), loop).result(WAIT_S)
+        started.append((loop, thread, listening))
+        server.base_url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        return server
+
+    yield serve
+    for loop, thread, listening in started:
+        loop.call_soon_threadsafe(listening.close)
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result(WAIT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(WAIT_S)
+        loop.close()
+
+
 def held_requests(among: int, **options: Any) -> list[int]:
     """Which of a mock's first `among` requests (0-based, in arrival order) it holds an hour.
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -11,9 +13,10 @@ from typing import Any
 
 import aiohttp
 
-from runner.encoding import from_json
+from runner.encoding import clean_text, from_json
 from runner.errors import ApiError, Kind
 from runner.finish import normalise
+from runner.providers.body import Limits, chunks, read_body
 from runner.providers.drain import drain
 from runner.providers.sse import iter_sse
 from runner.records import Usage, no_usage
@@ -68,15 +71,32 @@ class Request:
         return "\n".join([*lines, "", mask(body, key, hidden)])
 
 
+LIMITS = Limits()  # the defaults: 32 MB, 30 s idle
 SECRET_HEADERS = {"authorization", "x-goog-api-key", "api-key", "x-api-key"}
 KEY_PARAM = re.compile(r"([?&]key=)[^&#\s]+")
+KEY_PREFIX = 8  # this many leading characters of a key, or more, are masked wherever seen
+MESSAGE_CHARS = 500  # an error message is cut to this length, after masking
 
 
 def mask(text: str, key: str | None, hidden: str = "***") -> str:
-    """Hide a key wherever it appears, and any ?key= query value."""
+    """Hide a key wherever it appears, and any part of it that starts it and is at least
+    KEY_PREFIX long (a server that cut it short), and any ?key= query value."""
     if key:
         text = text.replace(key, hidden)
+        head = key[: min(KEY_PREFIX, len(key))]
+        start = text.find(head)
+        while start >= 0:
+            end = start + len(head)
+            while end < len(text) and end - start < len(key) and text[end] == key[end - start]:
+                end += 1
+            text = text[:start] + hidden + text[end:]
+            start = text.find(head, start + len(hidden))
     return KEY_PARAM.sub(lambda m: m.group(1) + hidden, text)
+
+
+def shorten(message: str) -> str:
+    """An error message cut for records and screens (mask it first: a cut may split a key)."""
+    return message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS] + "…"
 
 
 class StreamState:
@@ -129,6 +149,52 @@ class Provider:
         raise NotImplementedError
 
 
+def malformed(message: str) -> ApiError:
+    """A body that is not what the protocol defines: retried (a proxy's hiccup, say)."""
+    return ApiError(Kind.MALFORMED, message, retryable=True)
+
+
+def want(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """`value` if it has the shape the protocol defines for `what`, else a malformed error."""
+    if not isinstance(value, kind):
+        raise malformed(f"{what} is a {type(value).__name__}, not what the protocol defines")
+    return value
+
+
+def items(value: Any, what: str) -> list[Any]:
+    """A list the protocol defines (absent or null: empty)."""
+    return [] if value is None else want(value, list, what)
+
+
+def fields(value: Any, what: str) -> dict[str, Any]:
+    """An object the protocol defines (absent or null: empty)."""
+    return {} if value is None else want(value, dict, what)
+
+
+def text_or_none(value: Any, what: str) -> str | None:
+    return None if value is None else want(value, str, what)
+
+
+def tokens(raw: dict[str, Any], key: str) -> int:
+    """A token count of a usage object: a whole number of at least 0 (absent or null: 0)."""
+    value = raw.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise malformed(f"usage {key} is {value!r}, not a token count")
+    return value
+
+
+def try_json(text: str) -> Any:
+    """The JSON in an error body, or None when there is none."""
+    try:
+        return from_json(text)
+    except ValueError:
+        return None
+
+
 def loads(text: str | bytes, what: str) -> Any:
     """json.loads that turns a bad body into a retryable ApiError."""
     try:
@@ -142,6 +208,7 @@ def loads(text: str | bytes, what: str) -> Any:
 
 def raise_error_payload(payload: dict[str, Any]) -> None:
     """An error object where a reply should be (mid-stream or in a 200 body) is a failure."""
+    want(payload, dict, "the body")
     err = payload.get("error")
     if err:
         message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
@@ -165,66 +232,96 @@ def classify(
 
 
 def retry_after(headers: Any) -> float | None:
-    """Seconds the server asked us to wait: retry-after-ms, then Retry-After (seconds or date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
+    """Seconds the server asked us to wait: retry-after-ms, then Retry-After (seconds or an
+    HTTP date). A hint that does not parse is ignored: the backoff decides instead."""
+    ms = seconds(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
     value = headers.get("retry-after")
     if not value:
         return None
+    given = seconds(value)
+    if given is not None:
+        return given
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError, IndexError, OSError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, when - time.time())
 
 
-async def send(session: aiohttp.ClientSession, provider: Provider, req: Request) -> Reply:
-    """One HTTP attempt; transport failures become retryable ApiErrors."""
+def seconds(value: Any) -> float | None:
+    """A number of seconds of at least 0 (a finite float), else None."""
     try:
-        return await _send(session, provider, req)
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(0.0, number) if math.isfinite(number) else None
+
+
+async def send(
+    session: aiohttp.ClientSession, provider: Provider, req: Request, limits: Limits = LIMITS
+) -> Reply:
+    """One HTTP attempt; transport failures become retryable ApiErrors, and a body that
+    cannot be read as the protocol defines is malformed (retryable)."""
+    try:
+        reply = await _send(session, provider, req, limits)
     except ApiError:
         raise
-    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError) as exc:
         # JSON of the wrong shape (a gateway's own envelope, say): retried like a bad body
-        raise ApiError(
-            Kind.MALFORMED, f"unexpected response shape: {exc!r}", retryable=True
-        ) from None
+        raise malformed(f"unexpected response shape: {type(exc).__name__}: {exc}") from None
     except TimeoutError:
         raise ApiError(Kind.TIMEOUT, "the request timed out", retryable=True) from None
     except aiohttp.ClientPayloadError as exc:
         raise ApiError(Kind.STREAM, f"the response was cut off: {exc}", retryable=True) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise ApiError(Kind.CONNECTION, f"{type(exc).__name__}: {exc}", retryable=True) from None
+    reply.text = clean_text(want(reply.text, str, "the reply text"))
+    return reply
 
 
-async def _send(session: aiohttp.ClientSession, provider: Provider, req: Request) -> Reply:
+async def _send(
+    session: aiohttp.ClientSession, provider: Provider, req: Request, limits: Limits
+) -> Reply:
     start = time.perf_counter()
-    async with session.post(req.url, data=req.body, headers=req.headers) as resp:
-        if resp.status >= 400:
-            text = await resp.text(errors="replace")
-            raise provider.error(resp.status, resp.headers, text)
+    # an API call never needs a redirect, and following one may carry the key elsewhere
+    async with session.post(
+        req.url, data=req.body, headers=req.headers, allow_redirects=False
+    ) as resp:
+        if resp.status >= 300:
+            raise await answered_error(resp, provider, limits)
         if not req.stream:
-            reply = provider.parse(loads(await resp.read(), "response body"))
+            reply = provider.parse(loads(await read_body(resp, limits), "response body"))
             reply.latency_ms = reply.ttft_ms = (time.perf_counter() - start) * 1000
             return reply
         state = provider.stream_state()
         ttft = None
-        async for event, data in iter_sse(resp.content):
-            done = state.feed(event, data)
-            if ttft is None and state.started:
-                ttft = (time.perf_counter() - start) * 1000
-            if done:
-                break
+        async with contextlib.aclosing(chunks(resp, limits)) as body:
+            async for event, data in iter_sse(body, limits.max_bytes):
+                done = state.feed(event, data)
+                if ttft is None and state.started:
+                    ttft = (time.perf_counter() - start) * 1000
+                if done:
+                    break
         reply = state.reply()
         reply.latency_ms = (time.perf_counter() - start) * 1000
         reply.ttft_ms = ttft
         await drain(resp.content)
         return reply
+
+
+async def answered_error(
+    resp: aiohttp.ClientResponse, provider: Provider, limits: Limits
+) -> ApiError:
+    """The error a 3xx, 4xx or 5xx answer stands for; its body is read within the limits."""
+    if resp.status < 400:
+        where = resp.headers.get("Location", "")
+        return ApiError(
+            Kind.HTTP,
+            f"HTTP {resp.status}: the server redirects to {where!r}; API calls are not "
+            "redirected (point base_url at the final address)",
+            status=resp.status,
+        )
+    text = (await read_body(resp, limits)).decode("utf-8", "replace")
+    return provider.error(resp.status, resp.headers, text)

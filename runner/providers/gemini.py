@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import quote
@@ -38,22 +37,23 @@ CONFIG_KEYS = {
 }
 # request fields that sit next to generationConfig, not inside it
 TOP_LEVEL = {"safetySettings", "safety_settings", "tools", "toolConfig", "cachedContent"}
-RETRY_DELAY = re.compile(r"^([\d.]+)s$")
+RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
 
 
-def gemini_usage(raw: dict[str, Any] | None) -> Usage:
+def gemini_usage(raw: Any) -> Usage:
     """Thoughts are not inside candidatesTokenCount: output = candidates + thoughts."""
     if not raw:
         return no_usage()
-    prompt = raw.get("promptTokenCount") or 0
-    thoughts = raw.get("thoughtsTokenCount") or 0
-    output = (raw.get("candidatesTokenCount") or 0) + thoughts
+    raw = base.want(raw, dict, "usageMetadata")
+    prompt = base.tokens(raw, "promptTokenCount")
+    thoughts = base.tokens(raw, "thoughtsTokenCount")
+    output = base.tokens(raw, "candidatesTokenCount") + thoughts
     return Usage(
         input_tokens=prompt,
         output_tokens=output,
         reasoning_tokens=thoughts,
-        cached_tokens=raw.get("cachedContentTokenCount") or 0,
-        total_tokens=raw.get("totalTokenCount") or prompt + output,
+        cached_tokens=base.tokens(raw, "cachedContentTokenCount"),
+        total_tokens=base.tokens(raw, "totalTokenCount") or prompt + output,
     )
 
 
@@ -111,15 +111,14 @@ class Gemini(Provider):
         return GeminiStream()
 
     def error(self, status: int, headers: Any, body: str) -> ApiError:
-        message, delay, quota = body.strip()[:500] or f"HTTP {status}", None, False
-        try:
-            err = json.loads(body)
-            err = (err[0] if isinstance(err, list) and err else err).get("error")
-        except (ValueError, AttributeError, IndexError):
-            err = None
+        message, delay, quota = body.strip() or f"HTTP {status}", None, False
+        err = base.try_json(body)
+        err = err[0] if isinstance(err, list) and err else err
+        err = err.get("error") if isinstance(err, dict) else None
         if isinstance(err, dict):
             message = f"{err.get('status', '')}: {err.get('message', '')}".strip(": ")
-            delay = retry_delay(err.get("details") or [])
+            details = err.get("details")
+            delay = retry_delay(details if isinstance(details, list) else [])
             quota = "limit: 0" in message  # a free tier with no quota left is final
         return base.classify(
             status, message, delay if delay is not None else base.retry_after(headers), quota
@@ -129,10 +128,12 @@ class Gemini(Provider):
 def retry_delay(details: list[Any]) -> float | None:
     """The google.rpc.RetryInfo delay ("37s", "0.5s") of a 429, if any."""
     for detail in details:
-        if isinstance(detail, dict) and detail.get("@type", "").endswith("google.rpc.RetryInfo"):
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith(
+            "google.rpc.RetryInfo"
+        ):
             match = RETRY_DELAY.match(str(detail.get("retryDelay", "")))
             if match:
-                return float(match.group(1))
+                return base.seconds(match.group(1))
     return None
 
 
@@ -152,19 +153,24 @@ class GeminiStream(StreamState):
     def take(self, chunk: dict[str, Any]) -> None:
         base.raise_error_payload(chunk)
         if chunk.get("usageMetadata"):
-            self.raw_usage = chunk["usageMetadata"]
-        feedback = chunk.get("promptFeedback") or {}
-        self.block_reason = feedback.get("blockReason") or self.block_reason
-        self.response_id = chunk.get("responseId") or self.response_id
-        for cand in chunk.get("candidates") or ():
-            if cand.get("index", 0) != 0:
+            self.raw_usage = base.want(chunk["usageMetadata"], dict, "usageMetadata")
+        feedback = base.fields(chunk.get("promptFeedback"), "promptFeedback")
+        block = base.text_or_none(feedback.get("blockReason"), "blockReason")
+        self.block_reason = block or self.block_reason
+        self.response_id = base.text_or_none(chunk.get("responseId"), "responseId") or (
+            self.response_id
+        )
+        for cand in base.items(chunk.get("candidates"), "candidates"):
+            if base.want(cand, dict, "a candidate").get("index", 0) != 0:
                 continue
-            for part in (cand.get("content") or {}).get("parts") or ():
-                if part.get("text") and not part.get("thought"):
-                    self.parts.append(part["text"])
+            content = base.fields(cand.get("content"), "a candidate's content")
+            for part in base.items(content.get("parts"), "a candidate's parts"):
+                text = base.text_or_none(base.want(part, dict, "a part").get("text"), "a text")
+                if text and not part.get("thought"):
+                    self.parts.append(text)
                     self.started = True
             if cand.get("finishReason"):
-                self.finish_reason = cand["finishReason"]
+                self.finish_reason = base.want(cand["finishReason"], str, "finishReason")
 
     def reply(self) -> Reply:
         if self.finish_reason is None and self.block_reason is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from typing import Any
 
@@ -13,29 +12,28 @@ from runner.providers.base import Call, Provider, Reply, Request, StreamState
 from runner.records import Usage, no_usage
 
 
-def openai_usage(raw: dict[str, Any] | None, input_key: str, output_key: str) -> Usage:
+def openai_usage(raw: Any, input_key: str, output_key: str) -> Usage:
     """Normalise a Chat (prompt/completion) or Responses (input/output) usage object."""
     if not raw:
         return no_usage()
-    inp, out = raw.get(input_key) or 0, raw.get(output_key) or 0
-    in_details = raw.get(f"{input_key}_details") or {}
-    out_details = raw.get(f"{output_key}_details") or {}
+    raw = base.want(raw, dict, "usage")
+    inp, out = base.tokens(raw, input_key), base.tokens(raw, output_key)
+    in_details = base.fields(raw.get(f"{input_key}_details"), "usage details")
+    out_details = base.fields(raw.get(f"{output_key}_details"), "usage details")
     return Usage(
         input_tokens=inp,
         output_tokens=out,
-        reasoning_tokens=out_details.get("reasoning_tokens") or 0,
-        cached_tokens=in_details.get("cached_tokens") or 0,
-        total_tokens=raw.get("total_tokens") or inp + out,
+        reasoning_tokens=base.tokens(out_details, "reasoning_tokens"),
+        cached_tokens=base.tokens(in_details, "cached_tokens"),
+        total_tokens=base.tokens(raw, "total_tokens") or inp + out,
     )
 
 
 def openai_error(status: int, headers: Any, body: str) -> ApiError:
     """Classify an OpenAI error envelope {"error": {message, type, param, code}}."""
-    message, quota = body.strip()[:500] or f"HTTP {status}", False
-    try:
-        err = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        err = None
+    message, quota = body.strip() or f"HTTP {status}", False
+    payload = base.try_json(body)
+    err = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(err, dict):
         message = str(err.get("message") or message)
         quota = "insufficient_quota" in (err.get("type"), err.get("code"))
@@ -45,19 +43,22 @@ def openai_error(status: int, headers: Any, body: str) -> ApiError:
 
 
 def content_text(content: Any) -> str:
-    """Message content as text: a string, or a list of parts whose text may be {"value": ...}."""
+    """Message content as text: a string, or a list of parts whose text may be {"value": ...}.
+
+    Parts without text (an image, say) are skipped; any other shape is malformed."""
     if content is None or isinstance(content, str):
         return content or ""
     texts = []
-    for part in content:
+    for part in base.want(content, list, "message content"):
         if isinstance(part, str):
             texts.append(part)
-        elif isinstance(part, dict):
-            text = part.get("text")
-            if isinstance(text, dict):
-                text = text.get("value")
-            if isinstance(text, str):
-                texts.append(text)
+            continue
+        text = base.want(part, dict, "a content part").get("text")
+        if isinstance(text, dict):
+            text = text.get("value")
+        text = base.text_or_none(text, "a content part's text")
+        if text:
+            texts.append(text)
     return "".join(texts)
 
 
@@ -93,21 +94,21 @@ class OpenAIChat(OpenAIProvider):
 
     def parse(self, body: dict[str, Any]) -> Reply:
         base.raise_error_payload(body)
-        choices = body.get("choices") or []
+        choices = base.items(body.get("choices"), "choices")
         if not choices:
             raise ApiError(Kind.MALFORMED, "the response has no choices", retryable=True)
-        choice = choices[0]
-        message = choice.get("message") or {}
+        choice = base.want(choices[0], dict, "a choice")
+        message = base.fields(choice.get("message"), "a choice's message")
         text = content_text(message.get("content"))
-        if not text and message.get("refusal"):
-            text = message["refusal"]
+        if not text:
+            text = base.text_or_none(message.get("refusal"), "a refusal") or ""
         raw = body.get("usage")
         return Reply(
             text,
-            choice.get("finish_reason"),
+            base.text_or_none(choice.get("finish_reason"), "finish_reason"),
             openai_usage(raw, "prompt_tokens", "completion_tokens"),
             raw,
-            body.get("id"),
+            base.text_or_none(body.get("id"), "the response id"),
         )
 
     def stream_state(self) -> StreamState:
@@ -128,19 +129,28 @@ class ChatStream(StreamState):
         chunk = base.loads(data, "stream chunk")
         base.raise_error_payload(chunk)
         if chunk.get("usage"):
-            self.raw_usage = chunk["usage"]
-        self.response_id = self.response_id or chunk.get("id")
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                self.parts.append(text if isinstance(text, str) else content_text(text))
-                self.started = True
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            self.raw_usage = base.want(chunk["usage"], dict, "usage")
+        self.response_id = self.response_id or base.text_or_none(chunk.get("id"), "the id")
+        choices = chunk.get("choices")
+        if choices:
+            for choice in base.want(choices, list, "choices"):
+                self._choice(choice)
         return False
+
+    def _choice(self, choice: Any) -> None:
+        if not isinstance(choice, dict):
+            raise base.malformed("a choice is not an object")
+        if choice.get("index", 0) != 0:
+            return
+        delta = choice.get("delta")
+        if delta:
+            content = base.want(delta, dict, "a delta").get("content")
+            text = content if isinstance(content, str) else content_text(content)
+            if text:
+                self.parts.append(text)
+                self.started = True
+        if choice.get("finish_reason"):
+            self.finish_reason = base.want(choice["finish_reason"], str, "finish_reason")
 
     def reply(self) -> Reply:
         # some gateways omit [DONE]; a finish reason plus the usage chunk is complete too

@@ -7,7 +7,17 @@ from typing import Any
 
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
-from runner.providers.base import Call, Reply, Request, StreamState, loads
+from runner.providers.base import (
+    Call,
+    Reply,
+    Request,
+    StreamState,
+    fields,
+    items,
+    loads,
+    text_or_none,
+    want,
+)
 from runner.providers.openai_chat import OpenAIProvider, openai_usage
 
 # scenario params that belong in the `reasoning` object
@@ -15,37 +25,38 @@ REASONING_KEYS = {"reasoning_effort": "effort", "reasoning_summary": "summary"}
 TERMINAL = {"response.completed", "response.incomplete", "response.failed", "response.done"}
 
 
-def response_reply(response: dict[str, Any]) -> Reply:
+def response_reply(response: Any) -> Reply:
     """Text, finish reason and usage of a Response object; failures raise."""
-    status = response.get("status")
+    response = want(response, dict, "the response")
+    status = text_or_none(response.get("status"), "the response status")
     if status == "failed" or response.get("error"):
-        err = response.get("error") or {}
+        err = fields(response.get("error"), "the response error")
         code = err.get("code") or "failed"
         retryable = code in ("server_error", "rate_limit_exceeded")
         raise ApiError(
             Kind.HTTP, f"response failed ({code}): {err.get('message', '')}", retryable=retryable
         )
-    text = output_text(response.get("output") or [])
+    text = output_text(items(response.get("output"), "output"))
     finish = status or "completed"  # a Response without a status is taken as complete
     if status == "incomplete":
-        reason = (response.get("incomplete_details") or {}).get("reason")
-        finish = reason or "incomplete"
+        details = fields(response.get("incomplete_details"), "incomplete_details")
+        finish = text_or_none(details.get("reason"), "the incomplete reason") or "incomplete"
     raw = response.get("usage")
     usage = openai_usage(raw, "input_tokens", "output_tokens")
-    return Reply(text, finish, usage, raw, response.get("id"))
+    return Reply(text, finish, usage, raw, text_or_none(response.get("id"), "the response id"))
 
 
-def output_text(output: list[dict[str, Any]]) -> str:
+def output_text(output: list[Any]) -> str:
     """Join the output_text parts of message items; reasoning items carry no answer text."""
     texts = []
     for item in output:
-        if item.get("type") != "message":
+        if want(item, dict, "an output item").get("type") != "message":
             continue
-        for part in item.get("content") or ():
-            if part.get("type") == "output_text":
-                texts.append(part.get("text") or "")
-            elif part.get("type") == "refusal":
-                texts.append(part.get("refusal") or "")
+        for part in items(item.get("content"), "a message's content"):
+            kind = want(part, dict, "a content part").get("type")
+            if kind in ("output_text", "refusal"):
+                key = "text" if kind == "output_text" else "refusal"
+                texts.append(text_or_none(part.get(key), f"a part's {key}") or "")
     return "".join(texts)
 
 
@@ -83,7 +94,9 @@ class OpenAIResponses(OpenAIProvider):
         return out
 
     def parse(self, body: dict[str, Any]) -> Reply:
-        if body.get("object") not in (None, "response") or "output" not in body:
+        if not isinstance(body, dict) or body.get("object") not in (None, "response"):
+            raise ApiError(Kind.MALFORMED, "the body is not a Response object", retryable=True)
+        if "output" not in body:
             raise ApiError(Kind.MALFORMED, "the body is not a Response object", retryable=True)
         return response_reply(body)
 
@@ -101,13 +114,13 @@ class ResponsesStream(StreamState):
     def feed(self, event: str, data: str) -> bool:
         if data == "[DONE]":
             return self.final is not None
-        payload = loads(data, "stream event")
+        payload = want(loads(data, "stream event"), dict, "a stream event")
         kind = payload.get("type") or event
         if kind == "response.output_text.delta":
-            self.parts.append(payload.get("delta") or "")
+            self.parts.append(text_or_none(payload.get("delta"), "a text delta") or "")
             self.started = True
         elif kind in TERMINAL:
-            self.final = payload.get("response") or {}
+            self.final = fields(payload.get("response"), "the final response")
             return True
         elif kind == "error":
             message = payload.get("message") or json.dumps(payload.get("error"))
