@@ -29,6 +29,9 @@ class Group(click.Group):
             sys.exit(Exit.WRITE)
 
 
+NOTHING_TO_RUN = "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
+
+
 @click.group(cls=Group)
 @click.version_option(runner.__version__, prog_name="dialogue-runner")
 def main() -> None:
@@ -115,9 +118,7 @@ def run(
             resumed = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, max_cost)
             _finished(resumed, junit_file, html_file)
         if not paths or not targets:
-            raise InputError(
-                "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
-            )
+            raise InputError(NOTHING_TO_RUN)
         inv = runs.Invocation(
             paths=list(paths),
             targets=list(targets),
