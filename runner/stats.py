@@ -78,11 +78,14 @@ class Summary:
         replies they judged (their checks carry tokens and cost), not as the judge's own."""
         if record.get("judge"):
             return
-        stats = self.targets.setdefault(record["target"], TargetStats())
+        stats = self.targets.get(record["target"]) or self.targets.setdefault(
+            record["target"], TargetStats()
+        )
         stats.requests += 1
         stats.retries += record["attempt"] > 1
+        tokens = stats.tokens
         for key in TOKEN_KEYS:
-            stats.tokens[key] += record.get(key) or 0
+            tokens[key] += record[key]
 
     def spent(self, prices: dict[str, dict[str, float] | None]) -> float:
         """The running estimate of the run's cost (targets without a price count nothing)."""

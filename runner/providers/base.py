@@ -178,6 +178,8 @@ def text_or_none(value: Any, what: str) -> str | None:
 def tokens(raw: dict[str, Any], key: str) -> int:
     """A token count of a usage object: a whole number of at least 0 (absent or null: 0)."""
     value = raw.get(key)
+    if type(value) is int and value >= 0:  # the common case, first
+        return value
     if value is None:
         return 0
     if isinstance(value, float) and value.is_integer():

@@ -41,6 +41,8 @@ async def read_body(resp: aiohttp.ClientResponse, limits: Limits) -> bytes:
     if declared is not None and not resp.headers.get("Content-Encoding"):
         if declared > limits.max_bytes:
             raise too_large(limits)
+        if resp.content.is_eof():  # all of it has arrived already: nothing can stall
+            return await resp.read()
         idle = Idle(limits.idle_s, resp.close)  # the length is bounded: aiohttp's own read
         try:
             return await resp.read()
