@@ -28,6 +28,7 @@ class Reply:
     response_id: str | None = None
     latency_ms: float = 0.0
     ttft_ms: float | None = None
+    headers: Any = None  # the response's headers (rate-limit pacing reads them)
 
 
 @dataclass(slots=True)
@@ -202,10 +203,13 @@ async def _send(session: aiohttp.ClientSession, provider: Provider, req: Request
     async with session.post(req.url, data=req.body, headers=req.headers) as resp:
         if resp.status >= 400:
             text = await resp.text(errors="replace")
-            raise provider.error(resp.status, resp.headers, text)
+            err = provider.error(resp.status, resp.headers, text)
+            err.headers = resp.headers
+            raise err
         if not req.stream:
             reply = provider.parse(loads(await resp.read(), "response body"))
             reply.latency_ms = reply.ttft_ms = (time.perf_counter() - start) * 1000
+            reply.headers = resp.headers
             return reply
         state = provider.stream_state()
         ttft = None
@@ -218,4 +222,5 @@ async def _send(session: aiohttp.ClientSession, provider: Provider, req: Request
         reply = state.reply()
         reply.latency_ms = (time.perf_counter() - start) * 1000
         reply.ttft_ms = ttft
+        reply.headers = resp.headers
         return reply
