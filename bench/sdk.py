@@ -11,7 +11,9 @@ import time
 from bench.workloads import KEY, TURNS
 
 
-async def sdk_run(base_url: str, n: int, concurrency: int, turns: int) -> dict[str, float]:
+async def sdk_run(
+    base_url: str, n: int, concurrency: int, turns: int, retries: int = 10
+) -> dict[str, float]:
     """N conversations, `concurrency` at once; attempts and 429s counted on the wire."""
     import openai
 
@@ -26,7 +28,9 @@ async def sdk_run(base_url: str, n: int, concurrency: int, turns: int) -> dict[s
         statuses.append(response.status_code)
 
     http = httpx.AsyncClient(event_hooks={"response": [count]}, timeout=120)
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=10, http_client=http)
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key=KEY, max_retries=retries, http_client=http
+    )
     todo, lost = iter(range(n)), 0
 
     async def worker() -> None:

@@ -111,7 +111,8 @@ class TokenBucket:
     async def acquire(self, cost: float = 1.0) -> None:
         async with self._lock:  # first come, first served
             self._refill()
-            while self.level < (need := min(cost + self.reserve, self.capacity)):
+            # (less a hair: a wait shorter than the clock's resolution would never end)
+            while self.level < (need := min(cost + self.reserve, self.capacity)) - 1e-9:
                 await self._sleep((need - self.level) / self.rate)
                 self._refill()
             self.level -= cost
@@ -154,6 +155,7 @@ class Learned(TokenBucket):
         self.names = tuple(f"x-ratelimit-{w}-{kind}" for w in ("limit", "remaining", "reset"))
         self.sent = 0.0  # charged to requests sent so far
         self.pending = 0.0  # charged to requests that passed but are not sent yet
+        self.basis = 0.0  # the used amount the rate was last inferred from
 
     async def take(self, cost: float) -> None:
         """Wait (once a rate is known) until the bucket holds the cost, and charge it."""
@@ -181,8 +183,10 @@ class Learned(TokenBucket):
             capacity = float(limit)
         except (TypeError, ValueError):
             return left
-        if seconds and capacity > left and (not self.rate or seconds >= 0.05):
-            self.rate = (capacity - left) / seconds
+        used = capacity - left  # what the reset refills; `remaining` is rounded down, so
+        if seconds and used >= max(1.0, self.basis / 2):  # the larger, the more exact
+            self.rate = (used - 1 if used >= 2 else used) / seconds  # the slower bound
+            self.basis = used
         if not self.rate:
             return left
         now = self._clock()

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from bench.floor import floor
+from bench.limited import limited_workloads
+from bench.sdk import sdk_run
 from bench.workloads import TURNS, Workload
 
 
@@ -27,3 +29,17 @@ def test_floor_plays_every_turn_with_the_growing_history(mock_server, stream):
 def test_ideal_time_is_turns_times_latency_times_waves():
     assert Workload("L", 2000, 200, 50).ideal_s == pytest.approx(1.5)
     assert Workload("Z", 20000, 200, 0).ideal_s == 0
+
+
+def test_ideal_times_at_the_limits():
+    rps, tps, inflight = limited_workloads(None)
+    assert rps.ideal_s(0) == pytest.approx((1500 - 150) / 150 + 0.05)  # after a 1 s burst
+    assert tps.ideal_s(140_000) == pytest.approx((140_000 - 12_000) / 12_000 + 0.05)
+    assert inflight.ideal_s(0) == pytest.approx(1500 * 0.05 / 20)  # waves of 20
+
+
+def test_the_sdk_peer_counts_its_429s(make_mock):
+    server = make_mock(limit_rps=1 / 3600, limit_burst=4, retry_after_ms=1)
+    done = asyncio.run(sdk_run(server.base_url + "/v1", n=3, concurrency=1, turns=2, retries=1))
+    # two conversations answered, then a 429 asking for an hour: the SDK gives up at once
+    assert (done["attempts"], done["rate_limited"], done["lost"]) == (5, 1, 1)

@@ -4,11 +4,13 @@ its concurrency controller, all on injected clocks (nothing sleeps for real)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+import runner.client
 from runner.client import TargetClient
 from runner.errors import ApiError, Kind
 from runner.limits import AdaptiveLimit, Pacer, reset_seconds
@@ -140,8 +142,10 @@ def test_pacer_slows_down_before_the_bucket_is_empty():
         return sent
 
     sent = asyncio.run(scenario())
-    # the first waits for one request plus the 2 % reserve, then one every 0.1 s
-    assert sent == pytest.approx([0.12, 0.22, 0.32, 0.42, 0.52])
+    # `remaining` is rounded down, so the rate taken is the slower bound: 9 of the 10 used
+    # refilled in 1 s. The first waits for one request plus the 2 % reserve, then one each
+    # 1/9 s
+    assert sent == pytest.approx([(1.2 + i) / 9 for i in range(5)])
 
 
 def test_pacer_counts_what_was_sent_after_the_answer_it_syncs_to():
@@ -156,10 +160,11 @@ def test_pacer_counts_what_was_sent_after_the_answer_it_syncs_to():
         headers = {**OPENAI_EMPTY, "x-ratelimit-remaining-requests": "6",
                    "x-ratelimit-reset-requests": "400ms"}  # fmt: skip
         pacer.observe(CIMultiDict(headers), marks[0], 1)
-        # 6 left after the first, 0.5 refilled in 0.05 s, the 3 sent after it charged
+        # 6 left after the first, refilled for 0.05 s at 3 (of the 4 used) per 0.4 s, and
+        # the 3 sent after it charged
         return pacer.requests.level
 
-    assert asyncio.run(scenario()) == pytest.approx(6 + 0.5 - 3)
+    assert asyncio.run(scenario()) == pytest.approx(6 + 0.05 * 3 / 0.4 - 3)
 
 
 def test_pacer_reserves_estimated_tokens_and_learns_from_the_real_count():
@@ -172,11 +177,11 @@ def test_pacer_reserves_estimated_tokens_and_learns_from_the_real_count():
                    "x-ratelimit-reset-tokens": "300ms"}  # fmt: skip
         # the server charged 300 for what was estimated at 100: its word replaces the guess
         pacer.observe(CIMultiDict(headers), mark, 100)
-        assert pacer.tokens.rate == pytest.approx(1000)
-        await pacer.acquire(700)  # 700 of 700 left, but 20 are kept in reserve: wait 20 ms
+        assert pacer.tokens.rate == pytest.approx(299 / 0.3)
+        await pacer.acquire(700)  # 700 of 700 left, but 20 are kept in reserve
         return clock.now
 
-    assert asyncio.run(scenario()) == pytest.approx(0.02)
+    assert asyncio.run(scenario()) == pytest.approx(20 / (299 / 0.3))
 
 
 # ---------------------------------------------------------------- the concurrency controller
@@ -241,7 +246,24 @@ SIX = "id: six\nturns: [a, b]\n"
 
 def test_every_conversation_completes_against_a_concurrency_limited_server(tmp_path, make_mock):
     server = make_mock(limit_concurrency=2, latency_ms=20, retry_after_ms=5)
-    played = play(tmp_path, SIX, "-c", "6", "--repeat", "6", server=server)
+    played = play(tmp_path, SIX, "-c", "6", "--repeat", "6", "--max-retries", "40", server=server)
     assert played.result.exit_code == 0, played.result.output
     assert [t["status"] for t in played.transcripts] == ["ok"] * 6
     assert {u["status"] for u in played.usage} <= {200, 429}
+
+
+def test_the_client_paces_to_the_servers_headers_and_is_never_refused(
+    tmp_path, make_mock, monkeypatch
+):
+    # the mock's bucket and the client's pacing share one fake clock: time passes only when
+    # the client waits, so any request sent too early would be refused
+    server = make_mock(limit_rps=2, limit_burst=2)
+    clock = FakeClock()
+    clock.now = start = time.monotonic()  # where the mock's buckets were stamped
+    server.state.limits.clock = clock
+    monkeypatch.setattr(runner.client, "Pacer", lambda: Pacer(clock, clock.sleep))
+    played = play(tmp_path, "id: p\nturns: [a, b, c, d, e, f]\n", server=server)
+    assert played.result.exit_code == 0, played.result.output
+    assert [u["status"] for u in played.usage] == [200] * 6
+    # two a second after a burst of two: the other four wait about half a second each
+    assert 1.9 < clock.now - start < 2.3 and len(clock.slept) >= 4
