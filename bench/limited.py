@@ -13,7 +13,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from bench.workloads import write_inputs
 
 N, C, LATENCY_MS = 500, 200, 50.0
 SIDES = ("runner", "runner told", "openai SDK")
+FLOOR = "floor c=20"  # the minimal aiohttp client at exactly the server's concurrency
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ def limited_workloads(runs: int | None) -> list[Limited]:
     chosen = [
         Limited("req/s", {"limit_rps": 150}, {"rpm": 150 * 60}),
         Limited("tokens/s", {"limit_tps": 12000}, {"tpm": 12000 * 60}),
-        Limited("in-flight", {"limit_concurrency": 20}, {"concurrency": 20}),
-    ]
-    return [Limited(w.name, w.mock, w.told, runs=runs) for w in chosen] if runs else chosen
+        Limited("in-flight", {"limit_concurrency": 20}, {"concurrency": 20},
+                sides=(*SIDES, FLOOR)),
+    ]  # fmt: skip
+    return [replace(w, runs=runs) for w in chosen] if runs else chosen
 
 
 def start_server(w: Limited) -> tuple[subprocess.Popen[str], Server]:
@@ -110,6 +112,25 @@ def run_sdk(w: Limited, server: Server, env: dict[str, str]) -> dict:
     return dict(json.loads(text.strip().splitlines()[-1]))
 
 
+def run_floor_at(w: Limited, server: Server, env: dict[str, str]) -> dict:
+    """The floor client with exactly the server's concurrency: the best any client does."""
+    cmd = [PY, "-m", "bench", "floor", "--port", str(server.port), "--n", str(w.n),
+           "-c", str(w.mock["limit_concurrency"]), "--turns", str(w.turns)]  # fmt: skip
+    _, code, text = measure(cmd, env, server.pid)
+    if code != 0:
+        fail(f"floor {w.name}", code, text)
+    wall = json.loads(text.strip().splitlines()[-1])["wall_s"]
+    return {"wall_s": wall, "attempts": w.n * w.turns, "rate_limited": 0, "lost": 0, "tokens": 0}
+
+
+def run_side(side: str, w: Limited, server: Server, env: dict[str, str], work: Path) -> dict:
+    if side == "openai SDK":
+        return run_sdk(w, server, env)
+    if side == FLOOR:
+        return run_floor_at(w, server, env)
+    return run_runner(w, server, env, work, side == "runner told")
+
+
 def bench_limited(w: Limited, env: dict[str, str], work: Path) -> dict[str, Any]:
     """Interleaved runs of each side, each against a fresh server; medians per side."""
     samples: dict[str, list[dict]] = {side: [] for side in w.sides}
@@ -117,10 +138,7 @@ def bench_limited(w: Limited, env: dict[str, str], work: Path) -> dict[str, Any]
         for side in w.sides:
             proc, server = start_server(w)
             try:
-                if side == "openai SDK":
-                    samples[side].append(run_sdk(w, server, env))
-                else:
-                    samples[side].append(run_runner(w, server, env, work, side == "runner told"))
+                samples[side].append(run_side(side, w, server, env, work))
             finally:
                 proc.terminate()
                 proc.wait(10)

@@ -82,7 +82,8 @@ def report(
     args: Any,
     limited: list[dict[str, Any]] | None = None,
 ) -> None:
-    print_table(results)
+    if results:
+        print_table(results)
     print_scale(scale)
     checks = goals(results)
     if limited:
