@@ -57,9 +57,10 @@ class AdaptiveLimit:
         self.in_flight -= 1
         if overloaded:
             if generation == self.generation:
+                if n >= self.ceiling - 1:  # refused where it was before: a ceiling, wait
+                    self.patience = self.PATIENCE  # long before probing it again
                 self.ceiling = n
                 self.limit = max(1.0, self.limit * self.BETA, n - 1.0)
-                self.patience = self.PATIENCE
                 self.generation += 1
         elif ok and self.limit < self.maximum:
             self._grow(n)
