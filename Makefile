@@ -4,6 +4,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 TESTDEPS := $(VENV)/.installed-test
 FAST := $(VENV)/.installed-fast
+BENCHDEPS := $(VENV)/.installed-bench
 
 .PHONY: demo test bench lint install clean baseline
 
@@ -21,6 +22,11 @@ $(FAST): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m compileall -q runner
 	touch $@ $(RUNTIME)
 
+$(BENCHDEPS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m compileall -q runner
+	touch $@ $(RUNTIME) $(FAST)
+
 $(TESTDEPS): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(RUNTIME) $(FAST)
@@ -35,7 +41,7 @@ demo: $(RUNTIME)
 test: $(TESTDEPS)
 	$(BIN)/python -m pytest -q
 
-bench: $(FAST)
+bench: $(BENCHDEPS)
 	$(BIN)/python -m compileall -q runner bench  # PYTHONDONTWRITEBYTECODE may be set: measure compiled code
 	$(BIN)/python -m bench
 

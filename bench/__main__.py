@@ -3,6 +3,7 @@
     python -m bench                  # everything (S, L, Z, L-stream, scale checks)
     python -m bench --quick          # one run each, smaller Z and scale checks
     python -m bench --only L,Z --runs 5
+    python -m bench --only limits    # at a provider's limit: req/s, tokens/s, in-flight
     python -m bench floor --port P --n N -c C [--turns T] [--stream]   # the floor alone
 
 Each side runs as a child process; wall time is measured around it, CPU (user + sys) and
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.floor import floor_main
+from bench.limited import bench_limited, limited_workloads
 from bench.measure import Sample, Server, Servers, run_floor, run_runner
 from bench.report import RSS_LIMIT_MB, SIDES, medians, report
+from bench.sdk import sdk_main
 from bench.workloads import KEY, KEY_ENV, Workload, scale_checks, workloads
 from runner.engine import raise_fd_limit
 
@@ -68,12 +71,16 @@ def bench_main(args: argparse.Namespace) -> int:
     only = set(args.only.split(",")) if args.only else None
     chosen = [w for w in workloads(args.quick, args.runs) if only is None or w.name in only]
     checks = [w for w in scale_checks(args.quick) if only is None or {w.name, "scale"} & only]
+    at_limits = [
+        w for w in limited_workloads(args.runs) if only is None or {w.name, "limits"} & only
+    ]
     raise_fd_limit(max((w.c for w in checks), default=0) + 512)  # children inherit it
     env = {**os.environ, KEY_ENV: KEY}
     servers, work = Servers(args.jitter_ms), Path(tempfile.mkdtemp(prefix="bench-"))
     results: dict[str, dict[str, Any]] = {}
     scale: dict[str, dict[str, Any]] = {}
     load = [os.getloadavg()[0]]  # other work on the machine skews wall times
+    limited: list[dict[str, Any]] = []
     try:
         for w in [w for w in chosen if w.name != "Z"]:
             results[w.name] = bench_workload(w, servers.get(w.latency_ms), env, work, 0.0)
@@ -82,11 +89,12 @@ def bench_main(args: argparse.Namespace) -> int:
         for w in [w for w in chosen if w.name == "Z"]:
             deadline = began + args.budget_s
             results[w.name] = bench_workload(w, servers.get(w.latency_ms), env, work, deadline)
+        limited += [bench_limited(w, env, work) for w in at_limits]
     finally:
         servers.close()
         shutil.rmtree(work, ignore_errors=True)
     load.append(os.getloadavg()[0])
-    report(results, scale, time.perf_counter() - began, load, args)
+    report(results, scale, time.perf_counter() - began, load, args, limited)
     return 0
 
 
@@ -97,7 +105,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="one run each, smaller")
-    parser.add_argument("--only", help="comma list of S,L,Z,L-stream,scale,inflight-10k,...")
+    parser.add_argument(
+        "--only", help="comma list of S,L,Z,L-stream,scale,inflight-10k,limits,req/s,..."
+    )
     parser.add_argument("--runs", type=int, help="runs per side per workload (default 3)")
     parser.add_argument("--budget-s", type=float, default=285.0, help="seconds; Z's third run "
                         "only if the bench still ends within them")  # fmt: skip
@@ -109,11 +119,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     fl.add_argument("-c", type=int, required=True)
     fl.add_argument("--turns", type=int, default=3)
     fl.add_argument("--stream", action="store_true")
+    sdk = sub.add_parser("sdk", help="run the openai SDK peer alone")
+    sdk.add_argument("--port", type=int, required=True)
+    sdk.add_argument("--n", type=int, required=True)
+    sdk.add_argument("-c", type=int, required=True)
+    sdk.add_argument("--turns", type=int, default=3)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    if args.command == "sdk":
+        return sdk_main(args)
     return floor_main(args) if args.command == "floor" else bench_main(args)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 
 import aiohttp
 
@@ -62,6 +63,7 @@ def floor_main(args: argparse.Namespace) -> int:
     # such a block by accident; do the same here so that neither side pays that churn.
     bytearray(1 << 20)  # allocated and freed at once
     url = f"http://127.0.0.1:{args.port}/v1/chat/completions"
+    began = time.perf_counter()
     done = asyncio.run(floor(url, args.n, args.c, args.turns, args.stream))
-    print(json.dumps({"conversations": done}))
+    print(json.dumps({"conversations": done, "wall_s": time.perf_counter() - began}))
     return 0 if done == args.n else 1

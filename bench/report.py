@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.limited import print_limited
 from bench.measure import Sample
 from bench.workloads import Workload
 
@@ -83,11 +84,19 @@ def print_scale(scale: dict[str, dict[str, Any]]) -> None:
 
 
 def report(
-    results: dict[str, Any], scale: dict[str, Any], total_s: float, load: list[float], args: Any
+    results: dict[str, Any],
+    scale: dict[str, Any],
+    total_s: float,
+    load: list[float],
+    args: Any,
+    limited: list[dict[str, Any]] | None = None,
 ) -> None:
-    print_table(results)
+    if results:
+        print_table(results)
     print_scale(scale)
     checks = goals(results)
+    if limited:
+        checks += print_limited(limited)
     for goal, got, limit in checks:
         print(f"goal {goal} ≤ {limit:.2f}: {got:.2f} {'PASS' if got <= limit else 'FAIL'}")
     out = Path("outputs/bench")
@@ -97,6 +106,7 @@ def report(
                         "aiohttp": aiohttp.__version__, "platform": platform.platform(),
                         "load_average_before_after": load},
             "options": vars(args), "workloads": results, "scale": scale, "total_s": total_s,
+            "limited": limited or [],
             "goals": [{"goal": g, "value": v, "limit": lim, "pass": v <= lim}
                       for g, v, lim in checks]}  # fmt: skip
     path.write_text(json.dumps(data, indent=2) + "\n")

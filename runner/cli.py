@@ -209,6 +209,12 @@ def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
 @click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--slow-ms", type=click.FloatRange(0), default=2000.0)
 @click.option("--retry-after-ms", type=click.IntRange(0), default=50)
+@click.option("--limit-rps", type=click.FloatRange(0), default=0.0, help="Requests a second.")
+@click.option("--limit-burst", type=click.FloatRange(0), default=0.0,
+              help="Requests bucket size (default: one second's worth).")  # fmt: skip
+@click.option("--limit-tps", type=click.FloatRange(0), default=0.0, help="Tokens a second.")
+@click.option("--limit-concurrency", type=click.IntRange(0), default=0,
+              help="Requests in progress at once; past it, 429.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip
 def mock_server(host: str, port: int, **opts: Any) -> None:

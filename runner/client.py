@@ -11,7 +11,7 @@ import aiohttp
 import runner
 from runner.encoding import clean_text
 from runner.errors import ApiError, Kind
-from runner.limits import AdaptiveLimit, TokenBucket
+from runner.limits import AdaptiveLimit, Pacer, TokenBucket
 from runner.providers import Call, Reply
 from runner.providers.base import Request, mask, send, shorten
 from runner.providers.body import MB, Limits
@@ -35,6 +35,8 @@ class TargetClient:
         self.limit = AdaptiveLimit(target.concurrency)
         self.rpm = TokenBucket(target.rpm) if target.rpm else None
         self.tpm = TokenBucket(target.tpm) if target.tpm else None
+        self.pacer = Pacer()  # the budgets the server states in its headers
+        self.token_ratio = 1.0  # a reply's total tokens per body byte / 4, learned
         self.breaker = Breaker(target.name, target.fail_fast_after)
         self.retries = 0  # shown by the progress line
         self.provider = provider_for(target)
@@ -85,36 +87,55 @@ class TargetClient:
     async def _attempt(
         self, request: Request, cid: str, turn: int, n: int, judge: Verdict | None
     ) -> Reply:
-        estimate = len(request.body) // 4
+        base = len(request.body) // 4 or 1
+        estimate = base * self.token_ratio  # tokens reserved now, corrected by the reply
         if self.rpm:
             await self.rpm.acquire()
         if self.tpm:
             await self.tpm.acquire(estimate)
-        generation = await self.limit.acquire()
-        try:
+        ticket = await self.limit.acquire()
+        try:  # paced holding the slot: nothing queues between the pacing and the send
+            if self.pacer.paced():
+                await self.pacer.acquire(estimate)
+            else:
+                self.pacer.charge(estimate)
             self.breaker.check()  # it may have opened while we waited
-        except ApiError:
-            self.limit.release(generation)
+        except BaseException:
+            self.limit.release(ticket)
             raise
         self.retries += n > 0
+        mark = self.pacer.mark(estimate)
         start = time.perf_counter()
         try:
             reply = await send(self.session, self.provider, request, self.limits)
         except Exception as exc:
             err = exc if isinstance(exc, ApiError) else internal(exc)
-            err.message = shorten(clean_text(mask(err.message, self.target.key)))
-            self.limit.release(generation, rate_limited=err.kind is Kind.RATE_LIMIT)
-            self.breaker.observe(err)
+            self._failed(err, ticket, mark, estimate)
             self._record(cid, turn, n, err.label, None, start, judge is not None)
             raise err from None
-        self.limit.release(generation, ok=True)
+        self.limit.release(ticket, ok=True)
         self.breaker.succeeded()
+        if reply.headers is not None:
+            self.pacer.observe(reply.headers, mark, estimate)
+        used = reply.usage["total_tokens"]
+        if used:
+            self.token_ratio += 0.2 * (used / base - self.token_ratio)
         if self.tpm:
-            self.tpm.adjust(reply.usage["total_tokens"] - estimate)
+            self.tpm.adjust(used - estimate)
         self._record(cid, turn, n, 200, reply, start, judge is not None)
         if judge is not None:
             judge(reply.text)
         return reply
+
+    def _failed(
+        self, err: ApiError, ticket: tuple[int, int], mark: tuple[float, float, float], cost: float
+    ) -> None:
+        """A refused attempt: an empty rate bucket paces; too many in flight lowers the limit."""
+        err.message = shorten(clean_text(mask(err.message, self.target.key)))
+        empty = err.headers is not None and self.pacer.observe(err.headers, mark, cost)
+        refused = err.kind is Kind.RATE_LIMIT or err.status == 503
+        self.limit.release(ticket, overloaded=refused and not empty)
+        self.breaker.observe(err)
 
     def _record(
         self,

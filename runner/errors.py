@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class Exit(IntEnum):
@@ -67,6 +68,7 @@ class ApiError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.headers: Any = None  # the error answer's headers, when there was one
 
     @property
     def label(self) -> int | str:

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from bench.floor import floor
+from bench.limited import limited_workloads
+from bench.sdk import sdk_run
 from bench.workloads import TURNS, Workload
 
 
@@ -48,3 +50,17 @@ def test_a_table_workload_is_one_conversation_per_row_of_a_vars_file(tmp_path):
     assert loaded.var_count() == 5
     first = next(loaded.var_combinations())
     assert first == {"name": "person 0", "city": "City 0, Country"}
+
+
+def test_ideal_times_at_the_limits():
+    rps, tps, inflight = limited_workloads(None)
+    assert rps.ideal_s(0) == pytest.approx((1500 - 150) / 150 + 0.05)  # after a 1 s burst
+    assert tps.ideal_s(140_000) == pytest.approx((140_000 - 12_000) / 12_000 + 0.05)
+    assert inflight.ideal_s(0) == pytest.approx(1500 * 0.05 / 20)  # waves of 20
+
+
+def test_the_sdk_peer_counts_its_429s(make_mock):
+    server = make_mock(limit_rps=1 / 3600, limit_burst=4, retry_after_ms=1)
+    done = asyncio.run(sdk_run(server.base_url + "/v1", n=3, concurrency=1, turns=2, retries=1))
+    # two conversations answered, then a 429 asking for an hour: the SDK gives up at once
+    assert (done["attempts"], done["rate_limited"], done["lost"]) == (5, 1, 1)

@@ -117,10 +117,12 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     cid, created = f"chatcmpl-{state.next_number()}", int(time.time())
     headers = {"x-request-id": f"req_{state.next_id()}"}
     if not stream:
-        return Out(body=dumps(completion(cid, created, model, reply)).encode(), headers=headers)
+        body_bytes = dumps(completion(cid, created, model, reply)).encode()
+        return Out(body=body_bytes, headers=headers, tokens=reply.total_tokens)
     options = body.get("stream_options")
     include = isinstance(options, dict) and options.get("include_usage") is True
-    return Out(frames=chunk_frames(cid, created, model, reply, include), headers=headers)
+    frames = chunk_frames(cid, created, model, reply, include)
+    return Out(frames=frames, headers=headers, tokens=reply.total_tokens)
 
 
 PROTOCOL = wire.Protocol(

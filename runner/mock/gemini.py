@@ -182,9 +182,10 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     else:
         (streamed if stream else whole)(chunks, reply, include)
     if is_stream(request, body):
-        return Out(frames=[f"data: {c}\r\n\r\n".encode() for c in chunks.items])
+        frames = [f"data: {c}\r\n\r\n".encode() for c in chunks.items]
+        return Out(frames=frames, tokens=reply.total_tokens)
     text = chunks.items[0] if not stream else f"[{','.join(chunks.items)}]"
-    return Out(body=text.encode())
+    return Out(body=text.encode(), tokens=reply.total_tokens)
 
 
 PROTOCOL = Protocol(

@@ -245,8 +245,9 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     remember(state, body, carried, reply, final)
     headers = {"x-request-id": f"req_{state.next_id()}"}
     if not stream:
-        return Out(body=dumps(final).encode(), headers=headers)
-    return Out(frames=stream_frames(ctx, reply, final), headers=headers)
+        return Out(body=dumps(final).encode(), headers=headers, tokens=reply.total_tokens)
+    frames = stream_frames(ctx, reply, final)
+    return Out(frames=frames, headers=headers, tokens=reply.total_tokens)
 
 
 async def get_response(request: web.Request) -> web.Response:

@@ -12,8 +12,9 @@ from aiohttp import web
 
 from runner.mock import chat, gemini, responses
 from runner.mock.faults import MockError
-from runner.mock.state import STATE_KEY, MockOptions, MockState
-from runner.mock.wire import Protocol, send, send_malformed
+from runner.mock.limits import Limits
+from runner.mock.state import STATE_KEY, MockOptions, MockState, Plan
+from runner.mock.wire import Out, Protocol, send, send_malformed
 
 __all__ = ["MockOptions", "MockServer", "make_app", "serve", "start_mock"]
 
@@ -45,6 +46,8 @@ async def answer(request: web.Request, proto: Protocol) -> web.StreamResponse:
     if opts.require_key is not None and not proto.authorized(request, opts.require_key):
         return proto.error(MockError(401), opts.retry_after_ms)
     plan = state.plan()
+    if state.limits is not None:
+        return await answer_limited(request, proto, body, plan, state.limits)
     if plan.delay:
         await asyncio.sleep(plan.delay)
     if plan.status:
@@ -52,6 +55,45 @@ async def answer(request: web.Request, proto: Protocol) -> web.StreamResponse:
     if plan.malformed:
         return await send_malformed(request, proto.is_stream(request, body))
     return await answer_normally(request, proto, body, plan.cut)
+
+
+def prerender(request: web.Request, proto: Protocol, body: Any, plan: Plan) -> Out | MockError:
+    """The answer rendered ahead (its tokens are its cost), or the error it will be."""
+    if plan.status:
+        return MockError(plan.status)
+    if body is INVALID:
+        return MockError(400, "We could not parse the JSON body of your request.")
+    try:
+        return proto.render(request, body, request.app[STATE_KEY])
+    except MockError as err:
+        return err
+
+
+async def answer_limited(
+    request: web.Request, proto: Protocol, body: Any, plan: Plan, limits: Limits
+) -> web.StreamResponse:
+    """Past a limit: an immediate 429. Admitted: the usual answer after the latency. Both
+    carry the x-ratelimit-* headers."""
+    retry_ms = request.app[STATE_KEY].options.retry_after_ms
+    out = None if plan.malformed else prerender(request, proto, body, plan)
+    verdict = limits.admit(out.tokens if isinstance(out, Out) else 0)
+    if verdict.retry_after_ms is not None:
+        resp = proto.error(MockError(429, verdict.reason), verdict.retry_after_ms)
+        resp.headers.update(verdict.headers)
+        return resp
+    try:
+        if plan.delay:
+            await asyncio.sleep(plan.delay)
+        if out is None:
+            return await send_malformed(request, proto.is_stream(request, body))
+        if isinstance(out, MockError):
+            resp = proto.error(out, retry_ms)
+            resp.headers.update(verdict.headers)
+            return resp
+        out.headers = {**out.headers, **verdict.headers} if out.headers else verdict.headers
+        return await send(request, out, plan.cut)
+    finally:
+        limits.done()
 
 
 async def answer_normally(

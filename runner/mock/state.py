@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runner.mock.limits import Limits
 from runner.mock.reply import Message
 
 ERROR_STATUSES = (429, 500, 503)
@@ -32,6 +33,10 @@ class MockOptions:
     require_key: str | None = None
     record: bool = False
     max_stored_responses: int = 10000
+    limit_rps: float = 0.0  # requests a second (0: no limit); see runner.mock.limits
+    limit_burst: float = 0.0  # the requests bucket's capacity (0: one second's worth)
+    limit_tps: float = 0.0  # tokens a second, a bucket of one second's worth
+    limit_concurrency: int = 0  # requests in progress at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,10 @@ class MockState:
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
         o = options
+        self.limits: Limits | None = None
+        if o.limit_rps > 0 or o.limit_tps > 0 or o.limit_concurrency > 0:
+            self.limits = Limits(o.limit_rps, o.limit_burst, o.limit_tps, o.limit_concurrency,
+                                 o.retry_after_ms)  # fmt: skip
         self._faulty = any(
             (o.latency_ms, o.jitter_ms, o.error_rate, o.cut_rate, o.malformed_rate, o.slow_rate)
         )

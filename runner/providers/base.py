@@ -33,6 +33,7 @@ class Reply:
     response_id: str | None = None
     latency_ms: float = 0.0
     ttft_ms: float | None = None
+    headers: Any = None  # the response's headers (rate-limit pacing reads them)
 
     @property
     def finish_reason(self) -> str | None:
@@ -292,10 +293,13 @@ async def _send(
         req.url, data=req.body, headers=req.headers, allow_redirects=False
     ) as resp:
         if resp.status >= 300:
-            raise await answered_error(resp, provider, limits)
+            err = await answered_error(resp, provider, limits)
+            err.headers = resp.headers
+            raise err
         if not req.stream:
             reply = provider.parse(loads(await read_body(resp, limits), "response body"))
             reply.latency_ms = reply.ttft_ms = (time.perf_counter() - start) * 1000
+            reply.headers = resp.headers
             return reply
         state = provider.stream_state()
         ttft = None
@@ -309,6 +313,7 @@ async def _send(
         reply = state.reply()
         reply.latency_ms = (time.perf_counter() - start) * 1000
         reply.ttft_ms = ttft
+        reply.headers = resp.headers
         await drain(resp.content)
         return reply
 
