@@ -85,7 +85,7 @@ def run_runner(w: Limited, server: Server, env: dict[str, str], work: Path, told
     cmd = [PY, "-m", "runner", "run", str(scenario), "-m", "bench", "--models", str(models),
            "-c", str(w.c), "--repeat", str(w.n), "--no-progress", "-o", str(out),
            "--run-id", run_id]  # fmt: skip
-    sample, code, text = measure(cmd, env, server.pid)
+    sample, code, text = measure(cmd, env, server)
     run_dir = out / run_id
     if code != 0:
         fail(f"runner {w.name}", code, text)
@@ -106,7 +106,7 @@ def run_runner(w: Limited, server: Server, env: dict[str, str], work: Path, told
 def run_sdk(w: Limited, server: Server, env: dict[str, str]) -> dict:
     cmd = [PY, "-m", "bench", "sdk", "--port", str(server.port), "--n", str(w.n), "-c", str(w.c),
            "--turns", str(w.turns)]  # fmt: skip
-    _, code, text = measure(cmd, env, server.pid)
+    _, code, text = measure(cmd, env, server)
     if code != 0:
         fail(f"openai SDK {w.name}", code, text)
     return dict(json.loads(text.strip().splitlines()[-1]))
@@ -116,7 +116,7 @@ def run_floor_at(w: Limited, server: Server, env: dict[str, str]) -> dict:
     """The floor client with exactly the server's concurrency: the best any client does."""
     cmd = [PY, "-m", "bench", "floor", "--port", str(server.port), "--n", str(w.n),
            "-c", str(w.mock["limit_concurrency"]), "--turns", str(w.turns)]  # fmt: skip
-    _, code, text = measure(cmd, env, server.pid)
+    _, code, text = measure(cmd, env, server)
     if code != 0:
         fail(f"floor {w.name}", code, text)
     wall = json.loads(text.strip().splitlines()[-1])["wall_s"]

@@ -127,7 +127,7 @@ def run_export(w: Workload, run_dir: Path, env: dict[str, str], server: Server) 
     """`export --format openai` of a finished run, measured like a run (every line written)."""
     dataset = run_dir / "dataset.jsonl"
     cmd = [PY, "-m", "runner", "export", str(run_dir), "--format", "openai", "-o", str(dataset)]
-    sample, code, text = measure(cmd, env, server.pid)
+    sample, code, text = measure(cmd, env, server)
     sample.ok = count_ok(dataset)[0]
     if code != 0 or sample.ok != w.n:
         fail(f"export {w.name} ({sample.ok} of {w.n} lines)", code, text)

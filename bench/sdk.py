@@ -18,9 +18,9 @@ async def sdk_run(
     import openai
 
     try:  # the openai SDK's HTTP client: httpx2 in its newer releases, httpx before
-        import httpx2 as httpx  # type: ignore[import-not-found]
+        import httpx2 as httpx  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        import httpx  # type: ignore[no-redef]
+        import httpx  # type: ignore[no-redef, import-not-found, unused-ignore]
 
     statuses: list[int] = []
 
