@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from runner.stats import percentile
+
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 LONG_CHARS = 600  # replies longer than this (or of more lines) start collapsed
 LONG_LINES = 12
@@ -139,7 +141,7 @@ def histogram(values: list[float], unit: str, label: str, bins: int = 16) -> str
         )
     marks = []
     for q in (0.5, 0.95):
-        v = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        v = percentile(ordered, q) or 0.0
         x = pad + (v - lo) / span * (w - 2 * pad)
         marks.append(
             f'<line class="mark" x1="{x:.1f}" x2="{x:.1f}" y1="{pad - 4}" y2="{h - pad}">'

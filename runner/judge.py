@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from runner.client import TargetClient
+from runner.cost import cost
 from runner.errors import ApiError, InputError, Kind, at
 from runner.scenarios import Judge, Scenario, fill
-from runner.stats import cost
 
 SYSTEM = (
     "You are a strict grader of chatbot replies. You get a rubric, the conversation so far "

@@ -160,11 +160,9 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The newest transcript record per conversation id: what every reader works from."""
-    latest: dict[str, dict[str, Any]] = {}
-    for record in read_jsonl(run_dir / TRANSCRIPTS):
-        latest[record["conversation_id"]] = record
-    return latest
+    """The newest transcript record per conversation id, all held (for readers that need
+    every record at once; newest_transcripts streams them)."""
+    return {r["conversation_id"]: r for _, r in newest_transcripts(run_dir)}
 
 
 def scan_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
