@@ -102,7 +102,7 @@ async def execute(
         stack.callback(progress.close)
         with _quiet_gc():
             outcome.interrupted = await _pool(
-                _within(todo, budget, outcome),
+                todo if budget is None else _within(todo, budget, outcome),
                 Judges(clients, judges[1]),
                 concurrency,
                 transcripts,
@@ -123,11 +123,11 @@ def _sink(usage: JsonlWriter, summary: Summary) -> Callable[[dict[str, Any]], No
 
 
 def _within(
-    todo: Iterator[Conversation], budget: Budget | None, outcome: Outcome
+    todo: Iterator[Conversation], budget: Budget, outcome: Outcome
 ) -> Iterator[Conversation]:
     """The conversations to start, until the budget is passed (checked before each one)."""
     for conv in todo:
-        if budget is not None and budget.passed(outcome.summary):
+        if budget.passed(outcome.summary):
             outcome.over_budget = True
             return
         yield conv
