@@ -13,7 +13,7 @@ from runner.encoding import clean_text
 from runner.errors import ApiError, Kind
 from runner.limits import AdaptiveLimit, Pacer, TokenBucket
 from runner.providers import Call, Reply
-from runner.providers.base import Request, mask, send, shorten
+from runner.providers.base import Request, cut_message, mask, send
 from runner.providers.body import MB, Limits
 from runner.records import attempt_record
 from runner.retry import Breaker, RetryPolicy, retrying
@@ -131,7 +131,7 @@ class TargetClient:
         self, err: ApiError, ticket: tuple[int, int], mark: tuple[float, float, float], cost: float
     ) -> None:
         """A refused attempt: an empty rate bucket paces; too many in flight lowers the limit."""
-        err.message = shorten(clean_text(mask(err.message, self.target.key)))
+        err.message = cut_message(clean_text(mask(err.message, self.target.key)))
         empty = err.headers is not None and self.pacer.observe(err.headers, mark, cost)
         refused = err.kind is Kind.RATE_LIMIT or err.status == 503
         self.limit.release(ticket, overloaded=refused and not empty)

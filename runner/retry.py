@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from runner.errors import ApiError, Kind
-from runner.failures import shorten
+from runner.failures import failure_key
 from runner.limits import Sleep
 from runner.providers.base import Reply
 
@@ -104,4 +104,4 @@ class Breaker:
 
 def _alike(a: ApiError, b: ApiError) -> bool:
     """The same failure, request ids in the message aside (runner/failures.py)."""
-    return (a.kind, a.status, shorten(a.message)) == (b.kind, b.status, shorten(b.message))
+    return failure_key(a.as_record()) == failure_key(b.as_record())

@@ -95,7 +95,7 @@ def mask(text: str, key: str | None, hidden: str = "***") -> str:
     return KEY_PARAM.sub(lambda m: m.group(1) + hidden, text)
 
 
-def shorten(message: str) -> str:
+def cut_message(message: str) -> str:
     """An error message cut for records and screens (mask it first: a cut may split a key)."""
     return message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS] + "…"
 
