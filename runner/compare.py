@@ -24,6 +24,7 @@ from runner.compare_html import (
     text_block,
 )
 from runner.errors import InputError
+from runner.records import outcome
 from runner.report import cells
 from runner.stats import Summary
 from runner.store import latest_transcripts, read_manifest
@@ -213,7 +214,7 @@ def _scenarios(runs: Runs) -> str:
 
 def failing(record: dict[str, Any] | None) -> bool:
     """A conversation that failed, or whose checks did not all pass."""
-    return record is not None and (record["status"] != "ok" or record.get("passed") is False)
+    return record is not None and outcome(record) != "pass"
 
 
 def _conversation(sides: list[Side], key: Key, tags: list[str]) -> str:
@@ -246,7 +247,7 @@ def _side_head(side: Side, record: dict[str, Any] | None) -> str:
         badge = f'<span class="badge error">failed: {esc(error.get("kind"))}</span>'
         note = f'<div class="sub text">{esc(error.get("message"))}</div>'
     else:
-        ok = record.get("passed") is not False
+        ok = outcome(record) == "pass"
         badge = (
             f'<span class="badge{"" if ok else " fail"}">{"pass" if ok else "checks failed"}</span>'
         )

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.records import outcome
 from runner.stats import report_rows
 from runner.store import latest_transcripts, read_manifest
 
@@ -62,12 +63,6 @@ class Diff:
         data = asdict(self)
         data["new_conversations"] = data.pop("added")
         return data
-
-
-def outcome(record: dict[str, Any]) -> str:
-    if record["status"] != "ok":
-        return "error"
-    return "pass" if record.get("passed") is not False else "fail"
 
 
 def why(record: dict[str, Any]) -> str:

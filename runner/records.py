@@ -109,6 +109,14 @@ def transcript_record(
 NO_TOKENS = no_usage()
 
 
+def outcome(record: dict[str, Any]) -> str:
+    """A transcript's outcome: "error" (failed after retries), "fail" (a check failed) or
+    "pass" (ok, every check passed)."""
+    if record["status"] != "ok":
+        return "error"
+    return "pass" if record.get("passed") is not False else "fail"
+
+
 def attempt_record(
     conversation_id: str,
     turn: int,
