@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runner.cost import total
 from runner.errors import InputError
 from runner.records import manifest_record
 from runner.stats import Summary, add_attempts
@@ -38,10 +39,10 @@ def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     _check_out(run_dirs, out)
     newest = _newest(run_dirs)
     summary = Summary()
-    merged = write_jsonl(out / TRANSCRIPTS, _chosen(run_dirs, newest, summary))
+    write_jsonl(out / TRANSCRIPTS, _chosen(run_dirs, newest, summary))
     write_jsonl(out / USAGE, (r for d in run_dirs for r in read_jsonl(d / USAGE)))
     add_attempts(summary, out)  # tokens and cost: every attempt of every run
-    manifest = _manifest(out, run_dirs, manifests, summary, merged)
+    manifest = _manifest(out, run_dirs, manifests, summary)
     write_manifest(out, manifest)
     return manifest
 
@@ -86,7 +87,6 @@ def _manifest(
     run_dirs: list[Path],
     manifests: list[dict[str, Any]],
     summary: Summary,
-    merged: int,
 ) -> dict[str, Any]:
     files: dict[str, str] = {}
     targets: dict[str, dict[str, Any]] = {}
@@ -97,7 +97,7 @@ def _manifest(
     manifest = manifest_record(out.name, {}, files, list(targets.values()))
     planned = _planned(manifests)
     prices = {name: t.get("price") for name, t in targets.items()}
-    costs = [r["cost_usd"] for r in summary.rows(prices) if r["cost_usd"] is not None]
+    rows = summary.rows(prices)
     manifest.update(
         invocation=_invocation(manifests),
         cwd=manifests[0].get("cwd", manifest["cwd"]),  # the runs' relative paths start there
@@ -105,16 +105,10 @@ def _manifest(
         ended_at=max(m.get("ended_at") or "" for m in manifests) or None,
         status="finished" if all(m.get("status") == "finished" for m in manifests) else
         "interrupted",
-        counts={
-            "planned": planned,
-            "ok": summary.total("ok"),
-            "failed": summary.total("failed"),
-            "checks_failed": summary.total("conversations_failing_checks"),
-            "resumed": 0,
-            "not_run": max(0, planned - merged),
-        },
+        counts=summary.counts(planned, resumed=0),
         usage=summary.tokens(),
-        cost_usd=round(sum(costs), 6) if costs else None,
+        cost_usd=total([r["cost_usd"] for r in rows]),
+        cost_by_target={r["target"]: r["cost_usd"] for r in rows},
         merged_from=[_source(d, m) for d, m in zip(run_dirs, manifests, strict=True)],
     )  # fmt: skip
     return manifest

@@ -330,14 +330,7 @@ def _finish(
     manifest["ended_at"] = utc_now()
     manifest["status"] = _status(outcome)
     manifest["elapsed_s"] = round(seconds, 3)
-    manifest["counts"] = {
-        "planned": len(plan),
-        "ok": summary.total("ok"),
-        "failed": summary.total("failed"),
-        "checks_failed": summary.total("conversations_failing_checks"),
-        "resumed": outcome.skipped,
-        "not_run": len(plan) - summary.total("conversations"),
-    }
+    manifest["counts"] = summary.counts(len(plan), outcome.skipped)
     manifest["usage"] = summary.tokens()
     manifest["cost_usd"] = total([r["cost_usd"] for r in rows])
     manifest["cost_by_target"] = {r["target"]: r["cost_usd"] for r in rows}

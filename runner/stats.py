@@ -91,6 +91,17 @@ class Summary:
         """The running estimate of the run's cost (targets without a price count nothing)."""
         return sum(_cost(s, prices.get(name)) or 0.0 for name, s in self.targets.items())
 
+    def counts(self, planned: int, resumed: int) -> dict[str, int]:
+        """The manifest's counts of a run of `planned` conversations."""
+        return {
+            "planned": planned,
+            "ok": self.total("ok"),
+            "failed": self.total("failed"),
+            "checks_failed": self.total("conversations_failing_checks"),
+            "resumed": resumed,
+            "not_run": max(0, planned - self.total("conversations")),
+        }
+
     def total(self, attr: str) -> int:
         return sum(getattr(s, attr) for s in self.targets.values())
 
