@@ -26,7 +26,7 @@ from runner.compare_html import (
 from runner.errors import InputError
 from runner.records import outcome
 from runner.report import cells
-from runner.stats import Summary
+from runner.stats import report_rows
 from runner.store import latest_transcripts, read_manifest
 
 Key = tuple[str, str, int]  # scenario id, vars as JSON, sample: the same conversation anywhere
@@ -71,19 +71,17 @@ def load(run_dirs: list[Path]) -> Runs:
         label = str(manifest.get("run_id") or run_dir.name)
         if any(label == r[0] for r in loaded.runs):
             label += f" ({i + 1})"
-        summary, sides = Summary(), {}
+        sides = {}
         for name in (t["name"] for t in manifest.get("targets", [])):
             sides[name] = Side(f"{label} · {name}" if len(run_dirs) > 1 else name, label, name)
         for record in latest_transcripts(run_dir).values():
-            summary.add(record)
             target = record["target"]
             side = sides.setdefault(target, Side(f"{label} · {target}", label, target))
             side.records[key_of(record)] = record
             seen.setdefault(key_of(record))
             loaded.scenario_files.setdefault(record["scenario_id"], record.get("scenario_file", ""))
             loaded.tags.setdefault(record["scenario_id"], list(record.get("tags") or []))
-        prices = {t["name"]: t.get("price") for t in manifest.get("targets", [])}
-        loaded.runs.append((label, manifest, summary.rows(prices)))
+        loaded.runs.append((label, manifest, report_rows(run_dir)))  # the report's own table
         loaded.sides += sides.values()
     files = loaded.scenario_files  # a stable order: file, scenario, vars, sample
     loaded.keys = sorted(seen, key=lambda k: (files.get(k[0], ""), *k))

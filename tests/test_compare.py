@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from runner.report import cells
 from tests.conftest import KEY, ROOT, cli, play
 
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
@@ -117,6 +118,10 @@ def test_the_report_table_shows_the_reports_rows(runs) -> None:
     text = "".join(page.text)
     for row in report:
         assert row["target"] in text
+    _, body = cells(report)  # the very cells `report` prints: tokens, requests and cost too
+    assert all(row["input_tokens"] > 0 and row["requests"] > 0 for row in report)
+    for shown in body:
+        assert "".join(shown) in text
     assert len(page.having("tr")) == 1 + len(report)
     assert len(page.having("svg")) == 2 * len(report)  # latency and tokens per target
 
