@@ -209,10 +209,17 @@ def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
 @click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--slow-ms", type=click.FloatRange(0), default=2000.0)
 @click.option("--retry-after-ms", type=click.IntRange(0), default=50)
-@click.option("--limit-rps", type=click.FloatRange(0), default=0.0, help="Requests a second.")
-@click.option("--limit-burst", type=click.FloatRange(0), default=0.0,
-              help="Requests bucket size (default: one second's worth).")  # fmt: skip
-@click.option("--limit-tps", type=click.FloatRange(0), default=0.0, help="Tokens a second.")
+@click.option("--limit-rpm", type=click.FloatRange(0), default=0.0,
+              help="Requests a minute (x-ratelimit-limit-requests); past it, 429.")  # fmt: skip
+@click.option("--limit-tpm", type=click.FloatRange(0), default=0.0,
+              help="Tokens a minute (a reply costs its total tokens).")  # fmt: skip
+@click.option("--limit-window-s", type=click.FloatRange(0.001, 3600), default=60.0,
+              show_default=True, help="Seconds the limits are enforced over: 1 serves 60,000 "
+              "a minute as 1,000 a second, a bucket of 1,000 (OpenAI's quantization).")  # fmt: skip
+@click.option("--limit-headers", type=click.Choice(["openai", "window", "none"]),
+              default="openai", show_default=True, help="What answers say of the limits: "
+              "OpenAI's per-minute x-ratelimit-* headers, the enforcing window's, or none "
+              "(429s with Retry-After only).")  # fmt: skip
 @click.option("--limit-concurrency", type=click.IntRange(0), default=0,
               help="Requests in progress at once; past it, 429.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",

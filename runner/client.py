@@ -11,7 +11,8 @@ import aiohttp
 import runner
 from runner.encoding import clean_text
 from runner.errors import ApiError, Kind
-from runner.limits import AdaptiveLimit, Pacer, TokenBucket
+from runner.limits import AdaptiveLimit, TokenBucket
+from runner.pacing import Mark, Pacer
 from runner.providers import Call, Reply
 from runner.providers.base import Request, cut_message, mask, send
 from runner.providers.body import MB, Limits
@@ -35,7 +36,7 @@ class TargetClient:
         self.limit = AdaptiveLimit(target.concurrency)
         self.rpm = TokenBucket(target.rpm) if target.rpm else None
         self.tpm = TokenBucket(target.tpm) if target.tpm else None
-        self.pacer = Pacer()  # the budgets the server states in its headers
+        self.pacer = Pacer(max_wait_s=target.max_wait_s)  # the server's budgets, learned
         self.token_ratio = 1.0  # a reply's total tokens per body byte / 4, learned
         self.breaker = Breaker(target.name, target.fail_fast_after)
         self.retries = 0  # shown by the progress line
@@ -95,28 +96,24 @@ class TargetClient:
             await self.tpm.acquire(estimate)
         ticket = await self.limit.acquire()
         try:  # paced holding the slot: nothing queues between the pacing and the send
-            if self.pacer.paced():
-                await self.pacer.acquire(estimate)
-            else:
-                self.pacer.charge(estimate)
+            marks = await self.pacer.acquire(estimate)
             self.breaker.check()  # it may have opened while we waited
         except BaseException:
             self.limit.release(ticket)
             raise
         self.retries += n > 0
-        mark = self.pacer.mark(estimate)
         start = time.perf_counter()
         try:
             reply = await send(self.session, self.provider, request, self.limits)
         except Exception as exc:
             err = exc if isinstance(exc, ApiError) else internal(exc)
-            self._failed(err, ticket, mark, estimate)
+            self._failed(err, ticket, marks, estimate)
             self._record(cid, turn, n, err.label, None, start, judge is not None)
             raise err from None
         self.limit.release(ticket, ok=True)
         self.breaker.succeeded()
         if reply.headers is not None:
-            self.pacer.observe(reply.headers, mark, estimate)
+            self.pacer.answered(reply.headers, marks, estimate)
         used = reply.usage["total_tokens"]
         if used:
             self.token_ratio += 0.2 * (used / base - self.token_ratio)
@@ -128,13 +125,16 @@ class TargetClient:
         return reply
 
     def _failed(
-        self, err: ApiError, ticket: tuple[int, int], mark: tuple[float, float, float], cost: float
+        self, err: ApiError, ticket: tuple[int, int], marks: tuple[Mark, Mark], cost: float
     ) -> None:
-        """A refused attempt: an empty rate bucket paces; too many in flight lowers the limit."""
+        """A refused attempt: a rate limit paces the target; an overload (503), or a 429 that
+        may be one (its headers do not say a budget is empty), lowers the requests in flight."""
         err.message = cut_message(clean_text(mask(err.message, self.target.key)))
-        empty = err.headers is not None and self.pacer.observe(err.headers, mark, cost)
-        refused = err.kind is Kind.RATE_LIMIT or err.status == 503
-        self.limit.release(ticket, overloaded=refused and not empty)
+        empty = False
+        if err.kind is Kind.RATE_LIMIT:
+            empty = self.pacer.refused(err.headers, err.message, marks, cost)
+        overloaded = err.status == 503 or (err.kind is Kind.RATE_LIMIT and not empty)
+        self.limit.release(ticket, overloaded=overloaded)
         self.breaker.observe(err)
 
     def _record(

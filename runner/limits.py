@@ -1,14 +1,13 @@
-"""What paces requests to one target: requests in flight, and per-minute budgets."""
+"""What paces requests to one target: requests in flight, and the per-minute budgets a
+models file tells (the server's own budgets are learned in runner/pacing.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -121,126 +120,3 @@ class TokenBucket:
     def adjust(self, delta: float) -> None:
         """Charge (or refund, when negative) the difference between estimate and actual."""
         self.level = min(self.capacity, self.level - delta)
-
-
-REMAINING_REQUESTS, REMAINING_TOKENS = (
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-remaining-tokens",
-)
-GO_PART = re.compile(r"(\d+(?:\.\d*)?)(h|ms|us|µs|ns|m|s)")
-GO_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def reset_seconds(text: str) -> float | None:
-    """A reset time as OpenAI writes it (a Go duration: "1s", "6m0s", "20ms", "2m59.56s")
-    or as plain seconds ("0.5"); None when it is neither."""
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    parts = GO_PART.findall(text)
-    if not parts or sum(len(n) + len(u) for n, u in parts) != len(text.strip()):
-        return None
-    return sum(float(n) * GO_UNIT[u] for n, u in parts)
-
-
-class Learned(TokenBucket):
-    """A server's bucket as its x-ratelimit-* headers describe it: no pacing until they
-    have been seen; then the level they state, less what was sent since and what waits to
-    be sent, refilled at the rate they imply."""
-
-    RESERVE = 0.02  # of the capacity, kept back for clock skew and estimation error
-
-    def __init__(self, kind: str, clock: Callable[[], float], sleep: Sleep):
-        super().__init__(0.0, clock, sleep)
-        self.names = tuple(f"x-ratelimit-{w}-{kind}" for w in ("limit", "remaining", "reset"))
-        self.sent = 0.0  # charged to requests sent so far
-        self.pending = 0.0  # charged to requests that passed but are not sent yet
-        self.basis = 0.0  # the used amount the rate was last inferred from
-
-    async def take(self, cost: float) -> None:
-        """Wait (once a rate is known) until the bucket holds the cost, and charge it."""
-        if self.rate:
-            await self.acquire(cost)
-        else:
-            self.level -= cost
-        self.pending += cost
-
-    def sending(self, cost: float) -> float:
-        """The request is being sent now; returns what was sent before it."""
-        self.pending -= cost
-        self.sent += cost
-        return self.sent
-
-    def sync(self, headers: Any, remaining: str, sent_at: float, sent_then: float) -> float | None:
-        """Take the server's word from one answer; returns what remained (None: not said)."""
-        try:
-            left = float(remaining)
-        except ValueError:
-            return None
-        limit, reset = headers.get(self.names[0]), headers.get(self.names[2])
-        seconds = reset_seconds(reset) if reset else None
-        try:
-            capacity = float(limit)
-        except (TypeError, ValueError):
-            return left
-        used = capacity - left  # what the reset refills; `remaining` is rounded down, so
-        if seconds and used >= max(1.0, self.basis / 2):  # the larger, the more exact
-            self.rate = (used - 1 if used >= 2 else used) / seconds  # the slower bound
-            self.basis = used
-        if not self.rate:
-            return left
-        now = self._clock()
-        self.capacity, self.reserve = max(1.0, capacity), self.RESERVE * capacity
-        refilled = min(self.capacity, left + (now - sent_at) * self.rate)
-        self.level = refilled - (self.sent - sent_then) - self.pending
-        self._stamp = now
-        return left
-
-
-class Pacer:
-    """Paces one target to the request and token budgets its server states in the headers
-    of every answer (OpenAI's x-ratelimit-limit/remaining/reset-requests|tokens, also sent by
-    Azure OpenAI, Groq and many OpenAI-compatible servers): a request waits until the
-    server's bucket, as last stated and charged with what was sent since, holds its cost."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep):
-        self.requests = Learned("requests", clock, sleep)
-        self.tokens = Learned("tokens", clock, sleep)
-        self.clock = clock
-
-    def paced(self) -> bool:
-        """True once the server has stated a budget (before that, nothing waits)."""
-        return bool(self.requests.rate or self.tokens.rate)
-
-    async def acquire(self, tokens: float) -> None:
-        """Wait until both budgets hold this request, and charge it."""
-        await self.requests.take(1.0)
-        await self.tokens.take(tokens)
-
-    def charge(self, tokens: float) -> None:
-        """Charge a request without waiting (no budget known yet)."""
-        self.requests.level -= 1.0
-        self.requests.pending += 1.0
-        self.tokens.level -= tokens
-        self.tokens.pending += tokens
-
-    def mark(self, tokens: float) -> tuple[float, float, float]:
-        """Just before sending: when, and what had been sent by then (this one included)."""
-        return self.clock(), self.requests.sending(1.0), self.tokens.sending(tokens)
-
-    def observe(self, headers: Any, mark: tuple[float, float, float], tokens: float) -> bool:
-        """Sync to an answer's headers; True when they say a budget cannot hold the request
-        (a 429 from an empty bucket, not from too many requests in flight)."""
-        requests, tokens_left = headers.get(REMAINING_REQUESTS), headers.get(REMAINING_TOKENS)
-        if requests is None and tokens_left is None:  # the usual case: one cheap look
-            return False
-        sent_at, requests_then, tokens_then = mark
-        exhausted = False
-        if requests is not None:
-            left = self.requests.sync(headers, requests, sent_at, requests_then)
-            exhausted = left is not None and left < 1
-        if tokens_left is not None:
-            left = self.tokens.sync(headers, tokens_left, sent_at, tokens_then)
-            exhausted |= left is not None and left < max(2 * tokens, self.tokens.reserve)
-        return exhausted

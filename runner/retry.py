@@ -20,9 +20,12 @@ class RetryPolicy:
     max_wait_s: float = 60.0  # cap on any single wait, the server's included
 
     def wait(self, attempt: int, err: ApiError, rand: Callable[[], float]) -> float:
-        """Seconds before the next attempt: the server's word, else full-jitter backoff."""
+        """Seconds before the next attempt: the server's word, else full-jitter backoff. The
+        server's word is spread by up to half of itself (or of the backoff, if shorter), so
+        that requests it refused at once (one Retry-After for all) do not come back at once."""
         if err.retry_after is not None:
-            return min(err.retry_after, self.max_wait_s)
+            spread = rand() * min(err.retry_after, self.base_s * 2**attempt) / 2
+            return min(err.retry_after + spread, self.max_wait_s)
         return rand() * min(self.max_wait_s, self.base_s * 2**attempt)
 
 

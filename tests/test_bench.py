@@ -53,14 +53,21 @@ def test_a_table_workload_is_one_conversation_per_row_of_a_vars_file(tmp_path):
 
 
 def test_ideal_times_at_the_limits():
-    rps, tps, inflight = limited_workloads(None)
-    assert rps.ideal_s(0) == pytest.approx((1500 - 150) / 150 + 0.05)  # after a 1 s burst
-    assert tps.ideal_s(140_000) == pytest.approx((140_000 - 12_000) / 12_000 + 0.05)
-    assert inflight.ideal_s(0) == pytest.approx(1500 * 0.05 / 20)  # waves of 20
+    named = {w.name: w for w in limited_workloads(None)}
+    # the requests beyond the window's burst, at the limit's rate, plus one latency
+    assert named["req/s 1s"].ideal_s(0) == pytest.approx((1500 - 300) / 300 + 0.05)
+    assert named["req/s 0.1s no hdr"].ideal_s(0) == pytest.approx((1500 - 30) / 300 + 0.05)
+    assert named["req/s 10s"].ideal_s(0) == pytest.approx((1500 - 1000) / 100 + 0.05)
+    tokens = named["tokens/s 1s"]
+    assert tokens.ideal_s(140_000) == pytest.approx((140_000 - 30_000) / 30_000 + 0.05)
+    assert named["in-flight"].ideal_s(0) == pytest.approx(1500 * 0.05 / 20)  # waves of 20
+    # every limit is enforced on windows of 0.1, 1 and 10 s, with OpenAI's headers and without
+    windows = {(w.mock.get("limit_window_s"), w.mock.get("limit_headers")) for w in named.values()}
+    assert {(x, h) for x in (0.1, 1.0, 10.0) for h in ("openai", "none")} <= windows
 
 
 def test_the_sdk_peer_counts_its_429s(make_mock):
-    server = make_mock(limit_rps=1 / 3600, limit_burst=4, retry_after_ms=1)
+    server = make_mock(limit_rpm=4 / 60, limit_window_s=3600, retry_after_ms=1)  # 4, then 1/min
     done = asyncio.run(sdk_run(server.base_url + "/v1", n=3, concurrency=1, turns=2, retries=1))
     # two conversations answered, then a 429 asking for an hour: the SDK gives up at once
     assert (done["attempts"], done["rate_limited"], done["lost"]) == (5, 1, 1)

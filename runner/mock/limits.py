@@ -1,15 +1,22 @@
-"""Provider limits the mock enforces, as OpenAI does: requests and tokens per second (token
-buckets refilled continuously), requests in progress; 429 with retry-after-ms / Retry-After
-past a limit, and x-ratelimit-* headers on every answer.
+"""Provider limits the mock enforces, as OpenAI states and enforces them.
 
-A bucket of capacity `burst` refills at `rate` a second. A request is admitted when every
-bucket holds its cost (1 request; the reply's total tokens, capped at the capacity) and fewer
-than `limit_concurrency` requests are in progress; it is then charged. Otherwise the answer is
-an immediate 429: for an empty bucket, retry-after is the time until it holds the cost again;
-past the concurrency limit, the configured retry_after_ms. The headers say what OpenAI's say:
-x-ratelimit-limit-X (the capacity), x-ratelimit-remaining-X (what is left after this request)
-and x-ratelimit-reset-X (the time until the bucket is full again, as a Go duration: "1s",
-"6m0s", "20ms"), for X = requests and tokens.
+A limit is per minute (`rpm`, `tpm`), as OpenAI's limits page and its headers state it, but
+it is enforced on a shorter window (OpenAI's "quantization": 60,000 requests a minute served
+as 1,000 a second): a token bucket of `window_s` seconds' worth of the limit, refilled
+continuously at limit/60 a second. A request costs one request and its reply's total tokens
+(capped at the bucket's size); it is admitted when every bucket holds its cost and fewer
+than `concurrency` requests are in progress, and then charged. Otherwise the answer is an
+immediate 429: for an empty bucket, retry-after is the time until it holds the cost again;
+past the concurrency limit, the configured retry_after_ms. Refused requests are not charged.
+
+What the answers say (`headers`):
+- "openai": x-ratelimit-limit-X is the per-minute limit, x-ratelimit-remaining-X what is
+  left of a minute's allowance (a bucket of a minute's worth, charged alike), and
+  x-ratelimit-reset-X the time until that allowance is whole again (a Go duration: "1s",
+  "6m0s", "20ms"); 429s carry retry-after-ms and Retry-After. With a window shorter than a
+  minute, a request can be refused while `remaining` is high, as OpenAI's can.
+- "window": the limit per minute, but remaining and reset of the bucket that enforces it.
+- "none": no x-ratelimit-* headers; 429s carry only Retry-After, in whole seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+HEADER_MODES = ("openai", "window", "none")
 
 
 def go_duration(seconds: float) -> str:
@@ -34,11 +43,10 @@ def go_duration(seconds: float) -> str:
 class Bucket:
     """A token bucket: `capacity` at most, refilled continuously at `rate` a second."""
 
-    __slots__ = ("kind", "rate", "capacity", "level", "stamp")
+    __slots__ = ("rate", "capacity", "level", "stamp")
 
-    def __init__(self, kind: str, rate: float, burst: float, now: float) -> None:
-        self.kind, self.rate = kind, rate
-        self.capacity = burst if burst > 0 else max(1.0, rate)  # default: one second's worth
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate, self.capacity = rate, max(1.0, capacity)
         self.level, self.stamp = self.capacity, now
 
     def refill(self, now: float) -> None:
@@ -49,11 +57,28 @@ class Bucket:
         """Seconds until the bucket holds `cost` (0: it does now)."""
         return max(0.0, (min(cost, self.capacity) - self.level) / self.rate)
 
-    def headers(self, out: dict[str, str]) -> None:
-        k, level = self.kind, max(0.0, self.level)
-        out[f"x-ratelimit-limit-{k}"] = str(int(self.capacity))
+    def charge(self, cost: float) -> None:
+        self.level -= min(cost, self.capacity)
+
+
+class Limit:
+    """One per-minute limit (requests or tokens): the bucket that enforces it, and the
+    minute's allowance the headers state."""
+
+    __slots__ = ("kind", "per_minute", "enforced", "stated")
+
+    def __init__(self, kind: str, per_minute: float, window_s: float, now: float) -> None:
+        self.kind, self.per_minute = kind, per_minute
+        rate = per_minute / 60.0
+        self.enforced = Bucket(rate, rate * window_s, now)
+        self.stated = Bucket(rate, per_minute, now)
+
+    def headers(self, mode: str, out: dict[str, str]) -> None:
+        bucket = self.stated if mode == "openai" else self.enforced
+        k, level = self.kind, max(0.0, bucket.level)
+        out[f"x-ratelimit-limit-{k}"] = f"{self.per_minute:g}"
         out[f"x-ratelimit-remaining-{k}"] = str(int(level))
-        out[f"x-ratelimit-reset-{k}"] = go_duration((self.capacity - level) / self.rate)
+        out[f"x-ratelimit-reset-{k}"] = go_duration((bucket.capacity - level) / bucket.rate)
 
 
 @dataclass(slots=True)
@@ -70,36 +95,44 @@ class Limits:
 
     def __init__(
         self,
-        rps: float,
-        burst: float,
-        tps: float,
+        rpm: float,
+        tpm: float,
+        window_s: float,
         concurrency: int,
         retry_after_ms: int,
+        headers: str = "openai",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if headers not in HEADER_MODES:
+            raise ValueError(f"headers must be one of {', '.join(HEADER_MODES)}")
         now = clock()
-        self.buckets = [Bucket(k, r, burst if k == "requests" else 0, now)
-                        for k, r in (("requests", rps), ("tokens", tps)) if r > 0]  # fmt: skip
+        self.limits = [Limit(k, m, window_s, now)
+                       for k, m in (("requests", rpm), ("tokens", tpm)) if m > 0]  # fmt: skip
         self.concurrency, self.in_progress = concurrency, 0
-        self.retry_after_ms, self.clock = retry_after_ms, clock
+        self.retry_after_ms, self.mode, self.clock = retry_after_ms, headers, clock
 
     def admit(self, tokens: int) -> Verdict:
         """Admit and charge a request costing `tokens`, or say why not and for how long."""
         now = self.clock()
-        costs = [1.0 if b.kind == "requests" else float(tokens) for b in self.buckets]
         wait, reason = 0.0, ""
-        for bucket, cost in zip(self.buckets, costs, strict=True):
-            bucket.refill(now)
-            if bucket.wait_s(cost) > wait:
-                wait, reason = bucket.wait_s(cost), f"Rate limit reached for {bucket.kind}"
+        for limit in self.limits:
+            cost = 1.0 if limit.kind == "requests" else float(tokens)
+            limit.enforced.refill(now)
+            limit.stated.refill(now)
+            if limit.enforced.wait_s(cost) > wait:
+                wait = limit.enforced.wait_s(cost)
+                reason = f"Rate limit reached for {limit.kind} per min: Limit {limit.per_minute:g}"
         busy = self.concurrency > 0 and self.in_progress >= self.concurrency
         if not wait and not busy:
-            for bucket, cost in zip(self.buckets, costs, strict=True):
-                bucket.level -= min(cost, bucket.capacity)
+            for limit in self.limits:
+                cost = 1.0 if limit.kind == "requests" else float(tokens)
+                limit.enforced.charge(cost)
+                limit.stated.charge(cost)
             self.in_progress += 1
         headers: dict[str, str] = {}
-        for bucket in self.buckets:
-            bucket.headers(headers)
+        if self.mode != "none":
+            for limit in self.limits:
+                limit.headers(self.mode, headers)
         if wait:
             return Verdict(headers, max(1, math.ceil(wait * 1000)), reason)
         if busy:

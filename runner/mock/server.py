@@ -80,6 +80,8 @@ async def answer_limited(
     if verdict.retry_after_ms is not None:
         resp = proto.error(MockError(429, verdict.reason), verdict.retry_after_ms)
         resp.headers.update(verdict.headers)
+        if limits.mode == "none":  # Retry-After alone, in whole seconds
+            resp.headers.pop("retry-after-ms", None)
         return resp
     try:
         if plan.delay:

@@ -33,9 +33,10 @@ class MockOptions:
     require_key: str | None = None
     record: bool = False
     max_stored_responses: int = 10000
-    limit_rps: float = 0.0  # requests a second (0: no limit); see runner.mock.limits
-    limit_burst: float = 0.0  # the requests bucket's capacity (0: one second's worth)
-    limit_tps: float = 0.0  # tokens a second, a bucket of one second's worth
+    limit_rpm: float = 0.0  # requests a minute (0: no limit); see runner.mock.limits
+    limit_tpm: float = 0.0  # tokens a minute (0: no limit)
+    limit_window_s: float = 60.0  # the window the limits are enforced on (its bucket's size)
+    limit_headers: str = "openai"  # what answers say of the limits: openai | window | none
     limit_concurrency: int = 0  # requests in progress at once
 
 
@@ -95,9 +96,9 @@ class MockState:
         self._prefix = secrets.token_hex(4)
         o = options
         self.limits: Limits | None = None
-        if o.limit_rps > 0 or o.limit_tps > 0 or o.limit_concurrency > 0:
-            self.limits = Limits(o.limit_rps, o.limit_burst, o.limit_tps, o.limit_concurrency,
-                                 o.retry_after_ms)  # fmt: skip
+        if o.limit_rpm > 0 or o.limit_tpm > 0 or o.limit_concurrency > 0:
+            self.limits = Limits(o.limit_rpm, o.limit_tpm, o.limit_window_s, o.limit_concurrency,
+                                 o.retry_after_ms, o.limit_headers)  # fmt: skip
         self._faulty = any(
             (o.latency_ms, o.jitter_ms, o.error_rate, o.cut_rate, o.malformed_rate, o.slow_rate)
         )
