@@ -123,6 +123,15 @@ def test_a_404_names_the_url_it_called(tmp_path, mock_server):
     assert f"(POST {wrong}/chat/completions answered 404)" in message
 
 
+def test_a_404_url_shows_no_key_in_its_query(tmp_path, mock_server):
+    text = models(mock_server.base_url + "/wrong", "auth: query").replace("openai-chat", "gemini")
+    played = play(tmp_path, HI, models=text)
+    assert played.result.exit_code == 3
+    message = played.transcripts[0]["error"]["message"]
+    assert "/wrong/v1beta/models/m:generateContent?key=*** answered 404)" in message
+    assert KEY not in played.result.output + str(played.transcripts)
+
+
 # ---------------------------------------------------------------- keys
 
 
