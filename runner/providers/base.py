@@ -306,7 +306,7 @@ def unreachable(exc: aiohttp.ClientError, url: str) -> ApiError:
     elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
         why = f"its TLS certificate is not trusted ({exc.certificate_error})"
     elif isinstance(exc, aiohttp.ClientSSLError):
-        why = f"the TLS handshake failed ({cause}); check the scheme (http or https) and port"
+        why = f"the TLS handshake failed; http or https? ({getattr(cause, 'reason', '') or cause})"
     elif isinstance(cause, ConnectionRefusedError):
         why = "connection refused (nothing listens there)"
     else:
