@@ -11,8 +11,6 @@ from runner.providers.base import mask
 from tests.conftest import KEY, play, raw_response
 
 HI = "id: s\nturns: [hi]\n"
-REPLY = '{"id": "c", "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},'
-REPLY += ' "finish_reason": "stop"}]}'
 
 
 def models(base_url: str, *lines: str, key_env: str = "TEST_API_KEY") -> str:
@@ -159,12 +157,14 @@ def test_a_variable_written_as_in_a_shell_is_read(tmp_path, make_mock, written):
     assert played.manifest["targets"][0]["api_key_env"] == "TEST_API_KEY"
 
 
-def test_api_key_env_null_sends_no_auth_header(tmp_path, raw_server):
-    server = raw_server(lambda request: raw_response(REPLY))
-    played = play(tmp_path, HI, models=models(server.base_url + "/v1", key_env="null"),
-                  env={"TEST_API_KEY": None})  # fmt: skip
+@pytest.mark.parametrize(("provider", "path"), [("openai-chat", "/v1"), ("gemini", "")])
+def test_api_key_env_null_sends_no_auth_header(tmp_path, mock_server, provider, path):
+    text = models(mock_server.base_url + path, key_env="null").replace("openai-chat", provider)
+    played = play(tmp_path, HI, models=text, env={"TEST_API_KEY": None})
     assert played.result.exit_code == 0, played.result.output
-    assert len(server.requests) == 1 and "authorization" not in server.requests[0].headers
+    (request,) = mock_server.requests
+    assert not {"authorization", "x-goog-api-key"} & set(request["headers"])
+    assert request["query"] == {}
 
 
 @pytest.mark.parametrize("padded", [KEY + "\n", f"  {KEY}\r\n", f"\t{KEY} "])
