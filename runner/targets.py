@@ -209,14 +209,16 @@ def key_env_name(value: Any, node: Node, target: str) -> str | None:
 
 def url_problem(url: str) -> str | None:
     """What is wrong with a base URL (an http or https scheme and a host), or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "holds a space or a control character"
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number in range
     except ValueError as exc:
         return f"is not a URL ({exc})"
     if parts.scheme not in ("http", "https"):
         if not parts.scheme or "." in parts.scheme or not parts.netloc:
-            return f"has no http:// or https:// in front: write https://{url.strip()}"
+            return f"has no http:// or https:// in front: write https://{url}"
         return f"must start with http:// or https://, not {parts.scheme}://"
     if not parts.hostname:
         return "has no host: write it as https://HOST/PATH"

@@ -95,7 +95,8 @@ def test_the_messages_of_unreachable_servers_name_host_and_cause(tmp_path, mock_
     [("api.openai.com/v1", "has no http:// or https:// in front: write https://api.openai.com/v1"),
      ("localhost:8000/v1", "has no http:// or https:// in front"),
      ("ftp://host/v1", "must start with http:// or https://, not ftp://"),
-     ("https:///v1", "has no host"), ("http://host:99999/v1", "is not a URL")],
+     ("https:///v1", "has no host"), ("http://host:99999/v1", "is not a URL"),
+     ("'https://api.openai.com/v1 '", "holds a space or a control character")],
 )  # fmt: skip
 def test_a_base_url_that_is_no_http_url_is_bad_input(tmp_path, mock_server, base_url, said):
     text = models(mock_server.base_url + "/v1") + "\n  other:\n    provider: openai-chat\n"
