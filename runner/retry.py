@@ -91,7 +91,8 @@ class Breaker:
     def _final(self, err: ApiError | None) -> None:
         if not self._deciding:
             return
-        counted = err is not None and (err.status is not None or err.unreachable)  # no timeout
+        # an answered failure, or no connection made at all; not a timeout (the server is there)
+        counted = err is not None and (err.status is not None or err.unreachable)
         if err is None or not counted or not _alike(self._first or err, err):
             self._deciding = False
             return

@@ -194,13 +194,13 @@ def key_env_name(value: Any, node: Node, target: str) -> str | None:
     if value is None:
         return None
     text = value.strip() if isinstance(value, str) else ""
-    name = ENV_NAME.fullmatch(text)
-    if name and not KEYLIKE.fullmatch(text):
+    name, pasted = ENV_NAME.fullmatch(text), KEYLIKE.fullmatch(text)
+    if name and not pasted:
         return name.group(1) or name.group(2)
     why = (
         "this looks like a key, not a variable name"
-        if KEYLIKE.fullmatch(text)
-        else ("that is not the name of an environment variable (letters, digits and _) or null")
+        if pasted
+        else "that is not the name of an environment variable (letters, digits and _) or null"
     )
     raise Bad(node, f"'api_key_env' of target '{target}': {why} (the value is not shown); "
               "put the key in an environment variable (export MY_KEY=...) and name it here: "
