@@ -111,6 +111,7 @@ def serve_app() -> Iterator[Callable[[web.Application], Served]]:
     yield serve
     for loop, thread, app_runner in started:
         asyncio.run_coroutine_threadsafe(app_runner.cleanup(), loop).result(WAIT_S)
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result(WAIT_S)  # held ones
         loop.call_soon_threadsafe(loop.stop)
         thread.join(WAIT_S)
         loop.close()
