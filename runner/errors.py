@@ -61,6 +61,7 @@ class ApiError(Exception):
         status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        unreachable: bool = False,
     ):
         super().__init__(message)
         self.kind = kind
@@ -68,6 +69,7 @@ class ApiError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.unreachable = unreachable  # no connection was made: refused, DNS, TLS, connect timeout
         self.headers: Any = None  # the error answer's headers, when there was one
 
     @property

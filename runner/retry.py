@@ -54,7 +54,8 @@ class Breaker:
     """Stops a target, so that nothing more is sent to it: when it refuses the key (401/403),
     or when its first `same_failures` final failures (an error not retried, or the last of
     a request's retries) are all alike and nothing has succeeded: gateways that answer a
-    bad key with a 400 or a 500, a base URL that answers 404."""
+    bad key with a 400 or a 500, a base URL that answers 404. An attempt that could not
+    connect (refused, DNS, TLS) counts at once, attempt by attempt: nobody is there."""
 
     def __init__(self, target: str, same_failures: int = 0):
         self.target = target
@@ -71,18 +72,19 @@ class Breaker:
 
     def observe(self, err: ApiError) -> None:
         """An attempt's error: open on an answered auth failure (not on one this breaker
-        raised itself); count a final one (not retried)."""
+        raised itself); count a final one (not retried), or one that could not connect."""
         if err.kind is Kind.AUTH and err.status is not None:
             self.error = ApiError(
                 Kind.AUTH, f"not sent: {self.target} refused the key ({err.message})"
             )
-        if not err.retryable:
+        if not err.retryable or err.unreachable:
             self._final(err)
 
     def gave_up(self, err: ApiError) -> None:
         """The retry loop's last error: count it when it could have been retried (an error
-        not retried was counted by observe). Rate limits are pacing, not a broken target."""
-        if err.retryable:
+        not retried, or that could not connect, was counted by observe). Rate limits are
+        pacing, not a broken target."""
+        if err.retryable and not err.unreachable:
             self._final(err if err.kind is not Kind.RATE_LIMIT else None)
 
     def succeeded(self) -> None:
@@ -92,16 +94,18 @@ class Breaker:
     def _final(self, err: ApiError | None) -> None:
         if not self._deciding:
             return
-        if err is None or err.status is None or not _alike(self._first or err, err):
+        # an answered failure, or no connection made at all; not a timeout (the server is there)
+        counted = err is not None and (err.status is not None or err.unreachable)
+        if err is None or not counted or not _alike(self._first or err, err):
             self._deciding = False
             return
         self._first, self._alike = self._first or err, self._alike + 1
         if self._alike >= self.same_failures and self.error is None:
             self._deciding = False
+            why = f"with {err.status} ({err.message})" if err.status else f"({err.message})"
             self.error = ApiError(
                 err.kind,
-                f"not sent: {self.target} failed {self._alike} times in a row from the start "
-                f"with {err.status} ({err.message})",
+                f"not sent: {self.target} failed {self._alike} times in a row from the start {why}",
             )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from yaml.nodes import MappingNode, Node
 
@@ -26,6 +28,11 @@ DEFAULT_KEY_ENV = {
     "gemini": "GEMINI_API_KEY",
 }
 AUTH_MODES = ("x-goog-api-key", "query", "bearer", "raw")
+NAME = "[A-Za-z_][A-Za-z0-9_]*"
+ENV_NAME = re.compile(rf"\$\{{({NAME})\}}|\$?({NAME})")  # $NAME and ${NAME} are read as NAME
+# a value pasted where a variable's name goes: a known key prefix, or long and of mixed case
+# with digits as no variable name is
+KEYLIKE = re.compile(r"(sk-|AIza)\S*|(?=.*\d)(?=.*[a-z])(?=.*[A-Z])[A-Za-z0-9_-]{24,}")
 
 
 @dataclass(slots=True)
@@ -160,11 +167,15 @@ def _target(r: Reader, name: str, key_node: Node, node: Node) -> Target | None:
 def _field(r: Reader, node: Node, key: str, target: str) -> Any:
     """One field of a target, built from its node (yaml.safe_load's rules) and checked."""
     value, types = r.value(node), TYPES[key]
+    if key == "api_key_env":
+        return key_env_name(value, node, target)
     if not _of_type(value, types):
         kind = " or ".join(t.__name__ for t in types)
         raise Bad(node, f"'{key}' of target '{target}' must be {kind}")
     if key == "provider" and value not in PROVIDERS:
         raise Bad(node, f"unknown provider '{value}'; use one of {', '.join(PROVIDERS)}")
+    if key == "base_url" and (problem := url_problem(value)):
+        raise Bad(node, f"'base_url' of target '{target}' {problem}")
     if key == "auth" and value not in AUTH_MODES:
         raise Bad(node, f"unknown auth '{value}'; use one of {', '.join(AUTH_MODES)}")
     if key == "mock" and set(value) - mock_fields():
@@ -175,6 +186,43 @@ def _field(r: Reader, node: Node, key: str, target: str) -> Any:
     if key in MINIMUM and value < MINIMUM[key]:
         raise Bad(node, f"'{key}' of target '{target}' is out of range: {value}")
     return value
+
+
+def key_env_name(value: Any, node: Node, target: str) -> str | None:
+    """The variable api_key_env names (null: no key, no auth header). A value that is no
+    variable name is refused without being shown: it is most often the key itself."""
+    if value is None:
+        return None
+    text = value.strip() if isinstance(value, str) else ""
+    name, pasted = ENV_NAME.fullmatch(text), KEYLIKE.fullmatch(text)
+    if name and not pasted:
+        return name.group(1) or name.group(2)
+    why = (
+        "this looks like a key, not a variable name"
+        if pasted
+        else "that is not the name of an environment variable (letters, digits and _) or null"
+    )
+    raise Bad(node, f"'api_key_env' of target '{target}': {why} (the value is not shown); "
+              "put the key in an environment variable (export MY_KEY=...) and name it here: "
+              "api_key_env: MY_KEY")  # fmt: skip
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a base URL (an http or https scheme and a host), or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "holds a space or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        if not parts.scheme or "." in parts.scheme or not parts.netloc:
+            return f"has no http:// or https:// in front: write https://{url}"
+        return f"must start with http:// or https://, not {parts.scheme}://"
+    if not parts.hostname:
+        return "has no host: write it as https://HOST/PATH"
+    return None
 
 
 def _of_type(value: Any, types: tuple[type, ...]) -> bool:
@@ -191,6 +239,8 @@ def resolve(
     """Targets for the -m names, keys read from the environment (an unset one is an error
     when need_keys, else left None); errors exit 2."""
     targets, problems = [], []
+    if base_url is not None and (problem := url_problem(base_url)):
+        problems.append(f"--base-url {problem}")
     for name in names:
         try:
             target = _lookup(name, models, base_url)
@@ -222,13 +272,21 @@ def _lookup(name: str, models: dict[str, Target], base_url: str | None) -> Targe
 
 
 def _read_key(target: Target, required: bool) -> str | None:
+    """The key from the environment, surrounding whitespace (a pasted newline) stripped; one
+    holding a control character or a character outside ASCII is refused, not shown."""
     if not target.api_key_env:
         return None
-    key = os.environ.get(target.api_key_env)
+    key = os.environ.get(target.api_key_env, "").strip()
+    if key and not (key.isascii() and key.isprintable()):
+        raise InputError(
+            f"target '{target.name}': the key in {target.api_key_env} holds a control character "
+            "or a character outside ASCII (the key is not shown); set it again, as the bare key"
+        )
     if not key and required:
         raise InputError(
             f"target '{target.name}' reads its API key from the environment variable "
-            f"{target.api_key_env}, which is not set; export it (keys are never read from files)"
+            f"{target.api_key_env}, which is not set (or blank); export it (keys are never read "
+            "from files)"
         )
     return key or None
 

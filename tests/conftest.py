@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
 
 from runner.cli import main
 from runner.mock import MockOptions, MockServer, MockThread
@@ -42,6 +43,12 @@ turns:
   - second question
   - third question
 """
+
+
+# no test may depend on speed: on a loaded machine an example may take any time, so no
+# Hypothesis test has a deadline or the health check that fails slow data generation
+settings.register_profile("no-speed", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("no-speed")
 
 
 # ---------------------------------------------------------------- servers
@@ -104,6 +111,7 @@ def serve_app() -> Iterator[Callable[[web.Application], Served]]:
     yield serve
     for loop, thread, app_runner in started:
         asyncio.run_coroutine_threadsafe(app_runner.cleanup(), loop).result(WAIT_S)
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result(WAIT_S)  # held ones
         loop.call_soon_threadsafe(loop.stop)
         thread.join(WAIT_S)
         loop.close()

@@ -15,6 +15,8 @@ from runner.providers.sse import SSEParser
 from runner.scenarios import load_paths
 from runner.targets import load_models
 
+# the profile's (tests/conftest.py: no speed checks), and tmp_path reused across examples
+FIXTURES_TOO = [*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture]
 texts = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=30
 )
@@ -90,7 +92,7 @@ yaml_values = st.recursive(
 )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, suppress_health_check=FIXTURES_TOO)
 @given(yaml_values)
 def test_any_yaml_loads_or_fails_with_an_input_error(tmp_path: Path, value):
     path = tmp_path / "random.yaml"
@@ -102,7 +104,7 @@ def test_any_yaml_loads_or_fails_with_an_input_error(tmp_path: Path, value):
             assert all(p.startswith(str(path)) for p in exc.problems), exc.problems
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, suppress_health_check=FIXTURES_TOO)
 @given(st.binary(max_size=200))
 def test_any_bytes_load_or_fail_with_an_input_error(tmp_path: Path, raw):
     path = tmp_path / "random.yaml"
@@ -110,3 +112,15 @@ def test_any_bytes_load_or_fail_with_an_input_error(tmp_path: Path, raw):
     for loader in (lambda: load_paths([str(path)]), lambda: load_models(str(path))):
         with contextlib.suppress(InputError):
             loader()
+
+
+def test_no_hypothesis_test_depends_on_speed():
+    """Every property test of the suite runs without a deadline or the too_slow check."""
+    import tests.test_vars_file
+
+    tests_here = [*globals().values(), *vars(tests.test_vars_file).values()]
+    given_tests = [t for t in tests_here if hasattr(t, "hypothesis")]
+    assert len(given_tests) >= 5
+    for test in given_tests:
+        chosen = test._hypothesis_internal_use_settings
+        assert chosen.deadline is None and HealthCheck.too_slow in chosen.suppress_health_check

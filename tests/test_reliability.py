@@ -95,7 +95,9 @@ def test_timed_out_attempts_are_retried_until_answered(tmp_path, make_mock):
         n = len(tries)
         assert tries == [(i + 1, "timeout") for i in range(n - 1)] + [(n, 200)], (cid, turn)
     held = held_requests(len(server.requests), seed=seed, **hold)
-    assert sum(status == "timeout" for tries in made.values() for _, status in tries) == len(held)
+    # every held request timed out; on a loaded machine an answered one may too (0.5 s is
+    # no promise), and is retried the same way: at least, not exactly, the held ones
+    assert sum(status == "timeout" for tries in made.values() for _, status in tries) >= len(held)
     assert len(held) >= 2
     per_turn = {(r["conversation_id"], t["index"]): t["attempts"] for r in played.transcripts
                 for t in r["turns"]}  # fmt: skip

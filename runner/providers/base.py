@@ -10,6 +10,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -81,8 +82,12 @@ MESSAGE_CHARS = 500  # an error message is cut to this length, after masking
 
 def mask(text: str, key: str | None, hidden: str = "***") -> str:
     """Hide a key wherever it appears, and any part of it that starts it and is at least
-    KEY_PREFIX long (a server that cut it short), and any ?key= query value."""
-    if key:
+    KEY_PREFIX long (a server that cut it short), and any ?key= query value. A key shorter
+    than KEY_PREFIX (a local server's dummy) is hidden only where it stands alone: the key
+    `x` leaves "unexpected" whole."""
+    if key and len(key) < KEY_PREFIX:
+        text = re.sub(rf"(?<![\w-]){re.escape(key)}(?![\w-])", hidden, text)
+    elif key:
         text = text.replace(key, hidden)
         head = key[: min(KEY_PREFIX, len(key))]
         start = text.find(head)
@@ -271,6 +276,8 @@ async def send(
         reply = await _send(session, provider, req, limits)
     except ApiError:
         raise
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise unreachable(exc, req.url) from None  # before ValueError: a bad certificate is one
     except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError) as exc:
         # JSON of the wrong shape (a gateway's own envelope, say): retried like a bad body
         raise malformed(f"unexpected response shape: {type(exc).__name__}: {exc}") from None
@@ -282,6 +289,36 @@ async def send(
         raise ApiError(Kind.CONNECTION, f"{type(exc).__name__}: {exc}", retryable=True) from None
     reply.text = clean_text(want(reply.text, str, "the reply text"))
     return reply
+
+
+def unreachable(exc: aiohttp.ClientError, url: str) -> ApiError:
+    """No connection was made (refused, DNS, TLS, connect timeout): retryable, and counted
+    attempt by attempt towards a target's fail-fast breaker. Names the host and port."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    cause: object = exc
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where, cause = f"{exc.host}:{exc.port}", exc.os_error
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        why = "no answer within connect_timeout_s"
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+        why = f"the host name does not resolve ({_reason(cause)})"
+    elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        why = f"its TLS certificate is not trusted ({exc.certificate_error})"
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        why = f"the TLS handshake failed; http or https? ({getattr(cause, 'reason', '') or cause})"
+    elif isinstance(cause, ConnectionRefusedError):
+        why = "connection refused (nothing listens there)"
+    else:
+        why = f"{type(cause).__name__}: {_reason(cause)}"
+    return ApiError(
+        Kind.CONNECTION, f"cannot connect to {where}: {why}", retryable=True, unreachable=True
+    )
+
+
+def _reason(cause: object) -> str:
+    """An OS error's own words, without its errno."""
+    return str(getattr(cause, "strerror", None) or cause)
 
 
 async def _send(
@@ -331,4 +368,7 @@ async def answered_error(
             status=resp.status,
         )
     text = (await read_body(resp, limits)).decode("utf-8", "replace")
-    return provider.error(resp.status, resp.headers, text)
+    err = provider.error(resp.status, resp.headers, text)
+    if resp.status in (404, 405):  # most often a wrong base_url or model: say what was called
+        err.message = f"{err.message} (POST {resp.url} answered {resp.status})"
+    return err
