@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 import runner
 from runner.errors import Exit, InputError, WriteError
 
 if TYPE_CHECKING:
+    from runner.resume import Given
     from runner.run import Finished
 
 
@@ -115,7 +117,12 @@ def run(
 
     with remembered():  # a signal from here on ends the run cleanly (exit 130)
         if resume_dir:
-            resumed = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, max_cost)
+            given = _given(click.get_current_context(), skip=RESUME_OWN)
+            if dry_run:
+                for text in runs.resume_dry_run(Path(resume_dir), retry_failed, force, given):
+                    click.echo(text)
+                return
+            resumed = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, given)
             _finished(resumed, junit_file, html_file)
         if not paths or not targets:
             raise InputError(NOTHING_TO_RUN)
@@ -142,6 +149,30 @@ def run(
             return
         finished = runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress)
         _finished(finished, junit_file, html_file)
+
+
+# options of `run` that only say what this command does with a run (with --resume too)
+RESUME_OWN = ("resume_dir", "retry_failed", "force", "no_progress", "dry_run", "junit_file",
+              "html_file")  # fmt: skip
+
+
+def _given(ctx: click.Context, skip: tuple[str, ...]) -> dict[str, Given]:
+    """The options typed on the command line (or set from the environment), but SKIP."""
+    from runner.resume import Given
+
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {
+        p.name: Given(_flag(p), ctx.params[p.name])
+        for p in ctx.command.params
+        if p.name and p.name not in skip and ctx.get_parameter_source(p.name) in typed
+    }
+
+
+def _flag(param: click.Parameter) -> str:
+    """How an option is typed (its long form), or an argument's metavar."""
+    if isinstance(param, click.Argument):
+        return "SCENARIOS"
+    return "/".join(param.opts)
 
 
 def _finished(finished: Finished, junit_file: str | None, html_file: str | None) -> NoReturn:
