@@ -11,6 +11,7 @@ from click.core import ParameterSource
 
 import runner
 from runner.errors import Exit, InputError, WriteError
+from runner.outfile import STDOUT
 
 if TYPE_CHECKING:
     from runner.resume import Given
@@ -115,6 +116,9 @@ def run(
     from runner import run as runs
     from runner.signals import remembered
 
+    if junit_file == html_file == STDOUT:
+        raise InputError("--junit - and --html - would both write to stdout; give one a file")
+
     with remembered():  # a signal from here on ends the run cleanly (exit 130)
         if resume_dir:
             given = _given(click.get_current_context(), skip=RESUME_OWN)
@@ -176,16 +180,19 @@ def _flag(param: click.Parameter) -> str:
 
 
 def _finished(finished: Finished, junit_file: str | None, html_file: str | None) -> NoReturn:
-    """The end-of-run table and its notes on stdout, the JUnit file and the compare page when
-    asked for, one line on stderr, and the run's exit code."""
+    """The end-of-run table and its notes on stdout (on stderr when the JUnit file or the
+    compare page goes to stdout, `-`), those files when asked for, one line on stderr, and
+    the run's exit code."""
     from runner.report import render, render_notes
+
+    to_stderr = STDOUT in (junit_file, html_file)
 
     if html_file:
         from runner.compare import write_page
 
         click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
-    click.echo(render(finished.rows))
-    _echo_notes(render_notes(finished.rows))
+    click.echo(render(finished.rows), err=to_stderr)
+    _echo_notes(render_notes(finished.rows), err=to_stderr)
     if junit_file:
         from runner.junit import write_junit
 
@@ -207,10 +214,10 @@ def report(run_dir: str, fmt: str) -> None:
     _echo_notes(render_notes(rows, fmt))
 
 
-def _echo_notes(notes: str) -> None:
+def _echo_notes(notes: str, err: bool = False) -> None:
     """Failures and warnings under the table, after a blank line (nothing when none)."""
     if notes:
-        click.echo("\n" + notes)
+        click.echo("\n" + notes, err=err)
 
 
 @main.command()
@@ -224,7 +231,7 @@ def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
     from runner.compare import write_page
 
     path = write_page([Path(d) for d in run_dirs], Path(html_file), max_rows)
-    click.echo(f"compare page: {path}")
+    click.echo(f"compare page: {path}", err=html_file == STDOUT)
 
 
 @main.command("mock-server")
@@ -273,7 +280,7 @@ def junit(run_dir: str, output: str) -> None:
         click.echo("warning: not-run conversations are not listed: " + exc.problems[0], err=True)
         plan = None
     write_junit(Path(run_dir), Path(output), plan)
-    click.echo(output)
+    click.echo(output, err=output == STDOUT)
 
 
 @main.command()
