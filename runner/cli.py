@@ -44,11 +44,15 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-def validate(paths: tuple[str, ...]) -> None:
+@click.option("--judge", help="The judge target `run --judge` will get: without it, a judge "
+              "check that names no target is an error, as it is for `run`.")  # fmt: skip
+def validate(paths: tuple[str, ...], judge: str | None) -> None:
     """Check scenario files (file, line and problem for each error); send nothing."""
+    from runner.judge import judge_names
     from runner.scenarios import load_paths
 
     scenarios = load_paths(list(paths))
+    judge_names(scenarios, judge)
     click.echo(f"{len(scenarios)} scenarios OK")
 
 

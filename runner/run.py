@@ -23,11 +23,11 @@ from runner.judge import judge_names
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
-from runner.resume import Given, changes
+from runner.resume import Given, changes, recorded_ids
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
-from runner.store import MANIFEST, RunLock, newest_transcripts, read_manifest, write_manifest
-from runner.targets import Target, load_models, resolve
+from runner.store import MANIFEST, RunLock, read_manifest, write_manifest
+from runner.targets import BUILTIN, Target, load_models, resolve
 
 
 @dataclass
@@ -58,6 +58,12 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
     if not scenarios:
         raise InputError(f"no scenario matches the filter {inv.filters}")
     models = load_models(inv.models_file) if inv.models_file else {}
+    named = [n for n in inv.targets if n in models or n in BUILTIN]
+    if inv.base_url and named:
+        raise InputError(
+            f"--base-url applies to PROVIDER:MODEL targets only; {', '.join(named)} "
+            "is a built-in or models-file target (set its base_url in the models file)"
+        )
     resolved = resolve(inv.targets, models, inv.base_url, need_keys)
     targets = [_override(t, inv) for t in resolved]
     if inv.max_cost is not None:
@@ -252,18 +258,6 @@ def _prepared(
             "resuming would mix two versions (use --force to resume anyway)"
         )
     return inv, plan, hashes
-
-
-def recorded_ids(run_dir: Path, retry_failed: bool, summary: Summary | None = None) -> set[str]:
-    """The conversations a resume skips: every one recorded (only the ok ones with
-    RETRY_FAILED), each added to SUMMARY when given; streamed, only the ids are kept."""
-    skip = set()
-    for _, record in newest_transcripts(run_dir):
-        if record["status"] == "ok" or not retry_failed:
-            skip.add(record["conversation_id"])
-            if summary is not None:
-                summary.add(record)
-    return skip
 
 
 def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:
