@@ -76,11 +76,14 @@ def _hops(name: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _replacing(real: Path) -> Iterator[BinaryIO]:
-    """A new file beside REAL, renamed over it when the block ends without an error."""
+    """A new file beside REAL (with REAL's permissions, when it exists), renamed over it when
+    the block ends without an error."""
     real.parent.mkdir(parents=True, exist_ok=True)
     tmp = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as fh:
+            if real.exists():  # a file kept private stays so
+                os.fchmod(fh.fileno(), stat.S_IMODE(os.stat(real).st_mode))
             yield fh
         os.replace(tmp, real)
     except BaseException:

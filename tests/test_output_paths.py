@@ -69,10 +69,12 @@ def test_export_to_a_symlink_to_dev_null_keeps_the_link(tmp_path, run_dir):
 def test_a_symlink_to_a_regular_file_stays_a_link_and_its_file_is_replaced(tmp_path, run_dir):
     real, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
     real.write_text("old\n", encoding="utf-8")
+    real.chmod(0o600)
     link.symlink_to(real)
     result = cli("export", run_dir, "--format", "jsonl", "-o", link)
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and len(real.read_text(encoding="utf-8").splitlines()) == 2
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600  # a private file stays private
 
 
 def test_dash_writes_to_stdout(tmp_path, run_dir):
