@@ -7,15 +7,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 import runner
 from runner.errors import Exit, InputError, WriteError
+from runner.examples import HelpGroup
+from runner.outfile import STDOUT
 
 if TYPE_CHECKING:
+    from runner.resume import Given
     from runner.run import Finished
 
 
-class Group(click.Group):
+class Group(HelpGroup):
     """Bad input of any kind ends with one paragraph on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> object:
@@ -40,11 +44,15 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-def validate(paths: tuple[str, ...]) -> None:
+@click.option("--judge", help="The judge target `run --judge` will get: without it, a judge "
+              "check that names no target is an error, as it is for `run`.")  # fmt: skip
+def validate(paths: tuple[str, ...], judge: str | None) -> None:
     """Check scenario files (file, line and problem for each error); send nothing."""
+    from runner.judge import judge_names
     from runner.scenarios import load_paths
 
     scenarios = load_paths(list(paths))
+    judge_names(scenarios, judge)
     click.echo(f"{len(scenarios)} scenarios OK")
 
 
@@ -55,17 +63,22 @@ def validate(paths: tuple[str, ...]) -> None:
 )
 @click.option("--models", "models_file", help="Models file (default ./models.yaml when present).")
 @click.option("--base-url", help="Base URL for PROVIDER:MODEL targets.")
-@click.option("-o", "--output-dir", default="outputs", show_default=True)
+@click.option("-o", "--output-dir", default="outputs", show_default=True,
+              help="Folder the run's folder is made in.")  # fmt: skip
 @click.option("--run-id", help="Run folder name (default: time-based).")
 @click.option("-c", "--concurrency", type=click.IntRange(1), default=16, show_default=True,
               help="Conversations in flight.")  # fmt: skip
 @click.option("--repeat", type=click.IntRange(1), help="Samples of each conversation per target.")
 @click.option("-k", "--filter", "filters", multiple=True, help="Scenario id glob or tag:NAME.")
 @click.option("--shard", help="Run only shard K of N (K/N).")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue RUN_DIR.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",
+              help="Continue RUN_DIR: run what it has not recorded. -c, --stream, --timeout, "
+              "--max-retries, --max-wait, --idle-timeout and --max-cost may change; options "
+              "that would change what it runs are refused.")  # fmt: skip
 @click.option("--retry-failed", is_flag=True, help="With --resume: run failed conversations again.")
 @click.option("--force", is_flag=True, help="With --resume: accept changed scenario files.")
-@click.option("--stream/--no-stream", default=False, show_default=True)
+@click.option("--stream/--no-stream", default=False, show_default=True,
+              help="Stream replies (SSE) where the models file sets no 'stream'.")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt.")
 @click.option("--max-retries", type=click.IntRange(0), help="Retries per request.")
 @click.option(
@@ -73,13 +86,15 @@ def validate(paths: tuple[str, ...]) -> None:
 )
 @click.option("--judge", help="Target that grades judge checks naming no target.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
-              help="Also write the run's compare page to FILE.")  # fmt: skip
+              help="Also write the run's compare page to FILE ('-': stdout).")  # fmt: skip
 @click.option("--max-cost", type=click.FloatRange(0), help="USD: start no conversation once "
               "the run's estimated cost passes this (the rest stay for --resume).")  # fmt: skip
-@click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write a JUnit file.")
+@click.option("--junit", "junit_file", type=click.Path(dir_okay=False),
+              help="Also write the run's JUnit file to FILE ('-': stdout).")  # fmt: skip
 @click.option("--idle-timeout", type=click.FloatRange(0),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True,
+              help="No progress bar or lines on stderr (the end table stays).")  # fmt: skip
 @click.option(
     "--dry-run", is_flag=True, help="Print each conversation's first request; send nothing."
 )
@@ -113,9 +128,17 @@ def run(
     from runner import run as runs
     from runner.signals import remembered
 
+    if junit_file == html_file == STDOUT:
+        raise InputError("--junit - and --html - would both write to stdout; give one a file")
+
     with remembered():  # a signal from here on ends the run cleanly (exit 130)
         if resume_dir:
-            resumed = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, max_cost)
+            given = _given(click.get_current_context(), skip=RESUME_OWN)
+            if dry_run:
+                for text in runs.resume_dry_run(Path(resume_dir), retry_failed, force, given):
+                    click.echo(text)
+                return
+            resumed = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, given)
             _finished(resumed, junit_file, html_file)
         if not paths or not targets:
             raise InputError(NOTHING_TO_RUN)
@@ -144,17 +167,44 @@ def run(
         _finished(finished, junit_file, html_file)
 
 
+# options of `run` that only say what this command does with a run (with --resume too)
+RESUME_OWN = ("resume_dir", "retry_failed", "force", "no_progress", "dry_run", "junit_file",
+              "html_file")  # fmt: skip
+
+
+def _given(ctx: click.Context, skip: tuple[str, ...]) -> dict[str, Given]:
+    """The options typed on the command line (or set from the environment), but SKIP."""
+    from runner.resume import Given
+
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {
+        p.name: Given(_flag(p), ctx.params[p.name])
+        for p in ctx.command.params
+        if p.name and p.name not in skip and ctx.get_parameter_source(p.name) in typed
+    }
+
+
+def _flag(param: click.Parameter) -> str:
+    """How an option is typed (its long form), or an argument's metavar."""
+    if isinstance(param, click.Argument):
+        return "SCENARIOS"
+    return "/".join(param.opts)
+
+
 def _finished(finished: Finished, junit_file: str | None, html_file: str | None) -> NoReturn:
-    """The end-of-run table and its notes on stdout, the JUnit file and the compare page when
-    asked for, one line on stderr, and the run's exit code."""
+    """The end-of-run table and its notes on stdout (on stderr when the JUnit file or the
+    compare page goes to stdout, `-`), those files when asked for, one line on stderr, and
+    the run's exit code."""
     from runner.report import render, render_notes
+
+    to_stderr = STDOUT in (junit_file, html_file)
 
     if html_file:
         from runner.compare import write_page
 
         click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
-    click.echo(render(finished.rows))
-    _echo_notes(render_notes(finished.rows))
+    click.echo(render(finished.rows), err=to_stderr)
+    _echo_notes(render_notes(finished.rows), err=to_stderr)
     if junit_file:
         from runner.junit import write_junit
 
@@ -165,7 +215,9 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table",
+              show_default=True, help="A text table, a markdown table (CI summaries), or JSON "
+              "with every figure, failures and warnings.")  # fmt: skip
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
     from runner.report import render, render_notes
@@ -176,16 +228,16 @@ def report(run_dir: str, fmt: str) -> None:
     _echo_notes(render_notes(rows, fmt))
 
 
-def _echo_notes(notes: str) -> None:
+def _echo_notes(notes: str, err: bool = False) -> None:
     """Failures and warnings under the table, after a blank line (nothing when none)."""
     if notes:
-        click.echo("\n" + notes)
+        click.echo("\n" + notes, err=err)
 
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--html", "html_file", required=True, type=click.Path(dir_okay=False),
-              help="The page to write: one self-contained HTML file.")  # fmt: skip
+              help="The page to write: one self-contained HTML file ('-': stdout).")  # fmt: skip
 @click.option("--max-rows", type=click.IntRange(1), default=1000, show_default=True,
               help="Rows of conversations shown (failing ones first).")  # fmt: skip
 def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
@@ -193,22 +245,29 @@ def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
     from runner.compare import write_page
 
     path = write_page([Path(d) for d in run_dirs], Path(html_file), max_rows)
-    click.echo(f"compare page: {path}")
+    click.echo(f"compare page: {path}", err=html_file == STDOUT)
 
 
 @main.command("mock-server")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="0 picks a free port and prints it.")  # fmt: skip
-@click.option("--latency-ms", type=click.FloatRange(0), default=0.0)
-@click.option("--jitter-ms", type=click.FloatRange(0), default=0.0)
-@click.option("--seed", type=int, default=0)
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0,
+              help="Milliseconds each answer waits before it starts.")  # fmt: skip
+@click.option("--jitter-ms", type=click.FloatRange(0), default=0.0,
+              help="Up to this many ms more or less than --latency-ms.")  # fmt: skip
+@click.option("--seed", type=int, default=0,
+              help="Seed of the fault and jitter draws (same seed, same faults).")  # fmt: skip
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="429/500/503 mix.")
 @click.option("--cut-rate", type=click.FloatRange(0, 1), default=0.0, help="Streams cut midway.")
-@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--slow-ms", type=click.FloatRange(0), default=2000.0)
-@click.option("--retry-after-ms", type=click.IntRange(0), default=50)
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of answers (0..1) whose body is not valid JSON / SSE.")  # fmt: skip
+@click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of answers (0..1) delayed by --slow-ms more.")  # fmt: skip
+@click.option("--slow-ms", type=click.FloatRange(0), default=2000.0, show_default=True,
+              help="Extra delay of a slow answer.")  # fmt: skip
+@click.option("--retry-after-ms", type=click.IntRange(0), default=50, show_default=True,
+              help="The wait an injected 429/503 asks for.")  # fmt: skip
 @click.option("--limit-rpm", type=click.FloatRange(0), default=0.0,
               help="Requests a minute (x-ratelimit-limit-requests); past it, 429.")  # fmt: skip
 @click.option("--limit-tpm", type=click.FloatRange(0), default=0.0,
@@ -234,7 +293,7 @@ def mock_server(host: str, port: int, **opts: Any) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The JUnit XML file to write.")  # fmt: skip
+              help="The JUnit XML file to write ('-': stdout).")  # fmt: skip
 def junit(run_dir: str, output: str) -> None:
     """Write the JUnit report of an existing run: a testsuite per target, a testcase per
     conversation (planned but not run: skipped, when the scenario files are still there)."""
@@ -249,13 +308,15 @@ def junit(run_dir: str, output: str) -> None:
         click.echo("warning: not-run conversations are not listed: " + exc.problems[0], err=True)
         plan = None
     write_junit(Path(run_dir), Path(output), plan)
-    click.echo(output)
+    click.echo(output, err=output == STDOUT)
 
 
 @main.command()
 @click.argument("base_run", type=click.Path(exists=True, file_okay=False))
 @click.argument("new_run", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text",
+              show_default=True, help="Plain text, markdown (a CI comment, lists cut at 30), "
+              "or JSON with everything.")  # fmt: skip
 @click.option("--text", "show_text", is_flag=True, help="List every reply that changed.")
 def diff(base_run: str, new_run: str, fmt: str, show_text: bool) -> None:
     """Compare NEW_RUN with BASE_RUN, conversation by conversation: exit 1 on a regression
@@ -271,8 +332,11 @@ def diff(base_run: str, new_run: str, fmt: str, show_text: bool) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", required=True,
-              type=click.Choice(["openai", "sharegpt", "mtbench", "jsonl"]))  # fmt: skip
-@click.option("-o", "--output", "out", required=True, help="File to write (mtbench: a folder).")
+              type=click.Choice(["openai", "sharegpt", "mtbench", "jsonl"]),
+              help="openai: chat fine-tuning messages; sharegpt: conversations; mtbench: "
+              "FastChat answer files; jsonl: the transcript records as they are.")  # fmt: skip
+@click.option("-o", "--output", "out", required=True,
+              help="File to write ('-': stdout; mtbench: a folder).")  # fmt: skip
 @click.option("--only-ok", is_flag=True, help="Leave out failed conversations.")
 @click.option("--only-passed", is_flag=True, help="Only conversations whose checks all passed.")
 @click.option("--target", "targets", multiple=True, help="Only this target's (repeatable).")
@@ -295,7 +359,8 @@ def import_() -> None:
 
 @import_.command("mtbench")
 @click.argument("questions", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out", required=True, help="Scenario file (YAML) to write.")
+@click.option("-o", "--output", "out", required=True,
+              help="Scenario file (YAML) to write ('-': stdout).")  # fmt: skip
 def import_mtbench(questions: str, out: str) -> None:
     """FastChat's MT-Bench QUESTIONS.jsonl to scenarios: one per question, its category
     a tag and its temperature, reference answers kept as metadata."""

@@ -23,7 +23,7 @@ from runner.compare_html import (
     number,
     text_block,
 )
-from runner.errors import InputError
+from runner.outfile import output_file
 from runner.records import outcome
 from runner.report import cells
 from runner.stats import report_rows
@@ -107,11 +107,8 @@ def write_page(run_dirs: list[Path], out: Path, limit: int = MAX_ROWS) -> Path:
     runs = load(run_dirs)
     keep(runs, limit)
     text = page(runs)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write the compare page {out}: {exc}") from None
+    with output_file(out) as fh:
+        fh.write(text.encode("utf-8"))
     return out
 
 

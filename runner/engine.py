@@ -96,8 +96,11 @@ async def execute(
             await client.start()
             stack.push_async_callback(client.close)
         began, tokens = time.monotonic(), outcome.summary.tokens
+        before = tokens()["total_tokens"]  # a resume's earlier runs: not this run's rate
         progress = Progress(
-            len(plan) - len(skip), progress_mode, lambda: _stats(clients, tokens(), began)
+            len(plan) - len(skip),
+            progress_mode,
+            lambda: _stats(clients, tokens()["total_tokens"] - before, began),
         )
         stack.callback(progress.close)
         with _quiet_gc():
@@ -258,10 +261,11 @@ def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> I
         signals.restore(saved)  # the start-up handlers again, while the run is written up
 
 
-def _stats(clients: dict[str, TargetClient], tokens: dict[str, int], began: float) -> str:
-    """retries, tokens/s, and any target whose in-flight limit shrank after 429s."""
+def _stats(clients: dict[str, TargetClient], tokens: int, began: float) -> str:
+    """retries, tokens/s (TOKENS: those spent since BEGAN), and any target whose in-flight
+    limit shrank after 429s."""
     retries = sum(c.retries for c in clients.values())
-    rate = tokens["total_tokens"] / max(1e-3, time.monotonic() - began)
+    rate = tokens / max(1e-3, time.monotonic() - began)
     limits = " ".join(
         f"{name}:{int(c.limit.limit)}"
         for name, c in clients.items()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import InputError
+from runner.outfile import is_stdout
 from runner.store import (
     TRANSCRIPTS,
     newest_transcripts,
@@ -161,7 +162,7 @@ def _mtbench(
     """One `<model_id>.jsonl` per target, one line per question sorted by question_id;
     the samples of a question are its choices (index = sample). Failed conversations are
     left out: FastChat's judge reads every turn of every answer."""
-    if out.exists() and not out.is_dir():
+    if is_stdout(out) or (out.exists() and not out.is_dir()):
         raise InputError(f"-o {out}: mtbench writes a folder of <model_id>.jsonl files")
     keys = []  # (model_id, question sort key, question_id, sample, offset): small, per answer
     for offset, record in kept:

@@ -111,7 +111,7 @@ def judge_names(scenarios: list[Scenario], default: str | None) -> dict[str, str
             if name is None:
                 problems.append(
                     at(scenario.file, judge.line, "this judge check names no target: "
-                       "give it 'target: NAME' or run with --judge TARGET")
+                       "give it 'target: NAME' or give --judge TARGET")
                 )  # fmt: skip
             else:
                 names.setdefault(name, at(scenario.file, judge.line, "judge target"))

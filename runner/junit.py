@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import InputError
+from runner.outfile import output_file
 from runner.store import latest_transcripts, read_manifest
 
 if TYPE_CHECKING:
@@ -188,8 +188,5 @@ def write_junit(run_dir: Path, path: Path, plan: Plan | None) -> None:
     """Write the JUnit file of a run folder (its folder created); `plan` names the skipped."""
     planned = (Planned(c.id, c.scenario.id, c.target.name) for c in plan) if plan else None
     xml = junit_xml(latest_transcripts(run_dir), read_manifest(run_dir), planned)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(xml)
-    except OSError as exc:
-        raise InputError(f"cannot write the JUnit file {path}: {exc}") from None
+    with output_file(path) as fh:
+        fh.write(xml)

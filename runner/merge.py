@@ -15,6 +15,7 @@ from typing import Any
 
 from runner.cost import total
 from runner.errors import InputError
+from runner.outfile import is_stdout
 from runner.records import manifest_record
 from runner.stats import Summary, add_attempts
 from runner.store import (
@@ -48,6 +49,8 @@ def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:
 
 
 def _check_out(run_dirs: list[Path], out: Path) -> None:
+    if is_stdout(out):
+        raise InputError("-o -: merge writes a run folder, not one stream; name a new folder")
     if (out / MANIFEST).exists():
         raise InputError(f"-o {out} already holds a run; merge into a new folder")
     if any(d.resolve() == out.resolve() for d in run_dirs):

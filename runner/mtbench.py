@@ -8,6 +8,7 @@ question_id, category and reference answers as metadata, carried into the record
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import yaml
 
 from runner.encoding import from_json
 from runner.errors import InputError, at
+from runner.outfile import STDOUT, output_file
 from runner.scenarios import load_file
 from runner.variables import TEMPLATE
 
@@ -35,9 +37,11 @@ PREFIX = "mt-bench-"
 
 
 def import_mtbench(questions: Path, out: Path) -> int:
-    """Write OUT (YAML) from a FastChat question file; the number of scenarios written.
+    """Write OUT (YAML; `-` is stdout) from a FastChat question file; the number of
+    scenarios written.
 
-    The file written is loaded back as any scenario file is, so it is known to be valid."""
+    The text is loaded as any scenario file is before it is written, so it is known to be
+    valid (from a temporary copy of the same name: OUT may be a FIFO or stdout)."""
     rows = read_questions(questions)
     header = (
         f"# MT-Bench questions from {questions.name}, by `dialogue-runner import mtbench`.\n"
@@ -45,11 +49,14 @@ def import_mtbench(questions: Path, out: Path) -> int:
     )
     document = {"scenarios": [scenario(q) for q in rows]}
     text = yaml.dump(document, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=100)
-    try:
-        out.write_text(header + text, encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return len(load_file(str(out)))
+    data = (header + text).encode("utf-8")
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / (out.name if out.name not in ("", STDOUT) else "mt_bench.yaml")
+        copy.write_bytes(data)
+        count = len(load_file(str(copy)))
+    with output_file(out) as fh:
+        fh.write(data)
+    return count
 
 
 def scenario(question: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import os
 import secrets
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -22,10 +23,11 @@ from runner.judge import judge_names
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
+from runner.resume import Given, changes, recorded_ids
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
-from runner.store import MANIFEST, RunLock, newest_transcripts, read_manifest, write_manifest
-from runner.targets import Target, load_models, resolve
+from runner.store import MANIFEST, RunLock, read_manifest, write_manifest
+from runner.targets import BUILTIN, Target, load_models, resolve
 
 
 @dataclass
@@ -56,6 +58,12 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
     if not scenarios:
         raise InputError(f"no scenario matches the filter {inv.filters}")
     models = load_models(inv.models_file) if inv.models_file else {}
+    named = [n for n in inv.targets if n in models or n in BUILTIN]
+    if inv.base_url and named:
+        raise InputError(
+            f"--base-url applies to PROVIDER:MODEL targets only; {', '.join(named)} "
+            "is a built-in or models-file target (set its base_url in the models file)"
+        )
     resolved = resolve(inv.targets, models, inv.base_url, need_keys)
     targets = [_override(t, inv) for t in resolved]
     if inv.max_cost is not None:
@@ -103,9 +111,14 @@ def _override(target: Target, inv: Invocation) -> Target:
     return replace(target, **{k: v for k, v in changes.items() if v is not None})
 
 
-def dry_run(plan: Plan, stream: bool) -> Iterator[str]:
-    """The first request of every planned conversation, secrets masked; nothing is sent."""
+def dry_run(
+    plan: Plan, stream: bool, skip: set[str] | frozenset[str] = frozenset()
+) -> Iterator[str]:
+    """The first request of every planned conversation (but those in SKIP), secrets masked;
+    nothing is sent."""
     for conv in plan:
+        if conv.id in skip:
+            continue
         yield f"# {conv.id}\n{first_request(conv, stream)}\n"
 
 
@@ -164,6 +177,11 @@ class Finished:
                 f"${self.manifest['cost_usd']:.4f} passed --max-cost ${cap:g}; run them with "
                 f"--resume {self.run_dir} --max-cost <higher>"
             )
+        if self.manifest["status"] == "interrupted" and c["not_run"]:
+            text += (
+                f"\ninterrupted: {c['not_run']} conversations were not run; run them with: "
+                f"dialogue-runner run --resume {shlex.quote(str(self.run_dir))}"
+            )
         return text
 
 
@@ -180,48 +198,66 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
 
 
 def resume(
-    run_dir: Path, retry_failed: bool, force: bool, progress: bool, max_cost: float | None = None
+    run_dir: Path,
+    retry_failed: bool,
+    force: bool,
+    progress: bool,
+    given: dict[str, Given] | None = None,
 ) -> Finished:
     """Continue a run, holding its lock: what is recorded is read once no other process
-    can add to it. A new max_cost replaces the run's cap (which counts what the run spent
+    can add to it. GIVEN: the options of `run` typed with --resume (runner/resume.py says
+    which may change; a new max_cost replaces the run's cap, which counts what the run spent
     before)."""
     run_dir = run_dir.resolve()
     read_manifest(run_dir)  # a run folder at all, before a lock file is made in it
     with RunLock(run_dir):
-        return _resume(run_dir, retry_failed, force, progress, max_cost)
+        manifest = read_manifest(run_dir)
+        inv, plan, hashes = _prepared(run_dir, manifest, force, given or {}, need_keys=True)
+        summary = Summary()
+        skip = recorded_ids(run_dir, retry_failed, summary)
+        add_attempts(summary, run_dir)
+        manifest["files"] = hashes
+        manifest["resumed"] = manifest.get("resumed", 0) + 1
+        return _go(plan, run_dir, manifest, inv, progress, skip, summary)
 
 
-def _resume(
-    run_dir: Path, retry_failed: bool, force: bool, progress: bool, max_cost: float | None
-) -> Finished:
-    """Skip what is recorded, run what is not (and failures with retry_failed).
+def resume_dry_run(
+    run_dir: Path, retry_failed: bool, force: bool, given: dict[str, Given]
+) -> Iterator[str]:
+    """The first request of every conversation a resume would run; nothing is sent and
+    nothing in the run folder is touched."""
+    manifest = read_manifest(run_dir)
+    inv, plan, _ = _prepared(run_dir, manifest, force, given, need_keys=False)
+    skip = recorded_ids(run_dir, retry_failed)
+    yield f"# resume of {run_dir}: {len(plan) - len(skip)} of {len(plan)} conversations to run\n"
+    yield from dry_run(plan, inv.stream, skip)
+
+
+def _prepared(
+    run_dir: Path, manifest: dict[str, Any], force: bool, given: dict[str, Given], need_keys: bool
+) -> tuple[Invocation, Plan, dict[str, str]]:
+    """The run's invocation with the options a resume may change applied (and recorded in
+    the manifest), its plan, and its files' hashes; InputError for an option that would
+    change what the run is, or for changed files without FORCE.
 
     Paths in the manifest are relative to the folder the run started in (its `cwd`)."""
-    manifest = read_manifest(run_dir)
     if not manifest.get("invocation"):
         raise InputError(f"{run_dir}: merged from runs started differently; it cannot be resumed")
-    if max_cost is not None:
-        manifest["invocation"]["max_cost"] = max_cost
     inv, base = _recorded(manifest)
-    scenarios, targets, plan = load(inv)
+    changed = changes(inv, given)
+    manifest["invocation"].update(changed)
+    inv = replace(inv, **changed)
+    scenarios, _, plan = load(inv, need_keys)
     hashes = file_hashes(scenarios, inv.models_file)
     recorded = {base(f): h for f, h in manifest["files"].items()}
-    changed = [f for f, h in hashes.items() if recorded.get(f) != h]
-    changed += [f for f in recorded if not Path(f).exists()]
-    if changed and not force:
+    stale = [f for f, h in hashes.items() if recorded.get(f) != h]
+    stale += [f for f in recorded if not Path(f).exists()]
+    if stale and not force:
         raise InputError(
-            f"{run_dir}: these files changed since the run started: {', '.join(changed)}; "
+            f"{run_dir}: these files changed since the run started: {', '.join(stale)}; "
             "resuming would mix two versions (use --force to resume anyway)"
         )
-    skip, summary = set(), Summary()
-    for _, record in newest_transcripts(run_dir):  # streamed: only the ids are kept
-        if record["status"] == "ok" or not retry_failed:
-            skip.add(record["conversation_id"])
-            summary.add(record)
-    add_attempts(summary, run_dir)
-    manifest["files"] = hashes
-    manifest["resumed"] = manifest.get("resumed", 0) + 1
-    return _go(plan, run_dir, manifest, inv, progress, skip, summary)
+    return inv, plan, hashes
 
 
 def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:

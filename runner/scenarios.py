@@ -8,6 +8,7 @@ shared with the models file in runner.yamlnodes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from runner.schema import (
@@ -54,6 +55,31 @@ def load_file(path: str) -> list[Scenario]:
     return run.finish(run.load_file(os.fspath(path)))
 
 
+def _yaml_files(root: str) -> Iterator[Path]:
+    """The *.yaml / *.yml files below ROOT, leaving out hidden folders (.git, .github, .venv)
+    and virtual environments (a folder holding pyvenv.cfg or conda-meta). Linked folders
+    are followed, each real folder once."""
+    seen = {os.path.realpath(root)}
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = [d for d in subfolders if _walked(os.path.join(folder, d), seen)]
+        for name in files:
+            if name.endswith((".yaml", ".yml")) and os.path.isfile(os.path.join(folder, name)):
+                yield Path(folder, name)
+
+
+def _walked(folder: str, seen: set[str]) -> bool:
+    """Whether to walk into FOLDER: not hidden, not a virtual environment, not seen yet."""
+    if os.path.basename(folder).startswith(".") or any(
+        os.path.exists(os.path.join(folder, marker)) for marker in ("pyvenv.cfg", "conda-meta")
+    ):
+        return False
+    real = os.path.realpath(folder)
+    if real in seen:
+        return False
+    seen.add(real)
+    return True
+
+
 class _Run:
     """Problems, scenario ids and files read, across all files of one load."""
 
@@ -68,14 +94,11 @@ class _Run:
         return scenarios
 
     def load_path(self, path: str) -> list[Scenario]:
-        """A file, or every *.yaml / *.yml below a folder, in sorted order."""
+        """A file, or every *.yaml / *.yml below a folder, in sorted order (hidden folders
+        and virtual environments below it are skipped)."""
         if not os.path.isdir(path):
             return self.load_file(path)
-        found = sorted(
-            str(p)
-            for p in Path(path).rglob("*.y*ml")
-            if p.suffix in (".yaml", ".yml") and p.is_file()
-        )
+        found = sorted(str(p) for p in _yaml_files(path))
         if not found:
             self.problems.report(path, None, "no *.yaml or *.yml files in this folder")
         return [s for file in found for s in self.load_file(file)]

@@ -23,6 +23,7 @@ import jsonlines
 
 from runner.encoding import from_json, strict, to_json
 from runner.errors import InputError, WriteError
+from runner.outfile import output_file
 from runner.records import utc_now
 
 TRANSCRIPTS = "transcripts.jsonl"
@@ -208,19 +209,14 @@ def read_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, Any]]:
             yield from_json(fh.readline())
 
 
-def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
-    """Write a whole JSONL file (replacing any), atomically; returns the records written."""
-    tmp = path.with_name(path.name + ".tmp")
+def write_jsonl(path: Path | str, records: Iterable[dict[str, Any]]) -> int:
+    """Write a whole JSONL file: a regular one replaced atomically, `-` or a special file
+    (a FIFO, /dev/stdout) written in place (runner/outfile.py); returns the records written."""
     count = 0
-    try:
-        with open(tmp, "wb") as fh, jsonlines.Writer(fh, dumps=to_json) as writer:
-            for record in records:
-                writer.write(record)
-                count += 1
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with output_file(path) as fh, jsonlines.Writer(fh, dumps=to_json) as writer:
+        for record in records:
+            writer.write(record)
+            count += 1
     return count
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -266,9 +267,19 @@ def _lookup(name: str, models: dict[str, Target], base_url: str | None) -> Targe
         return Target(name, provider, model, base_url=url, api_key_env=DEFAULT_KEY_ENV[provider])
     known = ", ".join([*models, *BUILTIN])
     raise InputError(
-        f"unknown target '{name}': use a name from the models file or a built-in ({known}), "
-        f"or PROVIDER:MODEL with PROVIDER one of {', '.join(PROVIDERS)}"
+        f"unknown target '{name}'{_target_hint(name, [*models, *BUILTIN])}: use a name from the "
+        f"models file or a built-in ({known}), or PROVIDER:MODEL with PROVIDER one of "
+        f"{', '.join(PROVIDERS)}"
     )
+
+
+def _target_hint(name: str, names: list[str]) -> str:
+    """'; did you mean ...?' for a misspelt target name or provider, else nothing."""
+    provider, sep, model = name.partition(":")
+    close = difflib.get_close_matches(name, names, n=1)
+    if not close and sep and model:
+        close = [f"{p}:{model}" for p in difflib.get_close_matches(provider, list(PROVIDERS), n=1)]
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _read_key(target: Target, required: bool) -> str | None:

@@ -17,7 +17,9 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from runner.yamlnodes import Bad, Reader, node_line, show
 
-TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# {{name}}, but not after a backslash: \{{ is a literal {{ (the backslash is dropped)
+TEMPLATE = re.compile(r"(?<!\\)\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+PIECE = re.compile(r"\\(\{\{)|" + TEMPLATE.pattern)  # an escaped {{, or a template
 VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VAR_TYPES = (str, int, float, bool)
 
@@ -26,10 +28,10 @@ Vars = dict[str, tuple[Any, ...]] | tuple[dict[str, Any], ...]
 
 
 def fill(text: str, values: dict[str, Any]) -> str:
-    """Fill {{name}} templates; names were checked at load time."""
+    """Fill {{name}} templates (names were checked at load time); \\{{ becomes {{."""
     if "{{" not in text:
         return text
-    return TEMPLATE.sub(lambda m: str(values[m.group(1)]), text)
+    return PIECE.sub(lambda m: m.group(1) or str(values[m.group(2)]), text)
 
 
 def var_count(scenario_vars: Vars, rows: Sized | None = None) -> int:
@@ -196,4 +198,4 @@ def _var_hint(name: str, names: set[str]) -> str:
 
 def stand_in(text: str) -> str:
     """TEXT with each {{name}} replaced by a plain 'x', for checks made before vars are known."""
-    return TEMPLATE.sub("x", text)
+    return PIECE.sub(lambda m: m.group(1) or "x", text)
