@@ -30,6 +30,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "mock-server": (
         "dialogue-runner mock-server --port 8000",
         "dialogue-runner mock-server --port 0 --latency-ms 50 --error-rate 0.1 --seed 7",
+        "dialogue-runner mock-server --limit-rpm 9000 --limit-window-s 0.1 --limit-headers none",
     ),
     "junit": ("dialogue-runner junit outputs/RUN_ID -o junit.xml",),
     "diff": (
