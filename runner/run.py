@@ -24,7 +24,15 @@ from runner.progress import mode_for
 from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
-from runner.store import MANIFEST, RunLock, newest_transcripts, read_manifest, write_manifest
+from runner.store import (
+    MANIFEST,
+    TRANSCRIPTS,
+    USAGE,
+    RunLock,
+    newest_transcripts,
+    read_manifest,
+    write_manifest,
+)
 from runner.targets import Target, load_models, resolve
 
 
@@ -124,13 +132,25 @@ def _sha256(path: str) -> str:
 def new_run_dir(output_dir: str, run_id: str | None) -> Path:
     run_id = run_id or datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     run_dir = Path(output_dir) / run_id
-    if (run_dir / MANIFEST).exists():
-        raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    _unused(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the run folder {run_dir}: {exc}") from None
     return run_dir
+
+
+def _unused(run_dir: Path) -> None:
+    """InputError unless run_dir can hold a new run: no manifest, and no records either (a
+    folder whose run.json was removed: a new run would be counted with the old records)."""
+    if (run_dir / MANIFEST).exists():
+        raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    held = [name for name in (TRANSCRIPTS, USAGE) if os.path.lexists(run_dir / name)]
+    if held:
+        raise InputError(
+            f"{run_dir} holds records ({', '.join(held)}) but no {MANIFEST}: a new run there "
+            "would be counted together with them; choose another --run-id or folder"
+        )
 
 
 @dataclass
@@ -174,8 +194,7 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     manifest = manifest_record(run_dir.name, asdict(inv), files, [t.public() for t in targets])
     manifest["judges"] = [t.public() for t in plan.judges[0]]
     with RunLock(run_dir):
-        if (run_dir / MANIFEST).exists():  # another process started it meanwhile
-            raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+        _unused(run_dir)  # another process may have started it meanwhile
         return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
 
 

@@ -31,6 +31,8 @@ MANIFEST = "run.json"
 
 
 LOCK = "run.lock"
+# the files a run writes in its folder: none of them may be a symbolic link
+RUN_FILES = (TRANSCRIPTS, USAGE, MANIFEST, MANIFEST + ".tmp", LOCK)
 # a manifest that cannot be replaced for these reasons is rewritten in place, if it can be:
 # a full disk (no room for a new file), a folder made read-only (no new file allowed in it)
 IN_PLACE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
@@ -62,7 +64,7 @@ class _RecordFile:
         self._pending: list[bytes] = []
         try:
             repair_torn_tail(path)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = open_own(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self._size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise write_error(path, exc) from None
@@ -104,14 +106,44 @@ class _RecordFile:
 
 def write_error(path: Path, exc: OSError) -> WriteError:
     """The one-line message of a failed write: the file and the system's reason."""
+    if exc.errno == errno.ELOOP:
+        return WriteError(f"could not write {path}: {LINKED}")
     return WriteError(f"could not write {path}: {exc.strerror or exc}")
+
+
+LINKED = "it is a symbolic link (files are never written through links, outside their folder)"
+
+
+def open_own(path: Path, flags: int) -> int:
+    """Open a file the runner writes without following a symbolic link in its place (a
+    planted link would have it truncate or append to a file elsewhere): OSError ELOOP."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def fresh_file(path: Path) -> IO[bytes]:
+    """A new, empty file at `path` for writing: whatever was there (a stale temporary file,
+    a link) is removed first, and the file is created, never opened through a link."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return os.fdopen(open_own(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
+
+
+def refuse_links(run_dir: Path) -> None:
+    """InputError when a file a run writes is a symbolic link in the run folder."""
+    links = [name for name in RUN_FILES if (run_dir / name).is_symlink()]
+    if links:
+        raise InputError(
+            f"{run_dir}: {', '.join(links)} {'is a' if len(links) == 1 else 'are'} symbolic "
+            "link(s); a run writes only files of its own folder, never through links "
+            "(remove them, then run again)"
+        )
 
 
 def repair_torn_tail(path: Path) -> None:
     """End the file on a whole record before appending: a last line cut by a kill is
     removed, and a whole record that only lacks its newline gets it back."""
     try:
-        fh = open(path, "rb+")  # noqa: SIM115
+        fh = os.fdopen(open_own(path, os.O_RDWR), "rb+")
     except FileNotFoundError:
         return
     with fh:
@@ -213,7 +245,7 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
     tmp = path.with_name(path.name + ".tmp")
     count = 0
     try:
-        with open(tmp, "wb") as fh, jsonlines.Writer(fh, dumps=to_json) as writer:
+        with fresh_file(tmp) as fh, jsonlines.Writer(fh, dumps=to_json) as writer:
             for record in records:
                 writer.write(record)
                 count += 1
@@ -232,7 +264,7 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     data = text.encode("utf-8")
     path, tmp = run_dir / MANIFEST, run_dir / (MANIFEST + ".tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with fresh_file(tmp) as fh:
             fh.write(data)
         os.replace(tmp, path)
     except OSError as exc:
@@ -246,7 +278,7 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 def _rewrite_in_place(path: Path, data: bytes) -> bool:
     """Overwrite a file within the blocks it already has (no new space needed)."""
     try:
-        with open(path, "r+b") as fh:
+        with os.fdopen(open_own(path, os.O_RDWR), "r+b") as fh:
             if len(data) > os.fstat(fh.fileno()).st_blocks * 512:
                 return False
             fh.write(data)
@@ -274,8 +306,9 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        refuse_links(self.path.parent)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise write_error(self.path, exc) from None
         try:
