@@ -166,3 +166,103 @@ def manifest_record(
         "targets": targets,  # as Target.public(): never a key
         "resumed": 0,
     }
+
+
+# ---------------------------------------------------------------- what readers accept
+
+ROLES = ("system", "user", "assistant")
+Number = (int, float)
+# a transcript record's fields and their types (None: the field may be null)
+TRANSCRIPT_FIELDS: dict[str, tuple[Any, ...]] = {
+    "conversation_id": (str,),
+    "scenario_id": (str,),
+    "target": (str,),
+    "status": (str,),
+    "sample": (int,),
+    "vars": (dict,),
+    "messages": (list,),
+    "turns": (list,),
+    "error": (dict, None),
+    "passed": (bool, None),
+    "metadata": (dict, None),
+    "ended_at": (str,),
+}
+TURN_FIELDS: dict[str, tuple[Any, ...]] = {
+    "index": (int,),
+    "user": (str,),
+    "assistant": (str,),
+    "usage": (dict,),
+    "latency_ms": Number,
+    "ttft_ms": (*Number, None),
+    "checks": (list,),
+}
+CHECK_FIELDS: dict[str, tuple[Any, ...]] = {"kind": (str,), "passed": (bool,), "reason": (str,)}
+ATTEMPT_FIELDS: dict[str, tuple[Any, ...]] = {
+    "conversation_id": (str,),
+    "target": (str,),
+    "turn": (int,),
+    "attempt": (int,),
+    **dict.fromkeys(TOKEN_KEYS, (int,)),
+}
+
+
+def transcript_problem(record: dict[str, Any]) -> str | None:
+    """Why a line of transcripts.jsonl is not a transcript record (None when it is one):
+    the first field that is missing or of another type than the runner writes."""
+    problem = _fields(record, TRANSCRIPT_FIELDS, "")
+    if problem is None and record["status"] not in ("ok", "failed"):
+        problem = f"status is {record['status']!r}, not ok or failed"
+    if problem is None:
+        problem = _when(record, "ended_at") or _when(record, "started_at")
+    for message in record["messages"] if problem is None else ():
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return "a message is not a role and its content"
+        problem = _fields(message, {"content": (str,)}, "a message's ")
+    for turn in record["turns"] if problem is None else ():
+        problem = _fields(turn, TURN_FIELDS, "a turn's ")
+        for check in turn["checks"] if problem is None else ():
+            problem = problem or _fields(check, CHECK_FIELDS, "a check's ")
+        if problem:
+            break
+    return problem
+
+
+def attempt_problem(record: dict[str, Any]) -> str | None:
+    """Why a line of usage.jsonl is not a usage record (None when it is one)."""
+    return _fields(record, ATTEMPT_FIELDS, "")
+
+
+def _fields(value: Any, fields: dict[str, tuple[Any, ...]], what: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{what or 'the line '}is not an object".replace("'s is", " is")
+    for key, kinds in fields.items():
+        field = value.get(key)
+        if field is None and key not in value and None not in kinds:
+            return f"{what}{key} is missing"
+        if not _is(field, kinds):
+            return f"{what}{key} is {type(field).__name__}, not {_names(kinds)}"
+    return None
+
+
+def _is(value: Any, kinds: tuple[Any, ...]) -> bool:
+    if value is None:
+        return None in kinds
+    if isinstance(value, bool) and bool not in kinds:  # True is an int to Python, not to us
+        return False
+    return isinstance(value, tuple(k for k in kinds if k is not None))
+
+
+def _names(kinds: tuple[Any, ...]) -> str:
+    return " or ".join("null" if k is None else k.__name__ for k in kinds)
+
+
+def _when(record: dict[str, Any], key: str) -> str | None:
+    """A timestamp field that is absent, null, or ISO 8601 (None when so)."""
+    value = record.get(key)
+    if value is None:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return f"{key} is not an ISO 8601 time"
+    return None

@@ -21,18 +21,11 @@ from runner.errors import Exit, InputError, WriteError
 from runner.judge import judge_names
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
+from runner.reader import RunRecords, Skipped
 from runner.records import manifest_record, utc_now
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
-from runner.store import (
-    MANIFEST,
-    TRANSCRIPTS,
-    USAGE,
-    RunLock,
-    newest_transcripts,
-    read_manifest,
-    write_manifest,
-)
+from runner.store import MANIFEST, TRANSCRIPTS, USAGE, RunLock, read_manifest, write_manifest
 from runner.targets import Target, load_models, resolve
 
 
@@ -161,6 +154,7 @@ class Finished:
     manifest: dict[str, Any]
     rows: list[dict[str, Any]]
     plan: Plan | None = None
+    skipped: Skipped = dataclasses.field(default_factory=Skipped)  # lines not the run's
 
     @property
     def exit_code(self) -> Exit:
@@ -184,6 +178,8 @@ class Finished:
                 f"${self.manifest['cost_usd']:.4f} passed --max-cost ${cap:g}; run them with "
                 f"--resume {self.run_dir} --max-cost <higher>"
             )
+        if self.skipped.count:
+            text += f"\n{self.skipped.note()}"
         return text
 
 
@@ -232,15 +228,30 @@ def _resume(
             f"{run_dir}: these files changed since the run started: {', '.join(changed)}; "
             "resuming would mix two versions (use --force to resume anyway)"
         )
-    skip, summary = set(), Summary()
-    for _, record in newest_transcripts(run_dir):  # streamed: only the ids are kept
+    manifest["unplanned"] = _unplanned(RunRecords(run_dir, {**manifest, "unplanned": ()}), plan)
+    records, skip, summary = RunRecords(run_dir, manifest), set(), Summary()
+    for _, record in records.newest():  # streamed: only the ids are kept
         if record["status"] == "ok" or not retry_failed:
             skip.add(record["conversation_id"])
             summary.add(record)
-    add_attempts(summary, run_dir)
+    add_attempts(summary, records)
     manifest["files"] = hashes
     manifest["resumed"] = manifest.get("resumed", 0) + 1
-    return _go(plan, run_dir, manifest, inv, progress, skip, summary)
+    finished = _go(plan, run_dir, manifest, inv, progress, skip, summary)
+    finished.skipped = records.skipped
+    return finished
+
+
+def _unplanned(records: RunRecords, plan: Plan) -> list[str]:
+    """Conversations recorded that the plan no longer holds (it changed: --force): they
+    are not counted, and the manifest lists them so that every reader leaves them out.
+    The plan is read only until every recorded conversation was found in it."""
+    left = {record["conversation_id"] for _, record in records.lines()}
+    for conv in plan if left else ():
+        left.discard(conv.id)
+        if not left:
+            break
+    return sorted(left)
 
 
 def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:
@@ -303,6 +314,7 @@ def _go(
                 summary=summary,
                 judges=plan.judges,
                 budget=budget,
+                run_id=manifest["run_id"],
             )
         )
     except WriteError as exc:  # the record files could not even be opened

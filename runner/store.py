@@ -43,11 +43,14 @@ class JsonlWriter:
     checked write, so a killed run loses nothing finished; a write that fails or falls short
     raises WriteError and leaves the file ending on its last whole record."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, run_id: str | None = None):
         self._file = _RecordFile(path)
         self._writer = jsonlines.Writer(cast(IO[bytes], self._file), dumps=to_json, flush=True)
+        self.run_id = run_id  # stamped on every record: readers know the run's own records
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.run_id is not None:
+            record["run_id"] = self.run_id
         self._writer.write(record)
 
     def close(self) -> None:
@@ -191,44 +194,29 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         yield from reader.iter(type=dict, skip_invalid=True, skip_empty=True)
 
 
-def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The newest transcript record per conversation id, all held (for readers that need
-    every record at once; newest_transcripts streams them)."""
-    return {r["conversation_id"]: r for _, r in newest_transcripts(run_dir)}
-
-
-def scan_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(byte offset, record) of every whole record, streamed; a torn line is skipped."""
+def lines_of(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
+    """(line number, byte offset, the object or None) of every line but blank ones."""
     try:
         fh = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         return
     with fh:
         offset = 0
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             start, offset = offset, offset + len(line)
-            try:
-                record = from_json(line) if line.strip() else None
-            except ValueError:
+            if not line.strip():
                 continue
-            if isinstance(record, dict):
-                yield start, record
+            try:
+                record = from_json(line)
+            except ValueError:
+                record = None
+            yield number, start, record if isinstance(record, dict) else None
 
 
-def newest_offsets(path: Path) -> dict[str, int]:
-    """conversation id -> byte offset of its newest (last) record in a transcripts file."""
-    return {record["conversation_id"]: offset for offset, record in scan_jsonl(path)}
-
-
-def newest_transcripts(run_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, record) of the newest record per conversation, in file order, streamed.
-
-    Two passes over the file; all that is held is each id's offset (not its record).
-    Records appended between the passes (a run still going) are left for the next read."""
-    path = run_dir / TRANSCRIPTS
-    newest = newest_offsets(path)
-    for offset, record in scan_jsonl(path):
-        if newest.get(record["conversation_id"]) == offset:
+def scan_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset, record) of every whole record, streamed; a torn line is skipped."""
+    for _, offset, record in lines_of(path):
+        if record is not None:
             yield offset, record
 
 

@@ -81,3 +81,71 @@ def test_a_folder_with_records_but_no_manifest_is_not_run_into(tmp_path, mock_se
         and json.loads(cli("report", fresh.run_dir, "--format", "json").output)[0]["requests"] == 3
     )
     assert os.path.exists(fresh.run_dir / "run.json")
+
+
+# ---------------------------------------------------------------- records that are not the run's
+
+
+def report_json(run_dir) -> tuple[list[dict], str]:
+    result = cli("report", run_dir, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
+
+
+def test_edited_lines_are_skipped_counted_and_named_by_every_reader(tmp_path, mock_server):
+    played = play(tmp_path, THREE, server=mock_server)
+    usage = played.run_dir / "usage.jsonl"
+    no_attempt = {k: v for k, v in played.usage[0].items() if k != "attempt"}
+    with usage.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(no_attempt) + "\n")
+    with (played.run_dir / "transcripts.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write("{}\n")
+        fh.write(json.dumps({**played.transcripts[0], "status": None}) + "\n")
+        fh.write(json.dumps({**played.transcripts[1], "conversation_id": ["a", "list"]}) + "\n")
+        fh.write(json.dumps({"conversation_id": "x", "status": "ok"}) + "\n")
+    (row,), notes = report_json(played.run_dir)
+    assert (row["conversations"], row["ok"], row["requests"]) == (3, 3, 3)
+    assert "skipped 5 line(s)" in notes and "transcripts.jsonl line 4" in notes
+    assert "usage.jsonl line 4: attempt is missing" in notes
+    out = tmp_path / "train.jsonl"
+    exported = cli("export", played.run_dir, "--format", "openai", "-o", out)
+    assert exported.exit_code == 0 and "3 conversations" in exported.stderr
+    assert "skipped 4 line(s)" in exported.stderr
+    junit = cli("junit", played.run_dir, "-o", tmp_path / "j.xml")
+    assert junit.exit_code == 0, junit.output
+    resumed = played.resume()
+    assert resumed.result.exit_code == 0, resumed.result.output
+    assert "3/3 conversations ok" in resumed.result.output
+    assert "skipped 5 line(s)" in resumed.result.output
+    assert resumed.manifest["counts"]["ok"] == 3
+
+
+def test_records_of_another_run_of_the_same_scenarios_are_not_counted(tmp_path, mock_server):
+    mine = play(tmp_path, THREE, server=mock_server, run_id="mine")
+    other = play(tmp_path, THREE, server=mock_server, run_id="other")
+    for name in ("transcripts.jsonl", "usage.jsonl"):
+        with (mine.run_dir / name).open("ab") as fh:
+            fh.write((other.run_dir / name).read_bytes())
+    (row,), notes = report_json(mine.run_dir)
+    assert (row["conversations"], row["ok"], row["requests"]) == (3, 3, 3)
+    assert "skipped 6 line(s)" in notes and "another run ('other')" in notes
+
+
+def test_records_of_a_plan_changed_under_force_are_not_counted(tmp_path, mock_server):
+    four = "id: s\nturns: [hi]\nvars: {n: [1, 2, 3, 4]}\n"
+    played = play(tmp_path, four, server=mock_server)
+    assert played.manifest["counts"]["ok"] == 4
+    (tmp_path / "s.yaml").write_text(THREE, encoding="utf-8")
+    resumed = played.resume("--force")
+    assert resumed.result.exit_code == 0, resumed.result.output
+    assert "3/3 conversations ok" in resumed.result.output
+    counts = resumed.manifest["counts"]
+    assert (counts["planned"], counts["ok"], counts["not_run"]) == (3, 3, 0)
+    (fourth,) = [r["conversation_id"] for r in played.transcripts if r["vars"] == {"n": 4}]
+    assert resumed.manifest["unplanned"] == [fourth]
+    (row,), notes = report_json(played.run_dir)
+    assert (row["conversations"], row["ok"]) == (3, 3)
+    assert "no longer plans" in notes
+    (tmp_path / "s.yaml").write_text(four, encoding="utf-8")  # back to the old plan
+    again = played.resume("--force")
+    assert "4/4 conversations ok" in again.result.output and again.manifest["unplanned"] == []
