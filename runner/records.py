@@ -171,39 +171,33 @@ def manifest_record(
 # ---------------------------------------------------------------- what readers accept
 
 ROLES = ("system", "user", "assistant")
-Number = (int, float)
-# a transcript record's fields and their types (None: the field may be null)
-TRANSCRIPT_FIELDS: dict[str, tuple[Any, ...]] = {
-    "conversation_id": (str,),
-    "scenario_id": (str,),
-    "target": (str,),
-    "status": (str,),
-    "sample": (int,),
-    "vars": (dict,),
-    "messages": (list,),
-    "turns": (list,),
-    "error": (dict, None),
-    "passed": (bool, None),
-    "metadata": (dict, None),
-    "ended_at": (str,),
-}
-TURN_FIELDS: dict[str, tuple[Any, ...]] = {
-    "index": (int,),
-    "user": (str,),
-    "assistant": (str,),
-    "usage": (dict,),
-    "latency_ms": Number,
-    "ttft_ms": (*Number, None),
-    "checks": (list,),
-}
-CHECK_FIELDS: dict[str, tuple[Any, ...]] = {"kind": (str,), "passed": (bool,), "reason": (str,)}
-ATTEMPT_FIELDS: dict[str, tuple[Any, ...]] = {
-    "conversation_id": (str,),
-    "target": (str,),
-    "turn": (int,),
-    "attempt": (int,),
-    **dict.fromkeys(TOKEN_KEYS, (int,)),
-}
+Fields = dict[str, tuple[tuple[type, ...], bool]]  # key -> (its types, whether null is allowed)
+NUMBER = (int, float)
+
+
+def _shape(**fields: tuple[type, ...] | type | None) -> Fields:
+    """Field types as given: a type, a tuple of them, with None meaning "or null"."""
+    shape: Fields = {}
+    for key, kinds in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        shape[key] = (tuple(k for k in kinds if k is not None), None in kinds)
+    return shape
+
+
+TRANSCRIPT_FIELDS = _shape(
+    conversation_id=str, scenario_id=str, target=str, status=str, sample=int, vars=dict,
+    messages=list, turns=list, error=(dict, None), passed=(bool, None), metadata=(dict, None),
+    ended_at=str, started_at=(str, None),
+)  # fmt: skip
+TURN_FIELDS = _shape(
+    index=int, user=str, assistant=str, usage=dict, latency_ms=NUMBER,
+    ttft_ms=(*NUMBER, None), checks=list,
+)  # fmt: skip
+CHECK_FIELDS = _shape(kind=str, passed=bool, reason=str)
+MESSAGE_FIELDS = _shape(role=str, content=str)
+ATTEMPT_FIELDS = _shape(
+    conversation_id=str, target=str, turn=int, attempt=int, **dict.fromkeys(TOKEN_KEYS, int)
+)
 
 
 def transcript_problem(record: dict[str, Any]) -> str | None:
@@ -212,18 +206,19 @@ def transcript_problem(record: dict[str, Any]) -> str | None:
     problem = _fields(record, TRANSCRIPT_FIELDS, "")
     if problem is None and record["status"] not in ("ok", "failed"):
         problem = f"status is {record['status']!r}, not ok or failed"
-    if problem is None:
-        problem = _when(record, "ended_at") or _when(record, "started_at")
+    problem = problem or _when(record, "ended_at") or _when(record, "started_at")
     for message in record["messages"] if problem is None else ():
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            return "a message is not a role and its content"
-        problem = _fields(message, {"content": (str,)}, "a message's ")
+        problem = _fields(message, MESSAGE_FIELDS, "a message's ")
+        if problem is None and message["role"] not in ROLES:
+            problem = f"a message's role is {message['role'][:20]!r}"
+        if problem:
+            return problem
     for turn in record["turns"] if problem is None else ():
         problem = _fields(turn, TURN_FIELDS, "a turn's ")
         for check in turn["checks"] if problem is None else ():
             problem = problem or _fields(check, CHECK_FIELDS, "a check's ")
         if problem:
-            break
+            return problem
     return problem
 
 
@@ -232,28 +227,19 @@ def attempt_problem(record: dict[str, Any]) -> str | None:
     return _fields(record, ATTEMPT_FIELDS, "")
 
 
-def _fields(value: Any, fields: dict[str, tuple[Any, ...]], what: str) -> str | None:
-    if not isinstance(value, dict):
-        return f"{what or 'the line '}is not an object".replace("'s is", " is")
-    for key, kinds in fields.items():
+def _fields(value: Any, fields: Fields, what: str) -> str | None:
+    """The first field of `value` (a dict) that is missing or of another type, said."""
+    if type(value) is not dict:
+        return f"{what.removesuffix(chr(39) + 's ') or 'the line'} is not an object"
+    for key, (kinds, nullable) in fields.items():
         field = value.get(key)
-        if field is None and key not in value and None not in kinds:
+        if type(field) in kinds or (field is None and nullable):  # parsed JSON: exact types
+            continue
+        if field is None and key not in value:
             return f"{what}{key} is missing"
-        if not _is(field, kinds):
-            return f"{what}{key} is {type(field).__name__}, not {_names(kinds)}"
+        names = [k.__name__ for k in kinds] + (["null"] if nullable else [])
+        return f"{what}{key} is {type(field).__name__}, not {' or '.join(names)}"
     return None
-
-
-def _is(value: Any, kinds: tuple[Any, ...]) -> bool:
-    if value is None:
-        return None in kinds
-    if isinstance(value, bool) and bool not in kinds:  # True is an int to Python, not to us
-        return False
-    return isinstance(value, tuple(k for k in kinds if k is not None))
-
-
-def _names(kinds: tuple[Any, ...]) -> str:
-    return " or ".join("null" if k is None else k.__name__ for k in kinds)
 
 
 def _when(record: dict[str, Any], key: str) -> str | None:
@@ -263,6 +249,6 @@ def _when(record: dict[str, Any], key: str) -> str | None:
         return None
     try:
         datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+    except ValueError:
         return f"{key} is not an ISO 8601 time"
     return None
