@@ -175,11 +175,11 @@ Fields = dict[str, tuple[tuple[type, ...], bool]]  # key -> (its types, whether 
 NUMBER = (int, float)
 
 
-def _shape(**fields: tuple[type, ...] | type | None) -> Fields:
-    """Field types as given: a type, a tuple of them, with None meaning "or null"."""
+def _shape(**fields: Any) -> Fields:
+    """Field types as given: a type, or a tuple of them where None means "or null"."""
     shape: Fields = {}
-    for key, kinds in fields.items():
-        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    for key, given in fields.items():
+        kinds: tuple[Any, ...] = given if isinstance(given, tuple) else (given,)
         shape[key] = (tuple(k for k in kinds if k is not None), None in kinds)
     return shape
 
