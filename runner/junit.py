@@ -164,7 +164,7 @@ def _document(suites: list[Suite], manifest: dict[str, Any], transcripts: Path) 
             out = ET.Element("system-out")
             out.text = (
                 f"{suite.unlisted} more conversations planned but not run are counted in "
-                f"skipped, not listed one by one (the first {LISTED} of the run are)"
+                f"skipped, not listed one by one (only the first {LISTED} are)"
             )
             yield _element(out)
         yield "  </testsuite>\n"

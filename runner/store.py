@@ -136,9 +136,10 @@ def refuse_links(run_dir: Path) -> None:
     links = [name for name in RUN_FILES if (run_dir / name).is_symlink()]
     if links:
         raise InputError(
-            f"{run_dir}: {', '.join(links)} {'is a' if len(links) == 1 else 'are'} symbolic "
-            "link(s); a run writes only files of its own folder, never through links "
-            "(remove them, then run again)"
+            f"{run_dir}: {', '.join(links)} "
+            f"{'is a symbolic link' if len(links) == 1 else 'are symbolic links'}; a run "
+            "writes only files of its own folder, never through links (remove them, then "
+            "run again)"
         )
 
 
