@@ -220,12 +220,16 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
               "with every figure, failures and warnings.")  # fmt: skip
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
+    from runner.reader import Skipped
     from runner.report import render, render_notes
     from runner.stats import report_rows
 
-    rows = report_rows(Path(run_dir))
+    skipped = Skipped()  # lines of the run's files that are not its records
+    rows = report_rows(Path(run_dir), skipped)
     click.echo(render(rows, fmt))
     _echo_notes(render_notes(rows, fmt))
+    if skipped.count:
+        click.echo(skipped.note(), err=True)
 
 
 def _echo_notes(notes: str, err: bool = False) -> None:

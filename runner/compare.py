@@ -24,10 +24,11 @@ from runner.compare_html import (
     text_block,
 )
 from runner.outfile import output_file
+from runner.reader import latest_transcripts
 from runner.records import outcome
 from runner.report import cells
 from runner.stats import report_rows
-from runner.store import latest_transcripts, read_manifest
+from runner.store import read_manifest
 
 Key = tuple[str, str, int]  # scenario id, vars as JSON, sample: the same conversation anywhere
 

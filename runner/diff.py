@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.reader import latest_transcripts
 from runner.records import outcome
 from runner.stats import report_rows
-from runner.store import latest_transcripts, read_manifest
+from runner.store import read_manifest
 
 RANK = {"error": 0, "fail": 1, "pass": 2}
 # the per-target figures whose change the diff shows

@@ -73,16 +73,18 @@ async def execute(
     summary: Summary | None = None,
     judges: tuple[list[Target], str | None] = ([], None),
     budget: Budget | None = None,
+    run_id: str | None = None,
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish.
 
-    judges: the targets that grade judge checks (beside the planned ones) and the default."""
+    judges: the targets that grade judge checks (beside the planned ones) and the default;
+    run_id: stamped on every record, so that readers know the run's own."""
     skip = skip or set()
     outcome = Outcome(summary or Summary(), skipped=len(skip))
     in_process_mock = any(t.mock is not None for t in plan.targets)  # its sockets count too
     raise_fd_limit(concurrency * (2 if in_process_mock else 1) + 256)
-    transcripts = JsonlWriter(run_dir / TRANSCRIPTS)
-    usage = JsonlWriter(run_dir / USAGE)
+    transcripts = JsonlWriter(run_dir / TRANSCRIPTS, run_id)
+    usage = JsonlWriter(run_dir / USAGE, run_id)
     todo = (c for c in plan if c.id not in skip)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(transcripts.close)

@@ -23,13 +23,8 @@ from typing import Any
 
 from runner.errors import InputError
 from runner.outfile import is_stdout
-from runner.store import (
-    TRANSCRIPTS,
-    newest_transcripts,
-    read_at,
-    read_manifest,
-    write_jsonl,
-)
+from runner.reader import RunRecords, Skipped
+from runner.store import TRANSCRIPTS, read_at, read_manifest, write_jsonl
 
 FORMATS = ("openai", "sharegpt", "mtbench", "jsonl")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
@@ -59,12 +54,14 @@ class Exported:
     files: list[Path] = field(default_factory=list)
     filtered: int = 0  # by --only-ok, --only-passed, --target
     unusable: int = 0  # no complete exchange (openai, sharegpt) or failed (mtbench)
+    skipped: Skipped = field(default_factory=Skipped)  # lines that are not the run's records
 
     def line(self) -> str:
         out = f"{self.written} conversations -> {', '.join(map(str, self.files)) or '(none)'}"
         left = [f"{self.filtered} filtered out"] if self.filtered else []
         left += [f"{self.unusable} without a usable reply"] if self.unusable else []
-        return out + (f" ({', '.join(left)})" if left else "")
+        out += f" ({', '.join(left)})" if left else ""
+        return out + (f"\n{self.skipped.note()}" if self.skipped.count else "")
 
 
 def export(run_dir: Path, fmt: str, out: Path, filters: Filters) -> Exported:
@@ -80,7 +77,7 @@ def export(run_dir: Path, fmt: str, out: Path, filters: Filters) -> Exported:
     if fmt != "mtbench" and out.is_dir():
         raise InputError(f"-o {out} is a folder; --format {fmt} writes one file")
     done = Exported()
-    kept = _kept(run_dir, filters, done)
+    kept = _kept(RunRecords(run_dir, manifest), filters, done)
     try:
         if fmt == "mtbench":
             _mtbench(run_dir, kept, out, done)
@@ -94,12 +91,15 @@ def export(run_dir: Path, fmt: str, out: Path, filters: Filters) -> Exported:
     return done
 
 
-def _kept(run_dir: Path, filters: Filters, done: Exported) -> Iterator[tuple[int, dict[str, Any]]]:
-    for offset, record in newest_transcripts(run_dir):
+def _kept(
+    records: RunRecords, filters: Filters, done: Exported
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    for offset, record in records.newest():
         if filters.keep(record):
             yield offset, record
         else:
             done.filtered += 1
+    done.skipped = records.skipped
 
 
 def _converted(

@@ -2,22 +2,27 @@
 
 A conversation whose checks failed is a `failure` (each failed check's kind and reason), one
 that failed after retries an `error` (its kind and message), one planned but not run
-`skipped`. Follows the schema CI systems read (Jenkins xUnit's junit-10.xsd, which GitLab's
-and GitHub's JUnit readers accept).
+`skipped` (the first LISTED of them; the rest are counted). The file is written streamed,
+one testcase at a time, whatever the size of the run or its plan. Follows the schema CI
+systems read (Jenkins xUnit's junit-10.xsd, which GitLab's and GitHub's JUnit readers
+accept).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
 
 from runner.outfile import output_file
-from runner.store import latest_transcripts, read_manifest
+from runner.reader import RunRecords
+from runner.store import TRANSCRIPTS, read_at, read_manifest
 
 if TYPE_CHECKING:
     from runner.plan import Plan
@@ -32,94 +37,166 @@ def xml_text(text: str) -> str:
     return _NOT_XML.sub("\ufffd", text)
 
 
-@dataclass
-class Planned:
-    """A conversation the run planned: enough to name its testcase when it was not run."""
-
-    conversation_id: str
-    scenario_id: str
-    target: str
+LISTED = 1000  # conversations planned but not run listed one by one; past this, counted
 
 
 @dataclass
 class Suite:
-    """One target's testcases and their counts."""
+    """One target's counts (known before its testcases are written), its recorded
+    conversations (their offsets in transcripts.jsonl) and the not-run ones listed."""
 
     name: str
-    cases: list[ET.Element] = field(default_factory=list)
+    tests: int = 0
     failures: int = 0
     errors: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    offsets: list[int] = field(default_factory=list)
+    not_run: list[tuple[str, str]] = field(default_factory=list)  # (scenario id, id)
+
+    @property
+    def unlisted(self) -> int:
+        return self.skipped - len(self.not_run)
 
 
-def junit_xml(
-    records: dict[str, dict[str, Any]],
-    manifest: dict[str, Any],
-    planned: Iterable[Planned] | None = None,
-) -> bytes:
-    """The JUnit document of a run: `records` (newest transcript per conversation id), in plan
-    order when `planned` is given (and its unrecorded conversations as skipped)."""
+def write_junit(run_dir: Path, path: Path, plan: Plan | None) -> None:
+    """Write the JUnit file of a run folder (its folder created), streamed: a first pass
+    counts, a second writes one testcase at a time. `plan` names the conversations not run
+    (the first LISTED of them; the rest are counted, and the file says so)."""
+    manifest = read_manifest(run_dir)
+    suites = _suites(RunRecords(run_dir, manifest), manifest, plan)
+    with output_file(path) as fh:  # `-`, a special file in place, else replaced whole
+        for piece in _document(suites, manifest, run_dir / TRANSCRIPTS):
+            fh.write(piece.encode("utf-8"))
+
+
+def _suites(records: RunRecords, manifest: dict[str, Any], plan: Plan | None) -> list[Suite]:
+    """Every suite counted: the run's newest records, then what the plan has not run."""
     suites = {t["name"]: Suite(t["name"]) for t in manifest.get("targets", [])}
+    recorded: set[str] = set()
+    for offset, record in records.newest():
+        suite = suites.setdefault(record["target"], Suite(record["target"]))
+        suite.tests += 1
+        suite.seconds += _seconds(record)
+        suite.offsets.append(offset)
+        outcome = _outcome(record)
+        suite.errors += outcome == "error"
+        suite.failures += outcome == "failure"
+        recorded.add(record["conversation_id"])
+    if plan is not None:
+        _not_run(plan, suites, recorded)
+    return list(suites.values())
+
+
+def _not_run(plan: Plan, suites: dict[str, Suite], recorded: set[str]) -> None:
+    """Count each target's conversations planned but not run and list the first LISTED; the
+    plan is read only until they are listed (or all of them are found)."""
+    for name, planned in planned_per_target(plan).items():
+        suite = suites.setdefault(name, Suite(name))
+        suite.skipped = max(0, planned - suite.tests)
+        suite.tests += suite.skipped
+    left, room = sum(s.skipped for s in suites.values()), LISTED
+    for conv in plan if left and room else ():
+        if conv.id not in recorded:
+            suites[conv.target.name].not_run.append((conv.scenario.id, conv.id))
+            left, room = left - 1, room - 1
+            if not (left and room):
+                break
+
+
+def planned_per_target(plan: Plan) -> dict[str, int]:
+    """Conversations the plan holds for each target, counted, not made: the plan's index
+    runs over targets innermost, and a shard K/N takes the indexes i with i % N == K - 1."""
+    names, total = [t.name for t in plan.targets], plan.unsharded_total()
+    k, n = plan.shard or (1, 1)
+    period = math.lcm(n, len(names)) if names else 1
+    whole, rest = divmod(total, period)
+    counts = dict.fromkeys(names, 0)
+    for i in range(period):
+        if i % n == k - 1:
+            counts[names[i % len(names)]] += whole + (i < rest)
+    return counts
+
+
+def _outcome(record: dict[str, Any]) -> str:
+    if record["status"] != "ok":
+        return "error"
+    failed = any(not c["passed"] for t in record["turns"] for c in t["checks"])
+    return "failure" if failed else "pass"
+
+
+def _document(suites: list[Suite], manifest: dict[str, Any], transcripts: Path) -> Iterator[str]:
+    """The file, piece by piece: each testcase is made, written and dropped in turn."""
+    yield "<?xml version='1.0' encoding='utf-8'?>\n"
+    yield _open(
+        "testsuites",
+        name=f"dialogue-runner {manifest.get('run_id', '')}",
+        tests=str(sum(s.tests for s in suites)),
+        failures=str(sum(s.failures for s in suites)),
+        errors=str(sum(s.errors for s in suites)),
+        time=f"{sum(s.seconds for s in suites):.3f}",
+    )
     reason = _not_run_reason(manifest)
-    seen: set[str] = set()
-    for conv in planned or ():
-        suite = suites.setdefault(conv.target, Suite(conv.target))
-        record = records.get(conv.conversation_id)
-        if record is None:
-            _add_skipped(suite, conv, reason)
-        else:
-            _add_case(suite, record)
-            seen.add(conv.conversation_id)
-    for cid, record in records.items():  # recorded but no longer planned: still reported
-        if cid not in seen:
-            _add_case(suites.setdefault(record["target"], Suite(record["target"])), record)
-    return _document(list(suites.values()), manifest)
-
-
-def _document(suites: list[Suite], manifest: dict[str, Any]) -> bytes:
-    root = ET.Element("testsuites", name=f"dialogue-runner {manifest.get('run_id', '')}")
     for suite in suites:
-        node = ET.SubElement(
-            root,
+        yield "  " + _open(
             "testsuite",
             name=suite.name,
-            tests=str(len(suite.cases)),
+            tests=str(suite.tests),
             failures=str(suite.failures),
             errors=str(suite.errors),
             skipped=str(suite.skipped),
             time=f"{suite.seconds:.3f}",
             timestamp=str(manifest.get("started_at") or ""),
         )
-        properties = ET.SubElement(node, "properties")
-        for key, value in _properties(suite.name, manifest):
+        properties = ET.Element("properties")
+        for key, value in _properties(suite, manifest):
             ET.SubElement(properties, "property", name=key, value=xml_text(value))
-        node.extend(suite.cases)
-    root.set("tests", str(sum(len(s.cases) for s in suites)))
-    root.set("failures", str(sum(s.failures for s in suites)))
-    root.set("errors", str(sum(s.errors for s in suites)))
-    root.set("time", f"{sum(s.seconds for s in suites):.3f}")
-    ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+        yield _element(properties)
+        for record in read_at(transcripts, suite.offsets):
+            yield _element(_case(record))
+        for scenario_id, conversation_id in suite.not_run:
+            yield _element(_skipped(scenario_id, conversation_id, reason))
+        if suite.unlisted:
+            out = ET.Element("system-out")
+            out.text = (
+                f"{suite.unlisted} more conversations planned but not run are counted in "
+                f"skipped, not listed one by one (only the first {LISTED} are)"
+            )
+            yield _element(out)
+        yield "  </testsuite>\n"
+    yield "</testsuites>\n"
 
 
-def _properties(target: str, manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    found = [t for t in manifest.get("targets", []) if t["name"] == target]
+def _open(tag: str, **attributes: str) -> str:
+    """An element's start tag, its attributes escaped."""
+    attrs = "".join(f" {k}={quoteattr(xml_text(v))}" for k, v in attributes.items())
+    return f"<{tag}{attrs}>\n"
+
+
+def _element(node: ET.Element) -> str:
+    """An element inside a testsuite, indented as the rest of the file."""
+    ET.indent(node, space="  ", level=2)
+    return "    " + ET.tostring(node, encoding="unicode") + "\n"
+
+
+def _properties(suite: Suite, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    found = [t for t in manifest.get("targets", []) if t["name"] == suite.name]
     props = [("run_id", str(manifest.get("run_id", "")))]
     if found:
         props += [("provider", found[0]["provider"]), ("model", found[0]["model"])]
+    if suite.unlisted:
+        props.append(("skipped_not_listed", str(suite.unlisted)))
     return props
 
 
-def _add_case(suite: Suite, record: dict[str, Any]) -> None:
-    seconds = _seconds(record)
+def _case(record: dict[str, Any]) -> ET.Element:
+    """A recorded conversation's testcase: an error, a failure (its failed checks) or a pass."""
     case = ET.Element(
         "testcase",
         classname=xml_text(record["scenario_id"]),
         name=xml_text(record["conversation_id"]),
-        time=f"{seconds:.3f}",
+        time=f"{_seconds(record):.3f}",
     )
-    suite.seconds += seconds
     failed = [(t["index"], c) for t in record["turns"] for c in t["checks"] if not c["passed"]]
     lines = [f"turn {i}: {c['kind']}: {c['reason']}" for i, c in failed]
     if record["status"] != "ok":
@@ -129,28 +206,25 @@ def _add_case(suite: Suite, record: dict[str, Any]) -> None:
         kind = str(error.get("kind", "unknown"))
         node = ET.SubElement(case, "error", type=kind, message=xml_text(message))
         node.text = xml_text("\n".join([*lines, f"{kind}: {message}"]))
-        suite.errors += 1
     elif failed:
         kinds = sorted({c["kind"] for _, c in failed})
         message = f"{len(failed)} check(s) failed: " + "; ".join(lines)
         node = ET.SubElement(case, "failure", type=",".join(kinds), message=xml_text(message))
         node.text = xml_text("\n".join(lines))
-        suite.failures += 1
     if record["status"] != "ok" or failed:
         ET.SubElement(case, "system-out").text = xml_text(_dialogue(record))
-    suite.cases.append(case)
+    return case
 
 
-def _add_skipped(suite: Suite, conv: Planned, reason: str) -> None:
+def _skipped(scenario_id: str, conversation_id: str, reason: str) -> ET.Element:
     case = ET.Element(
         "testcase",
-        classname=xml_text(conv.scenario_id),
-        name=xml_text(conv.conversation_id),
+        classname=xml_text(scenario_id),
+        name=xml_text(conversation_id),
         time="0.000",
     )
     ET.SubElement(case, "skipped", message=reason)
-    suite.skipped += 1
-    suite.cases.append(case)
+    return case
 
 
 def _not_run_reason(manifest: dict[str, Any]) -> str:
@@ -182,11 +256,3 @@ def _dialogue(record: dict[str, Any]) -> str:
             reply = reply[:EXCERPT] + f"... ({len(reply)} characters)"
         parts.append(f"[turn {turn['index']}] user: {turn['user']}\nassistant: {reply}")
     return "\n\n".join(parts)
-
-
-def write_junit(run_dir: Path, path: Path, plan: Plan | None) -> None:
-    """Write the JUnit file of a run folder (its folder created); `plan` names the skipped."""
-    planned = (Planned(c.id, c.scenario.id, c.target.name) for c in plan) if plan else None
-    xml = junit_xml(latest_transcripts(run_dir), read_manifest(run_dir), planned)
-    with output_file(path) as fh:
-        fh.write(xml)

@@ -16,18 +16,10 @@ from typing import Any
 from runner.cost import total
 from runner.errors import InputError
 from runner.outfile import is_stdout
+from runner.reader import RunRecords
 from runner.records import manifest_record
-from runner.stats import Summary, add_attempts
-from runner.store import (
-    MANIFEST,
-    TRANSCRIPTS,
-    USAGE,
-    read_jsonl,
-    read_manifest,
-    scan_jsonl,
-    write_jsonl,
-    write_manifest,
-)
+from runner.stats import Summary
+from runner.store import MANIFEST, TRANSCRIPTS, USAGE, read_manifest, write_jsonl, write_manifest
 
 Place = tuple[str, int, int]  # (ended_at, index of the run, byte offset) of a record
 # what decides a run's plan (the rest of an invocation, e.g. -c or --timeout, does not)
@@ -38,11 +30,11 @@ def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     """Write the merged run into OUT (which must not hold a run); its manifest."""
     manifests = [read_manifest(d) for d in run_dirs]
     _check_out(run_dirs, out)
-    newest = _newest(run_dirs)
+    runs = [RunRecords(d, m) for d, m in zip(run_dirs, manifests, strict=True)]
+    newest = _newest(runs)
     summary = Summary()
-    write_jsonl(out / TRANSCRIPTS, _chosen(run_dirs, newest, summary))
-    write_jsonl(out / USAGE, (r for d in run_dirs for r in read_jsonl(d / USAGE)))
-    add_attempts(summary, out)  # tokens and cost: every attempt of every run
+    write_jsonl(out / TRANSCRIPTS, _chosen(runs, newest, summary))
+    write_jsonl(out / USAGE, _attempts(runs, summary))  # tokens and cost: every attempt
     manifest = _manifest(out, run_dirs, manifests, summary)
     write_manifest(out, manifest)
     return manifest
@@ -61,12 +53,12 @@ def _check_out(run_dirs: list[Path], out: Path) -> None:
         raise InputError(f"cannot create the run folder {out}: {exc}") from None
 
 
-def _newest(run_dirs: list[Path]) -> dict[str, Place]:
+def _newest(runs: list[RunRecords]) -> dict[str, Place]:
     """Conversation id -> where its newest record is: later in its file wins, and across
     runs the later end time (ISO 8601 UTC strings compare in time order)."""
     newest: dict[str, Place] = {}
-    for index, run_dir in enumerate(run_dirs):
-        for offset, record in scan_jsonl(run_dir / TRANSCRIPTS):
+    for index, run in enumerate(runs):
+        for offset, record in run.lines():
             cid, ended = record["conversation_id"], record.get("ended_at") or ""
             held = newest.get(cid)
             if held is None or held[1] == index or ended >= held[0]:
@@ -75,14 +67,21 @@ def _newest(run_dirs: list[Path]) -> dict[str, Place]:
 
 
 def _chosen(
-    run_dirs: list[Path], newest: dict[str, Place], summary: Summary
+    runs: list[RunRecords], newest: dict[str, Place], summary: Summary
 ) -> Iterator[dict[str, Any]]:
-    for index, run_dir in enumerate(run_dirs):
-        for offset, record in scan_jsonl(run_dir / TRANSCRIPTS):
+    for index, run in enumerate(runs):
+        for offset, record in run.lines():
             place = newest.get(record["conversation_id"])  # None: appended since the first pass
             if place is not None and place[1:] == (index, offset):
                 summary.add(record)
                 yield record
+
+
+def _attempts(runs: list[RunRecords], summary: Summary) -> Iterator[dict[str, Any]]:
+    for run in runs:
+        for record in run.attempts():
+            summary.add_attempt(record)
+            yield record
 
 
 def _manifest(

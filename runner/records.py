@@ -166,3 +166,89 @@ def manifest_record(
         "targets": targets,  # as Target.public(): never a key
         "resumed": 0,
     }
+
+
+# ---------------------------------------------------------------- what readers accept
+
+ROLES = ("system", "user", "assistant")
+Fields = dict[str, tuple[tuple[type, ...], bool]]  # key -> (its types, whether null is allowed)
+NUMBER = (int, float)
+
+
+def _shape(**fields: Any) -> Fields:
+    """Field types as given: a type, or a tuple of them where None means "or null"."""
+    shape: Fields = {}
+    for key, given in fields.items():
+        kinds: tuple[Any, ...] = given if isinstance(given, tuple) else (given,)
+        shape[key] = (tuple(k for k in kinds if k is not None), None in kinds)
+    return shape
+
+
+TRANSCRIPT_FIELDS = _shape(
+    conversation_id=str, scenario_id=str, target=str, status=str, sample=int, vars=dict,
+    messages=list, turns=list, error=(dict, None), passed=(bool, None), metadata=(dict, None),
+    ended_at=str, started_at=(str, None),
+)  # fmt: skip
+TURN_FIELDS = _shape(
+    index=int, user=str, assistant=str, usage=dict, latency_ms=NUMBER,
+    ttft_ms=(*NUMBER, None), checks=list,
+)  # fmt: skip
+CHECK_FIELDS = _shape(kind=str, passed=bool, reason=str)
+MESSAGE_FIELDS = _shape(role=str, content=str)
+ATTEMPT_FIELDS = _shape(
+    conversation_id=str, target=str, turn=int, attempt=int, **dict.fromkeys(TOKEN_KEYS, int)
+)
+
+
+def transcript_problem(record: dict[str, Any]) -> str | None:
+    """Why a line of transcripts.jsonl is not a transcript record (None when it is one):
+    the first field that is missing or of another type than the runner writes."""
+    problem = _fields(record, TRANSCRIPT_FIELDS, "")
+    if problem is None and record["status"] not in ("ok", "failed"):
+        problem = f"status is {record['status']!r}, not ok or failed"
+    problem = problem or _when(record, "ended_at") or _when(record, "started_at")
+    for message in record["messages"] if problem is None else ():
+        problem = _fields(message, MESSAGE_FIELDS, "a message's ")
+        if problem is None and message["role"] not in ROLES:
+            problem = f"a message's role is {message['role'][:20]!r}"
+        if problem:
+            return problem
+    for turn in record["turns"] if problem is None else ():
+        problem = _fields(turn, TURN_FIELDS, "a turn's ")
+        for check in turn["checks"] if problem is None else ():
+            problem = problem or _fields(check, CHECK_FIELDS, "a check's ")
+        if problem:
+            return problem
+    return problem
+
+
+def attempt_problem(record: dict[str, Any]) -> str | None:
+    """Why a line of usage.jsonl is not a usage record (None when it is one)."""
+    return _fields(record, ATTEMPT_FIELDS, "")
+
+
+def _fields(value: Any, fields: Fields, what: str) -> str | None:
+    """The first field of `value` (a dict) that is missing or of another type, said."""
+    if type(value) is not dict:
+        return f"{what.removesuffix(chr(39) + 's ') or 'the line'} is not an object"
+    for key, (kinds, nullable) in fields.items():
+        field = value.get(key)
+        if type(field) in kinds or (field is None and nullable):  # parsed JSON: exact types
+            continue
+        if field is None and key not in value:
+            return f"{what}{key} is missing"
+        names = [k.__name__ for k in kinds] + (["null"] if nullable else [])
+        return f"{what}{key} is {type(field).__name__}, not {' or '.join(names)}"
+    return None
+
+
+def _when(record: dict[str, Any], key: str) -> str | None:
+    """A timestamp field that is absent, null, or ISO 8601 (None when so)."""
+    value = record.get(key)
+    if value is None:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return f"{key} is not an ISO 8601 time"
+    return None

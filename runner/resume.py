@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from runner.errors import InputError
 from runner.plan import parse_shard
+from runner.reader import RunRecords
 from runner.stats import Summary
-from runner.store import newest_transcripts
 
 # option name (as click names it) -> the Invocation field it sets, for options that may change
 MAY_CHANGE = {
@@ -104,11 +103,13 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def recorded_ids(run_dir: Path, retry_failed: bool, summary: Summary | None = None) -> set[str]:
+def recorded_ids(
+    records: RunRecords, retry_failed: bool, summary: Summary | None = None
+) -> set[str]:
     """The conversations a resume skips: every one recorded (only the ok ones with
     RETRY_FAILED), each added to SUMMARY when given; streamed, only the ids are kept."""
     skip = set()
-    for _, record in newest_transcripts(run_dir):
+    for _, record in records.newest():
         if record["status"] == "ok" or not retry_failed:
             skip.add(record["conversation_id"])
             if summary is not None:

@@ -22,11 +22,12 @@ from runner.errors import Exit, InputError, WriteError
 from runner.judge import judge_names
 from runner.plan import Plan, parse_shard, select
 from runner.progress import mode_for
+from runner.reader import RunRecords, Skipped
 from runner.records import manifest_record, utc_now
 from runner.resume import Given, changes, recorded_ids
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
-from runner.store import MANIFEST, RunLock, read_manifest, write_manifest
+from runner.store import MANIFEST, TRANSCRIPTS, USAGE, RunLock, read_manifest, write_manifest
 from runner.targets import BUILTIN, Target, load_models, resolve
 
 
@@ -137,13 +138,25 @@ def _sha256(path: str) -> str:
 def new_run_dir(output_dir: str, run_id: str | None) -> Path:
     run_id = run_id or datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     run_dir = Path(output_dir) / run_id
-    if (run_dir / MANIFEST).exists():
-        raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    _unused(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the run folder {run_dir}: {exc}") from None
     return run_dir
+
+
+def _unused(run_dir: Path) -> None:
+    """InputError unless run_dir can hold a new run: no manifest, and no records either (a
+    folder whose run.json was removed: a new run would be counted with the old records)."""
+    if (run_dir / MANIFEST).exists():
+        raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    held = [name for name in (TRANSCRIPTS, USAGE) if os.path.lexists(run_dir / name)]
+    if held:
+        raise InputError(
+            f"{run_dir} holds records ({', '.join(held)}) but no {MANIFEST}: a new run there "
+            "would be counted together with them; choose another --run-id or folder"
+        )
 
 
 @dataclass
@@ -154,6 +167,7 @@ class Finished:
     manifest: dict[str, Any]
     rows: list[dict[str, Any]]
     plan: Plan | None = None
+    skipped: Skipped = dataclasses.field(default_factory=Skipped)  # lines not the run's
 
     @property
     def exit_code(self) -> Exit:
@@ -182,6 +196,8 @@ class Finished:
                 f"\ninterrupted: {c['not_run']} conversations were not run; run them with: "
                 f"dialogue-runner run --resume {shlex.quote(str(self.run_dir))}"
             )
+        if self.skipped.count:
+            text += f"\n{self.skipped.note()}"
         return text
 
 
@@ -192,8 +208,7 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     manifest = manifest_record(run_dir.name, asdict(inv), files, [t.public() for t in targets])
     manifest["judges"] = [t.public() for t in plan.judges[0]]
     with RunLock(run_dir):
-        if (run_dir / MANIFEST).exists():  # another process started it meanwhile
-            raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+        _unused(run_dir)  # another process may have started it meanwhile
         return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
 
 
@@ -213,12 +228,14 @@ def resume(
     with RunLock(run_dir):
         manifest = read_manifest(run_dir)
         inv, plan, hashes = _prepared(run_dir, manifest, force, given or {}, need_keys=True)
-        summary = Summary()
-        skip = recorded_ids(run_dir, retry_failed, summary)
-        add_attempts(summary, run_dir)
+        records, summary = _records(run_dir, manifest, plan), Summary()
+        skip = recorded_ids(records, retry_failed, summary)
+        add_attempts(summary, records)
         manifest["files"] = hashes
         manifest["resumed"] = manifest.get("resumed", 0) + 1
-        return _go(plan, run_dir, manifest, inv, progress, skip, summary)
+        finished = _go(plan, run_dir, manifest, inv, progress, skip, summary)
+        finished.skipped = records.skipped
+        return finished
 
 
 def resume_dry_run(
@@ -228,7 +245,7 @@ def resume_dry_run(
     nothing in the run folder is touched."""
     manifest = read_manifest(run_dir)
     inv, plan, _ = _prepared(run_dir, manifest, force, given, need_keys=False)
-    skip = recorded_ids(run_dir, retry_failed)
+    skip = recorded_ids(_records(run_dir, dict(manifest), plan), retry_failed)
     yield f"# resume of {run_dir}: {len(plan) - len(skip)} of {len(plan)} conversations to run\n"
     yield from dry_run(plan, inv.stream, skip)
 
@@ -258,6 +275,25 @@ def _prepared(
             "resuming would mix two versions (use --force to resume anyway)"
         )
     return inv, plan, hashes
+
+
+def _records(run_dir: Path, manifest: dict[str, Any], plan: Plan) -> RunRecords:
+    """The run's records as a resume of PLAN reads them; the manifest is told which
+    recorded conversations the plan no longer holds."""
+    manifest["unplanned"] = _unplanned(RunRecords(run_dir, {**manifest, "unplanned": ()}), plan)
+    return RunRecords(run_dir, manifest)
+
+
+def _unplanned(records: RunRecords, plan: Plan) -> list[str]:
+    """Conversations recorded that the plan no longer holds (it changed: --force): they
+    are not counted, and the manifest lists them so that every reader leaves them out.
+    The plan is read only until every recorded conversation was found in it."""
+    left = {record["conversation_id"] for _, record in records.lines()}
+    for conv in plan if left else ():
+        left.discard(conv.id)
+        if not left:
+            break
+    return sorted(left)
 
 
 def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:
@@ -320,6 +356,7 @@ def _go(
                 summary=summary,
                 judges=plan.judges,
                 budget=budget,
+                run_id=manifest["run_id"],
             )
         )
     except WriteError as exc:  # the record files could not even be opened

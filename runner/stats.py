@@ -11,8 +11,9 @@ from typing import Any
 
 from runner.cost import cost
 from runner.failures import FailureKey, failure_key, top_failures, usage_warnings
+from runner.reader import RunRecords, Skipped
 from runner.records import TOKEN_KEYS
-from runner.store import USAGE, newest_transcripts, read_jsonl, read_manifest
+from runner.store import read_manifest
 
 
 @dataclass
@@ -167,20 +168,23 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
     }
 
 
-def summarize_run(run_dir: Path) -> tuple[Summary, dict[str, Any]]:
+def summarize_run(run_dir: Path, skipped: Skipped | None = None) -> tuple[Summary, dict[str, Any]]:
     """The summary of a run folder (newest record per conversation, every attempt) and its
-    manifest."""
+    manifest; lines that are not the run's records go to `skipped`."""
     manifest = read_manifest(run_dir)
     summary = Summary()
-    for _, record in newest_transcripts(run_dir):  # streamed: memory flat in the run's size
+    records = RunRecords(run_dir, manifest)
+    for _, record in records.newest():  # streamed: memory flat in the run's size
         summary.add(record)
-    add_attempts(summary, run_dir)
+    add_attempts(summary, records)
+    if skipped is not None:
+        skipped.take(records.skipped)
     return summary, manifest
 
 
-def add_attempts(summary: Summary, run_dir: Path) -> None:
+def add_attempts(summary: Summary, records: RunRecords) -> None:
     """Every usage record of a run folder into the summary."""
-    for record in read_jsonl(run_dir / USAGE):
+    for record in records.attempts():
         summary.add_attempt(record)
 
 
@@ -195,9 +199,10 @@ def unstreamed(targets: Iterable[tuple[str, bool | None]], default: bool) -> set
     return {name for name, stream in targets if not (default if stream is None else stream)}
 
 
-def report_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The report's rows of a run folder (what `report`, `diff` and `compare` show)."""
-    summary, manifest = summarize_run(run_dir)
+def report_rows(run_dir: Path, skipped: Skipped | None = None) -> list[dict[str, Any]]:
+    """The report's rows of a run folder (what `report`, `diff` and `compare` show); lines
+    that are not the run's records go to `skipped`."""
+    summary, manifest = summarize_run(run_dir, skipped)
     targets = [(t["name"], t.get("stream")) for t in manifest.get("targets", [])]
     default = bool((manifest.get("invocation") or {}).get("stream"))
     return summary.rows(target_prices(manifest), unstreamed(targets, default))

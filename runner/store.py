@@ -32,6 +32,8 @@ MANIFEST = "run.json"
 
 
 LOCK = "run.lock"
+# the files a run writes in its folder: none of them may be a symbolic link
+RUN_FILES = (TRANSCRIPTS, USAGE, MANIFEST, MANIFEST + ".tmp", LOCK)
 # a manifest that cannot be replaced for these reasons is rewritten in place, if it can be:
 # a full disk (no room for a new file), a folder made read-only (no new file allowed in it)
 IN_PLACE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
@@ -42,11 +44,14 @@ class JsonlWriter:
     checked write, so a killed run loses nothing finished; a write that fails or falls short
     raises WriteError and leaves the file ending on its last whole record."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, run_id: str | None = None):
         self._file = _RecordFile(path)
         self._writer = jsonlines.Writer(cast(IO[bytes], self._file), dumps=to_json, flush=True)
+        self.run_id = run_id  # stamped on every record: readers know the run's own records
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.run_id is not None:
+            record["run_id"] = self.run_id
         self._writer.write(record)
 
     def close(self) -> None:
@@ -63,7 +68,7 @@ class _RecordFile:
         self._pending: list[bytes] = []
         try:
             repair_torn_tail(path)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = open_own(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self._size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise write_error(path, exc) from None
@@ -105,14 +110,45 @@ class _RecordFile:
 
 def write_error(path: Path, exc: OSError) -> WriteError:
     """The one-line message of a failed write: the file and the system's reason."""
+    if exc.errno == errno.ELOOP:
+        return WriteError(f"could not write {path}: {LINKED}")
     return WriteError(f"could not write {path}: {exc.strerror or exc}")
+
+
+LINKED = "it is a symbolic link (files are never written through links, outside their folder)"
+
+
+def open_own(path: Path, flags: int) -> int:
+    """Open a file the runner writes without following a symbolic link in its place (a
+    planted link would have it truncate or append to a file elsewhere): OSError ELOOP."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def fresh_file(path: Path) -> IO[bytes]:
+    """A new, empty file at `path` for writing: whatever was there (a stale temporary file,
+    a link) is removed first, and the file is created, never opened through a link."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return os.fdopen(open_own(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
+
+
+def refuse_links(run_dir: Path) -> None:
+    """InputError when a file a run writes is a symbolic link in the run folder."""
+    links = [name for name in RUN_FILES if (run_dir / name).is_symlink()]
+    if links:
+        raise InputError(
+            f"{run_dir}: {', '.join(links)} "
+            f"{'is a symbolic link' if len(links) == 1 else 'are symbolic links'}; a run "
+            "writes only files of its own folder, never through links (remove them, then "
+            "run again)"
+        )
 
 
 def repair_torn_tail(path: Path) -> None:
     """End the file on a whole record before appending: a last line cut by a kill is
     removed, and a whole record that only lacks its newline gets it back."""
     try:
-        fh = open(path, "rb+")  # noqa: SIM115
+        fh = os.fdopen(open_own(path, os.O_RDWR), "rb+")
     except FileNotFoundError:
         return
     with fh:
@@ -160,44 +196,29 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         yield from reader.iter(type=dict, skip_invalid=True, skip_empty=True)
 
 
-def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The newest transcript record per conversation id, all held (for readers that need
-    every record at once; newest_transcripts streams them)."""
-    return {r["conversation_id"]: r for _, r in newest_transcripts(run_dir)}
-
-
-def scan_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(byte offset, record) of every whole record, streamed; a torn line is skipped."""
+def lines_of(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
+    """(line number, byte offset, the object or None) of every line but blank ones."""
     try:
         fh = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         return
     with fh:
         offset = 0
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             start, offset = offset, offset + len(line)
-            try:
-                record = from_json(line) if line.strip() else None
-            except ValueError:
+            if not line.strip():
                 continue
-            if isinstance(record, dict):
-                yield start, record
+            try:
+                record = from_json(line)
+            except ValueError:
+                record = None
+            yield number, start, record if isinstance(record, dict) else None
 
 
-def newest_offsets(path: Path) -> dict[str, int]:
-    """conversation id -> byte offset of its newest (last) record in a transcripts file."""
-    return {record["conversation_id"]: offset for offset, record in scan_jsonl(path)}
-
-
-def newest_transcripts(run_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, record) of the newest record per conversation, in file order, streamed.
-
-    Two passes over the file; all that is held is each id's offset (not its record).
-    Records appended between the passes (a run still going) are left for the next read."""
-    path = run_dir / TRANSCRIPTS
-    newest = newest_offsets(path)
-    for offset, record in scan_jsonl(path):
-        if newest.get(record["conversation_id"]) == offset:
+def scan_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset, record) of every whole record, streamed; a torn line is skipped."""
+    for _, offset, record in lines_of(path):
+        if record is not None:
             yield offset, record
 
 
@@ -228,7 +249,7 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     data = text.encode("utf-8")
     path, tmp = run_dir / MANIFEST, run_dir / (MANIFEST + ".tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with fresh_file(tmp) as fh:
             fh.write(data)
         os.replace(tmp, path)
     except OSError as exc:
@@ -242,7 +263,7 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 def _rewrite_in_place(path: Path, data: bytes) -> bool:
     """Overwrite a file within the blocks it already has (no new space needed)."""
     try:
-        with open(path, "r+b") as fh:
+        with os.fdopen(open_own(path, os.O_RDWR), "r+b") as fh:
             if len(data) > os.fstat(fh.fileno()).st_blocks * 512:
                 return False
             fh.write(data)
@@ -270,8 +291,9 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        refuse_links(self.path.parent)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise write_error(self.path, exc) from None
         try:

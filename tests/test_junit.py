@@ -128,3 +128,49 @@ def test_junit_of_something_that_is_not_a_run_is_exit_2(tmp_path, run_dir):
     (tmp_path / "empty").mkdir()
     result = cli("junit", tmp_path / run_dir, "-o", tmp_path / "j.xml")
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_junit_of_a_run_stopped_early_in_a_huge_plan_lists_a_few_and_counts_the_rest(
+    tmp_path, mock_server
+):
+    # 1000^3 = 10^9 conversations planned; --max-cost stops the run after the first one
+    values = ", ".join(str(i) for i in range(1000))
+    scenario = f"id: s\nturns: [hi]\nvars: {{a: [{values}], b: [{values}], c: [{values}]}}\n"
+    price = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}  # a dollar a token
+    junit = tmp_path / "run.xml"
+    played = play(
+        tmp_path, scenario, "--max-cost", "0.5", "-c", "1", "--junit", junit,
+        server=mock_server, models={"price": price},
+    )  # fmt: skip
+    assert played.result.exit_code == 3, played.result.output
+    again = tmp_path / "again.xml"
+    assert cli("junit", played.run_dir, "-o", again).exit_code == 0
+    for path in (junit, again):
+        SCHEMA.validate(str(path))
+        (suite,) = JUnitXml.fromfile(str(path))
+        assert (suite.tests, suite.skipped) == (10**9, 10**9 - 1)
+        cases = list(suite)
+        assert len(cases) == 1 + 1000  # the one run, then the first 1000 not run
+        assert all(isinstance(c.result[0], Skipped) for c in cases[1:])
+        said = suite._elem.find("system-out").text
+        assert f"{10**9 - 1001} more conversations planned but not run" in said
+        properties = {p.name: p.value for p in suite.properties()}
+        assert properties["skipped_not_listed"] == str(10**9 - 1001)
+        assert path.stat().st_size < 1_000_000
+
+
+@pytest.mark.parametrize("shard", [None, (1, 3), (2, 3), (3, 3), (2, 4), (5, 5)])
+def test_each_targets_planned_count_is_what_its_plan_holds(tmp_path, shard):
+    from collections import Counter
+
+    from runner.junit import planned_per_target
+    from runner.plan import Plan
+    from runner.scenarios import load_paths
+    from runner.targets import resolve
+
+    path = tmp_path / "s.yaml"
+    path.write_text("id: s\nturns: [hi]\nvars: {n: [1, 2, 3, 4, 5, 6, 7]}\nrepeat: 2\n")
+    targets = resolve(["mock", "mock-gemini"], {})
+    plan = Plan(load_paths([str(path)]), targets, None, shard)
+    held = Counter(conv.target.name for conv in plan)
+    assert planned_per_target(plan) == {t.name: held[t.name] for t in targets}

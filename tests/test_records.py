@@ -7,7 +7,8 @@ import json
 import pytest
 
 from runner import encoding
-from runner.store import JsonlWriter, latest_transcripts, read_jsonl, repair_torn_tail
+from runner.reader import latest_transcripts
+from runner.store import JsonlWriter, read_jsonl, repair_torn_tail
 
 RECORD = {
     "conversation_id": "memory-zh[ab]@mock",
@@ -47,10 +48,13 @@ def test_torn_tail_is_cut_and_readers_skip_it(tmp_path):
 
 
 def test_the_newest_record_per_id_wins(tmp_path):
+    (tmp_path / "run.json").write_text('{"run_id": "r", "targets": [{"name": "t"}]}')
     writer = JsonlWriter(tmp_path / "transcripts.jsonl")
-    writer.write({"conversation_id": "a", "status": "failed"})
-    writer.write({"conversation_id": "b", "status": "ok"})
-    writer.write({"conversation_id": "a", "status": "ok"})
+    shape = {"scenario_id": "s", "target": "t", "sample": 0, "vars": {}, "messages": []}
+    shape |= {"turns": [], "ended_at": "2026-11-22T10:00:00+00:00"}
+    writer.write({**shape, "conversation_id": "a", "status": "failed"})
+    writer.write({**shape, "conversation_id": "b", "status": "ok"})
+    writer.write({**shape, "conversation_id": "a", "status": "ok"})
     writer.close()
     latest = latest_transcripts(tmp_path)
     assert {cid: r["status"] for cid, r in latest.items()} == {"a": "ok", "b": "ok"}

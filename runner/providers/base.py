@@ -198,13 +198,39 @@ def tokens(raw: dict[str, Any], key: str) -> int:
 def try_json(text: str) -> Any:
     """The JSON in an error body, or None when there is none."""
     try:
-        return from_json(text)
+        return from_json(text.removeprefix(BOM))
     except ValueError:
         return None
 
 
+BOM = "\ufeff"  # a byte order mark some servers put before a body: not part of the JSON
+# values a reply's JSON may hold: each costs 30-70 bytes parsed (an empty object, 3 bytes of
+# JSON, costs 64), so a body of 28 MB of `{},` would cost about 1 GB; no reply holds this many
+MAX_VALUES = 250_000
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # a JSON string, escapes and all
+_STRINGS: dict[type, Any] = {str: re.compile(_STRING), bytes: re.compile(_STRING.encode())}
+
+
+def values(text: str | bytes) -> int:
+    """About how many values JSON text holds: its objects, arrays and commas (once there
+    seem to be too many, only those outside strings count)."""
+    count = _marks(text)
+    if count > MAX_VALUES:  # commas and braces of a long reply text do not count
+        count = _marks(_STRINGS[type(text)].sub(text[:0], text))
+    return count
+
+
+def _marks(text: Any) -> int:
+    comma, brace, bracket = (",", "{", "[") if isinstance(text, str) else (b",", b"{", b"[")
+    return int(text.count(comma) + text.count(brace) + text.count(bracket))
+
+
 def loads(text: str | bytes, what: str) -> Any:
-    """json.loads that turns a bad body into a retryable ApiError."""
+    """json.loads that turns a bad body into a retryable ApiError (a leading BOM is dropped).
+    JSON of more than MAX_VALUES values is malformed before it is parsed."""
+    text = text.removeprefix(b"\xef\xbb\xbf") if isinstance(text, bytes) else text.removeprefix(BOM)
+    if values(text) > MAX_VALUES:
+        raise malformed(f"{what} holds more than {MAX_VALUES:,} JSON values; no reply does")
     try:
         return from_json(text)
     except ValueError:

@@ -36,21 +36,15 @@ def too_large(limits: Limits, what: str = "the response") -> ApiError:
 
 
 async def read_body(resp: aiohttp.ClientResponse, limits: Limits) -> bytes:
-    """The whole body, or ApiError once it passes the cap or stalls."""
+    """The whole body, or ApiError once it passes the cap or stalls. A declared length is
+    checked before reading; the idle timeout runs between pieces, as for chunked bodies (a
+    slow body that keeps arriving is not cut)."""
     declared = resp.content_length
     if declared is not None and not resp.headers.get("Content-Encoding"):
         if declared > limits.max_bytes:
             raise too_large(limits)
         if resp.content.is_eof():  # all of it has arrived already: nothing can stall
             return await resp.read()
-        idle = Idle(limits.idle_s, resp.close)  # the length is bounded: aiohttp's own read
-        try:
-            return await resp.read()
-        except (aiohttp.ClientError, OSError):
-            idle.check()  # the connection was closed by the idle timeout
-            raise
-        finally:
-            idle.stop()
     parts = [chunk async for chunk in chunks(resp, limits)]
     return b"".join(parts)
 

@@ -100,11 +100,15 @@ class Gemini(Provider):
             headers["x-goog-api-key"] = self.key
         return url
 
-    def parse(self, body: dict[str, Any]) -> Reply:
-        if isinstance(body, list):  # a streamed JSON array read whole
-            body = body[0] if len(body) == 1 else {}
+    def parse(self, body: dict[str, Any] | list[Any]) -> Reply:
+        """A reply body; a JSON array (streamGenerateContent without alt=sse, as some
+        gateways answer) is read as its chunks, in order."""
+        chunks = body if isinstance(body, list) else [body]
+        if not chunks:
+            raise base.malformed("the response is an empty array")
         state = GeminiStream()
-        state.take(body)
+        for chunk in chunks:
+            state.take(base.want(chunk, dict, "a response chunk"))
         return state.result()
 
     def stream_state(self) -> StreamState:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
@@ -62,6 +62,21 @@ def content_text(content: Any) -> str:
     return "".join(texts)
 
 
+def choice_index(choice: Any, position: int) -> Any:
+    """A choice's `index`; a gateway that leaves it out numbers choices by position."""
+    return base.want(choice, dict, "a choice").get("index", position)
+
+
+def first_choice(choices: list[Any]) -> dict[str, Any]:
+    """The choice of index 0 (the one asked for, n=1), wherever it is in the list."""
+    for position, choice in enumerate(choices):
+        if choice_index(choice, position) == 0:
+            return cast(dict[str, Any], choice)
+    if not choices:
+        raise ApiError(Kind.MALFORMED, "the response has no choices", retryable=True)
+    raise base.malformed("the response has no choice of index 0")
+
+
 class OpenAIProvider(Provider):
     """What the two OpenAI protocols share: bearer auth and the error envelope."""
 
@@ -94,10 +109,7 @@ class OpenAIChat(OpenAIProvider):
 
     def parse(self, body: dict[str, Any]) -> Reply:
         base.raise_error_payload(body)
-        choices = base.items(body.get("choices"), "choices")
-        if not choices:
-            raise ApiError(Kind.MALFORMED, "the response has no choices", retryable=True)
-        choice = base.want(choices[0], dict, "a choice")
+        choice = first_choice(base.items(body.get("choices"), "choices"))
         message = base.fields(choice.get("message"), "a choice's message")
         text = content_text(message.get("content"))
         if not text:
@@ -133,15 +145,12 @@ class ChatStream(StreamState):
         self.response_id = self.response_id or base.text_or_none(chunk.get("id"), "the id")
         choices = chunk.get("choices")
         if choices:
-            for choice in base.want(choices, list, "choices"):
-                self._choice(choice)
+            for position, choice in enumerate(base.want(choices, list, "choices")):
+                if choice_index(choice, position) == 0:
+                    self._choice(choice)
         return False
 
-    def _choice(self, choice: Any) -> None:
-        if not isinstance(choice, dict):
-            raise base.malformed("a choice is not an object")
-        if choice.get("index", 0) != 0:
-            return
+    def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
         if delta:
             content = base.want(delta, dict, "a delta").get("content")

@@ -11,9 +11,10 @@ from runner.errors import ApiError, Kind
 class SSEParser:
     """Turns bytes, cut anywhere, into (event, data) pairs, in time linear in the input.
 
-    Handles LF, CRLF and CR line ends, multi-line data, comments and a UTF-8 character
-    split across reads (invalid UTF-8 becomes U+FFFD). A line longer than max_line
-    characters is a malformed reply (no server sends one; a hostile one would fill memory).
+    Handles LF, CRLF and CR line ends, multi-line data, comments, a UTF-8 character split
+    across reads (invalid UTF-8 becomes U+FFFD) and a byte order mark before the stream. A
+    line longer than max_line characters is a malformed reply (no server sends one; a
+    hostile one would fill memory).
     """
 
     __slots__ = ("_pending", "_pending_len", "_cr", "_decoder", "_event", "_data", "max_line")
@@ -22,7 +23,8 @@ class SSEParser:
         self._pending: list[str] = []  # the pieces of a line not yet ended
         self._pending_len = 0
         self._cr = False  # the last read ended on a CR: maybe the first half of a CRLF
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        # utf-8-sig: a byte order mark before the stream is dropped, as the SSE spec says
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")("replace")
         self._event = ""
         self._data: list[str] = []
         self.max_line = max_line
