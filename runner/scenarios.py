@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from runner.expects import Expect, Judge
 from runner.schema import (
     Context,
-    Expect,
     Full,
-    Judge,
     Scenario,
     ScenarioReader,
     Server,
