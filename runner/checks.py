@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
+import regex
+
+from runner.errors import ApiError, Kind
 from runner.scenarios import Expect, fill
+
+REGEX_TIMEOUT_S = 1.0  # a regex check that takes longer is an error of kind check_timeout
 
 
 def evaluate(
@@ -31,10 +35,7 @@ def evaluate(
         present = [s for s in _all(expect.not_contains, values) if fold(s) in hay]
         add("not_contains", not present, f"found {present}" if present else "none found")
     if expect.regex is not None:
-        flags = re.IGNORECASE if expect.ignore_case else 0
-        pattern = fill(expect.regex, values)
-        ok = re.search(pattern, text, flags) is not None
-        add("regex", ok, f"{'matched' if ok else 'no match for'} /{pattern}/")
+        results.append(_regex(expect, text, values))
     if expect.equals is not None:
         want = fill(expect.equals, values)
         ok = fold(text.strip()) == fold(want.strip())
@@ -48,6 +49,32 @@ def evaluate(
         ok = finish_reason == expect.finish_reason.lower()  # both normalised: runner/finish.py
         add("finish_reason", ok, f"finish reason {finish_reason!r}")
     return results
+
+
+def _regex(expect: Expect, text: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The regex check, bounded in time: a pattern that backtracks without end on this reply
+    is an error of kind check_timeout after REGEX_TIMEOUT_S (the event loop waits that long
+    at most), never a pass; the reply is kept either way."""
+    pattern = fill(expect.regex or "", values)
+    flags = regex.IGNORECASE if expect.ignore_case else 0
+    try:
+        ok = regex.search(pattern, text, flags, timeout=REGEX_TIMEOUT_S) is not None
+    except TimeoutError:
+        message = f"/{pattern}/ took more than {REGEX_TIMEOUT_S:g} s on this reply"
+        return _error(ApiError(Kind.CHECK_TIMEOUT, message))
+    except regex.error as exc:  # checked with every var combination at load time
+        return _error(ApiError(Kind.INTERNAL, f"bad regex /{pattern}/: {exc}"))
+    return {
+        "kind": "regex",
+        "passed": ok,
+        "reason": f"{'matched' if ok else 'no match for'} /{pattern}/",
+    }
+
+
+def _error(err: ApiError) -> dict[str, Any]:
+    """A regex check that could not be made: failed, with the error (as a judge's is)."""
+    reason = f"regex error ({err.kind}): {err.message}"
+    return {"kind": "regex", "passed": False, "reason": reason, "error": err.as_record()}
 
 
 def _same(s: str) -> str:

@@ -3,19 +3,21 @@ string parsers that note {{var}} templates, which scenarios and checks share."""
 
 from __future__ import annotations
 
-import re
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import regex
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.finish import FINISH_REASONS, normalise
-from runner.variables import stand_in
+from runner.variables import TEMPLATE, Vars, fill, stand_in, var_combinations, var_names
 from runner.yamlnodes import Bad, Parser, Reader, boolean, node_line, positive_number, show, string
 
 if TYPE_CHECKING:
-    from runner.schema import ScenarioReader
+    from runner.schema import Scenario, ScenarioReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +105,48 @@ def strings(r: ScenarioReader, node: Node, key: str, single: bool) -> tuple[str,
 
 def _regex(r: ScenarioReader, node: Node, key: str) -> str:
     value = text(r, node, key)
-    try:  # templates are filled per conversation; check the pattern with a stand-in
-        re.compile(stand_in(value))
-    except re.error as e:
-        raise Bad(node, f"bad regex {show(value)}: {e}") from None
+    problem = regex_problem(stand_in(value))  # filled per conversation: see check_filled
+    if problem:
+        raise Bad(node, f"bad regex {show(value)}: {problem}")
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def regex_problem(pattern: str) -> str | None:
+    """Why PATTERN is not a regex (the `regex` package's syntax, as checks use it), or None."""
+    try:
+        regex.compile(pattern)
+    except (regex.error, OverflowError, RecursionError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def check_filled(r: Reader, scenario: Scenario) -> None:
+    """A regex with {{var}} templates must still be one when filled with each of the
+    scenario's var combinations (a vars_file's rows are read once more for it): else the
+    problem is reported at its turn, with the values, before anything is sent."""
+    for turn in scenario.turns:
+        pattern = turn.expect.regex if turn.expect else None
+        if pattern is None or "{{" not in pattern:
+            continue
+        names = sorted(set(TEMPLATE.findall(pattern)))
+        for values in _combinations_of(scenario, set(names)):
+            problem = regex_problem(fill(pattern, values))
+            if problem:
+                given = ", ".join(f"{n}={show(values[n])}" for n in names)
+                r.report(turn.line, f"regex {show(pattern)} filled with {given}: {problem}")
+                break
+
+
+def _combinations_of(scenario: Scenario, names: set[str]) -> Iterator[dict[str, Any]]:
+    """The combinations of the values of NAMES only (a vars_file's rows when it gives any)."""
+    own = scenario.vars
+    if isinstance(own, dict):
+        used: Vars = {n: v for n, v in own.items() if n in names}
+    else:
+        used = tuple({n: v for n, v in row.items() if n in names} for row in own)
+    from_file = scenario.vars_file if names - var_names(own) else None
+    return var_combinations(used, from_file)
 
 
 EXPECT_FIELDS: dict[str, Parser] = {

@@ -10,7 +10,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from runner.expects import Expect, read_expect, strings, text
+from runner.expects import Expect, check_filled, read_expect, strings, text
 from runner.rows import RowsFile, open_table
 from runner.variables import (
     Vars,
@@ -27,12 +27,12 @@ from runner.yamlnodes import (
     Parser,
     Problems,
     Reader,
+    json_mapping,
     mapping_keys,
     node_line,
     positive_int,
     show,
     string,
-    string_mapping,
 )
 
 
@@ -189,7 +189,7 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
             r.report(node_line(node), f"scenario is missing '{key}'")
     values = r.fields({k: p for k, p in merged.items() if k != "params"}, SCENARIO_FIELDS)
     params = [
-        r.fields({"params": e["params"]}, {"params": string_mapping})
+        r.fields({"params": e["params"]}, {"params": json_mapping})
         for e in (defaults, own)
         if "params" in e
     ]  # merged shallowly, the scenario's own over the defaults
@@ -202,7 +202,9 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
             values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
     if r.count() > start:
         return None
-    return Scenario(**values, file=r.path, line=node_line(node))
+    scenario = Scenario(**values, file=r.path, line=node_line(node))
+    check_filled(r, scenario)
+    return scenario if r.count() == start else None
 
 
 def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
@@ -287,6 +289,6 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "vars": read_vars,
     "vars_file": string,
     "repeat": positive_int,
-    "metadata": string_mapping,
+    "metadata": json_mapping,
 }
-TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": string_mapping}
+TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}

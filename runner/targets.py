@@ -13,7 +13,8 @@ from yaml.nodes import MappingNode, Node
 from runner.cost import price_problem
 from runner.errors import InputError
 from runner.providers import PROVIDERS, Provider
-from runner.yamlnodes import Bad, Problems, Reader, node_line, read_documents
+from runner.ranges import TARGET as RANGES
+from runner.yamlnodes import Bad, Problems, Reader, json_only, node_line, read_documents
 
 DEFAULT_BASE_URL = {
     "openai-chat": "https://api.openai.com/v1",
@@ -76,10 +77,6 @@ TYPES: dict[str, tuple[type, ...]] = {
     "idle_timeout_s": (int, float), "max_response_mb": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
     "fail_fast_after": (int,),
-}  # fmt: skip
-MINIMUM = {
-    "concurrency": 1, "max_retries": 0, "fail_fast_after": 0, "idle_timeout_s": 0,
-    "max_response_mb": 0.001,
 }  # fmt: skip
 
 
@@ -172,8 +169,12 @@ def _field(r: Reader, node: Node, key: str, target: str) -> Any:
         raise Bad(node, f"unknown mock option {unknown}; use {', '.join(known)}")
     if key == "price" and (problem := price_problem(value)):
         raise Bad(node, f"target '{target}': {problem}")
-    if key in MINIMUM and value < MINIMUM[key]:
-        raise Bad(node, f"'{key}' of target '{target}' is out of range: {value}")
+    if key in RANGES and not RANGES[key].holds(value):
+        raise Bad(node, f"'{key}' of target '{target}' must be {RANGES[key].text()}, got {value}")
+    if key in ("params", "mock", "price"):
+        json_only(
+            node, f"'{key}' of target '{target}'"
+        )  # sent, or written to the manifest, as it is
     return value
 
 
