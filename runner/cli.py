@@ -10,6 +10,20 @@ import click
 
 import runner
 from runner.errors import Exit, InputError, WriteError
+from runner.ranges import (
+    FRACTION,
+    IN_FLIGHT,
+    IN_FLIGHT_OR_OFF,
+    MILLISECONDS,
+    RATE_OR_OFF,
+    REPEAT,
+    RETRIES,
+    SECONDS,
+    SECONDS_OR_OFF,
+    USD,
+    WHOLE_MS,
+    Range,
+)
 
 if TYPE_CHECKING:
     from runner.run import Finished
@@ -27,6 +41,25 @@ class Group(click.Group):
         except WriteError as exc:
             click.echo(f"error: results could not be written: {exc}", err=True)
             sys.exit(Exit.WRITE)
+
+
+class Number(click.ParamType):
+    """A number within a range (runner/ranges.py), finite: nan and inf are refused (exit 2)."""
+
+    def __init__(self, allowed: Range):
+        self.allowed = allowed
+        self.name = "integer" if allowed.integer else "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = value if isinstance(value, int | float) else float(value)
+            if self.allowed.integer and float(number).is_integer():
+                number = int(number)
+        except (TypeError, ValueError, OverflowError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not self.allowed.holds(number):
+            self.fail(f"{value} is not {self.allowed.text()}", param, ctx)
+        return number
 
 
 NOTHING_TO_RUN = "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
@@ -57,27 +90,27 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option("--base-url", help="Base URL for PROVIDER:MODEL targets.")
 @click.option("-o", "--output-dir", default="outputs", show_default=True)
 @click.option("--run-id", help="Run folder name (default: time-based).")
-@click.option("-c", "--concurrency", type=click.IntRange(1), default=16, show_default=True,
+@click.option("-c", "--concurrency", type=Number(IN_FLIGHT), default=16, show_default=True,
               help="Conversations in flight.")  # fmt: skip
-@click.option("--repeat", type=click.IntRange(1), help="Samples of each conversation per target.")
+@click.option("--repeat", type=Number(REPEAT), help="Samples of each conversation per target.")
 @click.option("-k", "--filter", "filters", multiple=True, help="Scenario id glob or tag:NAME.")
 @click.option("--shard", help="Run only shard K of N (K/N).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue RUN_DIR.")
 @click.option("--retry-failed", is_flag=True, help="With --resume: run failed conversations again.")
 @click.option("--force", is_flag=True, help="With --resume: accept changed scenario files.")
 @click.option("--stream/--no-stream", default=False, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt.")
-@click.option("--max-retries", type=click.IntRange(0), help="Retries per request.")
+@click.option("--timeout", type=Number(SECONDS), help="Seconds per attempt.")
+@click.option("--max-retries", type=Number(RETRIES), help="Retries per request.")
 @click.option(
-    "--max-wait", type=click.FloatRange(0), help="Cap in seconds on any one backoff wait."
+    "--max-wait", type=Number(SECONDS_OR_OFF), help="Cap in seconds on any one backoff wait."
 )
 @click.option("--judge", help="Target that grades judge checks naming no target.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
               help="Also write the run's compare page to FILE.")  # fmt: skip
-@click.option("--max-cost", type=click.FloatRange(0), help="USD: start no conversation once "
+@click.option("--max-cost", type=Number(USD), help="USD: start no conversation once "
               "the run's estimated cost passes this (the rest stay for --resume).")  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write a JUnit file.")
-@click.option("--idle-timeout", type=click.FloatRange(0),
+@click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True)
 @click.option(
@@ -200,20 +233,20 @@ def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="0 picks a free port and prints it.")  # fmt: skip
-@click.option("--latency-ms", type=click.FloatRange(0), default=0.0)
-@click.option("--jitter-ms", type=click.FloatRange(0), default=0.0)
+@click.option("--latency-ms", type=Number(MILLISECONDS), default=0.0)
+@click.option("--jitter-ms", type=Number(MILLISECONDS), default=0.0)
 @click.option("--seed", type=int, default=0)
-@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="429/500/503 mix.")
-@click.option("--cut-rate", type=click.FloatRange(0, 1), default=0.0, help="Streams cut midway.")
-@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--slow-ms", type=click.FloatRange(0), default=2000.0)
-@click.option("--retry-after-ms", type=click.IntRange(0), default=50)
-@click.option("--limit-rps", type=click.FloatRange(0), default=0.0, help="Requests a second.")
-@click.option("--limit-burst", type=click.FloatRange(0), default=0.0,
+@click.option("--error-rate", type=Number(FRACTION), default=0.0, help="429/500/503 mix.")
+@click.option("--cut-rate", type=Number(FRACTION), default=0.0, help="Streams cut midway.")
+@click.option("--malformed-rate", type=Number(FRACTION), default=0.0)
+@click.option("--slow-rate", type=Number(FRACTION), default=0.0)
+@click.option("--slow-ms", type=Number(MILLISECONDS), default=2000.0)
+@click.option("--retry-after-ms", type=Number(WHOLE_MS), default=50)
+@click.option("--limit-rps", type=Number(RATE_OR_OFF), default=0.0, help="Requests a second.")
+@click.option("--limit-burst", type=Number(RATE_OR_OFF), default=0.0,
               help="Requests bucket size (default: one second's worth).")  # fmt: skip
-@click.option("--limit-tps", type=click.FloatRange(0), default=0.0, help="Tokens a second.")
-@click.option("--limit-concurrency", type=click.IntRange(0), default=0,
+@click.option("--limit-tps", type=Number(RATE_OR_OFF), default=0.0, help="Tokens a second.")
+@click.option("--limit-concurrency", type=Number(IN_FLIGHT_OR_OFF), default=0,
               help="Requests in progress at once; past it, 429.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip

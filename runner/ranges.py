@@ -39,6 +39,13 @@ RETRIES = Range(0, 100, integer=True)  # past about 1000 the backoff's 2**n over
 IN_FLIGHT = Range(1, 100_000, integer=True)
 RATE = Range(0, 1e12, low_open=True)
 USD = Range(0, 1e9)
+REPEAT = Range(1, 1_000_000, integer=True)
+# the mock server's options
+FRACTION = Range(0, 1)
+MILLISECONDS = Range(0, DAY_S * 1000)
+WHOLE_MS = Range(0, DAY_S * 1000, integer=True)
+RATE_OR_OFF = Range(0, 1e12)  # 0: no limit
+IN_FLIGHT_OR_OFF = Range(0, 100_000, integer=True)
 
 # the numeric fields of a models-file target
 TARGET = {
