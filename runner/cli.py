@@ -73,12 +73,28 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-def validate(paths: tuple[str, ...]) -> None:
-    """Check scenario files (file, line and problem for each error); send nothing."""
+@click.option("--models", "models_file", help="Models file (default ./models.yaml when present).")
+def validate(paths: tuple[str, ...], models_file: str | None) -> None:
+    """Check scenario files and the models file (file, line and problem for each error), as
+    `run` does before it sends anything; send nothing."""
+    from runner.run import default_models_file
     from runner.scenarios import load_paths
+    from runner.targets import load_models
 
-    scenarios = load_paths(list(paths))
-    click.echo(f"{len(scenarios)} scenarios OK")
+    problems, models_file = [], default_models_file(models_file)
+    try:
+        scenarios = load_paths(list(paths))
+    except InputError as exc:
+        problems += exc.problems
+    try:
+        targets = load_models(models_file) if models_file else {}
+    except InputError as exc:
+        problems += exc.problems
+    if problems:
+        raise InputError(problems)
+    click.echo(
+        f"{len(scenarios)} scenarios OK" + (f", {len(targets)} targets OK" if models_file else "")
+    )
 
 
 @main.command()
