@@ -263,8 +263,10 @@ def test_a_run_of_catastrophic_regexes_still_answers_signals(tmp_path, raw_serve
     scenario = f"id: a\nvars: {{n: [{values}]}}\nturns:\n  - user: '{{{{n}}}}'\n"
     scenario += "    expect: {regex: '^(a|a)*$'}\n"
     running = spawn(tmp_path, scenario, "-c", "2", server=aaa_server(raw_server))
-    running.wait_for_records(1)
-    running.proc.send_signal(sig)
+    try:
+        running.wait_for_records(1)  # a check has ended: no re-style backtracking without end
+    finally:
+        running.proc.send_signal(sig)
     played = running.finish()
     assert played.result.exit_code == 130, played.result.stderr
     assert played.manifest["status"] == "interrupted"
