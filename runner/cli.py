@@ -11,17 +11,13 @@ import click
 import runner
 from runner.errors import Exit, InputError, WriteError
 from runner.ranges import (
-    FRACTION,
     IN_FLIGHT,
-    IN_FLIGHT_OR_OFF,
-    MILLISECONDS,
-    RATE_OR_OFF,
+    MOCK,
     REPEAT,
     RETRIES,
     SECONDS,
     SECONDS_OR_OFF,
     USD,
-    WHOLE_MS,
     Range,
 )
 
@@ -60,6 +56,11 @@ class Number(click.ParamType):
         if not self.allowed.holds(number):
             self.fail(f"{value} is not {self.allowed.text()}", param, ctx)
         return number
+
+
+def _mock(option: str) -> Number:
+    """The type of a mock server option: the range a models file's `mock:` takes too."""
+    return Number(MOCK[option])
 
 
 NOTHING_TO_RUN = "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
@@ -249,20 +250,20 @@ def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="0 picks a free port and prints it.")  # fmt: skip
-@click.option("--latency-ms", type=Number(MILLISECONDS), default=0.0)
-@click.option("--jitter-ms", type=Number(MILLISECONDS), default=0.0)
+@click.option("--latency-ms", type=_mock("latency_ms"), default=0.0)
+@click.option("--jitter-ms", type=_mock("jitter_ms"), default=0.0)
 @click.option("--seed", type=int, default=0)
-@click.option("--error-rate", type=Number(FRACTION), default=0.0, help="429/500/503 mix.")
-@click.option("--cut-rate", type=Number(FRACTION), default=0.0, help="Streams cut midway.")
-@click.option("--malformed-rate", type=Number(FRACTION), default=0.0)
-@click.option("--slow-rate", type=Number(FRACTION), default=0.0)
-@click.option("--slow-ms", type=Number(MILLISECONDS), default=2000.0)
-@click.option("--retry-after-ms", type=Number(WHOLE_MS), default=50)
-@click.option("--limit-rps", type=Number(RATE_OR_OFF), default=0.0, help="Requests a second.")
-@click.option("--limit-burst", type=Number(RATE_OR_OFF), default=0.0,
+@click.option("--error-rate", type=_mock("error_rate"), default=0.0, help="429/500/503 mix.")
+@click.option("--cut-rate", type=_mock("cut_rate"), default=0.0, help="Streams cut midway.")
+@click.option("--malformed-rate", type=_mock("malformed_rate"), default=0.0)
+@click.option("--slow-rate", type=_mock("slow_rate"), default=0.0)
+@click.option("--slow-ms", type=_mock("slow_ms"), default=2000.0)
+@click.option("--retry-after-ms", type=_mock("retry_after_ms"), default=50)
+@click.option("--limit-rps", type=_mock("limit_rps"), default=0.0, help="Requests a second.")
+@click.option("--limit-burst", type=_mock("limit_burst"), default=0.0,
               help="Requests bucket size (default: one second's worth).")  # fmt: skip
-@click.option("--limit-tps", type=Number(RATE_OR_OFF), default=0.0, help="Tokens a second.")
-@click.option("--limit-concurrency", type=Number(IN_FLIGHT_OR_OFF), default=0,
+@click.option("--limit-tps", type=_mock("limit_tps"), default=0.0, help="Tokens a second.")
+@click.option("--limit-concurrency", type=_mock("limit_concurrency"), default=0,
               help="Requests in progress at once; past it, 429.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip

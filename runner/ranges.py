@@ -40,12 +40,6 @@ IN_FLIGHT = Range(1, 100_000, integer=True)
 RATE = Range(0, 1e12, low_open=True)
 USD = Range(0, 1e9)
 REPEAT = Range(1, 1_000_000, integer=True)
-# the mock server's options
-FRACTION = Range(0, 1)
-MILLISECONDS = Range(0, DAY_S * 1000)
-WHOLE_MS = Range(0, DAY_S * 1000, integer=True)
-RATE_OR_OFF = Range(0, 1e12)  # 0: no limit
-IN_FLIGHT_OR_OFF = Range(0, 100_000, integer=True)
 
 # the numeric fields of a models-file target
 TARGET = {
@@ -60,4 +54,25 @@ TARGET = {
     "max_retries": RETRIES,
     "max_wait_s": SECONDS_OR_OFF,
     "fail_fast_after": Range(0, 1_000_000, integer=True),
+}
+
+# the mock server's numeric options (`mock-server`, and `mock:` of a models-file target)
+FRACTION = Range(0, 1)
+MILLISECONDS = Range(0, DAY_S * 1000)
+RATE_OR_OFF = Range(0, 1e12)  # 0: no limit
+MOCK = {
+    "latency_ms": MILLISECONDS,
+    "jitter_ms": MILLISECONDS,
+    "seed": Range(-(2**63), 2**63 - 1, integer=True),
+    "error_rate": FRACTION,
+    "cut_rate": FRACTION,
+    "malformed_rate": FRACTION,
+    "slow_rate": FRACTION,
+    "slow_ms": MILLISECONDS,
+    "retry_after_ms": Range(0, DAY_S * 1000, integer=True),
+    "max_stored_responses": Range(1, 10_000_000, integer=True),
+    "limit_rps": RATE_OR_OFF,
+    "limit_burst": RATE_OR_OFF,
+    "limit_tps": RATE_OR_OFF,
+    "limit_concurrency": Range(0, 100_000, integer=True),
 }

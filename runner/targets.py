@@ -13,6 +13,7 @@ from yaml.nodes import MappingNode, Node
 from runner.cost import price_problem
 from runner.errors import InputError
 from runner.providers import PROVIDERS, Provider
+from runner.ranges import MOCK
 from runner.ranges import TARGET as RANGES
 from runner.yamlnodes import Bad, Problems, Reader, json_only, node_line, read_documents
 
@@ -171,11 +172,23 @@ def _field(r: Reader, node: Node, key: str, target: str) -> Any:
         raise Bad(node, f"target '{target}': {problem}")
     if key in RANGES and not RANGES[key].holds(value):
         raise Bad(node, f"'{key}' of target '{target}' must be {RANGES[key].text()}, got {value}")
+    if key == "mock":
+        _mock_numbers(value, node, target)
     if key in ("params", "mock", "price"):
         json_only(
             node, f"'{key}' of target '{target}'"
         )  # sent, or written to the manifest, as it is
     return value
+
+
+def _mock_numbers(options: dict[str, Any], node: Node, target: str) -> None:
+    """The mock's numeric options, in the ranges its command line takes."""
+    for name, value in options.items():
+        if name in MOCK and not MOCK[name].holds(value):
+            want = MOCK[name].text()
+            raise Bad(
+                node, f"mock option '{name}' of target '{target}' must be {want}, got {value}"
+            )
 
 
 def _of_type(value: Any, types: tuple[type, ...]) -> bool:

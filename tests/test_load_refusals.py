@@ -162,6 +162,14 @@ def test_a_models_file_number_out_of_range_is_refused(tmp_path, make_mock, field
     assert re.search(rf"models\.yaml:[78]: '{field}' of target 'chat' must be", problems)
 
 
+@pytest.mark.parametrize("option", ["latency_ms: -5", "error_rate: 5", "limit_rps: -1"])
+def test_a_mock_option_out_of_range_is_refused(tmp_path, make_mock, option):
+    server = make_mock()
+    models = models_text(server.base_url, mock=f"{{{option}}}")
+    problems = refused_alike(tmp_path, server, GOOD, models)
+    assert f"mock option '{option.split(':')[0]}' of target 'chat' must be" in problems
+
+
 @pytest.mark.parametrize(
     "scenario, wanted",
     [
