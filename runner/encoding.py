@@ -8,9 +8,9 @@ same rules for what a server sends:
 - reading is tolerant: invalid UTF-8 bytes and unpaired surrogates (raw or escaped as
   "\\ud83d") become U+FFFD; NaN and Infinity are read; a document nested too deeply to
   read is a ValueError like any other bad document;
-- writing is strict JSON: an unpaired surrogate becomes U+FFFD and NaN/Infinity become null;
-  a value JSON has no type for (load time refuses them; none should get here) is written as
-  its text, so that no record fails to encode.
+- writing is strict JSON: an unpaired surrogate becomes U+FFFD and NaN/Infinity become null.
+  A value JSON has no type for (a date, a set) is an error: a bug, as load time refuses them;
+  `strict` turns it into text where a record must be written all the same.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def to_json(value: Any) -> bytes:
             pass
     try:
         return _encode(value).encode()
-    except (ValueError, UnicodeEncodeError, TypeError):  # NaN, a surrogate, a date, a set
+    except (ValueError, UnicodeEncodeError):  # NaN/Infinity, an unpaired surrogate
         return _encode(strict(value)).encode()
 
 

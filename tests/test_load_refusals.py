@@ -80,15 +80,30 @@ def test_a_date_in_a_models_files_params_is_refused_at_load_time(tmp_path, make_
     assert "models.yaml:8: 'params' of target 'chat' holds a date" in problems
 
 
-def test_a_record_never_fails_to_encode_without_orjson(monkeypatch):
-    """The plain install's encoder: a value JSON has no type for is written as its text."""
+def test_a_record_that_fails_to_encode_twice_still_fails_only_its_conversation(
+    tmp_path, make_mock, monkeypatch
+):
+    """The plain install's encoder (no orjson) on a value JSON has no type for, in what the
+    failed record carries too (the scenario's metadata): that record is written as text."""
+    import runner.engine
+
     monkeypatch.setattr(encoding, "orjson", None)
-    record = {"d": datetime.date(2024, 5, 1), "b": b"x", "s": {1}, datetime.date(2024, 1, 1): 1}
-    back = json.loads(encoding.to_json({"metadata": record, "x": float("nan")}))
-    assert back == {
-        "metadata": {"d": "2024-05-01", "b": "b'x'", "s": [1], "2024-01-01": 1},
-        "x": None,
-    }
+    play_one = runner.engine.run_conversation
+
+    async def with_a_bug(conv, client, *judges):
+        conv.scenario.metadata["when"] = datetime.date(2024, 5, 1)
+        return await play_one(conv, client, *judges)
+
+    monkeypatch.setattr(runner.engine, "run_conversation", with_a_bug)
+    played = play(tmp_path, "id: a\nmetadata: {}\nturns: [hi]\n", server=make_mock())
+    assert played.result.exit_code == 3, played.result.output
+    (record,) = played.transcripts
+    assert (
+        record["error"]["kind"] == "internal"
+        and "could not be written" in record["error"]["message"]
+    )
+    assert record["metadata"] == {"when": "2024-05-01"}
+    assert played.manifest["status"] == "finished"
 
 
 # ---------------------------------------------------------------- alias bombs
