@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -13,10 +14,15 @@ from runner.scenarios import Expect, fill
 REGEX_TIMEOUT_S = 1.0  # a regex check that takes longer is an error of kind check_timeout
 
 
-def evaluate(
+async def evaluate(
     expect: Expect, text: str, finish_reason: str | None, latency_ms: float, values: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Run every check of `expect`; each result has kind, passed and a reason."""
+    """Run every check of `expect`; each result has kind, passed and a reason. A regex is
+    searched in a worker thread (the `regex` package lets go of the GIL), so that the event
+    loop goes on (requests, their timers, signals) while it runs, for REGEX_TIMEOUT_S at most."""
+    found_regex = None
+    if expect.regex is not None:
+        found_regex = await asyncio.to_thread(_regex, expect, text, values)
     results: list[dict[str, Any]] = []
     fold = str.casefold if expect.ignore_case else _same
     hay = fold(text)
@@ -34,8 +40,8 @@ def evaluate(
     if expect.not_contains:
         present = [s for s in _all(expect.not_contains, values) if fold(s) in hay]
         add("not_contains", not present, f"found {present}" if present else "none found")
-    if expect.regex is not None:
-        results.append(_regex(expect, text, values))
+    if found_regex is not None:
+        results.append(found_regex)
     if expect.equals is not None:
         want = fill(expect.equals, values)
         ok = fold(text.strip()) == fold(want.strip())
@@ -53,12 +59,13 @@ def evaluate(
 
 def _regex(expect: Expect, text: str, values: dict[str, Any]) -> dict[str, Any]:
     """The regex check, bounded in time: a pattern that backtracks without end on this reply
-    is an error of kind check_timeout after REGEX_TIMEOUT_S (the event loop waits that long
-    at most), never a pass; the reply is kept either way."""
+    is an error of kind check_timeout after REGEX_TIMEOUT_S (the thread ends then), never a
+    pass; the reply is kept either way."""
     pattern = fill(expect.regex or "", values)
     flags = regex.IGNORECASE if expect.ignore_case else 0
     try:
-        ok = regex.search(pattern, text, flags, timeout=REGEX_TIMEOUT_S) is not None
+        found = regex.search(pattern, text, flags, concurrent=True, timeout=REGEX_TIMEOUT_S)
+        ok = found is not None
     except TimeoutError:
         message = f"/{pattern}/ took more than {REGEX_TIMEOUT_S:g} s on this reply"
         return _error(ApiError(Kind.CHECK_TIMEOUT, message))

@@ -4,6 +4,7 @@ anything is sent; and regex checks bounded in time."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import re
@@ -242,7 +243,8 @@ def test_a_regex_filled_from_a_vars_file_row_is_checked(tmp_path, make_mock):
 
 def test_a_bad_filled_regex_is_an_error_of_its_check_not_of_the_reply():
     """Load time finds these; were one to get through, the reply would still be kept."""
-    (check,) = evaluate(Expect(regex="{{x}}"), "a reply", "stop", 1.0, {"x": "f(x"})
+    checks = asyncio.run(evaluate(Expect(regex="{{x}}"), "a reply", "stop", 1.0, {"x": "f(x"}))
+    (check,) = checks
     assert check["passed"] is False and check["error"]["kind"] == "internal"
 
 
