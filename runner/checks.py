@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
 from typing import Any
 
+import regex
+
+from runner.errors import ApiError, Kind
 from runner.scenarios import Expect, fill
 
+REGEX_TIMEOUT_S = 1.0  # a regex check that takes longer is an error of kind check_timeout
 
-def evaluate(
+
+async def evaluate(
     expect: Expect, text: str, finish_reason: str | None, latency_ms: float, values: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Run every check of `expect`; each result has kind, passed and a reason."""
+    """Run every check of `expect`; each result has kind, passed and a reason. A regex is
+    searched in a worker thread (the `regex` package lets go of the GIL), so that the event
+    loop goes on (requests, their timers, signals) while it runs, for REGEX_TIMEOUT_S at most."""
+    found_regex = None
+    if expect.regex is not None:
+        found_regex = await asyncio.to_thread(_regex, expect, text, values)
     results: list[dict[str, Any]] = []
     fold = str.casefold if expect.ignore_case else _same
     hay = fold(text)
@@ -30,11 +40,8 @@ def evaluate(
     if expect.not_contains:
         present = [s for s in _all(expect.not_contains, values) if fold(s) in hay]
         add("not_contains", not present, f"found {present}" if present else "none found")
-    if expect.regex is not None:
-        flags = re.IGNORECASE if expect.ignore_case else 0
-        pattern = fill(expect.regex, values)
-        ok = re.search(pattern, text, flags) is not None
-        add("regex", ok, f"{'matched' if ok else 'no match for'} /{pattern}/")
+    if found_regex is not None:
+        results.append(found_regex)
     if expect.equals is not None:
         want = fill(expect.equals, values)
         ok = fold(text.strip()) == fold(want.strip())
@@ -48,6 +55,33 @@ def evaluate(
         ok = finish_reason == expect.finish_reason.lower()  # both normalised: runner/finish.py
         add("finish_reason", ok, f"finish reason {finish_reason!r}")
     return results
+
+
+def _regex(expect: Expect, text: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The regex check, bounded in time: a pattern that backtracks without end on this reply
+    is an error of kind check_timeout after REGEX_TIMEOUT_S (the thread ends then), never a
+    pass; the reply is kept either way."""
+    pattern = fill(expect.regex or "", values)
+    flags = regex.IGNORECASE if expect.ignore_case else 0
+    try:
+        found = regex.search(pattern, text, flags, concurrent=True, timeout=REGEX_TIMEOUT_S)
+        ok = found is not None
+    except TimeoutError:
+        message = f"/{pattern}/ took more than {REGEX_TIMEOUT_S:g} s on this reply"
+        return _error(ApiError(Kind.CHECK_TIMEOUT, message))
+    except regex.error as exc:  # checked with every var combination at load time
+        return _error(ApiError(Kind.INTERNAL, f"bad regex /{pattern}/: {exc}"))
+    return {
+        "kind": "regex",
+        "passed": ok,
+        "reason": f"{'matched' if ok else 'no match for'} /{pattern}/",
+    }
+
+
+def _error(err: ApiError) -> dict[str, Any]:
+    """A regex check that could not be made: failed, with the error (as a judge's is)."""
+    reason = f"regex error ({err.kind}): {err.message}"
+    return {"kind": "regex", "passed": False, "reason": reason, "error": err.as_record()}
 
 
 def _same(s: str) -> str:

@@ -13,6 +13,16 @@ import runner
 from runner.errors import Exit, InputError, WriteError
 from runner.examples import HelpGroup
 from runner.outfile import STDOUT
+from runner.ranges import (
+    IN_FLIGHT,
+    MOCK,
+    REPEAT,
+    RETRIES,
+    SECONDS,
+    SECONDS_OR_OFF,
+    USD,
+    Range,
+)
 
 if TYPE_CHECKING:
     from runner.resume import Given
@@ -33,6 +43,30 @@ class Group(HelpGroup):
             sys.exit(Exit.WRITE)
 
 
+class Number(click.ParamType):
+    """A number within a range (runner/ranges.py), finite: nan and inf are refused (exit 2)."""
+
+    def __init__(self, allowed: Range):
+        self.allowed = allowed
+        self.name = "integer" if allowed.integer else "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = value if isinstance(value, int | float) else float(value)
+            if self.allowed.integer and float(number).is_integer():
+                number = int(number)
+        except (TypeError, ValueError, OverflowError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not self.allowed.holds(number):
+            self.fail(f"{value} is not {self.allowed.text()}", param, ctx)
+        return number
+
+
+def _mock(option: str) -> Number:
+    """The type of a mock server option: the range a models file's `mock:` takes too."""
+    return Number(MOCK[option])
+
+
 NOTHING_TO_RUN = "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
 
 
@@ -44,16 +78,32 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
+@click.option("--models", "models_file", help="Models file (default ./models.yaml when present).")
 @click.option("--judge", help="The judge target `run --judge` will get: without it, a judge "
               "check that names no target is an error, as it is for `run`.")  # fmt: skip
-def validate(paths: tuple[str, ...], judge: str | None) -> None:
-    """Check scenario files (file, line and problem for each error); send nothing."""
+def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None) -> None:
+    """Check scenario files and the models file (file, line and problem for each error), as
+    `run` does before it sends anything; send nothing."""
     from runner.judge import judge_names
+    from runner.run import default_models_file
     from runner.scenarios import load_paths
+    from runner.targets import load_models
 
-    scenarios = load_paths(list(paths))
-    judge_names(scenarios, judge)
-    click.echo(f"{len(scenarios)} scenarios OK")
+    problems, models_file = [], default_models_file(models_file)
+    try:
+        scenarios = load_paths(list(paths))
+        judge_names(scenarios, judge)
+    except InputError as exc:
+        problems += exc.problems
+    try:
+        targets = load_models(models_file) if models_file else {}
+    except InputError as exc:
+        problems += exc.problems
+    if problems:
+        raise InputError(problems)
+    click.echo(
+        f"{len(scenarios)} scenarios OK" + (f", {len(targets)} targets OK" if models_file else "")
+    )
 
 
 @main.command()
@@ -66,9 +116,9 @@ def validate(paths: tuple[str, ...], judge: str | None) -> None:
 @click.option("-o", "--output-dir", default="outputs", show_default=True,
               help="Folder the run's folder is made in.")  # fmt: skip
 @click.option("--run-id", help="Run folder name (default: time-based).")
-@click.option("-c", "--concurrency", type=click.IntRange(1), default=16, show_default=True,
+@click.option("-c", "--concurrency", type=Number(IN_FLIGHT), default=16, show_default=True,
               help="Conversations in flight.")  # fmt: skip
-@click.option("--repeat", type=click.IntRange(1), help="Samples of each conversation per target.")
+@click.option("--repeat", type=Number(REPEAT), help="Samples of each conversation per target.")
 @click.option("-k", "--filter", "filters", multiple=True, help="Scenario id glob or tag:NAME.")
 @click.option("--shard", help="Run only shard K of N (K/N).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",
@@ -79,19 +129,19 @@ def validate(paths: tuple[str, ...], judge: str | None) -> None:
 @click.option("--force", is_flag=True, help="With --resume: accept changed scenario files.")
 @click.option("--stream/--no-stream", default=False, show_default=True,
               help="Stream replies (SSE) where the models file sets no 'stream'.")  # fmt: skip
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt.")
-@click.option("--max-retries", type=click.IntRange(0), help="Retries per request.")
+@click.option("--timeout", type=Number(SECONDS), help="Seconds per attempt.")
+@click.option("--max-retries", type=Number(RETRIES), help="Retries per request.")
 @click.option(
-    "--max-wait", type=click.FloatRange(0), help="Cap in seconds on any one backoff wait."
+    "--max-wait", type=Number(SECONDS_OR_OFF), help="Cap in seconds on any one backoff wait."
 )
 @click.option("--judge", help="Target that grades judge checks naming no target.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
               help="Also write the run's compare page to FILE ('-': stdout).")  # fmt: skip
-@click.option("--max-cost", type=click.FloatRange(0), help="USD: start no conversation once "
+@click.option("--max-cost", type=Number(USD), help="USD: start no conversation once "
               "the run's estimated cost passes this (the rest stay for --resume).")  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False),
               help="Also write the run's JUnit file to FILE ('-': stdout).")  # fmt: skip
-@click.option("--idle-timeout", type=click.FloatRange(0),
+@click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True,
               help="No progress bar or lines on stderr (the end table stays).")  # fmt: skip
@@ -256,34 +306,34 @@ def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="0 picks a free port and prints it.")  # fmt: skip
-@click.option("--latency-ms", type=click.FloatRange(0), default=0.0,
+@click.option("--latency-ms", type=_mock("latency_ms"), default=0.0,
               help="Milliseconds each answer waits before it starts.")  # fmt: skip
-@click.option("--jitter-ms", type=click.FloatRange(0), default=0.0,
+@click.option("--jitter-ms", type=_mock("jitter_ms"), default=0.0,
               help="Up to this many ms more or less than --latency-ms.")  # fmt: skip
 @click.option("--seed", type=int, default=0,
               help="Seed of the fault and jitter draws (same seed, same faults).")  # fmt: skip
-@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="429/500/503 mix.")
-@click.option("--cut-rate", type=click.FloatRange(0, 1), default=0.0, help="Streams cut midway.")
-@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0,
+@click.option("--error-rate", type=_mock("error_rate"), default=0.0, help="429/500/503 mix.")
+@click.option("--cut-rate", type=_mock("cut_rate"), default=0.0, help="Streams cut midway.")
+@click.option("--malformed-rate", type=_mock("malformed_rate"), default=0.0,
               help="Share of answers (0..1) whose body is not valid JSON / SSE.")  # fmt: skip
-@click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0,
+@click.option("--slow-rate", type=_mock("slow_rate"), default=0.0,
               help="Share of answers (0..1) delayed by --slow-ms more.")  # fmt: skip
-@click.option("--slow-ms", type=click.FloatRange(0), default=2000.0, show_default=True,
+@click.option("--slow-ms", type=_mock("slow_ms"), default=2000.0, show_default=True,
               help="Extra delay of a slow answer.")  # fmt: skip
-@click.option("--retry-after-ms", type=click.IntRange(0), default=50, show_default=True,
+@click.option("--retry-after-ms", type=_mock("retry_after_ms"), default=50, show_default=True,
               help="The wait an injected 429/503 asks for.")  # fmt: skip
-@click.option("--limit-rpm", type=click.FloatRange(0), default=0.0,
+@click.option("--limit-rpm", type=_mock("limit_rpm"), default=0.0,
               help="Requests a minute (x-ratelimit-limit-requests); past it, 429.")  # fmt: skip
-@click.option("--limit-tpm", type=click.FloatRange(0), default=0.0,
+@click.option("--limit-tpm", type=_mock("limit_tpm"), default=0.0,
               help="Tokens a minute (a reply costs its total tokens).")  # fmt: skip
-@click.option("--limit-window-s", type=click.FloatRange(0.001, 3600), default=60.0,
+@click.option("--limit-window-s", type=_mock("limit_window_s"), default=60.0,
               show_default=True, help="Seconds the limits are enforced over: 1 serves 60,000 "
               "a minute as 1,000 a second, a bucket of 1,000 (OpenAI's quantization).")  # fmt: skip
 @click.option("--limit-headers", type=click.Choice(["openai", "window", "none"]),
               default="openai", show_default=True, help="What answers say of the limits: "
               "OpenAI's per-minute x-ratelimit-* headers, the enforcing window's, or none "
               "(429s with Retry-After only).")  # fmt: skip
-@click.option("--limit-concurrency", type=click.IntRange(0), default=0,
+@click.option("--limit-concurrency", type=_mock("limit_concurrency"), default=0,
               help="Requests in progress at once; past it, 429.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip

@@ -63,7 +63,7 @@ async def run_conversation(
         add_usage(total, reply.usage)
         record = turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
         if turn.expect:
-            record["checks"] = evaluate(
+            record["checks"] = await evaluate(
                 turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values
             )
             if turn.expect.judge:

@@ -9,6 +9,8 @@ same rules for what a server sends:
   "\\ud83d") become U+FFFD; NaN and Infinity are read; a document nested too deeply to
   read is a ValueError like any other bad document;
 - writing is strict JSON: an unpaired surrogate becomes U+FFFD and NaN/Infinity become null.
+  A value JSON has no type for (a date, a set) is an error: a bug, as load time refuses them;
+  `strict` turns it into text where a record must be written all the same.
 """
 
 from __future__ import annotations
@@ -46,16 +48,19 @@ def to_json(value: Any) -> bytes:
 
 
 def strict(value: Any) -> Any:
-    """A copy of a JSON tree that strict JSON can hold: surrogates replaced, non-finite → None."""
+    """A copy of a tree that strict JSON can hold: surrogates replaced, non-finite → None,
+    sets as lists, anything else JSON has no type for (a date, bytes) as its text."""
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if value is None or isinstance(value, int):
+        return value
     if isinstance(value, dict):
         return {clean_text(str(k)): strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [strict(v) for v in value]
-    return value
+    return clean_text(str(value))
 
 
 def clean_text(text: str) -> str:

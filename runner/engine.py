@@ -17,6 +17,7 @@ from typing import Any
 from runner import signals
 from runner.client import TargetClient
 from runner.conversation import failed_record, run_conversation
+from runner.encoding import strict
 from runner.errors import Kind, WriteError
 from runner.judge import Judges
 from runner.plan import Conversation, Plan
@@ -212,7 +213,8 @@ async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
 
 def _write(transcripts: JsonlWriter, conv: Conversation, record: dict[str, Any]) -> None:
     """Write a transcript record; one that cannot be encoded (a bug) is replaced by a
-    failed record saying so, so that no single record can stop the run."""
+    failed record saying so, made strict JSON (what it carries of the scenario could be
+    the cause), so that no single record can stop the run."""
     try:
         transcripts.write(record)
     except WriteError:
@@ -220,7 +222,7 @@ def _write(transcripts: JsonlWriter, conv: Conversation, record: dict[str, Any])
     except Exception as exc:
         message = f"the record could not be written: {type(exc).__name__}: {exc}"
         record.clear()
-        record.update(failed_record(conv, Kind.INTERNAL, message))
+        record.update(strict(failed_record(conv, Kind.INTERNAL, message)))
         transcripts.write(record)
 
 

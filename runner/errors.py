@@ -31,6 +31,7 @@ class Kind(StrEnum):
     EMPTY = "empty"  # a reply with no text
     PROTOCOL = "protocol"  # a reply the scenario cannot use (server context without an id)
     INTERNAL = "internal"  # a bug in the runner: fails one conversation, not the run
+    CHECK_TIMEOUT = "check_timeout"  # a regex check ran past its time bound (an error, not a pass)
 
 
 class InputError(Exception):

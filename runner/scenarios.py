@@ -11,11 +11,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from runner.expects import Expect, Judge
 from runner.schema import (
     Context,
-    Expect,
     Full,
-    Judge,
     Scenario,
     ScenarioReader,
     Server,

@@ -1,22 +1,21 @@
-"""The scenario schema: Scenario, Turn, Expect and Context, and how each is read from YAML nodes."""
+"""The scenario schema: Scenario, Turn and Context, and how each is read from YAML nodes
+(the checks' schema, Expect and Judge, is in runner.expects)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from runner.finish import FINISH_REASONS, normalise
+from runner.expects import Expect, check_filled, read_expect, strings, text
 from runner.rows import RowsFile, open_table
 from runner.variables import (
     Vars,
     check_templates,
     read_vars,
-    stand_in,
     var_combinations,
     var_count,
     var_names,
@@ -28,14 +27,12 @@ from runner.yamlnodes import (
     Parser,
     Problems,
     Reader,
-    boolean,
+    json_mapping,
     mapping_keys,
     node_line,
     positive_int,
-    positive_number,
     show,
     string,
-    string_mapping,
 )
 
 
@@ -57,31 +54,6 @@ class Server:
 
 
 Context = Full | Window | Server  # what each turn sends: `context: full | {window: N} | server`
-
-
-@dataclass(frozen=True, slots=True)
-class Judge:
-    """A check graded by a model: the rubric, and the target that grades (None: --judge)."""
-
-    rubric: str
-    target: str | None = None
-    line: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Expect:
-    """Checks on one generated reply. Strings may hold {{var}} templates."""
-
-    contains: tuple[str, ...] = ()
-    contains_any: tuple[str, ...] = ()
-    not_contains: tuple[str, ...] = ()
-    regex: str | None = None
-    equals: str | None = None
-    json: bool = False
-    max_latency_ms: float | None = None
-    finish_reason: str | None = None
-    ignore_case: bool = False
-    judge: Judge | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +109,6 @@ SCENARIO_KEYS = (
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
 USER_TURN_KEYS = ("user", "expect", "params")
-EXPECT_KEYS = tuple(f.name for f in fields(Expect))
 
 
 class ScenarioReader(Reader):
@@ -218,7 +189,7 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
             r.report(node_line(node), f"scenario is missing '{key}'")
     values = r.fields({k: p for k, p in merged.items() if k != "params"}, SCENARIO_FIELDS)
     params = [
-        r.fields({"params": e["params"]}, {"params": string_mapping})
+        r.fields({"params": e["params"]}, {"params": json_mapping})
         for e in (defaults, own)
         if "params" in e
     ]  # merged shallowly, the scenario's own over the defaults
@@ -231,7 +202,9 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
             values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
     if r.count() > start:
         return None
-    return Scenario(**values, file=r.path, line=node_line(node))
+    scenario = Scenario(**values, file=r.path, line=node_line(node))
+    check_filled(r, scenario)
+    return scenario if r.count() == start else None
 
 
 def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
@@ -266,7 +239,7 @@ def _turn(r: ScenarioReader, node: Node) -> Turn | None:
         return Turn("user", r.text(node, value), line=line)
     if "assistant" in mapping_keys(node):
         entries = r.entries(node, "assistant turn", ("assistant",))
-        return Turn("assistant", _text(r, entries["assistant"][1], "assistant"), line=line)
+        return Turn("assistant", text(r, entries["assistant"][1], "assistant"), line=line)
     entries = r.entries(node, "turn", USER_TURN_KEYS, hints=("assistant",))
     if "user" not in entries:
         raise Bad(node, "a turn mapping needs 'user' (or 'assistant')")
@@ -274,12 +247,6 @@ def _turn(r: ScenarioReader, node: Node) -> Turn | None:
     if "user" not in v:
         return None
     return Turn("user", v["user"], v.get("expect"), v.get("params", {}), line)
-
-
-def _expect(r: ScenarioReader, node: Node, key: str) -> Expect:
-    if not isinstance(node, MappingNode):
-        raise Bad(node, f"'expect' must be a mapping of checks, got {r.shown(node)}")
-    return Expect(**r.fields(r.entries(node, "expect", EXPECT_KEYS), EXPECT_FIELDS))
 
 
 def _context(r: ScenarioReader, node: Node, key: str) -> Context:
@@ -297,46 +264,11 @@ def _context(r: ScenarioReader, node: Node, key: str) -> Context:
     raise Bad(node, f"'context' must be full, server or {{window: N}}, got {show(value)}")
 
 
-def _judge(r: ScenarioReader, node: Node, key: str) -> Judge:
-    """{rubric: TEXT, target: NAME}, or the rubric alone as a string."""
-    if isinstance(node, ScalarNode):
-        return Judge(_text(r, node, "judge"), line=node_line(node))
-    if not isinstance(node, MappingNode):
-        want = "a rubric or {rubric: ..., target: ...}"
-        raise Bad(node, f"'judge' must be {want}, got {r.shown(node)}")
-    entries = r.entries(node, "judge", ("rubric", "target"))
-    if "rubric" not in entries:
-        raise Bad(node, "'judge' needs 'rubric: ...' (what the reply must do to pass)")
-    v = r.fields(entries, {"rubric": _text, "target": string})
-    if "rubric" not in v:  # its problem is reported; the scenario is dropped
-        return Judge("", line=node_line(node))
-    if not v["rubric"].strip():
-        raise Bad(entries["rubric"][1], "'rubric' must not be empty")
-    return Judge(v["rubric"], v.get("target"), node_line(node))
-
-
 def _keep(scenarios: list[Scenario | None]) -> list[Scenario]:
     return [s for s in scenarios if s is not None]
 
 
 # ---------------------------------------------------------------- value parsers of scenarios
-
-
-def _finish_reason(r: Reader, node: Node, key: str) -> str:
-    """One of the normalised finish reasons (any case); a provider's own name is refused
-    with the normalised one it stands for."""
-    value = string(r, node, key)
-    if value.lower() in FINISH_REASONS:
-        return value
-    hint = (
-        f" ('{value}' is recorded as '{normalise(value)}')" if normalise(value) != "other" else ""
-    )
-    raise Bad(node, f"'{key}' must be one of {', '.join(FINISH_REASONS)}{hint}")
-
-
-def _text(r: ScenarioReader, node: Node, key: str) -> str:
-    """A string that may hold {{var}} templates."""
-    return r.text(node, string(r, node, key))
 
 
 def _id(r: ScenarioReader, node: Node, key: str) -> str:
@@ -347,49 +279,16 @@ def _id(r: ScenarioReader, node: Node, key: str) -> str:
     return value
 
 
-def _strings(r: ScenarioReader, node: Node, key: str, single: bool) -> tuple[str, ...]:
-    """A list of strings (or, when SINGLE, also one string), templates noted."""
-    want = "a string or a list of strings" if single else "a list of strings"
-    if not isinstance(node, SequenceNode) and not single:
-        raise Bad(node, f"'{key}' must be {want}, got {r.shown(node)}")
-    out = []
-    for item in node.value if isinstance(node, SequenceNode) else [node]:
-        value = r.value(item)
-        if not isinstance(value, str):
-            raise Bad(item, f"'{key}' must be {want}, got {show(value)}")
-        out.append(r.text(item, value))
-    return tuple(out)
-
-
-def _regex(r: ScenarioReader, node: Node, key: str) -> str:
-    value = _text(r, node, key)
-    try:  # templates are filled per conversation; check the pattern with a stand-in
-        re.compile(stand_in(value))
-    except re.error as e:
-        raise Bad(node, f"bad regex {show(value)}: {e}") from None
-    return value
-
-
 SCENARIO_FIELDS: dict[str, Parser] = {
     "id": _id,
     "description": string,
-    "tags": partial(_strings, single=False),
-    "system": _text,
+    "tags": partial(strings, single=False),
+    "system": text,
     "context": _context,
     "turns": _turns,
     "vars": read_vars,
     "vars_file": string,
     "repeat": positive_int,
-    "metadata": string_mapping,
+    "metadata": json_mapping,
 }
-TURN_FIELDS: dict[str, Parser] = {"user": _text, "expect": _expect, "params": string_mapping}
-EXPECT_FIELDS: dict[str, Parser] = {
-    **dict.fromkeys(("contains", "contains_any", "not_contains"), partial(_strings, single=True)),
-    "regex": _regex,
-    "equals": _text,
-    "json": boolean,
-    "max_latency_ms": positive_number,
-    "finish_reason": _finish_reason,
-    "ignore_case": boolean,
-    "judge": _judge,
-}
+TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}

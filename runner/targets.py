@@ -16,7 +16,9 @@ from yaml.nodes import MappingNode, Node
 from runner.cost import price_problem
 from runner.errors import InputError
 from runner.providers import PROVIDERS, Provider
-from runner.yamlnodes import Bad, Problems, Reader, node_line, read_documents
+from runner.ranges import MOCK
+from runner.ranges import TARGET as RANGES
+from runner.yamlnodes import Bad, Problems, Reader, json_only, node_line, read_documents
 
 DEFAULT_BASE_URL = {
     "openai-chat": "https://api.openai.com/v1",
@@ -84,10 +86,6 @@ TYPES: dict[str, tuple[type, ...]] = {
     "idle_timeout_s": (int, float), "max_response_mb": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
     "fail_fast_after": (int,),
-}  # fmt: skip
-MINIMUM = {
-    "concurrency": 1, "max_retries": 0, "fail_fast_after": 0, "idle_timeout_s": 0,
-    "max_response_mb": 0.001,
 }  # fmt: skip
 
 
@@ -184,8 +182,14 @@ def _field(r: Reader, node: Node, key: str, target: str) -> Any:
         raise Bad(node, f"unknown mock option {unknown}; use {', '.join(known)}")
     if key == "price" and (problem := price_problem(value)):
         raise Bad(node, f"target '{target}': {problem}")
-    if key in MINIMUM and value < MINIMUM[key]:
-        raise Bad(node, f"'{key}' of target '{target}' is out of range: {value}")
+    if key in RANGES and not RANGES[key].holds(value):
+        raise Bad(node, f"'{key}' of target '{target}' must be {RANGES[key].text()}, got {value}")
+    if key == "mock":
+        _mock_numbers(value, node, target)
+    if key in ("params", "mock", "price"):
+        json_only(
+            node, f"'{key}' of target '{target}'"
+        )  # sent, or written to the manifest, as it is
     return value
 
 
@@ -224,6 +228,19 @@ def url_problem(url: str) -> str | None:
     if not parts.hostname:
         return "has no host: write it as https://HOST/PATH"
     return None
+
+
+def _mock_numbers(options: dict[str, Any], node: Node, target: str) -> None:
+    """The mock's numeric options, in the ranges its command line takes."""
+    for name, value in options.items():
+        if name == "limit_headers" and value not in ("openai", "window", "none"):
+            raise Bad(node, f"mock option 'limit_headers' of target '{target}' must be "
+                      f"openai, window or none, got {value!r}")  # fmt: skip
+        if name in MOCK and not MOCK[name].holds(value):
+            want = MOCK[name].text()
+            raise Bad(
+                node, f"mock option '{name}' of target '{target}' must be {want}, got {value}"
+            )
 
 
 def _of_type(value: Any, types: tuple[type, ...]) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any
@@ -142,6 +143,8 @@ def _var_name(knode: Node, name: str) -> None:
 
 def _var_scalar(r: Reader, node: Node, name: str) -> Any:
     value = r.value(node)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Bad(node, f"values of var '{name}' must be finite numbers, got {node.value}")
     if not isinstance(value, VAR_TYPES):
         raise Bad(
             node, f"values of var '{name}' must be strings, numbers or booleans, got {show(value)}"

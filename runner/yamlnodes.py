@@ -8,18 +8,31 @@ and each problem is collected as (file, line, message) and raised together at th
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode
 
 from runner.errors import InputError, at
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 NULL_TAG = "tag:yaml.org,2002:null"
+YAML_TAG = "tag:yaml.org,2002:"
+JSON_SCALARS = ("str", "int", "float", "bool", "null")  # the tags of values JSON can hold
+NOT_JSON = {
+    "timestamp": "a date, which JSON cannot hold; quote it to keep it as text",
+    "binary": "binary data (!!binary), which JSON cannot hold; use a (base64) string",
+    "set": "a set (!!set), which JSON cannot hold; use a list",
+    "omap": "an ordered mapping (!!omap), which JSON cannot hold; use a mapping",
+    "pairs": "pairs (!!pairs), which JSON cannot hold; use a mapping",
+}
+# what aliases (*name) may add to one value, in nodes plus characters of text: a few hundred
+# bytes of aliases nested in each other would otherwise expand to gigabytes
+MAX_ALIAS_GROWTH = 1_000_000
 
 Pair = tuple[Node, Node]  # (key node, value node) of one mapping entry
 Parser = Callable[[Any, Node, str], Any]  # (reader, value node, key) -> value; raises Bad
@@ -105,7 +118,10 @@ class Reader:
         return len(self.problems)
 
     def value(self, node: Node) -> Any:
-        """The Python value of a node, built with yaml.safe_load semantics."""
+        """The Python value of a node, built with yaml.safe_load semantics; a value that
+        aliases expand past MAX_ALIAS_GROWTH, or that holds itself, is refused."""
+        if isinstance(node, CollectionNode):
+            _check_growth(node)
         try:
             return self.constructor.construct_document(node)
         except yaml.YAMLError as e:
@@ -233,8 +249,78 @@ def string(r: Reader, node: Node, key: str) -> str:
     return checked(r, node, key, "a string", lambda v: isinstance(v, str))
 
 
-def string_mapping(r: Reader, node: Node, key: str) -> dict[str, Any]:
-    return checked(r, node, key, "a mapping with string keys", string_keyed)
+def json_mapping(r: Reader, node: Node, key: str) -> dict[str, Any]:
+    """A mapping with string keys whose values JSON can hold (no dates, sets, binary data,
+    NaN or infinity): it is sent to servers or written to records as it is."""
+    value = checked(r, node, key, "a mapping with string keys", string_keyed)
+    json_only(node, f"'{key}'")
+    return value
+
+
+def json_only(node: Node, where: str) -> None:
+    """Bad at the first node under NODE (an alias once) that JSON cannot hold; WHERE names
+    the value in the message ("'params' of target 'x'")."""
+    seen: set[int] = set()
+    todo = [node]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        _json_node(item, where)
+        if isinstance(item, MappingNode):
+            for knode, _ in item.value:
+                _json_key(knode, where)
+            todo += [n for pair in reversed(item.value) for n in reversed(pair)]
+        elif isinstance(item, CollectionNode):
+            todo += reversed(item.value)  # popped in the file's order
+
+
+def _json_node(node: Node, where: str) -> None:
+    name = node.tag.removeprefix(YAML_TAG)
+    if name in NOT_JSON:
+        raise Bad(node, f"{where} holds {NOT_JSON[name]}")
+    if isinstance(node, ScalarNode) and name == "float" and not _finite(node):
+        raise Bad(node, f"{where} holds {node.value}, not a finite number (JSON has none)")
+
+
+def _json_key(node: Node, where: str) -> None:
+    if not isinstance(node, ScalarNode) or node.tag not in (YAML_TAG + "str", YAML_TAG + "int"):
+        raise Bad(node, f"keys in {where} must be strings (or integers), got {node.value!r}")
+
+
+def _check_growth(node: Node) -> None:
+    """Bad when aliases make NODE's value more than MAX_ALIAS_GROWTH larger (in nodes plus
+    characters) than its nodes counted once each, or when the value holds itself."""
+    sizes: dict[int, int] = {}  # node id -> expanded size; -1 while it is being counted
+    once = 0
+
+    def size(item: Node) -> int:
+        nonlocal once
+        known = sizes.get(id(item))
+        if known is not None:
+            if known < 0:
+                raise Bad(item, "an alias (*name) here refers to a value that holds it")
+            return known
+        sizes[id(item)] = -1
+        own = 1 + (len(item.value) if isinstance(item, ScalarNode) else 0)
+        once += own
+        children = item.value if isinstance(item, CollectionNode) else []
+        pairs = children if isinstance(item, MappingNode) else [(c,) for c in children]
+        total = own + sum(size(child) for pair in pairs for child in pair)
+        if total - once > MAX_ALIAS_GROWTH:
+            raise Bad(
+                node,
+                f"aliases (*name) expand this value past {MAX_ALIAS_GROWTH:,} "
+                "nodes and characters beyond its own text",
+            )
+        sizes[id(item)] = total
+        return total
+
+    try:
+        size(node)
+    except RecursionError:
+        raise Bad(node, "the value is nested too deeply") from None
 
 
 def boolean(r: Reader, node: Node, key: str) -> bool:
@@ -246,7 +332,8 @@ def positive_int(r: Reader, node: Node, key: str) -> int:
 
 
 def positive_number(r: Reader, node: Node, key: str) -> float:
-    return checked(r, node, key, "a positive number", lambda v: is_number(v) and v > 0)
+    ok = lambda v: is_number(v) and 0 < v < math.inf  # noqa: E731  (NaN is not above 0)
+    return checked(r, node, key, "a positive number", ok)
 
 
 def string_keyed(value: Any) -> bool:
@@ -256,3 +343,7 @@ def string_keyed(value: Any) -> bool:
 def is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
     """An int (or float) that is not a bool (YAML's true is an int to Python)."""
     return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _finite(node: ScalarNode) -> bool:
+    return math.isfinite(SafeConstructor().construct_yaml_float(node))

@@ -365,7 +365,7 @@ BAD = [  # (case id, {file name: content}, (file name, line, text the problem mu
     (
         "bad regex",
         {"a.yaml": "id: a\nturns:\n  - user: hi\n    expect: {regex: '(unclosed'}\n"},
-        ("a.yaml", 4, "bad regex '(unclosed': missing ), unterminated subpattern"),
+        ("a.yaml", 4, "bad regex '(unclosed': missing ) at position 9"),
     ),
     (
         "bad regex with template",

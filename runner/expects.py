@@ -1,0 +1,161 @@
+"""The checks' schema: Expect and Judge, and how each is read from YAML nodes; with the
+string parsers that note {{var}} templates, which scenarios and checks share."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import regex
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from runner.finish import FINISH_REASONS, normalise
+from runner.variables import TEMPLATE, Vars, fill, stand_in, var_combinations, var_names
+from runner.yamlnodes import Bad, Parser, Reader, boolean, node_line, positive_number, show, string
+
+if TYPE_CHECKING:
+    from runner.schema import Scenario, ScenarioReader
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """A check graded by a model: the rubric, and the target that grades (None: --judge)."""
+
+    rubric: str
+    target: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """Checks on one generated reply. Strings may hold {{var}} templates."""
+
+    contains: tuple[str, ...] = ()
+    contains_any: tuple[str, ...] = ()
+    not_contains: tuple[str, ...] = ()
+    regex: str | None = None
+    equals: str | None = None
+    json: bool = False
+    max_latency_ms: float | None = None
+    finish_reason: str | None = None
+    ignore_case: bool = False
+    judge: Judge | None = None
+
+
+EXPECT_KEYS = tuple(f.name for f in fields(Expect))
+
+
+def read_expect(r: ScenarioReader, node: Node, key: str) -> Expect:
+    if not isinstance(node, MappingNode):
+        raise Bad(node, f"'expect' must be a mapping of checks, got {r.shown(node)}")
+    return Expect(**r.fields(r.entries(node, "expect", EXPECT_KEYS), EXPECT_FIELDS))
+
+
+def _judge(r: ScenarioReader, node: Node, key: str) -> Judge:
+    """{rubric: TEXT, target: NAME}, or the rubric alone as a string."""
+    if isinstance(node, ScalarNode):
+        return Judge(text(r, node, "judge"), line=node_line(node))
+    if not isinstance(node, MappingNode):
+        want = "a rubric or {rubric: ..., target: ...}"
+        raise Bad(node, f"'judge' must be {want}, got {r.shown(node)}")
+    entries = r.entries(node, "judge", ("rubric", "target"))
+    if "rubric" not in entries:
+        raise Bad(node, "'judge' needs 'rubric: ...' (what the reply must do to pass)")
+    v = r.fields(entries, {"rubric": text, "target": string})
+    if "rubric" not in v:  # its problem is reported; the scenario is dropped
+        return Judge("", line=node_line(node))
+    if not v["rubric"].strip():
+        raise Bad(entries["rubric"][1], "'rubric' must not be empty")
+    return Judge(v["rubric"], v.get("target"), node_line(node))
+
+
+def _finish_reason(r: Reader, node: Node, key: str) -> str:
+    """One of the normalised finish reasons (any case); a provider's own name is refused
+    with the normalised one it stands for."""
+    value = string(r, node, key)
+    if value.lower() in FINISH_REASONS:
+        return value
+    hint = (
+        f" ('{value}' is recorded as '{normalise(value)}')" if normalise(value) != "other" else ""
+    )
+    raise Bad(node, f"'{key}' must be one of {', '.join(FINISH_REASONS)}{hint}")
+
+
+def text(r: ScenarioReader, node: Node, key: str) -> str:
+    """A string that may hold {{var}} templates."""
+    return r.text(node, string(r, node, key))
+
+
+def strings(r: ScenarioReader, node: Node, key: str, single: bool) -> tuple[str, ...]:
+    """A list of strings (or, when SINGLE, also one string), templates noted."""
+    want = "a string or a list of strings" if single else "a list of strings"
+    if not isinstance(node, SequenceNode) and not single:
+        raise Bad(node, f"'{key}' must be {want}, got {r.shown(node)}")
+    out = []
+    for item in node.value if isinstance(node, SequenceNode) else [node]:
+        value = r.value(item)
+        if not isinstance(value, str):
+            raise Bad(item, f"'{key}' must be {want}, got {show(value)}")
+        out.append(r.text(item, value))
+    return tuple(out)
+
+
+def _regex(r: ScenarioReader, node: Node, key: str) -> str:
+    value = text(r, node, key)
+    problem = regex_problem(stand_in(value))  # filled per conversation: see check_filled
+    if problem:
+        raise Bad(node, f"bad regex {show(value)}: {problem}")
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def regex_problem(pattern: str) -> str | None:
+    """Why PATTERN is not a regex (the `regex` package's syntax, as checks use it), or None."""
+    try:
+        regex.compile(pattern)
+    except (regex.error, OverflowError, RecursionError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def check_filled(r: Reader, scenario: Scenario) -> None:
+    """A regex with {{var}} templates must still be one when filled with each of the
+    scenario's var combinations (a vars_file's rows are read once more for it): else the
+    problem is reported at its turn, with the values, before anything is sent."""
+    for turn in scenario.turns:
+        pattern = turn.expect.regex if turn.expect else None
+        if pattern is None or "{{" not in pattern:
+            continue
+        names = sorted(set(TEMPLATE.findall(pattern)))
+        for values in _combinations_of(scenario, set(names)):
+            problem = regex_problem(fill(pattern, values))
+            if problem:
+                given = ", ".join(f"{n}={show(values[n])}" for n in names)
+                r.report(turn.line, f"regex {show(pattern)} filled with {given}: {problem}")
+                break
+
+
+def _combinations_of(scenario: Scenario, names: set[str]) -> Iterator[dict[str, Any]]:
+    """The combinations of the values of NAMES only (a vars_file's rows when it gives any)."""
+    own = scenario.vars
+    if isinstance(own, dict):
+        used: Vars = {n: v for n, v in own.items() if n in names}
+    else:
+        used = tuple({n: v for n, v in row.items() if n in names} for row in own)
+    from_file = scenario.vars_file if names - var_names(own) else None
+    return var_combinations(used, from_file)
+
+
+EXPECT_FIELDS: dict[str, Parser] = {
+    **dict.fromkeys(("contains", "contains_any", "not_contains"), partial(strings, single=True)),
+    "regex": _regex,
+    "equals": text,
+    "json": boolean,
+    "max_latency_ms": positive_number,
+    "finish_reason": _finish_reason,
+    "ignore_case": boolean,
+    "judge": _judge,
+}
