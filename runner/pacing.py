@@ -64,6 +64,7 @@ class Budget:
     MIN_UNITS = 4.0  # requests admitted between two empty moments before their rate counts
     LOW_UNITS = 400.0  # requests admitted between them before the estimate leans low
     KEEP_S = 60.0  # empty moments older than this no longer anchor the rate
+    MIN_BURST_S = 0.1  # the learned bucket holds at least this long of its rate
 
     def __init__(self, kind: str, clock: Callable[[], float], sleep: Sleep, max_wait_s: float):
         self.kind = kind
@@ -73,7 +74,8 @@ class Budget:
         self.stated_rate = 0.0  # the rate the headers imply (used of limit over reset)
         self.measured = False  # whether the rate was measured between empty moments
         self.basis = 0.0  # the used amount the stated rate was taken from
-        self.capacity = math.inf  # the bucket's size, once learned
+        self.capacity = math.inf  # the bucket's size, once a rate is measured
+        self.burst = 0.0  # what the server took at once before its bucket first emptied
         self.level, self._stamp = 0.0, clock()
         self.began: float | None = None  # the first send
         self.sent = 0.0  # units sent so far
@@ -125,12 +127,21 @@ class Budget:
         measured = self._measured(cost)
         self.measured |= bool(measured)
         rate = measured or self.rate or self.stated_rate or self._half_sent(moment)
-        self.rate = max(rate, cost / self.max_wait_s)  # no wait a server causes is endless
-        if measured and math.isinf(self.capacity):
-            self.capacity = max(cost, self._burst(measured))
+        self._set_rate(rate, cost)
+        if measured and not self.burst:
+            self.burst = self._burst(measured)
         # empty then; refilled since, and charged with what left after it
         self.level = min(self.capacity, (now - moment.at) * self.rate) - (self.sent - moment.sent)
         self._stamp = now
+
+    def _set_rate(self, rate: float, cost: float) -> None:
+        """Pace at `rate` (no slower than one request per max_wait_s: no wait a server
+        causes is endless), in a bucket of the burst learned, and of at least MIN_BURST_S of
+        the rate: a smaller one would lose to the event loop's late wake-ups what the
+        server's bucket keeps."""
+        self.rate = max(rate, cost / self.max_wait_s)
+        if self.measured:
+            self.capacity = max(cost, self.burst, self.rate * self.MIN_BURST_S)
 
     def _measured(self, unit: float) -> float:
         """The refill rate between the oldest kept empty moment and the newest; 0 when too
@@ -172,7 +183,7 @@ class Budget:
         if seconds and max(1.0, self.basis / 2) <= used < math.inf:
             self.stated_rate, self.basis = used / seconds, used
             if self.rate and not self.measured:  # pacing on its word: the newest is the best
-                self.rate = max(self.stated_rate, 1.0 / self.max_wait_s)
+                self._set_rate(self.stated_rate, 1.0)
 
 
 def remaining(headers: Any, name: str) -> float | None:
