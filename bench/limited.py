@@ -70,6 +70,8 @@ def matrix(name: str, per_minute: dict[str, float]) -> list[Limited]:
 def limited_workloads(runs: int | None) -> list[Limited]:
     chosen = [
         *matrix("req/s", {"1": 300 * 60, "0.1": 300 * 60, "10": 100 * 60}),
+        Limited("req/s 0.1s window hdr",  # the server issue 16 met: remaining of the window
+                {"limit_rpm": 300 * 60, "limit_window_s": 0.1, "limit_headers": "window"}, {}),
         *matrix("tokens/s", {"1": 30000 * 60, "0.1": 30000 * 60, "10": 10000 * 60}),
         Limited("in-flight", {"limit_concurrency": 20}, {"concurrency": 20},
                 sides=(*SIDES, FLOOR)),
