@@ -70,7 +70,7 @@ class ApiError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
-        self.unreachable = unreachable  # no connection was made: refused, DNS, TLS, connect timeout
+        self.unreachable = unreachable  # nothing there to connect to: refused, DNS, TLS
         self.headers: Any = None  # the error answer's headers, when there was one
 
     @property
