@@ -162,7 +162,7 @@ def _matrix(runs: Runs) -> str:
     table = compare_matrix.build(runs.sides, runs.scenarios)
     return (
         f'<section id="matrix"><h2>Scenarios × {what}</h2>'
-        f"{compare_matrix.render(table, anchors(runs), what)}</section>"
+        f"{compare_matrix.render(table, anchors(runs))}</section>"
     )
 
 

@@ -110,7 +110,7 @@ def _best(row: list[Cell]) -> int | None:
     return best if rank[0] < 0 else None
 
 
-def render(matrix: Matrix, anchors: dict[str, str], what: str) -> str:
+def render(matrix: Matrix, anchors: dict[str, str]) -> str:
     """The matrix as a table: a row per scenario (linked to its conversations when shown)."""
     head = "".join(f"<th>{esc(label)}</th>" for label in matrix.sides)
     body = []
@@ -127,8 +127,8 @@ def render(matrix: Matrix, anchors: dict[str, str], what: str) -> str:
     totals = "".join(_cell(cell, False) for cell in matrix.totals)
     body.append(f'<tr class="total"><th class="name">all scenarios</th>{totals}<td></td></tr>')
     return (
-        f'<div class="table-wrap"><table class="matrix"><thead><tr><th>scenario \\ {esc(what)}'
-        f'</th>{head}<th title="{BEST}">best</th></tr></thead><tbody>{"".join(body)}</tbody>'
+        f'<div class="table-wrap"><table class="matrix"><thead><tr><th>scenario</th>{head}'
+        f'<th title="{BEST}">best</th></tr></thead><tbody>{"".join(body)}</tbody>'
         f'</table></div><p class="legend">Each cell: a scenario\'s conversations on one side '
         "(vars and samples each count), pass when completed with every check passed; "
         '<span class="cell pass">all passed</span> <span class="cell some">some passed</span> '
