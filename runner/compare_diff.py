@@ -19,7 +19,7 @@ TOKEN = re.compile(
     r"\s+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
     r"|[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[^\w\s]"
 )
-MAX_WORDS = 4000  # longer replies are shown unmarked: difflib's time grows with the product
+MAX_TOKENS = 8000  # longer replies are shown unmarked: difflib's time grows with the product
 
 
 def tokens(text: str) -> list[str]:
@@ -65,7 +65,7 @@ def marked(texts: list[str | None]) -> list[str | None]:
     """Each reply's HTML with its differences marked (None where there is no reply, and
     for every reply when fewer than two are there or one is too long to compare)."""
     present = [(i, tokens(t)) for i, t in enumerate(texts) if t is not None]
-    if len(present) < 2 or any(len(p) > 2 * MAX_WORDS for _, p in present):
+    if len(present) < 2 or any(len(p) > MAX_TOKENS for _, p in present):
         return [None] * len(texts)
     (first, reference), others = present[0], present[1:]
     out: list[str | None] = [None] * len(texts)
