@@ -79,14 +79,16 @@ def decide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"tmp": tmp, "played": played, "page": page}
 
 
-def expected_costs(played: Any) -> dict[tuple[str, str], float]:
-    """Per (scenario, target): every attempt's tokens at the target's price, from usage.jsonl."""
+def expected_costs(played: Any) -> dict[Any, float]:
+    """Per (scenario, target), and per conversation id: every attempt's tokens at the
+    target's price, from usage.jsonl."""
     scenario_of = {r["conversation_id"]: r["scenario_id"] for r in played.transcripts}
-    costs: dict[tuple[str, str], float] = defaultdict(float)
+    costs: dict[Any, float] = defaultdict(float)
     for attempt in played.usage:
         pin, pout = PRICES[attempt["target"]]
         spent = (attempt["input_tokens"] * pin + attempt["output_tokens"] * pout) / 1e6
         costs[scenario_of[attempt["conversation_id"]], attempt["target"]] += spent
+        costs[attempt["conversation_id"]] += spent
     return costs
 
 
@@ -98,10 +100,14 @@ MATRIX = """[...document.querySelectorAll('table.matrix tr')].map(tr => [...tr.c
 @needs_browser
 def test_the_matrix_shows_each_scenario_on_each_target_failing_first(decide) -> None:
     async def steps(page: DevTools) -> Any:
-        return await page.js(MATRIX)
+        heads = await page.js(
+            """[...document.querySelectorAll('article.conv')].map(a => [JSON.parse(a.dataset.ids),
+              [...a.querySelectorAll('div.side .cost')].map(c => c.textContent)])"""
+        )
+        return await page.js(MATRIX), heads
 
     url = decide["page"].as_uri()
-    rows, asked = asyncio.run(drive_page(decide["tmp"], url, steps))
+    (rows, heads), asked = asyncio.run(drive_page(decide["tmp"], url, steps))
     assert asked == [url]
     head, *body, totals = rows
     assert [text for _, text, _ in head] == [
@@ -134,6 +140,13 @@ def test_the_matrix_shows_each_scenario_on_each_target_failing_first(decide) -> 
             n = conversations[scenario]
             assert cost == f"${spent:.4f} · ${spent / n:.4f}/conv", (scenario, target)
     assert costs["hello", "short"] < costs["hello", "full"]
+    report = {
+        r["target"]: r["cost_usd"] for r in json.loads(decide["played"].report("json").output)
+    }
+    for (_, _, cost), target in zip(totals[1:4], PRICES, strict=True):
+        assert cost.startswith(f"${report[target]:.4f} · ")  # as the report counts it
+    for ids, shown in heads:  # each conversation's own cost, in its head
+        assert shown == [f"${costs[i]:.4f}" for i in ids]
 
 
 @needs_browser
