@@ -287,7 +287,6 @@ def _side_head(side: Side, record: dict[str, Any] | None) -> str:
     spent_usd = side.costs.get(record["conversation_id"])
     if spent_usd is not None:
         sub += f' · <span class="cost">${money(spent_usd)}</span>'
-
     return f'<div class="side">{esc(side.label)} {badge}<div class="sub">{sub}</div>{note}</div>'
 
 
@@ -311,7 +310,7 @@ def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
                 rows.append((k, content))  # answered, or the turn the conversation failed at
                 k += 1
             else:
-                rows.append(_full("user", content))
+                rows.append(_full("user", content))  # one no turn answered (scenarios differ)
         elif previous == "user" and k and rows and rows[-1] == (k - 1, turns[k - 1]["user"]):
             pass  # the generated reply: shown in the turn's cells
         else:
