@@ -68,7 +68,7 @@ table.matrix th.name a{color:var(--ink)}
 .cell.fail,.cell.error{background:#ffd8d3}.cell.error{font-style:italic}
 .cell.none{background:var(--soft);color:#8c959f}
 .cell.best{outline:2px solid var(--ok);outline-offset:-3px;font-weight:600}
-.star{color:var(--ok)}td.winner{text-align:left}
+.star{color:var(--ok)}td.winner,table.matrix th:last-child{text-align:left}
 .legend{font-size:12px;color:#57606a}.legend .cell{padding:0 6px;border-radius:4px}
 mark.diff{background:#fff1b8;border-radius:2px;color:inherit}
 body.plain mark.diff{background:none}
