@@ -376,9 +376,11 @@ def junit(run_dir: str, output: str) -> None:
               help="Pair conversations by id (which ends in @target), or by scenario, vars and "
               "sample: for runs of one target each that differ (another model).")  # fmt: skip
 def diff(base_run: str, new_run: str, fmt: str, show_text: bool, match: str) -> None:
-    """Compare NEW_RUN with BASE_RUN, conversation by conversation. Exit 1 when the gate
-    fails: a regression (pass -> fail, ok -> failed), a conversation missing from NEW_RUN, a
-    new conversation that does not pass, or a NEW_RUN that did not complete; 0 otherwise."""
+    """Compare NEW_RUN with BASE_RUN conversation by conversation, and gate on it.
+
+    Exit 1 when the gate fails: a regression (pass -> fail, ok -> failed), a conversation
+    missing from NEW_RUN, a new conversation that does not pass, or a NEW_RUN that did not
+    complete; 0 otherwise."""
     from runner.diff import diff_runs, gate
     from runner.diffview import render_diff
 
