@@ -165,19 +165,21 @@ def check_match(
     """Refuse (exit 2) a pairing that cannot work: by id between runs with no target in
     common (every id ends in @target: all would be missing and new), by scenario in a run of
     several targets (a scenario's conversations would collide)."""
-    names = {
-        d: [t["name"] for t in m.get("targets", [])] for d, m in ((base_dir, base), (new_dir, new))
-    }
+    runs = [
+        (d, [t["name"] for t in m.get("targets", [])])
+        for d, m in ((base_dir, base), (new_dir, new))
+    ]
+    (_, base_names), (_, new_names) = runs
     if match == "scenario":
-        several = [f"{d} has {', '.join(n)}" for d, n in names.items() if len(n) > 1]
+        several = [f"{d} has {', '.join(names)}" for d, names in runs if len(names) > 1]
         if several:
             raise InputError(
                 f"--match scenario pairs runs of one target each; {'; '.join(several)}"
             )
-    elif not set(names[base_dir]) & set(names[new_dir]):
+    elif not set(base_names) & set(new_names):
         raise InputError(
-            f"the runs have no target in common ({base_dir}: {', '.join(names[base_dir])}; "
-            f"{new_dir}: {', '.join(names[new_dir])}): conversation ids end in @target, so "
+            f"the runs have no target in common ({base_dir}: {', '.join(base_names)}; "
+            f"{new_dir}: {', '.join(new_names)}): conversation ids end in @target, so "
             "none would match; pass --match scenario to pair them by scenario, vars and sample"
         )
 
