@@ -372,15 +372,21 @@ def junit(run_dir: str, output: str) -> None:
               show_default=True, help="Plain text, markdown (a CI comment, lists cut at 30), "
               "or JSON with everything.")  # fmt: skip
 @click.option("--text", "show_text", is_flag=True, help="List every reply that changed.")
-def diff(base_run: str, new_run: str, fmt: str, show_text: bool) -> None:
-    """Compare NEW_RUN with BASE_RUN, conversation by conversation: exit 1 on a regression
-    (pass -> fail, ok -> failed), 0 otherwise."""
-    from runner.diff import diff_runs
+@click.option("--match", type=click.Choice(["id", "scenario"]), default="id", show_default=True,
+              help="Pair conversations by id (which ends in @target), or by scenario, vars and "
+              "sample: for runs of one target each that differ (another model).")  # fmt: skip
+def diff(base_run: str, new_run: str, fmt: str, show_text: bool, match: str) -> None:
+    """Compare NEW_RUN with BASE_RUN conversation by conversation, and gate on it.
+
+    Exit 1 when the gate fails: a regression (pass -> fail, ok -> failed), a conversation
+    missing from NEW_RUN, a new conversation that does not pass, or a NEW_RUN that did not
+    complete; 0 otherwise."""
+    from runner.diff import diff_runs, gate
     from runner.diffview import render_diff
 
-    result = diff_runs(Path(base_run), Path(new_run), show_text)
+    result = diff_runs(Path(base_run), Path(new_run), show_text, match)
     click.echo(render_diff(result, fmt))
-    sys.exit(Exit.CHECKS if result.regressions else Exit.OK)
+    sys.exit(Exit.CHECKS if gate(result) else Exit.OK)
 
 
 @main.command()

@@ -10,7 +10,7 @@ import html
 import json
 from typing import Any
 
-from runner.diff import Change, Diff, TextChange
+from runner.diff import Change, Diff, TextChange, gate
 from runner.report import money
 
 LIST_LIMIT = 30
@@ -38,10 +38,17 @@ def headline(diff: Diff) -> str:
         _count(len(diff.regressions), "regression"),
         _count(len(diff.fixes), "fix", "fixes"),
         f"{len(diff.missing)} missing",
-        f"{len(diff.added)} new",
+        f"{len(diff.added)} new ({len(diff.new_failing)} not passing)",
         _count(diff.replies_changed, "conversation") + " with changed replies",
     ]
-    return f"{diff.base} -> {diff.new}: " + ", ".join(parts)
+    paired = " (paired by scenario, vars and sample)" if diff.match == "scenario" else ""
+    return f"{diff.base} -> {diff.new}{paired}: " + ", ".join(parts)
+
+
+def verdict(diff: Diff) -> str:
+    """The gate's verdict in one line: passed, or failed and why."""
+    reasons = gate(diff)
+    return "gate: FAILED: " + "; ".join(reasons) if reasons else "gate: passed"
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:
@@ -59,7 +66,7 @@ def figure(delta: dict[str, Any], show: Any) -> str:
 
 
 def _text(diff: Diff) -> str:
-    lines = [headline(diff)]
+    lines = [headline(diff), verdict(diff)]
     for title, changes in _lists(diff):
         lines += ["", title] + [f"  {_change_line(c)}" for c in changes]
     for title, ids in (("MISSING (in the base run only)", diff.missing),
@@ -86,8 +93,8 @@ def _text(diff: Diff) -> str:
 
 
 def _lists(diff: Diff) -> list[tuple[str, list[Change]]]:
-    named = [("REGRESSIONS", diff.regressions), ("FIXES", diff.fixes),
-             ("OTHER CHANGES", diff.other_changes)]  # fmt: skip
+    named = [("REGRESSIONS", diff.regressions), ("NEW AND NOT PASSING", diff.new_failing),
+             ("FIXES", diff.fixes), ("OTHER CHANGES", diff.other_changes)]  # fmt: skip
     return [(title, changes) for title, changes in named if changes]
 
 
@@ -96,8 +103,9 @@ def _change_line(c: Change) -> str:
 
 
 def _markdown(diff: Diff) -> str:
-    mark = "❌" if diff.regressions else "✅"
+    mark = "❌" if gate(diff) else "✅"
     lines = [f"### {mark} dialogue-runner diff", "", headline(diff).replace("->", "→"), ""]
+    lines += [f"**{_md(verdict(diff))}**", ""]
     header = ["target", *(title for _, title, _ in FIGURES)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for d in diff.targets:
@@ -107,11 +115,11 @@ def _markdown(diff: Diff) -> str:
         items = [
             f"- `{_md(c.conversation_id)}` {c.before} → {c.after}: {_md(c.reason)}" for c in changes
         ]
-        lines += _details(
-            f"{title.capitalize()} ({len(changes)})", items, open_=title == "REGRESSIONS"
-        )
+        opened = title in ("REGRESSIONS", "NEW AND NOT PASSING")
+        lines += _details(f"{title.capitalize()} ({len(changes)})", items, open_=opened)
     for title, ids in (("Missing", diff.missing), ("New", diff.added)):
-        lines += _details(f"{title} ({len(ids)})", [f"- `{_md(cid)}`" for cid in ids])
+        items = [f"- `{_md(cid)}`" for cid in ids]
+        lines += _details(f"{title} ({len(ids)})", items, open_=title == "Missing")
     lines += _details(
         f"Changed replies ({len(diff.text_changes)})",
         [_md_text_change(t) for t in diff.text_changes],

@@ -36,6 +36,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "diff": (
         "dialogue-runner diff outputs/BASE outputs/NEW",
         "dialogue-runner diff outputs/BASE outputs/NEW --format markdown > diff.md",
+        "dialogue-runner diff .ci/baseline outputs/NEW --match scenario  # another model",
     ),
     "export": (
         "dialogue-runner export outputs/RUN_ID --format openai -o train.jsonl --only-passed",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable
 from typing import Any
+
+from runner.failures import MESSAGE_CHARS, SHOWN_CHECKS
 
 Row = dict[str, Any]
 
@@ -76,22 +79,59 @@ def render(rows: list[Row], fmt: str = "table") -> str:
 
 
 def render_notes(rows: list[dict[str, Any]], fmt: str = "table") -> str:
-    """What goes under the table: each target's most common failures and its warnings
-    ("" when there are none; JSON rows carry them as `failures` and `warnings`)."""
+    """What goes under the table: the first failing checks, each target's most common failures
+    and its warnings ("" when there are none; JSON rows carry them as `failed_checks`,
+    `failures` and `warnings`)."""
     failures = [(row["target"], f) for row in rows for f in row.get("failures", ())]
     warnings = [(row["target"], w) for row in rows for w in row.get("warnings", ())]
-    if fmt == "json" or not (failures or warnings):
+    checks = failing_checks(rows, markdown=fmt == "markdown")
+    if fmt == "json" or not (failures or warnings or checks):
         return ""
     if fmt == "markdown":
-        return _markdown_notes(failures, warnings)
-    width = max(len(target) for target, _ in failures + warnings)
+        return "\n\n".join(filter(None, [checks, _markdown_notes(failures, warnings)]))
+    width = max((len(target) for target, _ in failures + warnings), default=0)
     lines = ["most common failures:"] if failures else []
     for target, f in failures:
         status = f" {f['status']}" if f["status"] is not None else ""
         lines.append(f"  {target:<{width}}  {f['count']:>5}×  {f['kind']}{status}: {f['message']}")
     lines += ["warnings:"] if warnings else []
     lines += [f"  {target:<{width}}  {w}" for target, w in warnings]
-    return "\n".join(lines)
+    return "\n".join(filter(None, [checks, *lines]))
+
+
+def failing_checks(rows: list[Row], markdown: bool = False) -> str:
+    """The first SHOWN_CHECKS failing checks of the run (scenario, conversation, turn, kind,
+    reason), then how many more failed; "" when none did."""
+    listed = [c for row in rows for c in row.get("failed_checks", ())][:SHOWN_CHECKS]
+    if not listed:
+        return ""
+    more = sum(row["checks_failed"] for row in rows) - len(listed)
+    header = ["scenario", "conversation", "turn", "kind", "reason"]
+    body = [
+        [c["scenario"], c["conversation_id"], str(c["turn"]), c["kind"], _line(c["reason"])]
+        for c in listed
+    ]
+    rest = f"… and {more} more failing check{'s' if more != 1 else ''}" if more > 0 else ""
+    if markdown:
+        lines = ["**Failing checks**", "", "| " + " | ".join(header) + " |", "|---" * 5 + "|"]
+        lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in body]
+        return "\n".join(lines + ([f"\n{rest}"] if rest else []))
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header) - 1)]
+    lines = ["failing checks:"] + [
+        "  " + "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]])
+        for r in [header, *body]
+    ]
+    return "\n".join(lines + ([f"  {rest}"] if rest else []))
+
+
+def _line(text: str) -> str:
+    """One line of at most MESSAGE_CHARS characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MESSAGE_CHARS else flat[: MESSAGE_CHARS - 1] + "…"
+
+
+def _md_cell(text: str) -> str:
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def _markdown_notes(failures: list[tuple[str, Any]], warnings: list[tuple[str, str]]) -> str:
