@@ -16,6 +16,7 @@ from runner.reader import latest_transcripts
 from runner.records import outcome
 from runner.stats import report_rows
 from runner.store import read_manifest
+from runner.verdicts import RateChange, compare
 
 RANK = {"error": 0, "fail": 1, "pass": 2}
 # the per-target figures whose change the diff shows
@@ -59,6 +60,7 @@ class Diff:
     replies_changed: int = 0  # conversations with at least one different reply
     text_changes: list[TextChange] = field(default_factory=list)  # with text=True
     targets: list[dict[str, Any]] = field(default_factory=list)
+    pass_rates: list[RateChange] = field(default_factory=list)  # repeated scenarios' rates
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -96,7 +98,25 @@ def diff_runs(base_dir: Path, new_dir: Path, text: bool = False) -> Diff:
             result.text_changes.extend(changes)
     result.added = [cid for cid in new if cid not in base]
     result.targets = target_deltas(report_rows(base_dir), report_rows(new_dir))
+    _by_rate(result, base, new)
     return result
+
+
+def _by_rate(result: Diff, base: dict[str, Any], new: dict[str, Any]) -> None:
+    """Scenarios with repeated samples are judged by their pass rates (runner/verdicts.py),
+    not sample by sample: a regression only when the drop is significant or below
+    min_pass_rate; their samples' changes are in `pass_rates`, not in the lists."""
+    result.pass_rates = compare(base.values(), new.values())
+    judged = {(c.scenario_id, c.target) for c in result.pass_rates}
+    for name in ("regressions", "fixes", "other_changes"):
+        kept = [c for c in getattr(result, name) if (c.scenario_id, c.target) not in judged]
+        setattr(result, name, kept)
+    result.regressions += [
+        Change(f"{c.scenario_id}@{c.target}", c.scenario_id, c.target,
+               f"{c.base_passed}/{c.base_samples} passed", f"{c.new_passed}/{c.new_samples} passed",
+               c.reason)
+        for c in result.pass_rates if c.verdict == "regression"
+    ]  # fmt: skip
 
 
 def _classify(result: Diff, before: dict[str, Any], after: dict[str, Any]) -> None:
