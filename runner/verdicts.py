@@ -237,20 +237,17 @@ def compare(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]]) -> li
     base_records = {r["conversation_id"]: r for r in base}
     new_records = {r["conversation_id"]: r for r in new}
     before, after = tally(base_records.values()), tally(new_records.values())
-    changes = []
-    for key, now in after.items():
-        was = before.get(key)
-        if was is None or not (was.repeated or now.repeated):
-            continue
-        flips = [
-            f"{cid}: {outcome(old)} -> {outcome(new_records[cid])}"
-            for cid, old in base_records.items()
-            if (old["scenario_id"], old["target"]) == key
-            and cid in new_records
-            and (outcome(old) == "pass") != (outcome(new_records[cid]) == "pass")
-        ]
-        changes.append(_judged(was, now, flips))
-    return changes
+    flips: dict[Key, list[str]] = {}  # samples whose outcome changed (pass <-> not)
+    for cid, old in base_records.items():
+        now, was = new_records.get(cid), outcome(old)
+        if now is not None and (was == "pass") != (outcome(now) == "pass"):
+            key = (old["scenario_id"], old["target"])
+            flips.setdefault(key, []).append(f"{cid}: {was} -> {outcome(now)}")
+    return [
+        _judged(before[key], now, flips.get(key, []))
+        for key, now in after.items()
+        if key in before and (before[key].repeated or now.repeated)
+    ]
 
 
 def _judged(was: Group, now: Group, flips: list[str]) -> RateChange:
