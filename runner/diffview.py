@@ -97,6 +97,7 @@ def _lists(diff: Diff) -> list[tuple[str, list[Change]]]:
 RATE_LISTS = (
     ("flaky", "FLAKY (samples changed outcome; listed apart, not regressions)"),
     ("not significant", "DROPS NOT SIGNIFICANT (not regressions)"),
+    ("better", "PASS RATES UP"),
 )
 
 

@@ -212,6 +212,10 @@ def test_a_significant_drop_is_a_regression(tmp_path, mock_server):
     assert "(one-sided Fisher p = 0.00397 < 0.05)" in result.output
     assert "seeded@chat#2" not in result.output  # the samples are not listed one by one
 
+    back, data, rates = diff(new, base)
+    assert back.exit_code == 0 and rates["seeded"]["verdict"] == "better"
+    assert "PASS RATES UP\n  seeded@chat  0/5 -> 5/5 passed" in back.output
+
 
 def test_a_drop_too_few_samples_can_tell_says_how_many_would(tmp_path, mock_server):
     base = play(tmp_path, ALL, "--repeat", "3", server=mock_server)
