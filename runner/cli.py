@@ -118,7 +118,8 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
 @click.option("--run-id", help="Run folder name (default: time-based).")
 @click.option("-c", "--concurrency", type=Number(IN_FLIGHT), default=16, show_default=True,
               help="Conversations in flight.")  # fmt: skip
-@click.option("--repeat", type=Number(REPEAT), help="Samples of each conversation per target.")
+@click.option("--repeat", type=Number(REPEAT), help="Samples of each conversation per target: "
+              "each scenario is then judged on its pass rate (see min_pass_rate).")  # fmt: skip
 @click.option("-k", "--filter", "filters", multiple=True, help="Scenario id glob or tag:NAME.")
 @click.option("--shard", help="Run only shard K of N (K/N).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",

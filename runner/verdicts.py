@@ -31,7 +31,7 @@ from runner.store import read_manifest
 ALPHA = 0.05  # a drop is significant below this p-value
 POWER = 0.8  # of the sample size said to detect a drop
 Z95 = NormalDist().inv_cdf(0.975)  # the two-sided 95 % interval's z
-EXACT_UP_TO = 5000  # samples in both runs together: exact sums of math.comb up to here
+EXACT_UP_TO = 2000  # samples in both runs together: exact sums of math.comb up to here
 LINES = 100  # samples of a group listed one by one (JUnit's system-out); past this, counted
 
 Key = tuple[str, str]  # (scenario id, target)
