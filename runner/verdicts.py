@@ -124,10 +124,6 @@ class Group:
             self.lines.append((sample, _line(record, result)))
 
     @property
-    def key(self) -> Key:
-        return self.scenario_id, self.target
-
-    @property
     def rate(self) -> float:
         return self.passed / self.samples if self.samples else 0.0
 
