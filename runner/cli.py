@@ -118,7 +118,8 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
 @click.option("--run-id", help="Run folder name (default: time-based).")
 @click.option("-c", "--concurrency", type=Number(IN_FLIGHT), default=16, show_default=True,
               help="Conversations in flight.")  # fmt: skip
-@click.option("--repeat", type=Number(REPEAT), help="Samples of each conversation per target.")
+@click.option("--repeat", type=Number(REPEAT), help="Samples of each conversation per target: "
+              "each scenario is then judged on its pass rate (see min_pass_rate).")  # fmt: skip
 @click.option("-k", "--filter", "filters", multiple=True, help="Scenario id glob or tag:NAME.")
 @click.option("--shard", help="Run only shard K of N (K/N).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",
@@ -245,7 +246,7 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
     """The end-of-run table and its notes on stdout (on stderr when the JUnit file or the
     compare page goes to stdout, `-`), those files when asked for, one line on stderr, and
     the run's exit code."""
-    from runner.report import render, render_notes
+    from runner.report import render, render_notes, render_rates
 
     to_stderr = STDOUT in (junit_file, html_file)
 
@@ -255,6 +256,7 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
         click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
     click.echo(render(finished.rows), err=to_stderr)
     _echo_notes(render_notes(finished.rows), err=to_stderr)
+    _echo_notes(render_rates(finished.groups), err=to_stderr)
     if junit_file:
         from runner.junit import write_junit
 
@@ -271,15 +273,27 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
     from runner.reader import Skipped
-    from runner.report import render, render_notes
+    from runner.report import render, render_notes, render_rates
     from runner.stats import report_rows
 
     skipped = Skipped()  # lines of the run's files that are not its records
     rows = report_rows(Path(run_dir), skipped)
+    rates = _pass_rates(Path(run_dir), rows)
     click.echo(render(rows, fmt))
     _echo_notes(render_notes(rows, fmt))
+    _echo_notes(render_rates(rates, fmt))
     if skipped.count:
         click.echo(skipped.note(), err=True)
+
+
+def _pass_rates(run_dir: Path, rows: list[dict[str, Any]]) -> list[Any]:
+    """Each scenario × target of the run, its samples counted (runner/verdicts.py): every
+    row gets its target's as `pass_rates`; those a report shows are returned."""
+    from runner.verdicts import attach, run_groups, shown
+
+    groups = run_groups(run_dir)
+    attach(rows, groups)
+    return shown(groups.values())
 
 
 def _echo_notes(notes: str, err: bool = False) -> None:

@@ -22,6 +22,7 @@ from runner.reader import latest_transcripts
 from runner.records import outcome
 from runner.stats import report_rows
 from runner.store import read_manifest
+from runner.verdicts import RateChange, compare
 
 RANK = {"error": 0, "fail": 1, "pass": 2}
 MATCH = ("id", "scenario")  # how conversations of the two runs are paired (diff --match)
@@ -69,6 +70,7 @@ class Diff:
     new_failing: list[Change] = field(default_factory=list)  # new, and not a pass
     incomplete: str | None = None  # why the new run did not complete
     match: str = "id"
+    pass_rates: list[RateChange] = field(default_factory=list)  # repeated scenarios' rates
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -135,6 +137,7 @@ def diff_runs(base_dir: Path, new_dir: Path, text: bool = False, match: str = "i
     ]
     result.incomplete = incomplete(new_manifest)
     result.targets = target_deltas(*_paired_rows(base_dir, new_dir, match))
+    _by_rate(result, base, new)
     return result
 
 
@@ -191,6 +194,23 @@ def incomplete(manifest: dict[str, Any]) -> str | None:
     parts = [f"status {status}"] if status != "finished" else []
     parts += [_count(not_run, "conversation") + " not run"] if not_run else []
     return ", ".join(parts) or None
+
+
+def _by_rate(result: Diff, base: dict[str, Any], new: dict[str, Any]) -> None:
+    """Scenarios with repeated samples are judged by their pass rates (runner/verdicts.py),
+    not sample by sample: a regression only when the drop is significant or below
+    min_pass_rate; their samples' changes are in `pass_rates`, not in the lists."""
+    result.pass_rates = compare(base.values(), new.values())
+    judged = {(c.scenario_id, c.target) for c in result.pass_rates}
+    for name in ("regressions", "fixes", "other_changes"):
+        kept = [c for c in getattr(result, name) if (c.scenario_id, c.target) not in judged]
+        setattr(result, name, kept)
+    result.regressions += [
+        Change(f"{c.scenario_id}@{c.target}", c.scenario_id, c.target,
+               f"{c.base_passed}/{c.base_samples} passed", f"{c.new_passed}/{c.new_samples} passed",
+               c.reason)
+        for c in result.pass_rates if c.verdict == "regression"
+    ]  # fmt: skip
 
 
 def _classify(result: Diff, before: dict[str, Any], after: dict[str, Any]) -> None:

@@ -73,6 +73,7 @@ def _text(diff: Diff) -> str:
                        ("NEW (in the new run only)", diff.added)):  # fmt: skip
         if ids:
             lines += ["", title] + [f"  {cid}" for cid in ids]
+    lines += _rate_lines(diff)
     if diff.text_changes:
         lines += ["", "CHANGED REPLIES"]
         for t in diff.text_changes:
@@ -98,6 +99,43 @@ def _lists(diff: Diff) -> list[tuple[str, list[Change]]]:
     return [(title, changes) for title, changes in named if changes]
 
 
+# scenarios with repeated samples, judged by pass rate (runner/verdicts.py): what is not a
+# regression, listed apart (regressions are in REGRESSIONS)
+RATE_LISTS = (
+    ("flaky", "FLAKY (samples changed outcome; listed apart, not regressions)"),
+    ("not significant", "DROPS NOT SIGNIFICANT (not regressions)"),
+    ("better", "PASS RATES UP"),
+)
+
+
+def _rate_lines(diff: Diff) -> list[str]:
+    lines = []
+    for verdict, title in RATE_LISTS:
+        judged = [c for c in diff.pass_rates if c.verdict == verdict]
+        if judged:
+            lines += ["", title]
+        for c in judged:
+            lines.append(f"  {c.scenario_id}@{c.target}  {c.base_passed}/{c.base_samples} -> "
+                         f"{c.new_passed}/{c.new_samples} passed  {c.reason}")  # fmt: skip
+            lines += [f"    {flip}" for flip in c.flips[:TEXT_LIMIT]]
+            lines += [f"    ... and {len(c.flips) - TEXT_LIMIT} more"] * (len(c.flips) > TEXT_LIMIT)
+    return lines
+
+
+def _rate_markdown(diff: Diff) -> list[str]:
+    lines = []
+    for verdict, title in RATE_LISTS:
+        judged = [c for c in diff.pass_rates if c.verdict == verdict]
+        items = [
+            f"- `{_md(c.scenario_id)}@{_md(c.target)}` {c.base_passed}/{c.base_samples} → "
+            f"{c.new_passed}/{c.new_samples} passed: {_md(c.reason.replace('->', '→'))}"
+            + "".join(f"<br>`{_md(flip.replace('->', '→'))}`" for flip in c.flips[:TEXT_LIMIT])
+            for c in judged
+        ]
+        lines += _details(f"{title.split(' (')[0].capitalize()} ({len(judged)})", items)
+    return lines
+
+
 def _change_line(c: Change) -> str:
     return f"{c.conversation_id}  {c.before} -> {c.after}" + (f"  {c.reason}" if c.reason else "")
 
@@ -120,6 +158,7 @@ def _markdown(diff: Diff) -> str:
     for title, ids in (("Missing", diff.missing), ("New", diff.added)):
         items = [f"- `{_md(cid)}`" for cid in ids]
         lines += _details(f"{title} ({len(ids)})", items, open_=title == "Missing")
+    lines += _rate_markdown(diff)
     lines += _details(
         f"Changed replies ({len(diff.text_changes)})",
         [_md_text_change(t) for t in diff.text_changes],

@@ -94,6 +94,7 @@ def transcript_record(
         "vars": conv.vars,
         "seed": conv.seed,  # the seed param sent, when samples were seeded
         "metadata": conv.scenario.metadata,  # from the scenario, e.g. MT-Bench's references
+        "min_pass_rate": conv.scenario.min_pass_rate,  # its verdict's bar (runner/verdicts.py)
         "status": "failed" if error else "ok",
         "error": error.as_record() if error else None,
         "messages": messages,
@@ -187,7 +188,7 @@ def _shape(**fields: Any) -> Fields:
 TRANSCRIPT_FIELDS = _shape(
     conversation_id=str, scenario_id=str, target=str, status=str, sample=int, vars=dict,
     messages=list, turns=list, error=(dict, None), passed=(bool, None), metadata=(dict, None),
-    ended_at=str, started_at=(str, None),
+    ended_at=str, started_at=(str, None), min_pass_rate=(*NUMBER, None),
 )  # fmt: skip
 TURN_FIELDS = _shape(
     index=int, user=str, assistant=str, usage=dict, latency_ms=NUMBER,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.verdicts import Group
 
 from runner.failures import MESSAGE_CHARS, SHOWN_CHECKS
 
@@ -57,7 +60,12 @@ def cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 
 def table(rows: list[Row], markdown: bool = False) -> str:
     """The rows as an aligned text table or a markdown table (one line per target)."""
-    header, body = cells(rows)
+    return grid(*cells(rows), markdown=markdown)
+
+
+def grid(header: list[str], body: list[list[str]], markdown: bool = False) -> str:
+    """A header and rows of cells as an aligned text table (first column left, the rest
+    right) or a markdown table."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
@@ -147,3 +155,30 @@ def _markdown_notes(failures: list[tuple[str, Any]], warnings: list[tuple[str, s
     if warnings:
         parts.append("\n".join(["**Warnings**", "", *(f"- {t}: {w}" for t, w in warnings)]))
     return "\n\n".join(parts)
+
+
+RATE_HEADER = ["scenario", "target", "passed", "pass %", "95 % interval", "min", "verdict", "flaky"]
+
+
+def render_rates(groups: list[Group], fmt: str = "table") -> str:
+    """Each scenario × target's pass rate over its samples, its 95 % Wilson interval, the
+    min_pass_rate it must reach ("all": every sample) and its verdict, flaky ones marked
+    ("" for JSON: its rows carry them as `pass_rates`)."""
+    if fmt == "json" or not groups:
+        return ""
+    body = []
+    for g in groups:
+        low, high = g.interval
+        bar = "all" if g.min_pass_rate is None else f"{g.min_pass_rate:g}"
+        body.append([g.scenario_id, g.target, f"{g.passed}/{g.samples}", _percent(g.rate),
+                     f"{_percent(low)}-{_percent(high)}", bar, "pass" if g.clears else "FAIL",
+                     "flaky" if g.flaky else "-"])  # fmt: skip
+    if fmt == "markdown":
+        body = [[c.replace("|", "\\|") for c in row] for row in body]
+        return "**Pass rates** (samples of each scenario × target)\n\n" + grid(
+            RATE_HEADER, body, markdown=True
+        )
+    text = grid(RATE_HEADER, body)
+    return "pass rates (samples of each scenario × target):\n" + "\n".join(
+        "  " + line.rstrip() for line in text.splitlines()
+    )

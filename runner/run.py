@@ -29,6 +29,7 @@ from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
 from runner.store import MANIFEST, TRANSCRIPTS, USAGE, RunLock, read_manifest, write_manifest
 from runner.targets import BUILTIN, Target, load_models, resolve
+from runner.verdicts import Group, run_groups, shown
 
 
 @dataclass
@@ -168,6 +169,7 @@ class Finished:
     rows: list[dict[str, Any]]
     plan: Plan | None = None
     skipped: Skipped = dataclasses.field(default_factory=Skipped)  # lines not the run's
+    groups: list[Group] = dataclasses.field(default_factory=list)  # verdicts.shown's
 
     @property
     def exit_code(self) -> Exit:
@@ -176,7 +178,8 @@ class Finished:
             return Exit.INTERRUPTED
         if counts["failed"] or self.manifest["status"] == "over_budget":
             return Exit.FAILED
-        return Exit.CHECKS if counts["checks_failed"] else Exit.OK
+        cleared = bool(self.groups) and all(g.clears for g in self.groups)  # min_pass_rate
+        return Exit.CHECKS if counts["checks_failed"] and not cleared else Exit.OK
 
     def line(self) -> str:
         c = self.manifest["counts"]
@@ -195,6 +198,13 @@ class Finished:
             text += (
                 f"\ninterrupted: {c['not_run']} conversations were not run; run them with: "
                 f"dialogue-runner run --resume {shlex.quote(str(self.run_dir))}"
+            )
+        if self.groups:
+            passing = sum(g.clears for g in self.groups)
+            flaky = sum(g.flaky for g in self.groups)
+            text += (
+                f"\n{passing}/{len(self.groups)} scenario × target pass their verdict "
+                f"(pass rate over samples), {flaky} flaky"
             )
         if self.skipped.count:
             text += f"\n{self.skipped.note()}"
@@ -367,7 +377,15 @@ def _go(
     if outcome.write_error is not None:
         raise _stopped(run_dir, manifest, outcome.write_error)
     write_manifest(run_dir, manifest)
-    return Finished(run_dir, manifest, rows, plan)
+    return Finished(run_dir, manifest, rows, plan, groups=_verdicts(plan, run_dir))
+
+
+def _verdicts(plan: Plan, run_dir: Path) -> list[Group]:
+    """The run's scenario × target groups when a scenario has samples or a min_pass_rate
+    (read back from the folder: a resumed run's earlier records count), else none."""
+    if not any(plan.samples(s) > 1 or s.min_pass_rate is not None for s in plan.scenarios):
+        return []
+    return shown(run_groups(run_dir).values())
 
 
 def _stopped(run_dir: Path, manifest: dict[str, Any], error: WriteError) -> WriteError:

@@ -11,6 +11,7 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.expects import Expect, check_filled, read_expect, strings, text
+from runner.ranges import FRACTION
 from runner.rows import RowsFile, open_table
 from runner.variables import (
     Vars,
@@ -27,6 +28,7 @@ from runner.yamlnodes import (
     Parser,
     Problems,
     Reader,
+    checked,
     json_mapping,
     mapping_keys,
     node_line,
@@ -84,6 +86,7 @@ class Scenario:
     vars_file: RowsFile | None = None  # one conversation per row, crossed with vars
     repeat: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)  # carried into the records
+    min_pass_rate: float | None = None  # passes when this share of samples pass (verdicts.py)
 
     def var_count(self) -> int:
         """Number of var combinations (1 when there are no vars), times the file's rows."""
@@ -106,6 +109,7 @@ SCENARIO_KEYS = (
     "vars_file",
     "repeat",
     "metadata",
+    "min_pass_rate",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
 USER_TURN_KEYS = ("user", "expect", "params")
@@ -279,6 +283,11 @@ def _id(r: ScenarioReader, node: Node, key: str) -> str:
     return value
 
 
+def _share(r: ScenarioReader, node: Node, key: str) -> float:
+    """A share of samples: a number from 0 to 1 (min_pass_rate)."""
+    return checked(r, node, key, "a number from 0 to 1", FRACTION.holds)
+
+
 SCENARIO_FIELDS: dict[str, Parser] = {
     "id": _id,
     "description": string,
@@ -290,5 +299,6 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "vars_file": string,
     "repeat": positive_int,
     "metadata": json_mapping,
+    "min_pass_rate": _share,
 }
 TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}
