@@ -141,6 +141,11 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
               "the run's estimated cost passes this (the rest stay for --resume).")  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False),
               help="Also write the run's JUnit file to FILE ('-': stdout).")  # fmt: skip
+@click.option("--cache", metavar="DIR", help="Replay replies cached in DIR, send and store "
+              "the rest (default: the models file's cache:, else off).")  # fmt: skip
+@click.option("--no-cache", is_flag=True, help="No reply cache, whatever the models file says.")
+@click.option("--cache-only", is_flag=True, help="Send nothing: a reply not in the cache "
+              "fails (cache_miss); no key is needed.")  # fmt: skip
 @click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True,
@@ -170,6 +175,9 @@ def run(
     html_file: str | None,
     max_cost: float | None,
     junit_file: str | None,
+    cache: str | None,
+    no_cache: bool,
+    cache_only: bool,
     idle_timeout: float | None,
     no_progress: bool,
     dry_run: bool,
@@ -208,6 +216,9 @@ def run(
             judge=judge,
             max_cost=max_cost,
             idle_timeout_s=idle_timeout,
+            cache=cache,
+            no_cache=no_cache,
+            cache_only=cache_only,
         )
         if dry_run:
             for text in runs.dry_run(runs.load(inv, need_keys=False)[2], inv.stream):
