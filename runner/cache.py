@@ -65,7 +65,7 @@ class Cache:
         if reply is None and self.only:
             raise ApiError(
                 Kind.CACHE_MISS,
-                f"no cached reply for this request in {self.folder} (--cache-only sends nothing)",
+                f"no cached reply for this request (--cache-only sends nothing) in {self.folder}",
             )
         return Lookup(self, path, key, reply, {"host": host, "sample": sample})
 
