@@ -28,13 +28,13 @@ VERSION = 1  # of the entries and of the key: a new one misses every older entry
 ONLY_NEEDS = "--cache-only needs a cache folder: --cache DIR, or cache: in the models file"
 
 
-def reply_cache(given: str | None, off: bool, only: bool, models: str | None) -> Cache | None:
-    """The run's cache: --cache DIR, else the models file's `cache:` (MODELS, already
-    relative to the models file), none with --no-cache. --cache-only needs a folder that
-    exists (a typo would fail every conversation)."""
-    folder = None if off else given or models
+def reply_cache(given: str | None, only: bool, models: str | None) -> Cache | None:
+    """The run's cache: GIVEN (--cache DIR; "" with --no-cache: none), else the models
+    file's `cache:` (MODELS, already relative to the models file). --cache-only needs a
+    folder that exists (a typo would fail every conversation)."""
+    folder = models if given is None else given or None
     if only and folder is None:
-        raise InputError(ONLY_NEEDS + ("; not with --no-cache" if off else ""))
+        raise InputError(ONLY_NEEDS + ("; not with --no-cache" if given == "" else ""))
     if folder is None:
         return None
     if only and not Path(folder).is_dir():

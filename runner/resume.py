@@ -30,7 +30,6 @@ MAY_CHANGE = {
     "idle_timeout": "idle_timeout_s",
     "max_cost": "max_cost",
     "cache": "cache",
-    "no_cache": "no_cache",
     "cache_only": "cache_only",
 }
 NEW_RUN = ("output_dir", "run_id")  # they name a new run's folder

@@ -51,8 +51,7 @@ class Invocation:
     judge: str | None = None  # the default judge target of judge checks
     max_cost: float | None = None  # USD: no conversation starts once the estimate passes it
     idle_timeout_s: float | None = None
-    cache: str | None = None  # the reply cache's folder (runner/cache.py); None: the models file's
-    no_cache: bool = False
+    cache: str | None = None  # the reply cache's folder; None: the models file's; "": none
     cache_only: bool = False  # a reply not cached fails (cache_miss); keys are not needed
 
 
@@ -82,7 +81,7 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
     plan = Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
     judges = _judges(judge_names(scenarios, inv.judge), targets, models, inv, need_keys)
     plan.judges = (judges, inv.judge)
-    plan.cache = reply_cache(inv.cache, inv.no_cache, inv.cache_only, cache)
+    plan.cache = reply_cache(inv.cache, inv.cache_only, cache)
     return scenarios, targets, plan
 
 

@@ -239,3 +239,17 @@ def test_judge_verdicts_are_replayed_too(tmp_path, make_mock):
     assert row["cost_usd"] == 0.0 and row["requests"] == 0
     (first_row,) = json.loads(first.report("json").output)
     assert first_row["cost_usd"] > 0
+
+
+def test_a_resume_may_change_the_cache_options(tmp_path, make_mock):
+    server, empty, cache = make_mock(), tmp_path / "empty", tmp_path / "cache"
+    empty.mkdir()
+    replayed = play(tmp_path, SCENARIO, "--cache", empty, "--cache-only", server=server)
+    assert replayed.result.exit_code == 3 and answered(server) == 0
+    resumed = replayed.resume("--retry-failed", "--cache", str(cache), "--no-cache-only")
+    assert resumed.result.exit_code == 0, resumed.result.output
+    assert answered(server) == 8 and len(entries(cache)) == 8
+    invocation = replayed.manifest["invocation"]
+    assert (invocation["cache"], invocation["cache_only"]) == (str(cache), False)
+    both = play(tmp_path, SCENARIO, "--cache", cache, "--no-cache", server=server)
+    assert both.result.exit_code == 2 and "not both" in both.result.stderr
