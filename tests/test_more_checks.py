@@ -111,7 +111,6 @@ def test_json_schema_without_the_extra_names_it(tmp_path, monkeypatch):
 
 
 CHECKS_PY = """\
-import time
 LOADS = []
 LOADS.append(1)
 
@@ -128,14 +127,10 @@ def boom(reply, turn, conversation):
 
 def vague(reply, turn, conversation):
     return "yes"
-
-def stuck(reply, turn, conversation):
-    time.sleep(3600)
 """
 
 
-def test_python_checks_pass_fail_and_err(tmp_path, raw_server, monkeypatch):
-    monkeypatch.setattr(pycheck, "TIMEOUT_S", 0.5)  # `stuck` never returns: any bound will do
+def test_python_checks_pass_fail_and_err(tmp_path, raw_server):
     server = raw_server(echo)
     (tmp_path / "mychecks.py").write_text(CHECKS_PY, encoding="utf-8")
     scenario = textwrap.dedent("""\
@@ -144,7 +139,7 @@ def test_python_checks_pass_fail_and_err(tmp_path, raw_server, monkeypatch):
             - user: say please
               expect: {python: [mychecks:polite, mychecks:reasoned, mychecks:boom]}
             - user: no manners
-              expect: {python: [mychecks:polite, mychecks:vague, mychecks:stuck]}
+              expect: {python: [mychecks:polite, mychecks:vague]}
         scenarios: [{id: one}, {id: two}]
         """)
     played = play(tmp_path, scenario, server=server)
@@ -157,16 +152,34 @@ def test_python_checks_pass_fail_and_err(tmp_path, raw_server, monkeypatch):
         assert first["mychecks:reasoned"]["reason"] == f"turn 0 of {sid} True loads=1"  # once
         boom = first["mychecks:boom"]
         assert not boom["passed"] and boom["error"]["kind"] == "check_error"
-        assert boom["error"]["message"] == "ValueError: boom say (mychecks.py:14 in boom)"
+        assert boom["error"]["message"] == "ValueError: boom say (mychecks.py:13 in boom)"
         assert second["mychecks:polite"] == {
             "kind": "python", "name": "mychecks:polite", "passed": False,
             "reason": "mychecks:polite returned False",
         }  # fmt: skip
         vague = second["mychecks:vague"]
         assert not vague["passed"] and "returned 'yes', not a bool" in vague["reason"]
-        stuck = second["mychecks:stuck"]
-        assert not stuck["passed"] and stuck["error"]["kind"] == "check_timeout"
-        assert record["status"] == "ok"  # the replies are kept
+        assert vague["error"]["kind"] == "check_error"
+
+
+def test_a_python_check_that_never_returns_is_a_check_timeout(tmp_path, raw_server, monkeypatch):
+    monkeypatch.setattr(pycheck, "TIMEOUT_S", 0.5)  # it never returns: any bound will do
+    release = __import__("threading").Event()
+    monkeypatch.setitem(sys.modules, "stuck_release", release)
+    (tmp_path / "stuck.py").write_text(
+        "import sys\ndef check(reply, turn, conversation):\n"
+        "    sys.modules['stuck_release'].wait()\n    return True\n",
+        encoding="utf-8",
+    )
+    scenario = "id: s\nturns: [{user: hi, expect: {python: stuck:check}}, again]\n"
+    played = play(tmp_path, scenario, server=raw_server(echo))
+    release.set()  # the thread left behind ends
+    assert played.result.exit_code == 1, played.result.output
+    (record,) = played.transcripts
+    [check] = record["turns"][0]["checks"]
+    assert not check["passed"] and check["error"]["kind"] == "check_timeout"
+    assert check["reason"] == "python error (check_timeout): stuck:check took more than 0.5 s"
+    assert record["status"] == "ok" and len(record["turns"]) == 2  # the conversation went on
 
 
 def test_python_checks_that_cannot_be_loaded_are_refused(tmp_path, raw_server):
@@ -227,8 +240,10 @@ def test_similar_is_lexical(tmp_path, mock_server):
     for sid, (_, passes) in cases.items():
         [check] = checks[sid]
         assert check["kind"] == "similar" and check["passed"] is passes, (sid, check)
-    assert checks["strict"][0]["reason"].startswith("similarity 0.9")
+    assert checks["near"][0]["reason"].startswith("similarity 0.9")
     assert "(min 0.8)" in checks["near"][0]["reason"]
+    # below the minimum already by difflib's quick upper bound: said as a bound
+    assert checks["strict"][0]["reason"].startswith("similarity at most 0.9")
     refused = play(tmp_path, "id: s\nturns: [{user: hi, expect: {similar: {min: 0.5}}}]\n")
     assert refused.result.exit_code == 2
     assert "s.yaml:2: 'similar' needs 'to: ...'" in refused.result.stderr
