@@ -23,6 +23,7 @@ from runner.errors import ApiError, InputError, Kind
 from runner.providers import Call, Provider, Reply
 from runner.records import TOKEN_KEYS, Usage, attempt_record, utc_now
 from runner.store import open_own, read_at, scan_jsonl, write_error
+from runner.targets import Target
 
 VERSION = 1  # of the entries and of the key: a new one misses every older entry
 ONLY_NEEDS = "--cache-only needs a cache folder: --cache DIR, or cache: in the models file"
@@ -131,7 +132,7 @@ class Lookup:
         }  # fmt: skip
         self.cache.append(self.path, self.key, entry)
 
-    def usage_record(self, cid: str, turn: int, target: Any, judge: bool) -> dict[str, Any]:
+    def usage_record(self, cid: str, turn: int, target: Target, judge: bool) -> dict[str, Any]:
         """The usage record of a replayed reply: no tokens spent (cost 0), not a request;
         latency and TTFT are those measured when it was sent, marked `cached_reply`."""
         assert self.reply is not None
