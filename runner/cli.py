@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -67,6 +68,7 @@ def _mock(option: str) -> Number:
     return Number(MOCK[option])
 
 
+NO_CACHE = ""  # Invocation.cache of --no-cache (None: the models file's `cache:`)
 NOTHING_TO_RUN = "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
 
 
@@ -142,6 +144,11 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
               "the run's estimated cost passes this (the rest stay for --resume).")  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False),
               help="Also write the run's JUnit file to FILE ('-': stdout).")  # fmt: skip
+@click.option("--cache", metavar="DIR", help="Replay replies cached in DIR, send and store "
+              "the rest (default: the models file's cache:, else off).")  # fmt: skip
+@click.option("--no-cache", is_flag=True, help="No reply cache, whatever the models file says.")
+@click.option("--cache-only/--no-cache-only", default=False, help="Send nothing: a reply not "
+              "in the cache fails (cache_miss); no key is needed.")  # fmt: skip
 @click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True,
@@ -171,6 +178,9 @@ def run(
     html_file: str | None,
     max_cost: float | None,
     junit_file: str | None,
+    cache: str | None,
+    no_cache: bool,
+    cache_only: bool,
     idle_timeout: float | None,
     no_progress: bool,
     dry_run: bool,
@@ -183,8 +193,12 @@ def run(
         raise InputError("--junit - and --html - would both write to stdout; give one a file")
 
     with remembered():  # a signal from here on ends the run cleanly (exit 130)
+        if cache is not None and no_cache:
+            raise InputError("give --cache DIR or --no-cache, not both")
         if resume_dir:
             given = _given(click.get_current_context(), skip=RESUME_OWN)
+            if "no_cache" in given:  # the same setting as --cache: no folder
+                given["cache"] = replace(given.pop("no_cache"), value=NO_CACHE)
             if dry_run:
                 for text in runs.resume_dry_run(Path(resume_dir), retry_failed, force, given):
                     click.echo(text)
@@ -209,6 +223,8 @@ def run(
             judge=judge,
             max_cost=max_cost,
             idle_timeout_s=idle_timeout,
+            cache=NO_CACHE if no_cache else cache,
+            cache_only=cache_only,
         )
         if dry_run:
             for text in runs.dry_run(runs.load(inv, need_keys=False)[2], inv.stream):

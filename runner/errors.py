@@ -31,7 +31,9 @@ class Kind(StrEnum):
     EMPTY = "empty"  # a reply with no text
     PROTOCOL = "protocol"  # a reply the scenario cannot use (server context without an id)
     INTERNAL = "internal"  # a bug in the runner: fails one conversation, not the run
-    CHECK_TIMEOUT = "check_timeout"  # a regex check ran past its time bound (an error, not a pass)
+    CHECK_TIMEOUT = "check_timeout"  # a regex or python check ran past its time bound (an error)
+    CHECK_ERROR = "check_error"  # a python check raised, or returned no verdict (an error)
+    CACHE_MISS = "cache_miss"  # --cache-only: no reply cached for this request, none was sent
 
 
 class InputError(Exception):

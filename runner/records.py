@@ -68,6 +68,7 @@ def turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -
         "attempts": attempts,
         "sent_messages": sent,  # messages in the request, system included
         "checks": [],
+        **({"cached_reply": True} if attempts == 0 else {}),  # replayed: runner/cache.py
     }
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runner.cache import reply_cache
 from runner.conversation import first_request
 from runner.cost import total
 from runner.engine import Budget, Outcome, execute
@@ -28,7 +29,7 @@ from runner.resume import Given, changes, recorded_ids
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
 from runner.store import MANIFEST, TRANSCRIPTS, USAGE, RunLock, read_manifest, write_manifest
-from runner.targets import BUILTIN, Target, load_models, resolve
+from runner.targets import BUILTIN, Target, load_models_file, resolve
 from runner.verdicts import Group, run_groups, shown
 
 
@@ -51,6 +52,8 @@ class Invocation:
     judge: str | None = None  # the default judge target of judge checks
     max_cost: float | None = None  # USD: no conversation starts once the estimate passes it
     idle_timeout_s: float | None = None
+    cache: str | None = None  # the reply cache's folder; None: the models file's; "": none
+    cache_only: bool = False  # a reply not cached fails (cache_miss); keys are not needed
 
 
 def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], Plan]:
@@ -59,13 +62,14 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
     scenarios = select(load_paths(inv.paths), tuple(inv.filters or ()))
     if not scenarios:
         raise InputError(f"no scenario matches the filter {inv.filters}")
-    models = load_models(inv.models_file) if inv.models_file else {}
+    models, cache = load_models_file(inv.models_file) if inv.models_file else ({}, None)
     named = [n for n in inv.targets if n in models or n in BUILTIN]
     if inv.base_url and named:
         raise InputError(
             f"--base-url applies to PROVIDER:MODEL targets only; {', '.join(named)} "
             "is a built-in or models-file target (set its base_url in the models file)"
         )
+    need_keys = need_keys and not inv.cache_only  # nothing is sent: keys are not needed
     resolved = resolve(inv.targets, models, inv.base_url, need_keys)
     targets = [_override(t, inv) for t in resolved]
     if inv.max_cost is not None:
@@ -78,6 +82,7 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
     plan = Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
     judges = _judges(judge_names(scenarios, inv.judge), targets, models, inv, need_keys)
     plan.judges = (judges, inv.judge)
+    plan.cache = reply_cache(inv.cache, inv.cache_only, cache)
     return scenarios, targets, plan
 
 
@@ -312,6 +317,7 @@ def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:
     base = _Rebase(manifest.get("cwd"))
     inv.paths = [base(p) for p in inv.paths]
     inv.models_file = base(inv.models_file) if inv.models_file else None
+    inv.cache = base(inv.cache) if inv.cache else None
     return inv, base
 
 

@@ -71,7 +71,7 @@ class Summary:
             if turn["ttft_ms"] is not None:
                 stats.ttfts.append(turn["ttft_ms"])
             for check in turn["checks"]:
-                if "usage" in check:  # a judge check: its tokens and cost
+                if "usage" in check and not check.get("cached_reply"):  # a judge's spend
                     _add_judge(stats, check)
                 if check["passed"]:
                     stats.checks_passed += 1
@@ -90,7 +90,7 @@ class Summary:
         stats = self.targets.get(record["target"]) or self.targets.setdefault(
             record["target"], TargetStats()
         )
-        stats.requests += 1
+        stats.requests += not record.get("cached_reply")  # a replayed reply sent nothing
         stats.retries += record["attempt"] > 1
         tokens = stats.tokens
         for key in TOKEN_KEYS:
