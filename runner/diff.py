@@ -199,7 +199,14 @@ def incomplete(manifest: dict[str, Any]) -> str | None:
 def _by_rate(result: Diff, base: dict[str, Any], new: dict[str, Any]) -> None:
     """Scenarios with repeated samples are judged by their pass rates (runner/verdicts.py),
     not sample by sample: a regression only when the drop is significant or below
-    min_pass_rate; their samples' changes are in `pass_rates`, not in the lists."""
+    min_pass_rate; their samples' changes are in `pass_rates`, not in the lists. Paired by
+    scenario, the base run's records stand for the new run's target and ids."""
+    if result.match == "scenario" and new:
+        target = next(iter(new.values()))["target"]
+        base = {
+            key: {**r, "target": target, "conversation_id": new.get(key, r)["conversation_id"]}
+            for key, r in base.items()
+        }
     result.pass_rates = compare(base.values(), new.values())
     judged = {(c.scenario_id, c.target) for c in result.pass_rates}
     for name in ("regressions", "fixes", "other_changes"):

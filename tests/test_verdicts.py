@@ -172,7 +172,7 @@ def test_a_bad_min_pass_rate_is_refused_before_anything_is_sent(
 
 def diff(base, new, *args):
     result = cli("diff", base.run_dir, new.run_dir, *args)
-    data = json.loads(cli("diff", base.run_dir, new.run_dir, "--format", "json").output)
+    data = json.loads(cli("diff", base.run_dir, new.run_dir, "--format", "json", *args).output)
     return result, data, {c["scenario_id"]: c for c in data["pass_rates"]}
 
 
@@ -216,6 +216,18 @@ def test_a_significant_drop_is_a_regression(tmp_path, mock_server):
     back, data, rates = diff(new, base)
     assert back.exit_code == 0 and rates["seeded"]["verdict"] == "better"
     assert "PASS RATES UP\n  seeded@chat  0/5 -> 5/5 passed" in back.output
+
+
+def test_rates_are_compared_across_targets_paired_by_scenario(tmp_path, mock_server):
+    # the CI gate with another model than the baseline's: diff --match scenario
+    base = play(tmp_path, ALL, "--repeat", "5", server=mock_server)
+    new = play(tmp_path, NONE, "--repeat", "5", server=mock_server, targets=["gemini"])
+    result, data, rates = diff(base, new, "--match", "scenario")
+    assert result.exit_code == 1
+    (regression,) = data["regressions"]
+    assert (regression["before"], regression["after"]) == ("5/5 passed", "0/5 passed")
+    assert rates["seeded"]["target"] == "gemini"
+    assert rates["seeded"]["p_value"] == pytest.approx(1 / 252)
 
 
 def test_a_drop_too_few_samples_can_tell_says_how_many_would(tmp_path, mock_server):
