@@ -145,12 +145,20 @@ def _target(r: Reader, name: str, key_node: Node, node: Node) -> Target | None:
         return None
     provider = PROVIDERS[data["provider"]]
     if data.get("auth") is not None and data["auth"] not in provider.auth_modes:
-        raise Bad(entries["auth"][1], f"target '{name}': provider {provider.name} takes auth "
-                  f"{' or '.join(provider.auth_modes)}, not '{data['auth']}'")  # fmt: skip
+        raise Bad(entries["auth"][1], _auth_problem(name, provider, data["auth"]))
     data.setdefault("base_url", provider.default_base_url)
     if data.get("mock") is None:
         data.setdefault("api_key_env", provider.key_env)
     return Target(name=name, **data)
+
+
+def _auth_problem(target: str, provider: type[Provider], auth: str) -> str:
+    """An auth mode the target's provider does not take: those it takes, the closest first."""
+    modes = provider.auth_modes
+    close = difflib.get_close_matches(auth, modes, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    takes = " or ".join(modes) if len(modes) < 3 else f"{', '.join(modes[:-1])} or {modes[-1]}"
+    return f"target '{target}': provider {provider.name} takes auth {takes}, not '{auth}'{hint}"
 
 
 def _field(r: Reader, node: Node, key: str, target: str) -> Any:
