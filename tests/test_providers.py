@@ -170,9 +170,22 @@ def test_a_bug_in_a_parser_is_one_internal_request_not_retried(
     assert [(f["kind"], f["count"]) for f in failures] == [("internal", 1)]
 
 
-def test_a_body_of_the_wrong_shape_is_still_malformed_and_retried(tmp_path, raw_server):
-    server = raw_server(lambda request: raw_response('{"choices": [{"message": "text"}]}'))
-    played = play(tmp_path, TWO_TURNS, server=server, models={"max_retries": 2})
+SSE = {"Content-Type": "text/event-stream"}
+
+
+@pytest.mark.parametrize(
+    ("target", "flag", "answer"),
+    [
+        ("chat", "--no-stream", raw_response('{"choices": [{"message": "text"}]}')),
+        ("responses", "--stream", raw_response('data: {"type": ["a list"]}\n\n', headers=SSE)),
+    ],
+)
+def test_a_reply_of_the_wrong_shape_is_still_malformed_and_retried(
+    tmp_path, raw_server, target, flag, answer
+):
+    server = raw_server(lambda request: answer)
+    where = {"server": server, "targets": (target,), "models": {"max_retries": 2}}
+    played = play(tmp_path, TWO_TURNS, flag, **where)
     assert played.result.exit_code == 3
     assert [u["status"] for u in played.usage] == ["malformed"] * 3
     assert played.transcripts[0]["error"]["kind"] == "malformed"

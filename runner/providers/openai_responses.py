@@ -120,7 +120,7 @@ class ResponsesStream(StreamState):
         if data == "[DONE]":
             return self.final is not None
         payload = want(loads(data, "stream event"), dict, "a stream event")
-        kind = payload.get("type") or event
+        kind = text_or_none(payload.get("type"), "an event's type") or event
         if kind == "response.output_text.delta":
             self.parts.append(text_or_none(payload.get("delta"), "a text delta") or "")
             self.started = True
