@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any
 
 from runner.client import TargetClient
 from runner.conversation import run_conversation
-from runner.plan import Plan
+from runner.plan import Conversation, Plan
 from runner.providers.transport import Capture
 from runner.targets import Target, mock_base_url
 
 MOCK_PLACEHOLDER = "http://127.0.0.1:<mock port>"
 UNSET = "<unset>"  # where a dry run shows a key that is not set
 HIDDEN = "***"  # where it shows a key that is set
+BATCH = 256  # conversations played per turn of the event loop: its start-up is not free
 
 
 @dataclass(slots=True)
@@ -37,21 +39,28 @@ def dry_run(
     plan: Plan, stream: bool, skip: set[str] | frozenset[str] = frozenset()
 ) -> Iterator[str]:
     """The first request of every planned conversation (but those in SKIP), secrets masked;
-    nothing is sent."""
+    nothing is sent. Conversations are played BATCH at a time in one event loop."""
     dries: dict[str, Dry] = {}
+    todo = (conv for conv in plan if conv.id not in skip)
     with asyncio.Runner() as loop:
-        for conv in plan:
-            if conv.id in skip:
-                continue
-            dry = dries.get(conv.target.name)
-            if dry is None:
-                dry = dries[conv.target.name] = _dry(conv.target, stream)
-            loop.run(run_conversation(conv, dry.client))
-            if not dry.capture.requests:  # no user turn: nothing would be sent
-                yield f"# {conv.id}\n(no request)\n"
-                continue
-            request = dry.capture.requests.pop()
-            yield f"# {conv.id}\n{request.masked(dry.client.target.key, dry.hidden)}\n"
+        while batch := list(islice(todo, BATCH)):
+            yield from loop.run(_firsts(batch, dries, stream))
+
+
+async def _firsts(batch: list[Conversation], dries: dict[str, Dry], stream: bool) -> list[str]:
+    """Each conversation played until its first request, and that request as text."""
+    shown = []
+    for conv in batch:
+        dry = dries.get(conv.target.name)
+        if dry is None:
+            dry = dries[conv.target.name] = _dry(conv.target, stream)
+        await run_conversation(conv, dry.client)
+        if not dry.capture.requests:  # no user turn: nothing would be sent
+            shown.append(f"# {conv.id}\n(no request)\n")
+            continue
+        request = dry.capture.requests.pop()
+        shown.append(f"# {conv.id}\n{request.masked(dry.client.target.key, dry.hidden)}\n")
+    return shown
 
 
 def _dry(target: Target, stream: bool) -> Dry:
