@@ -75,6 +75,10 @@ class TargetClient:
         if self.session is not None:
             await self.session.close()
 
+    def params(self) -> dict[str, Any]:
+        """The target's params over its provider's defaults: what every request starts from."""
+        return {**self.provider.default_params, **self.target.params}
+
     async def complete(
         self,
         system: str | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from runner.checks import evaluate
@@ -35,7 +34,7 @@ async def run_conversation(
     """Play every turn in order; the transcript record, ok or failed."""
     scenario, values = conv.scenario, conv.vars
     started = utc_now()
-    system, base_params = _setup(conv, client.provider.default_params)
+    system, base_params = _setup(conv, client.params())
     history: list[Message] = []
     turns: list[dict[str, Any]] = []
     total = no_usage()
@@ -75,12 +74,12 @@ async def run_conversation(
     return transcript_record(conv, as_records(system, history), turns, total, error, started)
 
 
-def _setup(conv: Conversation, defaults: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The conversation's system prompt and params: the provider's defaults, the target's
-    over them, then the scenario's (a turn's own go over these, turn by turn)."""
+def _setup(conv: Conversation, target: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The conversation's system prompt and params: the target's (TARGET, the provider's
+    defaults under them), then the scenario's over them (a turn's own go over these)."""
     scenario = conv.scenario
     system = fill(scenario.system, conv.vars) if scenario.system is not None else None
-    params = {**defaults, **conv.target.params, **scenario.params}
+    params = {**target, **scenario.params}
     if conv.seed is not None:
         params["seed"] = conv.seed
     if isinstance(scenario.context, Server):  # chaining needs every response stored

@@ -86,7 +86,7 @@ async def grade(
         result["judge"] = client.target.name
         messages = [Message.of_text("user", prompt(rubric, conversation, reply))]
         answer, attempts = await client.complete(
-            SYSTEM, messages, dict(client.target.params), None, *where, judge=parse_verdict
+            SYSTEM, messages, client.params(), None, *where, judge=parse_verdict
         )
     except ApiError as err:
         result["error"] = err.as_record()

@@ -94,6 +94,19 @@ def test_a_registered_provider_is_read_by_targets_plan_and_turn_loop(
     assert {r["provider"] for r in records} == {"plain-chat"}
 
 
+def test_a_judge_asks_with_the_params_of_its_provider_too(tmp_path, mock_server, monkeypatch):
+    monkeypatch.setitem(PROVIDERS, "plain-chat", plain_provider(mock_server.base_url))
+    judged = "id: j\nturns:\n  - user: hi\n    expect: {judge: 'says \"mock\"'}\n"
+    scenario = write_scenario(tmp_path / "s.yaml", judged)
+    target = ["-m", "plain-chat:m1", "--judge", "plain-chat:m1"]
+    result = cli("run", scenario, *target, "-o", tmp_path / "runs", env={"PLAIN_KEY": "k"})
+    assert result.exit_code == 0, result.output
+    bodies = [r["json"] for r in mock_server.requests]
+    graders = [b for b in bodies if "strict grader" in b["messages"][0]["content"]]
+    assert len(bodies) == 2 and len(graders) == 1
+    assert all(b["max_tokens"] == 77 for b in bodies)
+
+
 def test_context_server_is_refused_naming_the_providers_that_keep_history(tmp_path, mock_server):
     server = TWO_TURNS + "context: server\n"
     result = play(tmp_path, server, server=mock_server, targets=("gemini",)).result
