@@ -74,12 +74,12 @@ async def run_conversation(
     return transcript_record(conv, as_records(system, history), turns, total, error, started)
 
 
-def _setup(conv: Conversation, target: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The conversation's system prompt and params: the target's (TARGET, the provider's
-    defaults under them), then the scenario's over them (a turn's own go over these)."""
+def _setup(conv: Conversation, given: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The conversation's system prompt and params: the scenario's over GIVEN (the target's,
+    over its provider's defaults); a turn's own go over these, turn by turn."""
     scenario = conv.scenario
     system = fill(scenario.system, conv.vars) if scenario.system is not None else None
-    params = {**target, **scenario.params}
+    params = {**given, **scenario.params}
     if conv.seed is not None:
         params["seed"] = conv.seed
     if isinstance(scenario.context, Server):  # chaining needs every response stored

@@ -32,7 +32,7 @@ class Kind(StrEnum):
     MALFORMED = "malformed"  # a body that is not what the protocol defines
     EMPTY = "empty"  # a reply with no text
     PROTOCOL = "protocol"  # a reply the scenario cannot use (server context without an id)
-    INTERNAL = "internal"  # a bug in the runner: fails one conversation, not the run
+    INTERNAL = "internal"  # a bug in the runner (a parser's too): one conversation, never retried
     CHECK_TIMEOUT = "check_timeout"  # a regex check ran past its time bound (an error, not a pass)
 
 
