@@ -66,6 +66,12 @@ class Request:
     body: bytes
     stream: bool
 
+    def __post_init__(self) -> None:
+        # held while the request is in flight: orjson's bytes keep its 4 KiB working buffer
+        # whatever their length (10,000 bodies of 100 bytes held 41 MB); a copy of the exact
+        # size does not
+        self.body = memoryview(self.body).tobytes()
+
     def masked(self, key: str | None, hidden: str = "***") -> str:
         """The request as text for people: credentials replaced by `hidden`."""
         lines = [f"POST {mask(self.url, key, hidden)}"]
