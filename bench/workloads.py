@@ -56,7 +56,7 @@ def scale_checks(quick: bool) -> list[Workload]:
     return [
         Workload("inflight-10k", 2000 if quick else 10000, 2000 if quick else 10000, 200,
                  turns=1, runs=1),
-        Workload("memory-100k", 10000 if quick else 100000, 200, 0, turns=1, runs=1, table=True),
+        Workload("memory-1m", 100000 if quick else 1000000, 200, 0, turns=1, runs=1, table=True),
     ]  # fmt: skip
 
 

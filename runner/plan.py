@@ -28,6 +28,7 @@ class Conversation:
     sample: int
     target: Target
     seed: int | None = None  # sent as the `seed` param: each sample its own, the same each run
+    samples: int = 1  # how many samples of these vars the plan holds (this one among them)
 
 
 def conversation_id(
@@ -111,7 +112,7 @@ class Plan:
                         if index % n == k - 1:
                             cid = conversation_id(scenario.id, values, sample, target.name, digits)
                             seed = sample_seed(scenario, target, sample, samples)
-                            yield Conversation(cid, scenario, values, sample, target, seed)
+                            yield Conversation(cid, scenario, values, sample, target, seed, samples)
                         index += 1
 
 

@@ -92,6 +92,7 @@ def transcript_record(
         "provider": conv.target.provider,
         "model": conv.target.model,
         "sample": conv.sample,
+        "samples": conv.samples,  # of these vars, in the plan
         "vars": conv.vars,
         "seed": conv.seed,  # the seed param sent, when samples were seeded
         "metadata": conv.scenario.metadata,  # from the scenario, e.g. MT-Bench's references

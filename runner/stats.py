@@ -19,6 +19,7 @@ from runner.failures import (
 )
 from runner.reader import RunRecords, Skipped
 from runner.records import TOKEN_KEYS
+from runner.sketch import Quantiles
 from runner.store import read_manifest
 
 
@@ -31,8 +32,8 @@ class TargetStats:
     checks_failed: int = 0
     conversations_failing_checks: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KEYS, 0))
-    latencies: list[float] = field(default_factory=list)
-    ttfts: list[float] = field(default_factory=list)
+    latencies: Quantiles = field(default_factory=Quantiles)  # runner/sketch.py
+    ttfts: Quantiles = field(default_factory=Quantiles)
     errors: dict[str, int] = field(default_factory=dict)
     passed: int = 0  # conversations ok with every check passed
     requests: int = 0  # HTTP attempts (usage records), retries included
@@ -67,9 +68,9 @@ class Summary:
         for turn in record["turns"]:
             stats.replies += 1
             stats.replies_with_usage += any(turn["usage"].values())
-            stats.latencies.append(turn["latency_ms"])
+            stats.latencies.add(turn["latency_ms"])
             if turn["ttft_ms"] is not None:
-                stats.ttfts.append(turn["ttft_ms"])
+                stats.ttfts.add(turn["ttft_ms"])
             for check in turn["checks"]:
                 if "usage" in check and not check.get("cached_reply"):  # a judge's spend
                     _add_judge(stats, check)
@@ -165,9 +166,9 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
         "requests": s.requests,
         "retries": s.retries,
         **{k: s.tokens[k] for k in TOKEN_KEYS},
-        "latency_p50_ms": percentile(s.latencies, 0.5),
-        "latency_p95_ms": percentile(s.latencies, 0.95),
-        "ttft_p50_ms": percentile(s.ttfts, 0.5),
+        "latency_p50_ms": s.latencies.quantile(0.5),
+        "latency_p95_ms": s.latencies.quantile(0.95),
+        "ttft_p50_ms": s.ttfts.quantile(0.5),
         "cost_usd": _cost(s, price),
         "judge_tokens": s.judge_tokens,
         "errors": s.errors,

@@ -117,9 +117,11 @@ class Group:
         self.repeated = self.repeated or record["sample"] > 0
         if record.get("min_pass_rate") is not None:
             self.min_pass_rate = record["min_pass_rate"]
-        cid, sample = record["conversation_id"], record["sample"]
-        same = cid.removesuffix(f"#{sample}") if sample else cid
-        self.seen[same] = self.seen.get(same, 0) | (PASS if result == "pass" else FAIL)
+        sample = record["sample"]
+        if record.get("samples", 2) > 1:  # a conversation of one sample cannot flip: not kept
+            cid = record["conversation_id"]
+            same = cid.removesuffix(f"#{sample}") if sample else cid
+            self.seen[same] = self.seen.get(same, 0) | (PASS if result == "pass" else FAIL)
         if len(self.lines) < LINES:
             self.lines.append((sample, _line(record, result)))
 
