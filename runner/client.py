@@ -10,12 +10,14 @@ import aiohttp
 
 import runner
 from runner.encoding import clean_text
-from runner.errors import ApiError, Kind
+from runner.errors import ApiError, Kind, internal
 from runner.limits import AdaptiveLimit, TokenBucket
+from runner.messages import Message
 from runner.pacing import Mark, Pacer
 from runner.providers import Call, Reply
-from runner.providers.base import Request, cut_message, mask, send
+from runner.providers.base import Request, cut_message, mask
 from runner.providers.body import MB, Limits
+from runner.providers.transport import Http, Transport
 from runner.records import attempt_record
 from runner.retry import Breaker, RetryPolicy, retrying
 from runner.targets import Target, provider_for
@@ -28,7 +30,13 @@ Verdict = Callable[[str], object]  # raises a retryable ApiError when a reply is
 class TargetClient:
     """Everything a conversation needs to get replies from one target."""
 
-    def __init__(self, target: Target, stream: bool, on_attempt: AttemptSink):
+    def __init__(
+        self,
+        target: Target,
+        stream: bool,
+        on_attempt: AttemptSink,
+        transport: Transport | None = None,
+    ):
         self.target = target
         self.stream = target.stream if target.stream is not None else stream
         self.on_attempt = on_attempt
@@ -36,18 +44,23 @@ class TargetClient:
         self.limit = AdaptiveLimit(target.concurrency)
         self.rpm = TokenBucket(target.rpm) if target.rpm else None
         self.tpm = TokenBucket(target.tpm) if target.tpm else None
-        self.pacer = Pacer(max_wait_s=target.max_wait_s)  # the server's budgets, learned
+        self.provider = provider_for(target)
+        # the server's budgets, learned from its headers as the provider names them
+        self.pacer = Pacer(max_wait_s=target.max_wait_s, headers=self.provider.rate_headers)
         self.token_ratio = 1.0  # a reply's total tokens per body byte / 4, learned
         self.breaker = Breaker(target.name, target.fail_fast_after)
         self.retries = 0  # shown by the progress line
-        self.provider = provider_for(target)
         self.limits = Limits(
             max_bytes=int(target.max_response_mb * MB), idle_s=target.idle_timeout_s or None
         )
-        self.session: aiohttp.ClientSession  # opened by start()
+        self.session: aiohttp.ClientSession | None = None  # opened by start()
+        self.transport = transport  # over HTTP once start() opened the session
 
     async def start(self) -> None:
-        """Open the HTTP session: one connection pool sized to the target's concurrency."""
+        """Open the HTTP session (one connection pool sized to the target's concurrency) and
+        the transport over it, unless a transport was given."""
+        if self.transport is not None:
+            return
         t = self.target
         timeout = aiohttp.ClientTimeout(
             total=t.timeout_s, sock_connect=t.connect_timeout_s, sock_read=t.first_byte_timeout_s
@@ -56,14 +69,20 @@ class TargetClient:
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}
         )
+        self.transport = Http(self.session, self.provider, self.limits)
 
     async def close(self) -> None:
-        await self.session.close()
+        if self.session is not None:
+            await self.session.close()
+
+    def params(self) -> dict[str, Any]:
+        """The target's params over its provider's defaults: what every request starts from."""
+        return {**self.provider.default_params, **self.target.params}
 
     async def complete(
         self,
         system: str | None,
-        messages: list[dict[str, str]],
+        messages: list[Message],
         params: dict[str, Any],
         previous_id: str | None,
         conversation_id: str,
@@ -103,9 +122,10 @@ class TargetClient:
             raise
         self.retries += n > 0
         start = time.perf_counter()
+        assert self.transport is not None, "start() first"
         try:
-            reply = await send(self.session, self.provider, request, self.limits)
-        except Exception as exc:
+            reply = await self.transport.send(request)  # the one place a request is sent
+        except Exception as exc:  # anything but an ApiError is our bug: final, said where
             err = exc if isinstance(exc, ApiError) else internal(exc)
             self._failed(err, ticket, marks, estimate)
             self._record(cid, turn, n, err.label, None, start, judge is not None)
@@ -127,13 +147,14 @@ class TargetClient:
     def _failed(
         self, err: ApiError, ticket: tuple[int, int], marks: tuple[Mark, Mark], cost: float
     ) -> None:
-        """A refused attempt: a rate limit paces the target; an overload (503), or a 429 that
-        may be one (its headers do not say a budget is empty), lowers the requests in flight."""
+        """A refused attempt: a rate limit paces the target; an answer the provider calls an
+        overload (503, or a 429 whose headers do not say a budget is empty) lowers the
+        requests in flight."""
         err.message = cut_message(clean_text(mask(err.message, self.target.key)))
         empty = False
         if err.kind is Kind.RATE_LIMIT:
             empty = self.pacer.refused(err.headers, err.message, marks, cost)
-        overloaded = err.status == 503 or (err.kind is Kind.RATE_LIMIT and not empty)
+        overloaded = err.retryable and err.status in self.provider.overloaded and not empty
         self.limit.release(ticket, overloaded=overloaded)
         self.breaker.observe(err)
 
@@ -153,8 +174,3 @@ class TargetClient:
         if judge:
             record["judge"] = True
         self.on_attempt(record)
-
-
-def internal(exc: Exception) -> ApiError:
-    """An exception nothing classified (a bug): this conversation fails, final, recorded."""
-    return ApiError(Kind.INTERNAL, f"{type(exc).__name__}: {exc}")

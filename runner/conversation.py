@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from runner.checks import evaluate
 from runner.client import TargetClient
 from runner.errors import ApiError, Kind
 from runner.judge import Judges, grade
+from runner.messages import Message, as_records
 from runner.plan import Conversation
-from runner.providers import Call, Reply
+from runner.providers import Reply
 from runner.records import add_usage, no_usage, transcript_record, turn_record, utc_now
 from runner.scenarios import Scenario, Server, Window, fill
-from runner.targets import mock_base_url, provider_for
 
 
-def sent_messages(
-    scenario: Scenario, history: list[dict[str, str]], since_reply: int
-) -> list[dict[str, str]]:
+def sent_messages(scenario: Scenario, history: list[Message], since_reply: int) -> list[Message]:
     """The messages a turn sends (system apart), following the scenario's context mode.
 
     history holds every message so far, ending with the new user message;
@@ -37,13 +34,13 @@ async def run_conversation(
     """Play every turn in order; the transcript record, ok or failed."""
     scenario, values = conv.scenario, conv.vars
     started = utc_now()
-    system, base_params = _setup(conv)
-    history: list[dict[str, str]] = []
+    system, base_params = _setup(conv, client.params())
+    history: list[Message] = []
     turns: list[dict[str, Any]] = []
     total = no_usage()
     previous_id, since_reply, error = None, 0, None
     for turn in scenario.turns:
-        history.append({"role": turn.role, "content": fill(turn.content, values)})
+        history.append(Message.of_text(turn.role, fill(turn.content, values)))
         if turn.role == "assistant":
             continue
         params = {**base_params, **turn.params} if turn.params else base_params
@@ -57,31 +54,32 @@ async def run_conversation(
         except ApiError as err:
             error = err
             break
-        history.append({"role": "assistant", "content": reply.text})
+        history.append(Message.of_text("assistant", reply.text))
         since_reply = len(history)
         previous_id = reply.response_id if isinstance(scenario.context, Server) else None
         add_usage(total, reply.usage)
-        record = turn_record(len(turns), history[-2]["content"], reply, attempts, n_sent)
+        record = turn_record(len(turns), history[-2].text, reply, attempts, n_sent)
         if turn.expect:
             record["checks"] = await evaluate(
                 turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values
             )
             if turn.expect.judge:
-                asked, where = _messages(system, history[:-1]), (conv.id, len(turns))
+                asked, where = as_records(system, history[:-1]), (conv.id, len(turns))
                 record["checks"].append(
                     await grade(
                         turn.expect.judge, judges or Judges({}), asked, reply.text, values, where
                     )
                 )
         turns.append(record)
-    return transcript_record(conv, _messages(system, history), turns, total, error, started)
+    return transcript_record(conv, as_records(system, history), turns, total, error, started)
 
 
-def _setup(conv: Conversation) -> tuple[str | None, dict[str, Any]]:
-    """The conversation's system prompt and params (target's, then the scenario's over them)."""
+def _setup(conv: Conversation, given: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The conversation's system prompt and params: the scenario's over GIVEN (the target's,
+    over its provider's defaults); a turn's own go over these, turn by turn."""
     scenario = conv.scenario
     system = fill(scenario.system, conv.vars) if scenario.system is not None else None
-    params = {**conv.target.params, **scenario.params}
+    params = {**given, **scenario.params}
     if conv.seed is not None:
         params["seed"] = conv.seed
     if isinstance(scenario.context, Server):  # chaining needs every response stored
@@ -108,32 +106,3 @@ def _finish(reply: Reply) -> str:
     """The normalised finish reason, with the provider's own value when it differs."""
     norm, raw = reply.finish_reason, reply.finish_reason_raw
     return f"{norm} ({raw})" if raw is not None and raw != norm else str(norm)
-
-
-def _messages(system: str | None, history: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{"role": "system", "content": system}, *history] if system is not None else history
-
-
-MOCK_PLACEHOLDER = "http://127.0.0.1:<mock port>"
-UNSET = "<unset>"  # where a dry run shows a key that is not set
-
-
-def first_request(conv: Conversation, stream: bool) -> str:
-    """The first request of a conversation as it would be sent, secrets masked (--dry-run)."""
-    scenario, values, target = conv.scenario, conv.vars, conv.target
-    system, params = _setup(conv)
-    history: list[dict[str, str]] = []
-    for turn in scenario.turns:
-        history.append({"role": turn.role, "content": fill(turn.content, values)})
-        if turn.role == "user":
-            params = {**params, **turn.params}
-            break
-    if target.mock is not None:
-        target = replace(target, base_url=mock_base_url(target.provider, MOCK_PLACEHOLDER))
-    hidden = "***"
-    if target.api_key_env and not target.key:  # a dry run does not need the key
-        target, hidden = replace(target, key=UNSET), UNSET
-    provider = provider_for(target)
-    use_stream = target.stream if target.stream is not None else stream
-    request = provider.build(Call(system, sent_messages(scenario, history, 0), params, use_stream))
-    return request.masked(target.key, hidden)

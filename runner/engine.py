@@ -18,7 +18,7 @@ from runner import signals
 from runner.client import TargetClient
 from runner.conversation import failed_record, run_conversation
 from runner.encoding import strict
-from runner.errors import Kind, WriteError
+from runner.errors import Kind, WriteError, internal
 from runner.judge import Judges
 from runner.plan import Conversation, Plan
 from runner.progress import Progress
@@ -208,7 +208,7 @@ async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
     except WriteError:
         raise
     except Exception as exc:
-        return failed_record(conv, Kind.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return failed_record(conv, Kind.INTERNAL, internal(exc).message)
 
 
 def _write(transcripts: JsonlWriter, conv: Conversation, record: dict[str, Any]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import traceback
 from enum import IntEnum, StrEnum
+from pathlib import Path
 from typing import Any
 
 
@@ -30,7 +32,7 @@ class Kind(StrEnum):
     MALFORMED = "malformed"  # a body that is not what the protocol defines
     EMPTY = "empty"  # a reply with no text
     PROTOCOL = "protocol"  # a reply the scenario cannot use (server context without an id)
-    INTERNAL = "internal"  # a bug in the runner: fails one conversation, not the run
+    INTERNAL = "internal"  # a bug in the runner (a parser's too): one conversation, never retried
     CHECK_TIMEOUT = "check_timeout"  # a regex check ran past its time bound (an error, not a pass)
 
 
@@ -81,6 +83,21 @@ class ApiError(Exception):
     def as_record(self) -> dict[str, object]:
         """The `error` of a transcript record."""
         return {"kind": str(self.kind), "message": self.message, "status": self.status}
+
+
+ROOT = Path(__file__).resolve().parent.parent  # frames in the runner are shown from here
+
+
+def internal(exc: BaseException) -> ApiError:
+    """An exception nothing classified: a bug of ours, not the server's fault. Final (never
+    retried), and it says where it was raised: the traceback's last frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        path = Path(frames[-1].filename)
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else Path(*path.parts[-2:])
+        where = f" (at {shown}:{frames[-1].lineno} in {frames[-1].name})"
+    return ApiError(Kind.INTERNAL, f"{type(exc).__name__}: {exc}{where}")
 
 
 def at(file: str, line: int | None, message: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, cast
 from runner.client import TargetClient
 from runner.cost import cost
 from runner.errors import ApiError, InputError, Kind, at
+from runner.messages import Message
 from runner.scenarios import Judge, Scenario, fill
 
 SYSTEM = (
@@ -83,9 +84,9 @@ async def grade(
     try:
         client = judges.client(judge)
         result["judge"] = client.target.name
-        messages = [{"role": "user", "content": prompt(rubric, conversation, reply)}]
+        messages = [Message.of_text("user", prompt(rubric, conversation, reply))]
         answer, attempts = await client.complete(
-            SYSTEM, messages, dict(client.target.params), None, *where, judge=parse_verdict
+            SYSTEM, messages, client.params(), None, *where, judge=parse_verdict
         )
     except ApiError as err:
         result["error"] = err.as_record()

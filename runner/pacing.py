@@ -33,20 +33,48 @@ GO_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6
 MAX_RESET_S = 3600.0  # a reset further away than this is nonsense (an epoch, 1e300): unsaid
 
 
-def reset_seconds(text: str) -> float | None:
-    """A reset time as OpenAI writes it (a Go duration: "1s", "6m0s", "20ms", "2m59.56s")
-    or as plain seconds ("0.5"); None when it is neither, or not a finite time within an
-    hour."""
+def go_duration(text: str) -> float | None:
+    """Seconds of a Go duration ("1s", "6m0s", "20ms", "2m59.56s") or of plain seconds
+    ("0.5"); None when it is neither."""
     try:
-        value: float | None = float(text)
+        return float(text)
     except ValueError:
         parts = GO_PART.findall(text)
         if not parts or sum(len(n) + len(u) for n, u in parts) != len(text.strip()):
             return None
-        value = sum(float(n) * GO_UNIT[u] for n, u in parts)
+        return sum(float(n) * GO_UNIT[u] for n, u in parts)
+
+
+Reset = Callable[[str], float | None]  # a reset header's text -> seconds until the reset
+
+
+def reset_seconds(text: str, parse: Reset = go_duration) -> float | None:
+    """A reset time read by `parse` (by default as OpenAI writes it, a Go duration); None
+    when it does not parse, or is not a finite time within an hour."""
+    value = parse(text)
     if value is None or not 0 <= value <= MAX_RESET_S:
         return None
     return value
+
+
+@dataclass(slots=True, frozen=True)
+class RateHeaders:
+    """How a server states its budgets, as its provider declares it: the header names (a
+    pattern of {field}, one of limit, remaining and reset, and {budget}, requests or tokens)
+    and how a reset reads."""
+
+    pattern: str = "x-ratelimit-{field}-{budget}"  # OpenAI's, and many compatible servers'
+    reset: Reset = go_duration
+
+    def names(self, budget: str) -> tuple[str, str, str]:
+        """The limit, remaining and reset headers of one budget."""
+        limit, left, reset = (
+            self.pattern.format(field=f, budget=budget) for f in ("limit", "remaining", "reset")
+        )
+        return limit, left, reset
+
+
+X_RATELIMIT = RateHeaders()
 
 
 @dataclass(slots=True, frozen=True)
@@ -66,9 +94,16 @@ class Budget:
     KEEP_S = 60.0  # empty moments older than this no longer anchor the rate
     MIN_BURST_S = 0.1  # the learned bucket holds at least this long of its rate
 
-    def __init__(self, kind: str, clock: Callable[[], float], sleep: Sleep, max_wait_s: float):
+    def __init__(
+        self,
+        kind: str,
+        clock: Callable[[], float],
+        sleep: Sleep,
+        max_wait_s: float,
+        headers: RateHeaders = X_RATELIMIT,
+    ):
         self.kind = kind
-        self.names = tuple(f"x-ratelimit-{w}-{kind}" for w in ("limit", "remaining", "reset"))
+        self.names, self.reset = headers.names(kind), headers.reset
         self._clock, self._sleep, self.max_wait_s = clock, sleep, max_wait_s
         self.rate = 0.0  # units a second the server refills; 0: nothing waits yet
         self.stated_rate = 0.0  # the rate the headers imply (used of limit over reset)
@@ -175,7 +210,7 @@ class Budget:
         """The rate the headers imply: the used part of the stated limit over its reset.
         `remaining` is rounded down, so this leans high by up to one unit over the reset; the
         answer with the most used (the most exact) counts, unless much older."""
-        seconds = reset_seconds(headers.get(self.names[2]) or "")
+        seconds = reset_seconds(headers.get(self.names[2]) or "", self.reset)
         try:
             used = float(headers.get(self.names[0])) - remaining
         except (TypeError, ValueError):
@@ -200,17 +235,19 @@ def remaining(headers: Any, name: str) -> float | None:
 
 class Pacer:
     """Paces one target to the request and token budgets its server enforces, learned from
-    its 429s and its x-ratelimit-* headers (OpenAI's, also sent by Azure OpenAI, Groq and many
-    OpenAI-compatible servers); a server that states nothing is paced by its 429s alone."""
+    its 429s and its rate-limit headers, named and read as its provider declares (by default
+    OpenAI's x-ratelimit-*, also sent by Azure OpenAI, Groq and many OpenAI-compatible
+    servers); a server that states nothing is paced by its 429s alone."""
 
     def __init__(
         self,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         max_wait_s: float = 60.0,
+        headers: RateHeaders = X_RATELIMIT,
     ):
-        self.requests = Budget("requests", clock, sleep, max_wait_s)
-        self.tokens = Budget("tokens", clock, sleep, max_wait_s)
+        self.requests = Budget("requests", clock, sleep, max_wait_s, headers)
+        self.tokens = Budget("tokens", clock, sleep, max_wait_s, headers)
 
     async def acquire(self, tokens: float) -> tuple[Mark, Mark]:
         """Wait until both budgets hold this request, charge it, and mark its sending."""

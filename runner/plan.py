@@ -114,7 +114,7 @@ class Plan:
 def sample_seed(scenario: Scenario, target: Target, sample: int, samples: int) -> int | None:
     """With repeat > 1, sample i sends seed (the given seed, else 0) + i, where the
     provider accepts one: samples differ, and a rerun sends the same seeds."""
-    if samples < 2 or not PROVIDERS[target.provider].accepts_seed:
+    if samples < 2 or not PROVIDERS[target.provider].capabilities.seed:
         return None
     base = {**target.params, **scenario.params}.get("seed", 0)
     return (base if isinstance(base, int) and not isinstance(base, bool) else 0) + sample
@@ -122,13 +122,14 @@ def sample_seed(scenario: Scenario, target: Target, sample: int, samples: int) -
 
 def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:
     """`context: server` needs a protocol that keeps history on the server."""
+    able = " or ".join(n for n, cls in PROVIDERS.items() if cls.capabilities.server_context)
     problems = [
-        f"{s.file}:{s.line}: scenario '{s.id}' uses context: server, which needs an "
-        f"openai-responses target; target '{t.name}' speaks {t.provider}"
+        f"{s.file}:{s.line}: scenario '{s.id}' uses context: server, which needs a target "
+        f"whose provider keeps the history ({able}); target '{t.name}' speaks {t.provider}"
         for s in scenarios
         if isinstance(s.context, Server)
         for t in targets
-        if not PROVIDERS[t.provider].supports_server_context
+        if not PROVIDERS[t.provider].capabilities.server_context
     ]
     if problems:
         raise InputError(problems)

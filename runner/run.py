@@ -15,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runner.conversation import first_request
 from runner.cost import total
+from runner.dryrun import dry_run
 from runner.engine import Budget, Outcome, execute
 from runner.errors import Exit, InputError, WriteError
 from runner.judge import judge_names
@@ -110,17 +110,6 @@ def _override(target: Target, inv: Invocation) -> Target:
         "idle_timeout_s": inv.idle_timeout_s,
     }
     return replace(target, **{k: v for k, v in changes.items() if v is not None})
-
-
-def dry_run(
-    plan: Plan, stream: bool, skip: set[str] | frozenset[str] = frozenset()
-) -> Iterator[str]:
-    """The first request of every planned conversation (but those in SKIP), secrets masked;
-    nothing is sent."""
-    for conv in plan:
-        if conv.id in skip:
-            continue
-        yield f"# {conv.id}\n{first_request(conv, stream)}\n"
 
 
 def file_hashes(scenarios: list[Scenario], models_file: str | None) -> dict[str, str]:

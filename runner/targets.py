@@ -20,17 +20,6 @@ from runner.ranges import MOCK
 from runner.ranges import TARGET as RANGES
 from runner.yamlnodes import Bad, Problems, Reader, json_only, node_line, read_documents
 
-DEFAULT_BASE_URL = {
-    "openai-chat": "https://api.openai.com/v1",
-    "openai-responses": "https://api.openai.com/v1",
-    "gemini": "https://generativelanguage.googleapis.com",
-}
-DEFAULT_KEY_ENV = {
-    "openai-chat": "OPENAI_API_KEY",
-    "openai-responses": "OPENAI_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-}
-AUTH_MODES = ("x-goog-api-key", "query", "bearer", "raw")
 NAME = "[A-Za-z_][A-Za-z0-9_]*"
 ENV_NAME = re.compile(rf"\$\{{({NAME})\}}|\$?({NAME})")  # $NAME and ${NAME} are read as NAME
 # a value pasted where a variable's name goes: a known key prefix, or long and of mixed case
@@ -72,11 +61,8 @@ class Target:
         return data
 
 
-BUILTIN = {
-    "mock": ("openai-chat", "mock-chat"),
-    "mock-responses": ("openai-responses", "mock-responses"),
-    "mock-gemini": ("gemini", "mock-gemini"),
-}
+# built-in targets, each provider's own against the in-process mock: name -> (provider, model)
+BUILTIN = {cls.mock_target[0]: (cls.name, cls.mock_target[1]) for cls in PROVIDERS.values()}
 FIELDS = tuple(f.name for f in dataclasses.fields(Target) if f.name not in ("name", "key"))
 TYPES: dict[str, tuple[type, ...]] = {
     "provider": (str,), "model": (str,), "base_url": (str,), "api_key_env": (str,),
@@ -91,7 +77,7 @@ TYPES: dict[str, tuple[type, ...]] = {
 
 def mock_base_url(provider: str, server_url: str) -> str:
     """The base URL a provider uses against the mock server at server_url."""
-    return server_url if provider == "gemini" else server_url + "/v1"
+    return PROVIDERS[provider].mock_base_url(server_url)
 
 
 def mock_fields() -> set[str]:
@@ -157,10 +143,22 @@ def _target(r: Reader, name: str, key_node: Node, node: Node) -> Target | None:
             r.report(node_line(key_node), f"target '{name}' needs '{required}'")
     if r.count() > start:
         return None
-    data.setdefault("base_url", DEFAULT_BASE_URL[data["provider"]])
+    provider = PROVIDERS[data["provider"]]
+    if data.get("auth") is not None and data["auth"] not in provider.auth_modes:
+        raise Bad(entries["auth"][1], _auth_problem(name, provider, data["auth"]))
+    data.setdefault("base_url", provider.default_base_url)
     if data.get("mock") is None:
-        data.setdefault("api_key_env", DEFAULT_KEY_ENV[data["provider"]])
+        data.setdefault("api_key_env", provider.key_env)
     return Target(name=name, **data)
+
+
+def _auth_problem(target: str, provider: type[Provider], auth: str) -> str:
+    """An auth mode the target's provider does not take: those it takes, the closest first."""
+    modes = provider.auth_modes
+    close = difflib.get_close_matches(auth, modes, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    takes = " or ".join(modes) if len(modes) < 3 else f"{', '.join(modes[:-1])} or {modes[-1]}"
+    return f"target '{target}': provider {provider.name} takes auth {takes}, not '{auth}'{hint}"
 
 
 def _field(r: Reader, node: Node, key: str, target: str) -> Any:
@@ -175,8 +173,6 @@ def _field(r: Reader, node: Node, key: str, target: str) -> Any:
         raise Bad(node, f"unknown provider '{value}'; use one of {', '.join(PROVIDERS)}")
     if key == "base_url" and (problem := url_problem(value)):
         raise Bad(node, f"'base_url' of target '{target}' {problem}")
-    if key == "auth" and value not in AUTH_MODES:
-        raise Bad(node, f"unknown auth '{value}'; use one of {', '.join(AUTH_MODES)}")
     if key == "mock" and set(value) - mock_fields():
         unknown, known = ", ".join(sorted(set(value) - mock_fields())), sorted(mock_fields())
         raise Bad(node, f"unknown mock option {unknown}; use {', '.join(known)}")
@@ -232,10 +228,12 @@ def url_problem(url: str) -> str | None:
 
 def _mock_numbers(options: dict[str, Any], node: Node, target: str) -> None:
     """The mock's numeric options, in the ranges its command line takes."""
+    from runner.mock.limits import HEADER_MODES
+
     for name, value in options.items():
-        if name == "limit_headers" and value not in ("openai", "window", "none"):
+        if name == "limit_headers" and value not in HEADER_MODES:
             raise Bad(node, f"mock option 'limit_headers' of target '{target}' must be "
-                      f"openai, window or none, got {value!r}")  # fmt: skip
+                      f"{', '.join(HEADER_MODES)}, got {value!r}")  # fmt: skip
         if name in MOCK and not MOCK[name].holds(value):
             want = MOCK[name].text()
             raise Bad(
@@ -280,8 +278,9 @@ def _lookup(name: str, models: dict[str, Target], base_url: str | None) -> Targe
         return builtin(name)
     provider, sep, model = name.partition(":")
     if sep and provider in PROVIDERS and model:
-        url = base_url or DEFAULT_BASE_URL[provider]
-        return Target(name, provider, model, base_url=url, api_key_env=DEFAULT_KEY_ENV[provider])
+        cls = PROVIDERS[provider]
+        url = base_url or cls.default_base_url
+        return Target(name, provider, model, base_url=url, api_key_env=cls.key_env)
     known = ", ".join([*models, *BUILTIN])
     raise InputError(
         f"unknown target '{name}'{_target_hint(name, [*models, *BUILTIN])}: use a name from the "

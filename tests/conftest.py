@@ -243,7 +243,9 @@ def holding_one(within: int, among: int, **options: Any) -> dict[str, Any]:
 
 
 def write_models(path: Path, base_url: str, **extra: Any) -> Path:
-    """A models file with one target per protocol, all pointing at one mock server."""
+    """A models file with one target per protocol, all pointing at one mock server; `auth`
+    goes to the gemini target only (the OpenAI protocols take bearer alone)."""
+    auth = extra.pop("auth", None)
     common = {"api_key_env": "TEST_API_KEY", "max_wait_s": 0.2, **extra}
     targets = {
         "chat": {"provider": "openai-chat", "base_url": base_url + "/v1", "model": "m-chat"},
@@ -256,6 +258,8 @@ def write_models(path: Path, base_url: str, **extra: Any) -> Path:
     }
     for target in targets.values():
         target.update(common)
+    if auth is not None:
+        targets["gemini"]["auth"] = auth
     path.write_text(json.dumps({"targets": targets}), encoding="utf-8")
     return path
 

@@ -325,7 +325,9 @@ def test_every_conversation_completes_against_a_concurrency_limited_server(tmp_p
 def fake_time(monkeypatch, clock: FakeClock) -> None:
     """The runner's pacing and retry waits on `clock` (the server shares it)."""
     monkeypatch.setattr(
-        runner.client, "Pacer", lambda max_wait_s: Pacer(clock, clock.sleep, max_wait_s)
+        runner.client,
+        "Pacer",
+        lambda max_wait_s, headers: Pacer(clock, clock.sleep, max_wait_s, headers),
     )
     monkeypatch.setattr(
         runner.client, "retrying", partial(runner.retry.retrying, sleep=clock.sleep)

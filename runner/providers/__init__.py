@@ -1,4 +1,8 @@
-"""Protocol adapters, one file each, looked up by provider name."""
+"""Protocol adapters, one file each, looked up by provider name: the registry.
+
+A protocol is one Provider subclass in its own file (what it declares: providers/base.py);
+registering it is its entry in the tuple below (README, "Adding a protocol").
+"""
 
 from runner.providers.base import Call, Provider, Reply, Request
 from runner.providers.gemini import Gemini

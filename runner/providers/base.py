@@ -1,25 +1,28 @@
-"""What every protocol adapter provides, and the one HTTP attempt they share."""
+"""What every protocol adapter declares and provides, and the shape checks they share.
+
+A provider class owns its protocol: its name, default base URL, key variable, auth modes,
+default params, capabilities, which answers mean "overloaded", how its rate-limit headers
+read, and its built-in mock target; it builds requests from typed messages and reads
+replies. The rest of the runner reads these declarations and names no provider.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import aiohttp
-
-from runner.encoding import clean_text, from_json
+from runner.encoding import from_json
 from runner.errors import ApiError, Kind
 from runner.finish import normalise
-from runner.providers.body import Limits, chunks, read_body
-from runner.providers.drain import drain
-from runner.providers.sse import iter_sse
+from runner.messages import Message
+from runner.pacing import X_RATELIMIT, RateHeaders
 from runner.records import Usage, no_usage
 
 
@@ -44,11 +47,11 @@ class Reply:
 
 @dataclass(slots=True)
 class Call:
-    """What one turn asks of a model: messages are role/content dicts, the system prompt
-    apart; previous_id chains to a stored response (server context)."""
+    """What one turn asks of a model: the messages (the system prompt apart), each mapped
+    to the wire by the provider; previous_id chains to a stored response (server context)."""
 
     system: str | None
-    messages: list[dict[str, str]]
+    messages: list[Message]
     params: dict[str, Any]
     stream: bool
     previous_id: str | None = None
@@ -73,7 +76,6 @@ class Request:
         return "\n".join([*lines, "", mask(body, key, hidden)])
 
 
-LIMITS = Limits()  # the defaults: 32 MB, 30 s idle
 SECRET_HEADERS = {"authorization", "x-goog-api-key", "api-key", "x-api-key"}
 KEY_PARAM = re.compile(r"([?&]key=)[^&#\s]+")
 KEY_PREFIX = 8  # this many leading characters of a key, or more, are masked wherever seen
@@ -126,18 +128,42 @@ class StreamState:
         raise NotImplementedError
 
 
-class Provider:
-    """A protocol adapter: builds requests, reads replies, classifies errors."""
+@dataclass(slots=True, frozen=True)
+class Capabilities:
+    """What a protocol can do beyond text turns with the whole history sent each time."""
 
-    name = ""
-    supports_server_context = False
-    accepts_seed = False  # a `seed` param makes sampling reproducible
+    server_context: bool = False  # keeps the history on the server (context: server)
+    seed: bool = False  # a `seed` param makes sampling reproducible
+    stream_usage: bool = False  # a stream reports token usage
+    batch: bool = False  # a batch API takes many requests at once
+    images: bool = False  # image parts in messages
+    tools: bool = False  # tool calls and tool results
+
+
+class Provider:
+    """A protocol adapter: its declarations (below), then building requests, reading
+    replies and classifying errors. Register a subclass in runner/providers/__init__.py."""
+
+    name: ClassVar[str] = ""  # `provider:` in the models file, PROVIDER in -m PROVIDER:MODEL
+    default_base_url: ClassVar[str] = ""  # its path is where the API sits on a mock server
+    key_env: ClassVar[str] = ""  # the environment variable of the key, unless api_key_env says
+    auth_modes: ClassVar[tuple[str, ...]] = ("bearer",)  # `auth:` values; the first by default
+    default_params: ClassVar[Mapping[str, Any]] = {}  # under the target's and scenario's params
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    overloaded: ClassVar[frozenset[int]] = frozenset({429, 503})  # too many requests in flight
+    rate_headers: ClassVar[RateHeaders] = X_RATELIMIT  # how its rate-limit headers read
+    mock_target: ClassVar[tuple[str, str]] = ("", "")  # the built-in target: its name, model
 
     def __init__(self, base_url: str, model: str, key: str | None, auth: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.key = key
-        self.auth = auth
+        self.auth = auth or self.auth_modes[0]
+
+    @classmethod
+    def mock_base_url(cls, server_url: str) -> str:
+        """The base URL against a mock server at server_url: the API's path on it."""
+        return server_url + urlsplit(cls.default_base_url).path.rstrip("/")
 
     def build(self, call: Call) -> Request:
         """The HTTP request for one call."""
@@ -291,110 +317,3 @@ def seconds(value: Any) -> float | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return max(0.0, number) if math.isfinite(number) else None
-
-
-async def send(
-    session: aiohttp.ClientSession, provider: Provider, req: Request, limits: Limits = LIMITS
-) -> Reply:
-    """One HTTP attempt; transport failures become retryable ApiErrors, and a body that
-    cannot be read as the protocol defines is malformed (retryable)."""
-    try:
-        reply = await _send(session, provider, req, limits)
-    except ApiError:
-        raise
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise unreachable(exc, req.url) from None  # before ValueError: a bad certificate is one
-    except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError) as exc:
-        # JSON of the wrong shape (a gateway's own envelope, say): retried like a bad body
-        raise malformed(f"unexpected response shape: {type(exc).__name__}: {exc}") from None
-    except TimeoutError:
-        raise ApiError(Kind.TIMEOUT, "the request timed out", retryable=True) from None
-    except aiohttp.ClientPayloadError as exc:
-        raise ApiError(Kind.STREAM, f"the response was cut off: {exc}", retryable=True) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ApiError(Kind.CONNECTION, f"{type(exc).__name__}: {exc}", retryable=True) from None
-    reply.text = clean_text(want(reply.text, str, "the reply text"))
-    return reply
-
-
-def unreachable(exc: aiohttp.ClientError, url: str) -> ApiError:
-    """No connection was made (refused, DNS, TLS, connect timeout): retryable, and counted
-    attempt by attempt towards a target's fail-fast breaker. Names the host and port."""
-    parts = urlsplit(url)
-    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-    cause: object = exc
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        where, cause = f"{exc.host}:{exc.port}", exc.os_error
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        why = "no answer within connect_timeout_s"
-    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
-        why = f"the host name does not resolve ({_reason(cause)})"
-    elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        why = f"its TLS certificate is not trusted ({exc.certificate_error})"
-    elif isinstance(exc, aiohttp.ClientSSLError):
-        why = f"the TLS handshake failed; http or https? ({getattr(cause, 'reason', '') or cause})"
-    elif isinstance(cause, ConnectionRefusedError):
-        why = "connection refused (nothing listens there)"
-    else:
-        why = f"{type(cause).__name__}: {_reason(cause)}"
-    return ApiError(
-        Kind.CONNECTION, f"cannot connect to {where}: {why}", retryable=True, unreachable=True
-    )
-
-
-def _reason(cause: object) -> str:
-    """An OS error's own words, without its errno."""
-    return str(getattr(cause, "strerror", None) or cause)
-
-
-async def _send(
-    session: aiohttp.ClientSession, provider: Provider, req: Request, limits: Limits
-) -> Reply:
-    start = time.perf_counter()
-    # an API call never needs a redirect, and following one may carry the key elsewhere
-    async with session.post(
-        req.url, data=req.body, headers=req.headers, allow_redirects=False
-    ) as resp:
-        if resp.status >= 300:
-            err = await answered_error(resp, provider, limits)
-            err.headers = resp.headers
-            raise err
-        if not req.stream:
-            reply = provider.parse(loads(await read_body(resp, limits), "response body"))
-            reply.latency_ms = reply.ttft_ms = (time.perf_counter() - start) * 1000
-            reply.headers = resp.headers
-            return reply
-        state = provider.stream_state()
-        ttft = None
-        async with contextlib.aclosing(chunks(resp, limits)) as body:
-            async for event, data in iter_sse(body, limits.max_bytes):
-                done = state.feed(event, data)
-                if ttft is None and state.started:
-                    ttft = (time.perf_counter() - start) * 1000
-                if done:
-                    break
-        reply = state.reply()
-        reply.latency_ms = (time.perf_counter() - start) * 1000
-        reply.ttft_ms = ttft
-        reply.headers = resp.headers
-        await drain(resp.content)
-        return reply
-
-
-async def answered_error(
-    resp: aiohttp.ClientResponse, provider: Provider, limits: Limits
-) -> ApiError:
-    """The error a 3xx, 4xx or 5xx answer stands for; its body is read within the limits."""
-    if resp.status < 400:
-        where = resp.headers.get("Location", "")
-        return ApiError(
-            Kind.HTTP,
-            f"HTTP {resp.status}: the server redirects to {where!r}; API calls are not "
-            "redirected (point base_url at the final address)",
-            status=resp.status,
-        )
-    text = (await read_body(resp, limits)).decode("utf-8", "replace")
-    err = provider.error(resp.status, resp.headers, text)
-    if resp.status in (404, 405):  # most often a wrong base_url or model: say what was called
-        err.message = f"{err.message} (POST {resp.url} answered {resp.status})"
-    return err

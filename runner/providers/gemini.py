@@ -8,8 +8,9 @@ from urllib.parse import quote
 
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
+from runner.messages import Message
 from runner.providers import base
-from runner.providers.base import Call, Provider, Reply, Request, StreamState
+from runner.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
 from runner.records import Usage, no_usage
 
 # scenario params (OpenAI-style or Gemini-style names) -> generationConfig keys
@@ -57,18 +58,24 @@ def gemini_usage(raw: Any) -> Usage:
     )
 
 
+def gemini_content(message: Message) -> dict[str, Any]:
+    """A message as a Gemini content: the assistant is the "model"; each part a part."""
+    role = "model" if message.role == "assistant" else "user"
+    return {"role": role, "parts": [{"text": part.text} for part in message.parts]}
+
+
 class Gemini(Provider):
     name = "gemini"
-    accepts_seed = True  # generationConfig.seed
+    default_base_url = "https://generativelanguage.googleapis.com"
+    key_env = "GEMINI_API_KEY"
+    auth_modes = ("x-goog-api-key", "query", "bearer", "raw")
+    capabilities = Capabilities(  # seed: generationConfig.seed
+        seed=True, stream_usage=True, batch=True, images=True, tools=True
+    )
+    mock_target = ("mock-gemini", "mock-gemini")
 
     def build(self, call: Call) -> Request:
-        contents = [
-            {
-                "role": "model" if m["role"] == "assistant" else "user",
-                "parts": [{"text": m["content"]}],
-            }
-            for m in call.messages
-        ]
+        contents = [gemini_content(m) for m in call.messages]
         body: dict[str, Any] = {"contents": contents}
         if call.system is not None:
             body["systemInstruction"] = {"parts": [{"text": call.system}]}
@@ -89,7 +96,7 @@ class Gemini(Provider):
     def _authorize(self, url: str, headers: dict[str, str]) -> str:
         if not self.key:
             return url
-        auth = self.auth or "x-goog-api-key"
+        auth = self.auth
         if auth == "query":
             return f"{url}{'&' if '?' in url else '?'}key={quote(self.key, safe='')}"
         if auth == "bearer":

@@ -7,8 +7,9 @@ from typing import Any, cast
 
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
+from runner.messages import Message
 from runner.providers import base
-from runner.providers.base import Call, Provider, Reply, Request, StreamState
+from runner.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
 from runner.records import Usage, no_usage
 
 
@@ -77,8 +78,18 @@ def first_choice(choices: list[Any]) -> dict[str, Any]:
     raise base.malformed("the response has no choice of index 0")
 
 
+def openai_message(message: Message) -> dict[str, str]:
+    """A message as both OpenAI protocols take it: text content as a string."""
+    return {"role": message.role, "content": message.text}
+
+
 class OpenAIProvider(Provider):
-    """What the two OpenAI protocols share: bearer auth and the error envelope."""
+    """What the two OpenAI protocols share: bearer auth, the key variable, the error
+    envelope, x-ratelimit-* headers with Go-duration resets (the defaults of Provider)."""
+
+    default_base_url = "https://api.openai.com/v1"
+    key_env = "OPENAI_API_KEY"
+    auth_modes = ("bearer",)
 
     @cached_property
     def headers(self) -> dict[str, str]:
@@ -94,12 +105,13 @@ class OpenAIProvider(Provider):
 
 class OpenAIChat(OpenAIProvider):
     name = "openai-chat"
-    accepts_seed = True
+    capabilities = Capabilities(seed=True, stream_usage=True, batch=True, images=True, tools=True)
+    mock_target = ("mock", "mock-chat")
 
     def build(self, call: Call) -> Request:
-        messages = call.messages
+        messages = [openai_message(m) for m in call.messages]
         if call.system is not None:
-            messages = [{"role": "system", "content": call.system}, *messages]
+            messages.insert(0, {"role": "system", "content": call.system})
         body = {"model": self.model, "messages": messages, **call.params}
         if call.stream:
             body["stream"] = True

@@ -9,6 +9,7 @@ from runner.encoding import to_json
 from runner.errors import ApiError, Kind
 from runner.providers.base import (
     Call,
+    Capabilities,
     Reply,
     Request,
     StreamState,
@@ -18,7 +19,7 @@ from runner.providers.base import (
     text_or_none,
     want,
 )
-from runner.providers.openai_chat import OpenAIProvider, openai_usage
+from runner.providers.openai_chat import OpenAIProvider, openai_message, openai_usage
 
 # scenario params that belong in the `reasoning` object
 REASONING_KEYS = {"reasoning_effort": "effort", "reasoning_summary": "summary"}
@@ -62,12 +63,16 @@ def output_text(output: list[Any]) -> str:
 
 class OpenAIResponses(OpenAIProvider):
     name = "openai-responses"
-    supports_server_context = True
+    capabilities = Capabilities(
+        server_context=True, stream_usage=True, batch=True, images=True, tools=True
+    )
+    mock_target = ("mock-responses", "mock-responses")
 
     def build(self, call: Call) -> Request:
         # the system prompt goes in `instructions`: it is not carried over by
         # previous_response_id, so it is sent again on every turn
-        body: dict[str, Any] = {"model": self.model, "input": call.messages}
+        messages = [openai_message(m) for m in call.messages]
+        body: dict[str, Any] = {"model": self.model, "input": messages}
         if call.system is not None:
             body["instructions"] = call.system
         body.update(self._params(call.params))
@@ -115,7 +120,7 @@ class ResponsesStream(StreamState):
         if data == "[DONE]":
             return self.final is not None
         payload = want(loads(data, "stream event"), dict, "a stream event")
-        kind = payload.get("type") or event
+        kind = text_or_none(payload.get("type"), "an event's type") or event
         if kind == "response.output_text.delta":
             self.parts.append(text_or_none(payload.get("delta"), "a text delta") or "")
             self.started = True
