@@ -88,12 +88,16 @@ class TargetClient:
         conversation_id: str,
         turn: int,
         judge: Verdict | None = None,
+        cache: bool | None = None,
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts).
 
         With `judge`, this is a judge's request: its attempts are recorded as such, and a
-        reply that `judge` refuses is retried like a malformed body."""
-        request = self.provider.build(Call(system, messages, params, self.stream, previous_id))
+        reply that `judge` refuses is retried like a malformed body. `cache` (None: the
+        target's `cache`) asks for prompt cache marks."""
+        marks = self.target.cache if cache is None else cache
+        call = Call(system, messages, params, self.stream, previous_id, marks)
+        request = self.provider.build(call)
 
         def attempt(n: int) -> Any:
             return self._attempt(request, conversation_id, turn, n, judge)

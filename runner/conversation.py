@@ -48,7 +48,7 @@ async def run_conversation(
         n_sent = len(sent) + (system is not None)
         try:
             reply, attempts = await client.complete(
-                system, sent, params, previous_id, conv.id, len(turns)
+                system, sent, params, previous_id, conv.id, len(turns), cache=scenario.cache
             )
             _check_reply(reply, scenario)
         except ApiError as err:

@@ -27,6 +27,7 @@ from runner.yamlnodes import (
     Parser,
     Problems,
     Reader,
+    boolean,
     json_mapping,
     mapping_keys,
     node_line,
@@ -84,6 +85,7 @@ class Scenario:
     vars_file: RowsFile | None = None  # one conversation per row, crossed with vars
     repeat: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)  # carried into the records
+    cache: bool | None = None  # prompt cache marks (None: as the target says)
 
     def var_count(self) -> int:
         """Number of var combinations (1 when there are no vars), times the file's rows."""
@@ -106,6 +108,7 @@ SCENARIO_KEYS = (
     "vars_file",
     "repeat",
     "metadata",
+    "cache",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
 USER_TURN_KEYS = ("user", "expect", "params")
@@ -290,5 +293,6 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "vars_file": string,
     "repeat": positive_int,
     "metadata": json_mapping,
+    "cache": boolean,
 }
 TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}

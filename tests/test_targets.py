@@ -52,8 +52,14 @@ TARGET = "targets:\n  x:\n"  # the target's name is on line 2; its fields start 
         (["provider: gemini", "model: m", "rpm: fast", "stream: 1"],
          [(5, "'rpm' of target 'x' must be int or float"),
           (6, "'stream' of target 'x' must be bool")]),
-        (["provider: anthropic", "model: m"],
-         [(3, "unknown provider 'anthropic'; use one of openai-chat, openai-responses, gemini")]),
+        (["provider: claude", "model: m"],
+         [(3, "unknown provider 'claude'; use one of openai-chat, openai-responses, gemini, "
+              "anthropic")]),
+        (["provider: openai-chat", "model: m", "cache: true"],
+         [(5, "target 'x': cache: true marks the prompt for providers with cache marks "
+              "(anthropic); provider openai-chat has none")]),
+        (["provider: anthropic", "model: m", "auth: query"],
+         [(5, "target 'x': provider anthropic takes auth x-api-key or bearer, not 'query'")]),
         (["model: m"], [(2, "target 'x' needs 'provider'")]),
         (["provider: openai-chat"], [(2, "target 'x' needs 'model'")]),
     ],

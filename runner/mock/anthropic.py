@@ -101,7 +101,8 @@ def parse_system(body: dict[str, Any]) -> list[Turn]:
 
 
 def parse_turns(body: dict[str, Any]) -> list[Turn]:
-    """System plus messages; consecutive same-role messages combined, as the API does."""
+    """System plus messages. Consecutive same-role messages are taken, not refused (the API
+    combines them into one turn; the mock model sees each, as the other protocols' do)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise MockError(400, "messages: at least one message is required")
@@ -110,11 +111,7 @@ def parse_turns(body: dict[str, Any]) -> list[Turn]:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("user", "assistant"):
             raise MockError(400, f"messages.{i}.role: must be 'user' or 'assistant'")
-        turn = blocks_turn(role, message.get("content"), f"messages.{i}")
-        if turns and turns[-1].role == role:
-            prev = turns.pop()
-            turn = Turn(role, f"{prev.text}\n\n{turn.text}", turn.ttl or prev.ttl)
-        turns.append(turn)
+        turns.append(blocks_turn(role, message.get("content"), f"messages.{i}"))
     if body.get("cache_control") is not None:  # automatic caching: the last message
         last = turns.pop()
         turns.append(Turn(last.role, last.text, cache_ttl(body, "request")))
