@@ -65,7 +65,9 @@ async def _firsts(batch: list[Conversation], dries: dict[str, Dry], stream: bool
 
 def _dry(target: Target, stream: bool) -> Dry:
     """The target as a dry run shows it: a mock's address as a placeholder, an unset key as
-    UNSET (a dry run does not need the key); its client captures instead of sending."""
+    UNSET (a dry run does not need the key); its client captures instead of sending, and
+    does not wait for its rpm and tpm (nothing is sent)."""
+    target = replace(target, rpm=None, tpm=None)
     if target.mock is not None:
         target = replace(target, base_url=mock_base_url(target.provider, MOCK_PLACEHOLDER))
     hidden = HIDDEN

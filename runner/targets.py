@@ -156,7 +156,8 @@ def _target(r: Reader, name: str, key_node: Node, node: Node) -> Target | None:
 
 
 def _auth_problem(target: str, provider: type[Provider], auth: str) -> str:
-    """An auth mode the target's provider does not take: those it takes, the closest first."""
+    """An auth mode the target's provider does not take: the modes it takes, and the
+    closest of them when there is one."""
     modes = provider.auth_modes
     close = difflib.get_close_matches(auth, modes, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -246,7 +247,7 @@ def _mock_numbers(options: dict[str, Any], node: Node, target: str) -> None:
     for name, value in options.items():
         if name == "limit_headers" and value not in HEADER_MODES:
             raise Bad(node, f"mock option 'limit_headers' of target '{target}' must be "
-                      f"{', '.join(HEADER_MODES)}, got {value!r}")  # fmt: skip
+                      f"one of {', '.join(HEADER_MODES)}, got {value!r}")  # fmt: skip
         if name in MOCK and not MOCK[name].holds(value):
             want = MOCK[name].text()
             raise Bad(

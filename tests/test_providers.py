@@ -242,3 +242,11 @@ def test_a_dry_run_shows_the_first_request_a_run_sends(tmp_path, mock_server, ta
     sent = [r["json"] for r in mock_server.requests]
     assert len(shown) == 4 and shown == sent[::2]  # each conversation's first of two
     assert KEY not in dry.result.output
+
+
+def test_a_dry_run_does_not_wait_for_the_targets_rates(tmp_path, mock_server):
+    scenario = "id: r\nturns: ['hi {{n}}']\nvars: {n: [1, 2, 3]}\n"
+    slow = {"rpm": 0.001, "tpm": 0.001}  # a second request would wait for days
+    dry = play(tmp_path, scenario, "--dry-run", server=mock_server, models=slow)
+    assert dry.result.exit_code == 0, dry.result.output
+    assert dry.result.stdout.count("# r[") == 3 and mock_server.requests == []
