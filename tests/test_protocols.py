@@ -279,7 +279,13 @@ def test_models_example_loads_and_names_keys_only_by_variable():
 
     root = Path(__file__).resolve().parent.parent
     targets = load_models(str(root / "models.example.yaml"))
-    assert {t.provider for t in targets.values()} == {"openai-chat", "openai-responses", "gemini"}
+    assert {t.provider for t in targets.values()} == {
+        "openai-chat",
+        "openai-responses",
+        "gemini",
+        "anthropic",
+    }
+    assert targets["claude-sonnet"].cache is True
     assert targets["gemini-flash"].auth == "raw"
     assert targets["gpt52-pro"].params["reasoning"] == {"effort": "high"}
     assert targets["gemini-direct"].base_url == "https://generativelanguage.googleapis.com"
