@@ -51,7 +51,7 @@ def test_the_request_on_the_wire(tmp_path, mock_server):
 
 
 def test_bearer_auth_a_version_a_beta_and_max_tokens_under_other_names(tmp_path, mock_server):
-    params = {"anthropic_version": "2026-10-21", "anthropic_beta": "a-beta"}
+    params = {"anthropic_version": "2026-10-21", "anthropic_beta": ["a-beta", "b-beta"]}
     text = models(mock_server.base_url, auth="bearer", params=params)
     scenario = TWO + "params: {max_completion_tokens: 300, stop: '###'}\n"
     played = play(tmp_path, scenario, models=text, targets=("claude",))
@@ -60,7 +60,7 @@ def test_bearer_auth_a_version_a_beta_and_max_tokens_under_other_names(tmp_path,
         headers = request["headers"]
         assert headers["authorization"] == f"Bearer {KEY}" and "x-api-key" not in headers
         assert headers["anthropic-version"] == "2026-10-21"
-        assert headers["anthropic-beta"] == "a-beta"
+        assert headers["anthropic-beta"] == "a-beta,b-beta"
         body = request["json"]
         assert body["max_tokens"] == 300 and body["stop_sequences"] == ["###"]
         assert not {"anthropic_version", "anthropic_beta", "max_completion_tokens"} & set(body)

@@ -84,8 +84,8 @@ def text_blocks(blocks: list[Any]) -> str:
 
 def wire_message(message: Message, mark: bool) -> dict[str, Any]:
     """A message as Anthropic takes it: text as a string, or as text blocks whose last
-    carries the cache mark."""
-    if not mark:
+    carries the cache mark (an empty text cannot be a block: it goes unmarked)."""
+    if not mark or not message.text:
         return {"role": message.role, "content": message.text}
     blocks: list[dict[str, Any]] = [{"type": "text", "text": p.text} for p in message.parts]
     blocks[-1]["cache_control"] = dict(EPHEMERAL)
@@ -127,16 +127,13 @@ class Anthropic(Provider):
     def build(self, call: Call) -> Request:
         headers, params = self.headers, call.params
         if any(k in params for k in HEADER_PARAMS):
-            headers = {**headers, **{HEADER_PARAMS[k]: str(v) for k, v in params.items()
-                                     if k in HEADER_PARAMS and v is not None}}  # fmt: skip
+            headers = {**headers, **header_params(params)}
         last = len(call.messages) - 1
         messages = [wire_message(m, call.cache and i == last) for i, m in enumerate(call.messages)]
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if call.system is not None:
-            mark = {"cache_control": dict(EPHEMERAL)} if call.cache else None
-            body["system"] = (
-                [{"type": "text", "text": call.system, **mark}] if mark else call.system
-            )
+            system = {"type": "text", "text": call.system, "cache_control": dict(EPHEMERAL)}
+            body["system"] = [system] if call.cache and call.system else call.system
         body.update(wire_params(params))
         if call.stream:
             body["stream"] = True
@@ -169,6 +166,16 @@ class Anthropic(Provider):
         if isinstance(err, dict):
             message = f"{err.get('type', '')}: {err.get('message', '')}".strip(": ")
         return base.classify(status, message, base.retry_after(headers))
+
+
+def header_params(params: dict[str, Any]) -> dict[str, str]:
+    """The headers params give: anthropic_version, anthropic_beta (a list joined by commas)."""
+    out = {}
+    for key, name in HEADER_PARAMS.items():
+        value = params.get(key)
+        if value is not None:
+            out[name] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return out
 
 
 def wire_params(params: dict[str, Any]) -> dict[str, Any]:
