@@ -191,7 +191,7 @@ def test_the_mock_limits_are_read_from_its_anthropic_headers():
     assert 0 < client.pacer.requests.stated_rate < 10
 
 
-def ten_turns(tmp_path: Any) -> Any:
+def ten_turns(tmp_path: Any, stream: str) -> Any:
     """A 10-turn conversation with a long system prompt, on two targets of one in-process
     mock each: without and with `cache: true`."""
     system = "You are a careful assistant. " * 70
@@ -200,7 +200,7 @@ def ten_turns(tmp_path: Any) -> Any:
     price = {"input_per_mtok": 3.0, "cached_input_per_mtok": 0.3, "output_per_mtok": 15.0}
     plain = {"provider": "anthropic", "model": "m", "mock": {}, "price": price}
     text = json.dumps({"targets": {"plain": plain, "cached": {**plain, "cache": True}}})
-    return play(tmp_path, scenario, models=text, targets=("plain", "cached"))
+    return play(tmp_path, scenario, stream, models=text, targets=("plain", "cached"))
 
 
 def input_cost(usage: dict[str, int], price: dict[str, float]) -> float:
@@ -208,8 +208,9 @@ def input_cost(usage: dict[str, int], price: dict[str, float]) -> float:
     return cost(usage, {**price, "output_per_mtok": 0.0}) or 0.0
 
 
-def test_prompt_caching_cuts_the_input_cost_of_ten_turns(tmp_path):
-    played = ten_turns(tmp_path)
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_prompt_caching_cuts_the_input_cost_of_ten_turns(tmp_path, stream):
+    played = ten_turns(tmp_path, stream)
     assert played.result.exit_code == 0, played.result.output
     records = {r["target"]: r for r in played.transcripts}
     plain, cached = records["plain"], records["cached"]
