@@ -155,8 +155,8 @@ def test_rfc3339_resets():
     assert rfc3339_seconds("in 5 s") is None
 
 
-def test_anthropic_rate_limit_headers_feed_the_pacer():
-    client = TargetClient(Target("t", "anthropic", "m"), False, lambda r: None)
+def test_anthropic_rate_limit_headers_feed_the_pacer_and_529_is_an_overload():
+    client = TargetClient(Target("t", "anthropic", "m", concurrency=32), False, lambda r: None)
     reset = (datetime.now(UTC) + timedelta(seconds=60)).isoformat()
 
     async def said() -> None:
@@ -166,10 +166,18 @@ def test_anthropic_rate_limit_headers_feed_the_pacer():
                                "anthropic-ratelimit-requests-reset": reset,
                                "x-ratelimit-remaining-requests": "0"})  # fmt: skip
         client.pacer.answered(headers, marks, 10)
+        error = client.provider.error(
+            529,
+            CIMultiDict(),
+            '{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}',
+        )
+        assert error.retryable and error.message == "overloaded_error: Overloaded"
+        client._failed(error, await client.limit.acquire(), marks, 10)
 
     asyncio.run(said())
     assert client.pacer.requests.stated_rate == pytest.approx(0.5, rel=0.1)  # 30 over 60 s
     assert not client.pacer.requests.empties  # x-ratelimit-* is not its name: not read
+    assert client.limit.limit < 32  # fewer requests in flight after an overload
 
 
 def test_the_mock_limits_are_read_from_its_anthropic_headers():
