@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 from typing import Any
 
 import regex
 
+from runner import pycheck
 from runner.errors import ApiError, Kind
+from runner.expects import Schema, Similar
 from runner.scenarios import Expect, fill
 
 REGEX_TIMEOUT_S = 1.0  # a regex check that takes longer is an error of kind check_timeout
 
 
 async def evaluate(
-    expect: Expect, text: str, finish_reason: str | None, latency_ms: float, values: dict[str, Any]
+    expect: Expect,
+    text: str,
+    finish_reason: str | None,
+    latency_ms: float,
+    values: dict[str, Any],
+    about: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every check of `expect`; each result has kind, passed and a reason. A regex is
     searched in a worker thread (the `regex` package lets go of the GIL), so that the event
-    loop goes on (requests, their timers, signals) while it runs, for REGEX_TIMEOUT_S at most."""
+    loop goes on (requests, their timers, signals) while it runs, for REGEX_TIMEOUT_S at most;
+    python checks run in threads too (runner/pycheck.py), given ABOUT: (turn, conversation)."""
     found_regex = None
     if expect.regex is not None:
         found_regex = await asyncio.to_thread(_regex, expect, text, values)
@@ -47,14 +56,33 @@ async def evaluate(
         ok = fold(text.strip()) == fold(want.strip())
         add("equals", ok, "equal" if ok else f"expected {want!r}")
     if expect.json:
-        add("json", *_parses(text))
+        add("json", *_parses(text)[:2])
+    if expect.json_schema is not None:
+        add("json_schema", *_validates(expect.json_schema, text))
+    if expect.similar is not None:  # quadratic in the lengths: beside the event loop
+        add("similar", *await asyncio.to_thread(_similar, expect.similar, text, values, fold))
     if expect.max_latency_ms is not None:
         ok = latency_ms <= expect.max_latency_ms
         add("max_latency_ms", ok, f"{latency_ms:.0f} ms (limit {expect.max_latency_ms:g})")
     if expect.finish_reason is not None:
         ok = finish_reason == expect.finish_reason.lower()  # both normalised: runner/finish.py
         add("finish_reason", ok, f"finish reason {finish_reason!r}")
+    for check in expect.python:
+        results.append(await _python(check, text, about))
     return results
+
+
+async def _python(
+    check: pycheck.PythonCheck, text: str, about: tuple[dict[str, Any], dict[str, Any]] | None
+) -> dict[str, Any]:
+    """A python check's result; its exception, a value that is no verdict, or a call that
+    does not end is an error of the check, never a pass."""
+    turn, conversation = about or ({}, {})
+    try:
+        passed, reason = await pycheck.run(check, text, turn, conversation)
+    except ApiError as err:
+        return _error("python", err, name=check.name)
+    return {"kind": "python", "name": check.name, "passed": passed, "reason": reason}
 
 
 def _regex(expect: Expect, text: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -68,9 +96,9 @@ def _regex(expect: Expect, text: str, values: dict[str, Any]) -> dict[str, Any]:
         ok = found is not None
     except TimeoutError:
         message = f"/{pattern}/ took more than {REGEX_TIMEOUT_S:g} s on this reply"
-        return _error(ApiError(Kind.CHECK_TIMEOUT, message))
+        return _error("regex", ApiError(Kind.CHECK_TIMEOUT, message))
     except regex.error as exc:  # checked with every var combination at load time
-        return _error(ApiError(Kind.INTERNAL, f"bad regex /{pattern}/: {exc}"))
+        return _error("regex", ApiError(Kind.INTERNAL, f"bad regex /{pattern}/: {exc}"))
     return {
         "kind": "regex",
         "passed": ok,
@@ -78,10 +106,10 @@ def _regex(expect: Expect, text: str, values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _error(err: ApiError) -> dict[str, Any]:
-    """A regex check that could not be made: failed, with the error (as a judge's is)."""
-    reason = f"regex error ({err.kind}): {err.message}"
-    return {"kind": "regex", "passed": False, "reason": reason, "error": err.as_record()}
+def _error(kind: str, err: ApiError, **extra: Any) -> dict[str, Any]:
+    """A check that could not be made: failed, with the error (as a judge's is)."""
+    reason = f"{kind} error ({err.kind}): {err.message}"
+    return {"kind": kind, **extra, "passed": False, "reason": reason, "error": err.as_record()}
 
 
 def _same(s: str) -> str:
@@ -92,12 +120,43 @@ def _all(items: tuple[str, ...], values: dict[str, Any]) -> list[str]:
     return [fill(s, values) for s in items]
 
 
-def _parses(text: str) -> tuple[bool, str]:
+def _parses(text: str) -> tuple[bool, str, Any]:
+    """(whether the reply is JSON, the reason, the parsed value)."""
     body = text.strip()
     if body.startswith("```"):  # a fenced block is still JSON to a reader
         body = body.strip("`").removeprefix("json").strip()
     try:
-        json.loads(body)
-    except ValueError as exc:
-        return False, f"not JSON: {exc}"
-    return True, "valid JSON"
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return False, f"not JSON: {exc}", None
+    return True, "valid JSON", value
+
+
+def _validates(schema: Schema, text: str) -> tuple[bool, str]:
+    """The reply parses as JSON (a fenced block too) and is valid against the schema; the
+    reason names the most relevant error (jsonschema's best_match) and how many there are."""
+    ok, reason, value = _parses(text)
+    if not ok:
+        return False, reason
+    errors = list(schema.validator.iter_errors(value))
+    if not errors:
+        return True, f"valid against the schema ({schema.source})"
+    from jsonschema.exceptions import best_match  # installed: the schema was loaded with it
+
+    first = best_match(errors)
+    where = "/".join(str(p) for p in first.absolute_path) or "the top"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return False, f"at {where}: {first.message[:200]}{more}"
+
+
+def _similar(similar: Similar, text: str, values: dict[str, Any], fold: Any) -> tuple[bool, str]:
+    """difflib's ratio of the reply to the text, character by character: lexical, not
+    semantic ("yes" and "indeed" are far apart, "colour" and "color" close)."""
+    want = fill(similar.to, values)
+    matcher = difflib.SequenceMatcher(None, fold(text.strip()), fold(want.strip()), False)
+    bound = matcher.quick_ratio()  # an upper bound, in linear time: often enough to fail
+    exact = bound >= similar.min
+    ratio = matcher.ratio() if exact else bound
+    said = f"{'' if exact else 'at most '}{ratio:.2f}"
+    shown = want if len(want) <= 60 else want[:57] + "..."
+    return ratio >= similar.min, f"similarity {said} to {shown!r} (min {similar.min:g})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -67,6 +68,7 @@ def _mock(option: str) -> Number:
     return Number(MOCK[option])
 
 
+NO_CACHE = ""  # Invocation.cache of --no-cache (None: the models file's `cache:`)
 NOTHING_TO_RUN = "give scenario files or folders and at least one -m TARGET (or --resume RUN_DIR)"
 
 
@@ -118,7 +120,8 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
 @click.option("--run-id", help="Run folder name (default: time-based).")
 @click.option("-c", "--concurrency", type=Number(IN_FLIGHT), default=16, show_default=True,
               help="Conversations in flight.")  # fmt: skip
-@click.option("--repeat", type=Number(REPEAT), help="Samples of each conversation per target.")
+@click.option("--repeat", type=Number(REPEAT), help="Samples of each conversation per target: "
+              "each scenario is then judged on its pass rate (see min_pass_rate).")  # fmt: skip
 @click.option("-k", "--filter", "filters", multiple=True, help="Scenario id glob or tag:NAME.")
 @click.option("--shard", help="Run only shard K of N (K/N).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",
@@ -141,6 +144,11 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
               "the run's estimated cost passes this (the rest stay for --resume).")  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False),
               help="Also write the run's JUnit file to FILE ('-': stdout).")  # fmt: skip
+@click.option("--cache", metavar="DIR", help="Replay replies cached in DIR, send and store "
+              "the rest (default: the models file's cache:, else off).")  # fmt: skip
+@click.option("--no-cache", is_flag=True, help="No reply cache, whatever the models file says.")
+@click.option("--cache-only/--no-cache-only", default=False, help="Send nothing: a reply not "
+              "in the cache fails (cache_miss); no key is needed.")  # fmt: skip
 @click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True,
@@ -170,6 +178,9 @@ def run(
     html_file: str | None,
     max_cost: float | None,
     junit_file: str | None,
+    cache: str | None,
+    no_cache: bool,
+    cache_only: bool,
     idle_timeout: float | None,
     no_progress: bool,
     dry_run: bool,
@@ -182,8 +193,12 @@ def run(
         raise InputError("--junit - and --html - would both write to stdout; give one a file")
 
     with remembered():  # a signal from here on ends the run cleanly (exit 130)
+        if cache is not None and no_cache:
+            raise InputError("give --cache DIR or --no-cache, not both")
         if resume_dir:
             given = _given(click.get_current_context(), skip=RESUME_OWN)
+            if "no_cache" in given:  # the same setting as --cache: no folder
+                given["cache"] = replace(given.pop("no_cache"), value=NO_CACHE)
             if dry_run:
                 for text in runs.resume_dry_run(Path(resume_dir), retry_failed, force, given):
                     click.echo(text)
@@ -208,6 +223,8 @@ def run(
             judge=judge,
             max_cost=max_cost,
             idle_timeout_s=idle_timeout,
+            cache=NO_CACHE if no_cache else cache,
+            cache_only=cache_only,
         )
         if dry_run:
             for text in runs.dry_run(runs.load(inv, need_keys=False)[2], inv.stream):
@@ -245,7 +262,7 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
     """The end-of-run table and its notes on stdout (on stderr when the JUnit file or the
     compare page goes to stdout, `-`), those files when asked for, one line on stderr, and
     the run's exit code."""
-    from runner.report import render, render_notes
+    from runner.report import render, render_notes, render_rates
 
     to_stderr = STDOUT in (junit_file, html_file)
 
@@ -255,6 +272,7 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
         click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
     click.echo(render(finished.rows), err=to_stderr)
     _echo_notes(render_notes(finished.rows), err=to_stderr)
+    _echo_notes(render_rates(finished.groups), err=to_stderr)
     if junit_file:
         from runner.junit import write_junit
 
@@ -271,15 +289,27 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
     from runner.reader import Skipped
-    from runner.report import render, render_notes
+    from runner.report import render, render_notes, render_rates
     from runner.stats import report_rows
 
     skipped = Skipped()  # lines of the run's files that are not its records
     rows = report_rows(Path(run_dir), skipped)
+    rates = _pass_rates(Path(run_dir), rows)
     click.echo(render(rows, fmt))
     _echo_notes(render_notes(rows, fmt))
+    _echo_notes(render_rates(rates, fmt))
     if skipped.count:
         click.echo(skipped.note(), err=True)
+
+
+def _pass_rates(run_dir: Path, rows: list[dict[str, Any]]) -> list[Any]:
+    """Each scenario × target of the run, its samples counted (runner/verdicts.py): every
+    row gets its target's as `pass_rates`; those a report shows are returned."""
+    from runner.verdicts import attach, run_groups, shown
+
+    groups = run_groups(run_dir)
+    attach(rows, groups)
+    return shown(groups.values())
 
 
 def _echo_notes(notes: str, err: bool = False) -> None:
@@ -373,15 +403,21 @@ def junit(run_dir: str, output: str) -> None:
               show_default=True, help="Plain text, markdown (a CI comment, lists cut at 30), "
               "or JSON with everything.")  # fmt: skip
 @click.option("--text", "show_text", is_flag=True, help="List every reply that changed.")
-def diff(base_run: str, new_run: str, fmt: str, show_text: bool) -> None:
-    """Compare NEW_RUN with BASE_RUN, conversation by conversation: exit 1 on a regression
-    (pass -> fail, ok -> failed), 0 otherwise."""
-    from runner.diff import diff_runs
+@click.option("--match", type=click.Choice(["id", "scenario"]), default="id", show_default=True,
+              help="Pair conversations by id (which ends in @target), or by scenario, vars and "
+              "sample: for runs of one target each that differ (another model).")  # fmt: skip
+def diff(base_run: str, new_run: str, fmt: str, show_text: bool, match: str) -> None:
+    """Compare NEW_RUN with BASE_RUN conversation by conversation, and gate on it.
+
+    Exit 1 when the gate fails: a regression (pass -> fail, ok -> failed), a conversation
+    missing from NEW_RUN, a new conversation that does not pass, or a NEW_RUN that did not
+    complete; 0 otherwise."""
+    from runner.diff import diff_runs, gate
     from runner.diffview import render_diff
 
-    result = diff_runs(Path(base_run), Path(new_run), show_text)
+    result = diff_runs(Path(base_run), Path(new_run), show_text, match)
     click.echo(render_diff(result, fmt))
-    sys.exit(Exit.CHECKS if result.regressions else Exit.OK)
+    sys.exit(Exit.CHECKS if gate(result) else Exit.OK)
 
 
 @main.command()

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 
 import runner
+from runner.cache import Cache
 from runner.encoding import clean_text
 from runner.errors import ApiError, Kind, internal
 from runner.limits import AdaptiveLimit, TokenBucket
@@ -35,9 +36,11 @@ class TargetClient:
         target: Target,
         stream: bool,
         on_attempt: AttemptSink,
+        cache: Cache | None = None,
         transport: Transport | None = None,
     ):
         self.target = target
+        self.cache = cache  # replies replayed and stored (runner/cache.py); None: off
         self.stream = target.stream if target.stream is not None else stream
         self.on_attempt = on_attempt
         self.policy = RetryPolicy(max_retries=target.max_retries, max_wait_s=target.max_wait_s)
@@ -88,25 +91,37 @@ class TargetClient:
         conversation_id: str,
         turn: int,
         judge: Verdict | None = None,
-        cache: bool | None = None,
+        sample: int = 0,
+        cache_marks: bool | None = None,
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts).
 
         With `judge`, this is a judge's request: its attempts are recorded as such, and a
-        reply that `judge` refuses is retried like a malformed body. `cache` (None: the
-        target's `cache`) asks for prompt cache marks."""
-        marks = self.target.cache if cache is None else cache
+        reply that `judge` refuses is retried like a malformed body. With a cache, a reply
+        cached for this request (and SAMPLE) is replayed with 0 attempts. `cache_marks`
+        (None: the target's `cache`) asks a provider with cache marks to mark the prompt for
+        the server's prompt cache (not the reply cache)."""
+        marks = self.target.cache if cache_marks is None else cache_marks
         call = Call(system, messages, params, self.stream, previous_id, marks)
         request = self.provider.build(call)
+
+        # -- the reply cache (runner/cache.py): a hit is replayed, a miss stored once sent
+        cached = self.cache.lookup(self.provider, call, sample) if self.cache else None
+        if cached is not None and cached.reply is not None:
+            self.on_attempt(cached.usage_record(conversation_id, turn, self.target, bool(judge)))
+            return cached.reply, 0
 
         def attempt(n: int) -> Any:
             return self._attempt(request, conversation_id, turn, n, judge)
 
         try:
-            return await retrying(attempt, self.policy)
+            reply, attempts = await retrying(attempt, self.policy)
         except ApiError as err:
             self.breaker.gave_up(err)
             raise
+        if cached is not None:
+            cached.store(reply, self.provider)
+        return reply, attempts
 
     async def _attempt(
         self, request: Request, cid: str, turn: int, n: int, judge: Verdict | None

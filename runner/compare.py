@@ -1,9 +1,11 @@
 """The compare page: one self-contained HTML file for one or more runs.
 
-On top the report table (runner/report.py's rows and columns), then per target the
-latency and tokens-per-conversation charts, then scenario by scenario each target's (or
-each run's) conversation side by side, turn by turn, with checks, tokens and latency.
-Records are read only through runner/store.py (via runner/stats.py).
+On top the matrix of scenarios × targets (or runs; runner/compare_matrix.py), then the
+report table (runner/report.py's rows and columns), per target the latency and
+tokens-per-conversation charts, then scenario by scenario each target's (or each run's)
+conversation side by side, turn by turn, with checks, tokens, latency and cost, the
+replies' differences marked word by word (runner/compare_diff.py), and a turn that failed
+after retries with its attempts. Records are read only through runner/reader.py.
 """
 
 from __future__ import annotations
@@ -13,20 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner import compare_matrix
+from runner.compare_diff import marked
 from runner.compare_html import (
     CSP,
     SCRIPT,
     STYLE,
+    attempts_block,
     check_item,
     esc,
     histogram,
     number,
     text_block,
 )
+from runner.compare_usage import failed_turn, spent
 from runner.outfile import output_file
 from runner.reader import latest_transcripts
 from runner.records import outcome
-from runner.report import cells
+from runner.report import cells, money
 from runner.stats import report_rows
 from runner.store import read_manifest
 
@@ -41,6 +47,8 @@ class Side:
     run: str
     target: str
     records: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    costs: dict[str, float | None] = field(default_factory=dict)  # by conversation id
+    tries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # of a failed turn
 
 
 @dataclass
@@ -53,6 +61,7 @@ class Runs:
     scenario_files: dict[str, str]
     tags: dict[str, list[str]]
     omitted: int = 0  # conversations (rows of sides) left out to keep the page light
+    scenarios: list[str] = field(default_factory=list)  # every one, in file order
 
 
 MAX_ROWS = 1000  # rows of conversations a page shows by default (the charts count them all)
@@ -82,10 +91,12 @@ def load(run_dirs: list[Path]) -> Runs:
             seen.setdefault(key_of(record))
             loaded.scenario_files.setdefault(record["scenario_id"], record.get("scenario_file", ""))
             loaded.tags.setdefault(record["scenario_id"], list(record.get("tags") or []))
+        spent(run_dir, manifest, list(sides.values()))
         loaded.runs.append((label, manifest, report_rows(run_dir)))  # the report's own table
         loaded.sides += sides.values()
     files = loaded.scenario_files  # a stable order: file, scenario, vars, sample
     loaded.keys = sorted(seen, key=lambda k: (files.get(k[0], ""), *k))
+    loaded.scenarios = list(dict.fromkeys(k[0] for k in loaded.keys))
     return loaded
 
 
@@ -119,11 +130,13 @@ def page(runs: Runs) -> str:
     options = "".join(f'<option value="{esc(t)}">{esc(t)}</option>' for t in tags)
     body = [
         f'<header><h1>{esc(title)}</h1><p class="runs">{_run_lines(runs)}</p></header>',
+        _matrix(runs),
         f'<section id="report"><h2>Report</h2>{_report(runs)}</section>',
         f'<section id="charts"><h2>Latency and tokens</h2><div class="cards">'
         f"{''.join(_charts(side) for side in runs.sides)}</div></section>",
         '<nav id="filters"><label><input type="checkbox" id="f-failed"> failed only</label>'
         f'<label>tag <select id="f-tag"><option value="">all</option>{options}</select></label>'
+        '<label><input type="checkbox" id="f-diff" checked> mark differences</label>'
         '<span id="f-count"></span></nav>',
         f"<main>{_omitted(runs)}{_scenarios(runs)}</main>",
     ]
@@ -134,6 +147,22 @@ def page(runs: Runs) -> str:
         f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n"
         + "\n".join(body)
         + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )
+
+
+def anchors(runs: Runs) -> dict[str, str]:
+    """The id of each scenario's section on the page (of those it shows)."""
+    shown = {k[0] for k in runs.keys}
+    return {s: f"s{i}" for i, s in enumerate(runs.scenarios) if s in shown}
+
+
+def _matrix(runs: Runs) -> str:
+    several_targets = len({side.target for side in runs.sides}) > 1
+    what = "targets" if len(runs.runs) == 1 else "runs · targets" if several_targets else "runs"
+    table = compare_matrix.build(runs.sides, runs.scenarios)
+    return (
+        f'<section id="matrix"><h2>Scenarios × {what}</h2>'
+        f"{compare_matrix.render(table, anchors(runs))}</section>"
     )
 
 
@@ -195,13 +224,14 @@ def _scenarios(runs: Runs) -> str:
     by_scenario: dict[str, list[Key]] = {}
     for key in runs.keys:
         by_scenario.setdefault(key[0], []).append(key)
-    out = []
+    out, ids = [], anchors(runs)
     for scenario_id, keys in by_scenario.items():
         tags = runs.tags.get(scenario_id, [])
         shown_tags = "".join(f'<span class="tag">{esc(t)}</span>' for t in tags)
         convs = "".join(_conversation(runs.sides, key, tags) for key in keys)
         out.append(
-            f'<section class="scenario" data-tags="{esc(json.dumps(tags))}">'
+            f'<section class="scenario" id="{ids[scenario_id]}" '
+            f'data-tags="{esc(json.dumps(tags))}">'
             f"<h2>{esc(scenario_id)}</h2>"
             f"<p>{esc(runs.scenario_files.get(scenario_id, ''))} {shown_tags}</p>{convs}</section>"
         )
@@ -222,7 +252,7 @@ def _conversation(sides: list[Side], key: Key, tags: list[str]) -> str:
     cells = [_side_head(side, r) for side, r in zip(sides, records, strict=True)]
     rows = _rows(records)
     for row in rows:
-        cells.append(row if isinstance(row, str) else _turn_cells(records, row))
+        cells.append(row if isinstance(row, str) else _turn_cells(sides, records, row))
     failed = any(failing(r) for r in records)
     return (
         f'<article class="conv" data-failed="{int(failed)}" data-tags="{esc(json.dumps(tags))}" '
@@ -254,6 +284,9 @@ def _side_head(side: Side, record: dict[str, Any] | None) -> str:
         f"{number(usage.get('input_tokens'))} in · {number(usage.get('output_tokens'))} out tok"
         f" · {number(latency, ' ms')}"
     )
+    spent_usd = side.costs.get(record["conversation_id"])
+    if spent_usd is not None:
+        sub += f' · <span class="cost">${money(spent_usd)}</span>'
     return f'<div class="side">{esc(side.label)} {badge}<div class="sub">{sub}</div>{note}</div>'
 
 
@@ -273,11 +306,11 @@ def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
         if role == "system":
             rows.append(_full("system", content))
         elif role == "user":
-            if k < len(turns) and turns[k]["user"] == content:
-                rows.append((k, content))
+            if k < len(turns) and turns[k]["user"] == content or k == failed_turn(longest):
+                rows.append((k, content))  # answered, or the turn the conversation failed at
                 k += 1
             else:
-                rows.append(_full("user", content))  # a turn that was never answered
+                rows.append(_full("user", content))  # one no turn answered (scenarios differ)
         elif previous == "user" and k and rows and rows[-1] == (k - 1, turns[k - 1]["user"]):
             pass  # the generated reply: shown in the turn's cells
         else:
@@ -291,16 +324,26 @@ def _full(cls: str, text: str, role: str = "") -> str:
     return f'<div class="full {cls}">{role_label}{text_block(text)}</div>'
 
 
-def _turn_cells(records: list[dict[str, Any] | None], row: tuple[int, str]) -> str:
+def _turn_cells(
+    sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str]
+) -> str:
     index, user = row
     cells = [f'<div class="full user"><span class="role">user</span>{text_block(user)}</div>']
-    for record in records:
-        turn = next((t for t in record["turns"] if t["index"] == index), None) if record else None
-        cells.append(_reply_cell(turn))
+    turns = [
+        next((t for t in record["turns"] if t["index"] == index), None) if record else None
+        for record in records
+    ]
+    shown = marked([turn["assistant"] if turn else None for turn in turns])
+    for side, record, turn, text in zip(sides, records, turns, shown, strict=True):
+        if turn is None and record is not None and failed_turn(record) == index:
+            tries = side.tries.get(record["conversation_id"], [])
+            cells.append(attempts_block(record.get("error") or {}, tries))
+        else:
+            cells.append(_reply_cell(turn, text))
     return "".join(cells)
 
 
-def _reply_cell(turn: dict[str, Any] | None) -> str:
+def _reply_cell(turn: dict[str, Any] | None, text: str | None = None) -> str:
     if turn is None:
         return '<div class="reply missing">not reached</div>'
     usage = turn.get("usage") or {}
@@ -320,7 +363,7 @@ def _reply_cell(turn: dict[str, Any] | None) -> str:
         meta.append(esc(turn["finish_reason"]))
     checks = "".join(check_item(c) for c in turn.get("checks") or [])
     return (
-        f'<div class="reply">{text_block(turn.get("assistant") or "")}'
+        f'<div class="reply">{text_block(turn.get("assistant") or "", text)}'
         f'<div class="meta">{" · ".join(meta)}</div>'
         + (f'<ul class="checks">{checks}</ul>' if checks else "")
         + "</div>"

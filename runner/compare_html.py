@@ -1,4 +1,5 @@
-"""The pieces of the compare page: style, filter script, inline SVG charts, escaped text.
+"""The pieces of the compare page: style, filter script, inline SVG charts, escaped text,
+a failed turn's attempts.
 
 Everything that comes from a record goes through `esc` (text and attribute values alike);
 the page fetches nothing (its CSP forbids it) and needs no network to render.
@@ -20,7 +21,7 @@ STYLE = """
 :root{--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--line:#d0d7de;--soft:#f6f8fa;--ink:#1f2328}
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--ink);margin:0}
-header,main,#report,#charts{padding:0 24px}
+header,main,#matrix,#report,#charts{padding:0 24px}
 h1{font-size:22px;margin:18px 0 4px}h2{font-size:18px;margin:22px 0 8px}
 h3{font-size:14px;margin:0 0 8px;font-weight:600;color:#57606a}
 .runs{color:#57606a;margin:0 0 8px}
@@ -60,6 +61,19 @@ ul.checks li{padding:1px 0;overflow-wrap:anywhere}
 .missing{color:#8c959f;font-style:italic}
 .omitted{background:#fff8c5;border-radius:6px;padding:6px 8px}
 [hidden]{display:none!important}
+table.matrix th.name{text-align:left;font-weight:600;background:#fff}
+table.matrix th.name a{color:var(--ink)}
+.cell{text-align:center}.cell .cost{font-size:11px;color:#57606a}
+.cell.pass{background:#dafbe1}.cell.some{background:#fff1b8}
+.cell.fail,.cell.error{background:#ffd8d3}.cell.error{font-style:italic}
+.cell.none{background:var(--soft);color:#8c959f}
+.cell.best{outline:2px solid var(--ok);outline-offset:-3px;font-weight:600}
+.star{color:var(--ok)}td.winner,table.matrix th:last-child{text-align:left}
+.legend{font-size:12px;color:#57606a}.legend .cell{padding:0 6px;border-radius:4px}
+mark.diff{background:#fff1b8;border-radius:2px;color:inherit}
+body.plain mark.diff{background:none}
+.reply.failed{border-color:var(--bad);background:#fff5f5}
+ol.attempts{margin:4px 0 0;padding-left:20px;font-size:12px;color:#57606a}
 """
 
 SCRIPT = """
@@ -88,6 +102,10 @@ SCRIPT = """
     else if (p.indexOf("tag=") === 0) tag.value = decodeURIComponent(p.slice(4));
   });
   failed.addEventListener("change", apply); tag.addEventListener("change", apply);
+  var diff = document.getElementById("f-diff");
+  diff.addEventListener("change", function () {
+    document.body.classList.toggle("plain", !diff.checked);
+  });
   apply();
 })();
 """
@@ -98,16 +116,46 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def text_block(text: str) -> str:
-    """A reply or message: wrapped, and collapsed behind a preview when long."""
+def text_block(text: str, shown: str | None = None) -> str:
+    """A reply or message: wrapped, and collapsed behind a preview when long. `shown` is
+    the text as HTML already escaped (with its differences marked), when given."""
+    whole = esc(text) if shown is None else shown
     if len(text) <= LONG_CHARS and text.count("\n") < LONG_LINES:
-        return f'<div class="text">{esc(text)}</div>'
+        return f'<div class="text">{whole}</div>'
     preview = text[:PREVIEW_CHARS].replace("\n", " ")
     return (
         f'<details><summary><span class="text">{esc(preview)}…</span> '
         f"({len(text):,} characters)</summary>"
-        f'<div class="text">{esc(text)}</div></details>'
+        f'<div class="text">{whole}</div></details>'
     )
+
+
+def attempts_block(error: dict[str, Any], tries: list[dict[str, Any]]) -> str:
+    """The turn a conversation failed at: its error and every attempt sent for it (status,
+    latency, tokens) from the usage records."""
+    status = f" {error['status']}" if error.get("status") is not None else ""
+    sent = f" after {len(tries)} attempt{'s' if len(tries) != 1 else ''}" if tries else ", not sent"
+    items = "".join(
+        f"<li>attempt {esc(t.get('attempt'))}: {esc(_status(t.get('status')))} · "
+        f"{number(t.get('latency_ms'), ' ms')}"
+        + (f" · {number(t['output_tokens'])} out tok" if t.get("output_tokens") else "")
+        + "</li>"
+        for t in tries
+    )
+    return (
+        f'<div class="reply failed"><span class="badge error">failed{sent}</span> '
+        f"<b>{esc(error.get('kind', 'unknown'))}{esc(status)}</b>"
+        f'<div class="text">{esc(error.get("message", ""))}</div>'
+        + (f'<ol class="attempts">{items}</ol>' if items else "")
+        + "</div>"
+    )
+
+
+def _status(status: Any) -> str:
+    """An attempt's status as the usage record holds it: an HTTP status, else a failure kind."""
+    if isinstance(status, int) and not isinstance(status, bool):
+        return f"HTTP {status}"
+    return str(status or "no status")
 
 
 def number(value: float | None, unit: str = "") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from runner.checks import evaluate
@@ -48,7 +49,14 @@ async def run_conversation(
         n_sent = len(sent) + (system is not None)
         try:
             reply, attempts = await client.complete(
-                system, sent, params, previous_id, conv.id, len(turns), cache=scenario.cache
+                system,
+                sent,
+                params,
+                previous_id,
+                conv.id,
+                len(turns),
+                sample=conv.sample,
+                cache_marks=scenario.cache,
             )
             _check_reply(reply, scenario)
         except ApiError as err:
@@ -60,8 +68,11 @@ async def run_conversation(
         add_usage(total, reply.usage)
         record = turn_record(len(turns), history[-2].text, reply, attempts, n_sent)
         if turn.expect:
+            about = (
+                _about(conv, record, as_records(system, history)) if turn.expect.python else None
+            )
             record["checks"] = await evaluate(
-                turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values
+                turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values, about
             )
             if turn.expect.judge:
                 asked, where = as_records(system, history[:-1]), (conv.id, len(turns))
@@ -72,6 +83,19 @@ async def run_conversation(
                 )
         turns.append(record)
     return transcript_record(conv, as_records(system, history), turns, total, error, started)
+
+
+def _about(
+    conv: Conversation, turn: dict[str, Any], messages: list[dict[str, str]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a python check is given beside the reply: copies of the turn record (checks
+    not yet filled in) and of the conversation so far (its messages end with the reply)."""
+    conversation = {
+        "id": conv.id, "scenario_id": conv.scenario.id, "target": conv.target.name,
+        "model": conv.target.model, "sample": conv.sample, "vars": conv.vars,
+        "metadata": conv.scenario.metadata, "messages": messages,
+    }  # fmt: skip
+    return copy.deepcopy(turn), copy.deepcopy(conversation)
 
 
 def _setup(conv: Conversation, given: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

@@ -10,7 +10,7 @@ import html
 import json
 from typing import Any
 
-from runner.diff import Change, Diff, TextChange
+from runner.diff import Change, Diff, TextChange, gate
 from runner.report import money
 
 LIST_LIMIT = 30
@@ -38,10 +38,17 @@ def headline(diff: Diff) -> str:
         _count(len(diff.regressions), "regression"),
         _count(len(diff.fixes), "fix", "fixes"),
         f"{len(diff.missing)} missing",
-        f"{len(diff.added)} new",
+        f"{len(diff.added)} new ({len(diff.new_failing)} not passing)",
         _count(diff.replies_changed, "conversation") + " with changed replies",
     ]
-    return f"{diff.base} -> {diff.new}: " + ", ".join(parts)
+    paired = " (paired by scenario, vars and sample)" if diff.match == "scenario" else ""
+    return f"{diff.base} -> {diff.new}{paired}: " + ", ".join(parts)
+
+
+def verdict(diff: Diff) -> str:
+    """The gate's verdict in one line: passed, or failed and why."""
+    reasons = gate(diff)
+    return "gate: FAILED: " + "; ".join(reasons) if reasons else "gate: passed"
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:
@@ -59,13 +66,14 @@ def figure(delta: dict[str, Any], show: Any) -> str:
 
 
 def _text(diff: Diff) -> str:
-    lines = [headline(diff)]
+    lines = [headline(diff), verdict(diff)]
     for title, changes in _lists(diff):
         lines += ["", title] + [f"  {_change_line(c)}" for c in changes]
     for title, ids in (("MISSING (in the base run only)", diff.missing),
                        ("NEW (in the new run only)", diff.added)):  # fmt: skip
         if ids:
             lines += ["", title] + [f"  {cid}" for cid in ids]
+    lines += _rate_lines(diff)
     if diff.text_changes:
         lines += ["", "CHANGED REPLIES"]
         for t in diff.text_changes:
@@ -86,9 +94,46 @@ def _text(diff: Diff) -> str:
 
 
 def _lists(diff: Diff) -> list[tuple[str, list[Change]]]:
-    named = [("REGRESSIONS", diff.regressions), ("FIXES", diff.fixes),
-             ("OTHER CHANGES", diff.other_changes)]  # fmt: skip
+    named = [("REGRESSIONS", diff.regressions), ("NEW AND NOT PASSING", diff.new_failing),
+             ("FIXES", diff.fixes), ("OTHER CHANGES", diff.other_changes)]  # fmt: skip
     return [(title, changes) for title, changes in named if changes]
+
+
+# scenarios with repeated samples, judged by pass rate (runner/verdicts.py): what is not a
+# regression, listed apart (regressions are in REGRESSIONS)
+RATE_LISTS = (
+    ("flaky", "FLAKY (samples changed outcome; listed apart, not regressions)"),
+    ("not significant", "DROPS NOT SIGNIFICANT (not regressions)"),
+    ("better", "PASS RATES UP"),
+)
+
+
+def _rate_lines(diff: Diff) -> list[str]:
+    lines = []
+    for verdict, title in RATE_LISTS:
+        judged = [c for c in diff.pass_rates if c.verdict == verdict]
+        if judged:
+            lines += ["", title]
+        for c in judged:
+            lines.append(f"  {c.scenario_id}@{c.target}  {c.base_passed}/{c.base_samples} -> "
+                         f"{c.new_passed}/{c.new_samples} passed  {c.reason}")  # fmt: skip
+            lines += [f"    {flip}" for flip in c.flips[:TEXT_LIMIT]]
+            lines += [f"    ... and {len(c.flips) - TEXT_LIMIT} more"] * (len(c.flips) > TEXT_LIMIT)
+    return lines
+
+
+def _rate_markdown(diff: Diff) -> list[str]:
+    lines = []
+    for verdict, title in RATE_LISTS:
+        judged = [c for c in diff.pass_rates if c.verdict == verdict]
+        items = [
+            f"- `{_md(c.scenario_id)}@{_md(c.target)}` {c.base_passed}/{c.base_samples} → "
+            f"{c.new_passed}/{c.new_samples} passed: {_md(c.reason.replace('->', '→'))}"
+            + "".join(f"<br>`{_md(flip.replace('->', '→'))}`" for flip in c.flips[:TEXT_LIMIT])
+            for c in judged
+        ]
+        lines += _details(f"{title.split(' (')[0].capitalize()} ({len(judged)})", items)
+    return lines
 
 
 def _change_line(c: Change) -> str:
@@ -96,8 +141,9 @@ def _change_line(c: Change) -> str:
 
 
 def _markdown(diff: Diff) -> str:
-    mark = "❌" if diff.regressions else "✅"
+    mark = "❌" if gate(diff) else "✅"
     lines = [f"### {mark} dialogue-runner diff", "", headline(diff).replace("->", "→"), ""]
+    lines += [f"**{_md(verdict(diff))}**", ""]
     header = ["target", *(title for _, title, _ in FIGURES)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for d in diff.targets:
@@ -107,11 +153,12 @@ def _markdown(diff: Diff) -> str:
         items = [
             f"- `{_md(c.conversation_id)}` {c.before} → {c.after}: {_md(c.reason)}" for c in changes
         ]
-        lines += _details(
-            f"{title.capitalize()} ({len(changes)})", items, open_=title == "REGRESSIONS"
-        )
+        opened = title in ("REGRESSIONS", "NEW AND NOT PASSING")
+        lines += _details(f"{title.capitalize()} ({len(changes)})", items, open_=opened)
     for title, ids in (("Missing", diff.missing), ("New", diff.added)):
-        lines += _details(f"{title} ({len(ids)})", [f"- `{_md(cid)}`" for cid in ids])
+        items = [f"- `{_md(cid)}`" for cid in ids]
+        lines += _details(f"{title} ({len(ids)})", items, open_=title == "Missing")
+    lines += _rate_markdown(diff)
     lines += _details(
         f"Changed replies ({len(diff.text_changes)})",
         [_md_text_change(t) for t in diff.text_changes],

@@ -74,7 +74,7 @@ def _dry(target: Target, stream: bool) -> Dry:
     if target.api_key_env and not target.key:
         target, hidden = replace(target, key=UNSET), UNSET
     capture = Capture()
-    return Dry(TargetClient(target, stream, _ignore, capture), capture, hidden)
+    return Dry(TargetClient(target, stream, _ignore, transport=capture), capture, hidden)
 
 
 def _ignore(record: dict[str, Any]) -> None:

@@ -94,7 +94,9 @@ async def execute(
         extra = [t for t in judges[0] if t.name not in planned]
         targets = [await _reachable(t, stack) for t in [*plan.targets, *extra]]
         sink = _sink(usage, outcome.summary)
-        clients = {t.name: TargetClient(t, stream, sink) for t in targets}
+        if plan.cache is not None:
+            stack.callback(plan.cache.close)
+        clients = {t.name: TargetClient(t, stream, sink, plan.cache) for t in targets}
         for client in clients.values():
             await client.start()
             stack.push_async_callback(client.close)

@@ -33,7 +33,11 @@ class Kind(StrEnum):
     EMPTY = "empty"  # a reply with no text
     PROTOCOL = "protocol"  # a reply the scenario cannot use (server context without an id)
     INTERNAL = "internal"  # a bug in the runner (a parser's too): one conversation, never retried
-    CHECK_TIMEOUT = "check_timeout"  # a regex check ran past its time bound (an error, not a pass)
+    CHECK_TIMEOUT = (
+        "check_timeout"  # a regex or python check ran past its time bound (an error, not a pass)
+    )
+    CHECK_ERROR = "check_error"  # a python check raised, or returned no verdict (an error)
+    CACHE_MISS = "cache_miss"  # --cache-only: no reply cached for this request, none was sent
 
 
 class InputError(Exception):
@@ -72,7 +76,7 @@ class ApiError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
-        self.unreachable = unreachable  # no connection was made: refused, DNS, TLS, connect timeout
+        self.unreachable = unreachable  # nothing there to connect to: refused, DNS, TLS
         self.headers: Any = None  # the error answer's headers, when there was one
 
     @property

@@ -18,6 +18,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "dialogue-runner run scenarios/ -m mock -m mock-gemini -c 32",
         "dialogue-runner run scenarios/ -m gpt54 --models models.yaml --max-cost 5",
         "dialogue-runner run --resume outputs/RUN_ID -c 8      # continue a stopped run",
+        "dialogue-runner run scenarios/ -m gpt54 --cache .ci/replies --cache-only  # no key",
     ),
     "report": (
         "dialogue-runner report outputs/RUN_ID",
@@ -36,6 +37,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "diff": (
         "dialogue-runner diff outputs/BASE outputs/NEW",
         "dialogue-runner diff outputs/BASE outputs/NEW --format markdown > diff.md",
+        "dialogue-runner diff .ci/baseline outputs/NEW --match scenario  # another model",
     ),
     "export": (
         "dialogue-runner export outputs/RUN_ID --format openai -o train.jsonl --only-passed",

@@ -49,3 +49,22 @@ def usage_warnings(replies: int, replies_with_usage: int) -> list[str]:
         f"none of {replies} replies reported token usage, so tokens and cost show 0 "
         "(some gateways drop usage, mostly on streams)"
     ]
+
+
+SHOWN_CHECKS = 10  # failing checks listed under the report table (and kept per target)
+
+
+class FailedChecks:
+    """The first SHOWN_CHECKS failing checks of a target, in the order met; the rest are only
+    counted (the row's `checks_failed`), so memory stays flat in the run's size."""
+
+    def __init__(self) -> None:
+        self.first: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any], turn: int, check: dict[str, Any]) -> None:
+        if len(self.first) < SHOWN_CHECKS:
+            self.first.append({
+                "scenario": record["scenario_id"], "conversation_id": record["conversation_id"],
+                "target": record["target"], "turn": turn, "kind": check["kind"],
+                "reason": check.get("reason") or "",
+            })  # fmt: skip

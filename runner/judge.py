@@ -96,6 +96,8 @@ async def grade(
     result.update(passed=verdict["pass"], reason=verdict["reason"] or "(no reason given)")
     result.update(verdict=verdict, attempts=attempts, usage=answer.usage)
     result["cost_usd"] = cost(cast("dict[str, int]", answer.usage), client.target.price)
+    if attempts == 0:  # a verdict replayed from the reply cache: nothing was spent
+        result["cached_reply"] = True
     return result
 
 

@@ -23,6 +23,7 @@ from xml.sax.saxutils import quoteattr
 from runner.outfile import output_file
 from runner.reader import RunRecords
 from runner.store import TRANSCRIPTS, read_at, read_manifest
+from runner.verdicts import Group, Key, run_groups
 
 if TYPE_CHECKING:
     from runner.plan import Plan
@@ -53,6 +54,8 @@ class Suite:
     seconds: float = 0.0
     offsets: list[int] = field(default_factory=list)
     not_run: list[tuple[str, str]] = field(default_factory=list)  # (scenario id, id)
+    groups: list[Group] = field(default_factory=list)  # repeated scenarios: one testcase each
+    recorded: int = 0  # conversations recorded (a group's are one testcase)
 
     @property
     def unlisted(self) -> int:
@@ -64,28 +67,82 @@ def write_junit(run_dir: Path, path: Path, plan: Plan | None) -> None:
     counts, a second writes one testcase at a time. `plan` names the conversations not run
     (the first LISTED of them; the rest are counted, and the file says so)."""
     manifest = read_manifest(run_dir)
-    suites = _suites(RunRecords(run_dir, manifest), manifest, plan)
+    grouped = {k: g for k, g in run_groups(run_dir).items() if g.repeated or g.min_pass_rate}
+    suites = _suites(RunRecords(run_dir, manifest), manifest, plan, grouped)
     with output_file(path) as fh:  # `-`, a special file in place, else replaced whole
         for piece in _document(suites, manifest, run_dir / TRANSCRIPTS):
             fh.write(piece.encode("utf-8"))
 
 
-def _suites(records: RunRecords, manifest: dict[str, Any], plan: Plan | None) -> list[Suite]:
-    """Every suite counted: the run's newest records, then what the plan has not run."""
+def _suites(
+    records: RunRecords, manifest: dict[str, Any], plan: Plan | None, grouped: dict[Key, Group]
+) -> list[Suite]:
+    """Every suite counted: the run's newest records (those of GROUPED scenarios as one
+    testcase per group), then what the plan has not run."""
     suites = {t["name"]: Suite(t["name"]) for t in manifest.get("targets", [])}
     recorded: set[str] = set()
     for offset, record in records.newest():
         suite = suites.setdefault(record["target"], Suite(record["target"]))
-        suite.tests += 1
         suite.seconds += _seconds(record)
+        suite.recorded += 1
+        recorded.add(record["conversation_id"])
+        group = grouped.get((record["scenario_id"], record["target"]))
+        if group is not None:
+            group.seconds += _seconds(record)
+            continue
+        suite.tests += 1
         suite.offsets.append(offset)
         outcome = _outcome(record)
         suite.errors += outcome == "error"
         suite.failures += outcome == "failure"
-        recorded.add(record["conversation_id"])
+    _add_groups(suites, grouped)
     if plan is not None:
         _not_run(plan, suites, recorded)
     return list(suites.values())
+
+
+def _add_groups(suites: dict[str, Suite], grouped: dict[Key, Group]) -> None:
+    """Each group is one testcase of its target's suite: a failure when its pass rate falls
+    short, an error when every sample that did not pass failed after retries."""
+    for group in grouped.values():
+        suite = suites.setdefault(group.target, Suite(group.target))
+        suite.groups.append(group)
+        suite.tests += 1
+        kind = _group_result(group)
+        suite.failures += kind == "failure"
+        suite.errors += kind == "error"
+
+
+def _group_result(group: Group) -> str | None:
+    if group.clears:
+        return None
+    return "error" if group.errors == group.samples - group.passed else "failure"
+
+
+def _group_case(group: Group) -> ET.Element:
+    """A repeated scenario's testcase: its pass rate and verdict, its samples in system-out."""
+    case = ET.Element(
+        "testcase",
+        classname=xml_text(group.scenario_id),
+        name=xml_text(f"{group.scenario_id}@{group.target}"),
+        time=f"{group.seconds:.3f}",
+    )
+    low, high = group.interval
+    bar = "every sample must pass" if group.min_pass_rate is None else (
+        f"min_pass_rate {group.min_pass_rate:g}"
+    )  # fmt: skip
+    summary = (
+        f"{group.passed}/{group.samples} samples passed ({100 * group.rate:.1f} %, 95 % "
+        f"interval {100 * low:.1f}-{100 * high:.1f} %); {bar}"
+    )
+    kind = _group_result(group)
+    if kind is not None:
+        ET.SubElement(case, kind, type="pass_rate", message=xml_text(summary))
+    more = group.samples - len(group.lines)
+    lines = [summary + ("; flaky" if group.flaky else "")] + [t for _, t in sorted(group.lines)]
+    lines += [f"... and {more} more samples"] if more else []
+    ET.SubElement(case, "system-out").text = xml_text("\n".join(lines))
+    return case
 
 
 def _not_run(plan: Plan, suites: dict[str, Suite], recorded: set[str]) -> None:
@@ -93,7 +150,7 @@ def _not_run(plan: Plan, suites: dict[str, Suite], recorded: set[str]) -> None:
     plan is read only until they are listed (or all of them are found)."""
     for name, planned in planned_per_target(plan).items():
         suite = suites.setdefault(name, Suite(name))
-        suite.skipped = max(0, planned - suite.tests)
+        suite.skipped = max(0, planned - suite.recorded)
         suite.tests += suite.skipped
     left, room = sum(s.skipped for s in suites.values()), LISTED
     for conv in plan if left and room else ():
@@ -154,6 +211,8 @@ def _document(suites: list[Suite], manifest: dict[str, Any], transcripts: Path) 
         yield _element(properties)
         for record in read_at(transcripts, suite.offsets):
             yield _element(_case(record))
+        for group in suite.groups:
+            yield _element(_group_case(group))
         for scenario_id, conversation_id in suite.not_run:
             yield _element(_skipped(scenario_id, conversation_id, reason))
         if suite.unlisted:

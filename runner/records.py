@@ -48,7 +48,7 @@ def no_usage() -> Usage:
 def add_usage(total: Usage, more: Usage) -> None:
     """Add `more` into `total`, count by count."""
     for key in TOKEN_KEYS:
-        total[key] += more[key]  # type: ignore[literal-required]
+        total[key] += more.get(key, 0)  # type: ignore[literal-required]  # older records: 0
 
 
 def utc_now() -> str:
@@ -71,6 +71,7 @@ def turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -
         "attempts": attempts,
         "sent_messages": sent,  # messages in the request, system included
         "checks": [],
+        **({"cached_reply": True} if attempts == 0 else {}),  # replayed: runner/cache.py
     }
 
 
@@ -97,6 +98,7 @@ def transcript_record(
         "vars": conv.vars,
         "seed": conv.seed,  # the seed param sent, when samples were seeded
         "metadata": conv.scenario.metadata,  # from the scenario, e.g. MT-Bench's references
+        "min_pass_rate": conv.scenario.min_pass_rate,  # its verdict's bar (runner/verdicts.py)
         "status": "failed" if error else "ok",
         "error": error.as_record() if error else None,
         "messages": messages,
@@ -190,7 +192,7 @@ def _shape(**fields: Any) -> Fields:
 TRANSCRIPT_FIELDS = _shape(
     conversation_id=str, scenario_id=str, target=str, status=str, sample=int, vars=dict,
     messages=list, turns=list, error=(dict, None), passed=(bool, None), metadata=(dict, None),
-    ended_at=str, started_at=(str, None),
+    ended_at=str, started_at=(str, None), min_pass_rate=(*NUMBER, None),
 )  # fmt: skip
 TURN_FIELDS = _shape(
     index=int, user=str, assistant=str, usage=dict, latency_ms=NUMBER,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.verdicts import Group
+
+from runner.failures import MESSAGE_CHARS, SHOWN_CHECKS
 
 Row = dict[str, Any]
 
@@ -54,7 +60,12 @@ def cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 
 def table(rows: list[Row], markdown: bool = False) -> str:
     """The rows as an aligned text table or a markdown table (one line per target)."""
-    header, body = cells(rows)
+    return grid(*cells(rows), markdown=markdown)
+
+
+def grid(header: list[str], body: list[list[str]], markdown: bool = False) -> str:
+    """A header and rows of cells as an aligned text table (first column left, the rest
+    right) or a markdown table."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
@@ -76,22 +87,59 @@ def render(rows: list[Row], fmt: str = "table") -> str:
 
 
 def render_notes(rows: list[dict[str, Any]], fmt: str = "table") -> str:
-    """What goes under the table: each target's most common failures and its warnings
-    ("" when there are none; JSON rows carry them as `failures` and `warnings`)."""
+    """What goes under the table: the first failing checks, each target's most common failures
+    and its warnings ("" when there are none; JSON rows carry them as `failed_checks`,
+    `failures` and `warnings`)."""
     failures = [(row["target"], f) for row in rows for f in row.get("failures", ())]
     warnings = [(row["target"], w) for row in rows for w in row.get("warnings", ())]
-    if fmt == "json" or not (failures or warnings):
+    checks = failing_checks(rows, markdown=fmt == "markdown")
+    if fmt == "json" or not (failures or warnings or checks):
         return ""
     if fmt == "markdown":
-        return _markdown_notes(failures, warnings)
-    width = max(len(target) for target, _ in failures + warnings)
+        return "\n\n".join(filter(None, [checks, _markdown_notes(failures, warnings)]))
+    width = max((len(target) for target, _ in failures + warnings), default=0)
     lines = ["most common failures:"] if failures else []
     for target, f in failures:
         status = f" {f['status']}" if f["status"] is not None else ""
         lines.append(f"  {target:<{width}}  {f['count']:>5}×  {f['kind']}{status}: {f['message']}")
     lines += ["warnings:"] if warnings else []
     lines += [f"  {target:<{width}}  {w}" for target, w in warnings]
-    return "\n".join(lines)
+    return "\n".join(filter(None, [checks, *lines]))
+
+
+def failing_checks(rows: list[Row], markdown: bool = False) -> str:
+    """The first SHOWN_CHECKS failing checks of the run (scenario, conversation, turn, kind,
+    reason), then how many more failed; "" when none did."""
+    listed = [c for row in rows for c in row.get("failed_checks", ())][:SHOWN_CHECKS]
+    if not listed:
+        return ""
+    more = sum(row["checks_failed"] for row in rows) - len(listed)
+    header = ["scenario", "conversation", "turn", "kind", "reason"]
+    body = [
+        [c["scenario"], c["conversation_id"], str(c["turn"]), c["kind"], _line(c["reason"])]
+        for c in listed
+    ]
+    rest = f"… and {more} more failing check{'s' if more != 1 else ''}" if more > 0 else ""
+    if markdown:
+        lines = ["**Failing checks**", "", "| " + " | ".join(header) + " |", "|---" * 5 + "|"]
+        lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in body]
+        return "\n".join(lines + ([f"\n{rest}"] if rest else []))
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header) - 1)]
+    lines = ["failing checks:"] + [
+        "  " + "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]])
+        for r in [header, *body]
+    ]
+    return "\n".join(lines + ([f"  {rest}"] if rest else []))
+
+
+def _line(text: str) -> str:
+    """One line of at most MESSAGE_CHARS characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MESSAGE_CHARS else flat[: MESSAGE_CHARS - 1] + "…"
+
+
+def _md_cell(text: str) -> str:
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def _markdown_notes(failures: list[tuple[str, Any]], warnings: list[tuple[str, str]]) -> str:
@@ -107,3 +155,30 @@ def _markdown_notes(failures: list[tuple[str, Any]], warnings: list[tuple[str, s
     if warnings:
         parts.append("\n".join(["**Warnings**", "", *(f"- {t}: {w}" for t, w in warnings)]))
     return "\n\n".join(parts)
+
+
+RATE_HEADER = ["scenario", "target", "passed", "pass %", "95 % interval", "min", "verdict", "flaky"]
+
+
+def render_rates(groups: list[Group], fmt: str = "table") -> str:
+    """Each scenario × target's pass rate over its samples, its 95 % Wilson interval, the
+    min_pass_rate it must reach ("all": every sample) and its verdict, flaky ones marked
+    ("" for JSON: its rows carry them as `pass_rates`)."""
+    if fmt == "json" or not groups:
+        return ""
+    body = []
+    for g in groups:
+        low, high = g.interval
+        bar = "all" if g.min_pass_rate is None else f"{g.min_pass_rate:g}"
+        body.append([g.scenario_id, g.target, f"{g.passed}/{g.samples}", _percent(g.rate),
+                     f"{_percent(low)}-{_percent(high)}", bar, "pass" if g.clears else "FAIL",
+                     "flaky" if g.flaky else "-"])  # fmt: skip
+    if fmt == "markdown":
+        body = [[c.replace("|", "\\|") for c in row] for row in body]
+        return "**Pass rates** (samples of each scenario × target)\n\n" + grid(
+            RATE_HEADER, body, markdown=True
+        )
+    text = grid(RATE_HEADER, body)
+    return "pass rates (samples of each scenario × target):\n" + "\n".join(
+        "  " + line.rstrip() for line in text.splitlines()
+    )

@@ -29,6 +29,8 @@ MAY_CHANGE = {
     "max_wait": "max_wait_s",
     "idle_timeout": "idle_timeout_s",
     "max_cost": "max_cost",
+    "cache": "cache",
+    "cache_only": "cache_only",
 }
 NEW_RUN = ("output_dir", "run_id")  # they name a new run's folder
 
@@ -88,7 +90,7 @@ def changes(recorded: Any, given: dict[str, Given]) -> dict[str, Any]:
                 "what it runs (leave them out, or start a new run):",
                 *refused,
                 "(a resume may change -c, --stream, --timeout, --max-retries, --max-wait, "
-                "--idle-timeout and --max-cost)",
+                "--idle-timeout, --max-cost and the --cache options)",
             ]
         )
     wanted = {MAY_CHANGE[n]: g.value for n, g in given.items() if n in MAY_CHANGE}

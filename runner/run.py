@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runner.cache import reply_cache
 from runner.cost import total
 from runner.dryrun import dry_run
 from runner.engine import Budget, Outcome, execute
@@ -28,7 +29,8 @@ from runner.resume import Given, changes, recorded_ids
 from runner.scenarios import Scenario, load_paths
 from runner.stats import Summary, add_attempts, unstreamed
 from runner.store import MANIFEST, TRANSCRIPTS, USAGE, RunLock, read_manifest, write_manifest
-from runner.targets import BUILTIN, Target, load_models, resolve
+from runner.targets import BUILTIN, Target, load_models_file, resolve
+from runner.verdicts import Group, run_groups, shown
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Invocation:
     judge: str | None = None  # the default judge target of judge checks
     max_cost: float | None = None  # USD: no conversation starts once the estimate passes it
     idle_timeout_s: float | None = None
+    cache: str | None = None  # the reply cache's folder; None: the models file's; "": none
+    cache_only: bool = False  # a reply not cached fails (cache_miss); keys are not needed
 
 
 def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], Plan]:
@@ -58,13 +62,14 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
     scenarios = select(load_paths(inv.paths), tuple(inv.filters or ()))
     if not scenarios:
         raise InputError(f"no scenario matches the filter {inv.filters}")
-    models = load_models(inv.models_file) if inv.models_file else {}
+    models, cache = load_models_file(inv.models_file) if inv.models_file else ({}, None)
     named = [n for n in inv.targets if n in models or n in BUILTIN]
     if inv.base_url and named:
         raise InputError(
             f"--base-url applies to PROVIDER:MODEL targets only; {', '.join(named)} "
             "is a built-in or models-file target (set its base_url in the models file)"
         )
+    need_keys = need_keys and not inv.cache_only  # nothing is sent: keys are not needed
     resolved = resolve(inv.targets, models, inv.base_url, need_keys)
     targets = [_override(t, inv) for t in resolved]
     if inv.max_cost is not None:
@@ -77,6 +82,7 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
     plan = Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
     judges = _judges(judge_names(scenarios, inv.judge), targets, models, inv, need_keys)
     plan.judges = (judges, inv.judge)
+    plan.cache = reply_cache(inv.cache, inv.cache_only, cache)
     return scenarios, targets, plan
 
 
@@ -157,6 +163,7 @@ class Finished:
     rows: list[dict[str, Any]]
     plan: Plan | None = None
     skipped: Skipped = dataclasses.field(default_factory=Skipped)  # lines not the run's
+    groups: list[Group] = dataclasses.field(default_factory=list)  # verdicts.shown's
 
     @property
     def exit_code(self) -> Exit:
@@ -165,7 +172,8 @@ class Finished:
             return Exit.INTERRUPTED
         if counts["failed"] or self.manifest["status"] == "over_budget":
             return Exit.FAILED
-        return Exit.CHECKS if counts["checks_failed"] else Exit.OK
+        cleared = bool(self.groups) and all(g.clears for g in self.groups)  # min_pass_rate
+        return Exit.CHECKS if counts["checks_failed"] and not cleared else Exit.OK
 
     def line(self) -> str:
         c = self.manifest["counts"]
@@ -184,6 +192,13 @@ class Finished:
             text += (
                 f"\ninterrupted: {c['not_run']} conversations were not run; run them with: "
                 f"dialogue-runner run --resume {shlex.quote(str(self.run_dir))}"
+            )
+        if self.groups:
+            passing = sum(g.clears for g in self.groups)
+            flaky = sum(g.flaky for g in self.groups)
+            text += (
+                f"\n{passing}/{len(self.groups)} scenario × target pass their verdict "
+                f"(pass rate over samples), {flaky} flaky"
             )
         if self.skipped.count:
             text += f"\n{self.skipped.note()}"
@@ -291,6 +306,7 @@ def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:
     base = _Rebase(manifest.get("cwd"))
     inv.paths = [base(p) for p in inv.paths]
     inv.models_file = base(inv.models_file) if inv.models_file else None
+    inv.cache = base(inv.cache) if inv.cache else None
     return inv, base
 
 
@@ -356,7 +372,15 @@ def _go(
     if outcome.write_error is not None:
         raise _stopped(run_dir, manifest, outcome.write_error)
     write_manifest(run_dir, manifest)
-    return Finished(run_dir, manifest, rows, plan)
+    return Finished(run_dir, manifest, rows, plan, groups=_verdicts(plan, run_dir))
+
+
+def _verdicts(plan: Plan, run_dir: Path) -> list[Group]:
+    """The run's scenario × target groups when a scenario has samples or a min_pass_rate
+    (read back from the folder: a resumed run's earlier records count), else none."""
+    if not any(plan.samples(s) > 1 or s.min_pass_rate is not None for s in plan.scenarios):
+        return []
+    return shown(run_groups(run_dir).values())
 
 
 def _stopped(run_dir: Path, manifest: dict[str, Any], error: WriteError) -> WriteError:

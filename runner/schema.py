@@ -11,6 +11,7 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.expects import Expect, check_filled, read_expect, strings, text
+from runner.ranges import FRACTION
 from runner.rows import RowsFile, open_table
 from runner.variables import (
     Vars,
@@ -28,6 +29,7 @@ from runner.yamlnodes import (
     Problems,
     Reader,
     boolean,
+    checked,
     json_mapping,
     mapping_keys,
     node_line,
@@ -85,6 +87,7 @@ class Scenario:
     vars_file: RowsFile | None = None  # one conversation per row, crossed with vars
     repeat: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)  # carried into the records
+    min_pass_rate: float | None = None  # passes when this share of samples pass (verdicts.py)
     cache: bool | None = None  # prompt cache marks (None: as the target says)
 
     def var_count(self) -> int:
@@ -108,6 +111,7 @@ SCENARIO_KEYS = (
     "vars_file",
     "repeat",
     "metadata",
+    "min_pass_rate",
     "cache",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
@@ -282,6 +286,11 @@ def _id(r: ScenarioReader, node: Node, key: str) -> str:
     return value
 
 
+def _share(r: ScenarioReader, node: Node, key: str) -> float:
+    """A share of samples: a number from 0 to 1 (min_pass_rate)."""
+    return checked(r, node, key, "a number from 0 to 1", FRACTION.holds)
+
+
 SCENARIO_FIELDS: dict[str, Parser] = {
     "id": _id,
     "description": string,
@@ -293,6 +302,7 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "vars_file": string,
     "repeat": positive_int,
     "metadata": json_mapping,
+    "min_pass_rate": _share,
     "cache": boolean,
 }
 TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from runner.cost import cost
-from runner.failures import FailureKey, failure_key, top_failures, usage_warnings
+from runner.failures import (
+    FailedChecks,
+    FailureKey,
+    failure_key,
+    top_failures,
+    usage_warnings,
+)
 from runner.reader import RunRecords, Skipped
 from runner.records import TOKEN_KEYS
 from runner.store import read_manifest
@@ -36,6 +42,7 @@ class TargetStats:
     failures: Counter[FailureKey] = field(default_factory=Counter)  # runner/failures.py
     replies: int = 0
     replies_with_usage: int = 0
+    failed_checks: FailedChecks = field(default_factory=FailedChecks)  # the first few
 
 
 class Summary:
@@ -64,12 +71,13 @@ class Summary:
             if turn["ttft_ms"] is not None:
                 stats.ttfts.append(turn["ttft_ms"])
             for check in turn["checks"]:
-                if "usage" in check:  # a judge check: its tokens and cost
+                if "usage" in check and not check.get("cached_reply"):  # a judge's spend
                     _add_judge(stats, check)
                 if check["passed"]:
                     stats.checks_passed += 1
                 else:
                     stats.checks_failed += 1
+                    stats.failed_checks.add(record, turn["index"], check)
                     failing = True
         stats.conversations_failing_checks += failing
         stats.passed += record["status"] == "ok" and not failing
@@ -82,7 +90,7 @@ class Summary:
         stats = self.targets.get(record["target"]) or self.targets.setdefault(
             record["target"], TargetStats()
         )
-        stats.requests += 1
+        stats.requests += not record.get("cached_reply")  # a replayed reply sent nothing
         stats.retries += record["attempt"] > 1
         tokens = stats.tokens
         for key in TOKEN_KEYS:
@@ -164,6 +172,7 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
         "judge_tokens": s.judge_tokens,
         "errors": s.errors,
         "failures": top_failures(s.failures),
+        "failed_checks": s.failed_checks.first,  # the first few; checks_failed counts them all
         "warnings": usage_warnings(s.replies, s.replies_with_usage),
     }
 

@@ -95,9 +95,15 @@ def builtin(name: str) -> Target:
 
 def load_models(path: str) -> dict[str, Target]:
     """Read a models file ({targets: {name: {...}}}); errors name file and line."""
+    return load_models_file(path)[0]
+
+
+def load_models_file(path: str) -> tuple[dict[str, Target], str | None]:
+    """The targets of a models file and its top-level `cache:` folder (the reply cache,
+    relative to the models file; None when not set); errors name file and line."""
     problems = Problems()
     r = Reader(problems, path)
-    targets_node = _targets_node(r, read_documents(path, problems))
+    targets_node, cache = _targets_node(r, read_documents(path, problems))
     targets = {}
     if targets_node is not None:
         for name, (key_node, node) in r.entries(targets_node, "targets", None, merges=True).items():
@@ -109,27 +115,43 @@ def load_models(path: str) -> dict[str, Target]:
             if target is not None:
                 targets[name] = target
     problems.raise_any()
-    return targets
+    if cache is not None and not os.path.isabs(cache):
+        cache = os.path.join(os.path.dirname(path), cache)
+    return targets, cache
 
 
-def _targets_node(r: Reader, documents: list[Node]) -> MappingNode | None:
-    """The 'targets:' mapping of the file's one document; None when it is not there."""
+def _targets_node(r: Reader, documents: list[Node]) -> tuple[MappingNode | None, str | None]:
+    """The 'targets:' mapping of the file's one document (None when it is not there) and
+    its top-level 'cache:' folder."""
     if r.count():  # the file could not be read, or is not YAML
-        return None
+        return None, None
     if len(documents) > 1:
         r.report(node_line(documents[1]), "a models file holds one YAML document")
-        return None
+        return None, None
     root = documents[0] if documents else None
     if not isinstance(root, MappingNode):
         r.report(node_line(root) if root else 1, "a models file is a mapping with a 'targets:' key")
-        return None
+        return None, None
     # other top-level keys are left alone: they may hold anchors (&name) that targets merge
     top = r.entries(root, "models file", None, merges=True)
+    cache = (
+        r.fields({"cache": top["cache"]}, {"cache": _cache}).get("cache")
+        if "cache" in top
+        else None
+    )
     targets = top["targets"][1] if "targets" in top else None
     if not isinstance(targets, MappingNode):
         r.report(node_line(root), "expected 'targets:' holding a mapping")
-        return None
-    return targets
+        return None, cache
+    return targets, cache
+
+
+def _cache(r: Reader, node: Node, key: str) -> str | None:
+    """The models file's `cache:`: the reply cache's folder (runner/cache.py), or null."""
+    value = r.value(node)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise Bad(node, "'cache' must be a folder (the reply cache) or null")
+    return value
 
 
 def _target(r: Reader, name: str, key_node: Node, node: Node) -> Target | None:

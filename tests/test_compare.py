@@ -105,16 +105,23 @@ def test_the_page_is_self_contained_and_escapes_every_transcript_text(runs) -> N
     assert csp[0]["content"] == (
         "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
     )
-    assert not [t for t, a in page.elements if "src" in a or "href" in a]  # nothing to fetch
+    links = [a["href"] for _, a in page.elements if "href" in a]
+    assert not [t for t, a in page.elements if "src" in a]  # nothing to fetch
+    assert links and all(re.fullmatch(r"#s\d+", link or "") for link in links)  # in the page
     assert not re.search(r"https?://", markup)
     assert len(page.having("script")) == 1 and not page.having("img")  # only the filter script
     assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in markup
     assert HOSTILE in "".join(page.text)  # shown as text, whole
 
 
+def section(markup: str, name: str) -> Elements:
+    """The elements of the page's section with this id."""
+    return Elements(markup.split(f'<section id="{name}">')[1].split("</section>")[0])
+
+
 def test_the_report_table_shows_the_reports_rows(runs) -> None:
     report = json.loads(runs["first"].report("json").output)
-    page = Elements(runs["one"].read_text(encoding="utf-8"))
+    page = section(runs["one"].read_text(encoding="utf-8"), "report")
     text = "".join(page.text)
     for row in report:
         assert row["target"] in text
@@ -123,7 +130,8 @@ def test_the_report_table_shows_the_reports_rows(runs) -> None:
     for shown in body:
         assert "".join(shown) in text
     assert len(page.having("tr")) == 1 + len(report)
-    assert len(page.having("svg")) == 2 * len(report)  # latency and tokens per target
+    charts = section(runs["one"].read_text(encoding="utf-8"), "charts")
+    assert len(charts.having("svg")) == 2 * len(report)  # latency and tokens per target
 
 
 @needs_browser
@@ -316,11 +324,15 @@ def test_a_long_run_shows_its_failing_rows_first_and_says_what_it_left_out(runs)
     assert (
         cli("compare", runs["first"].run_dir, "--html", page_file, "--max-rows", "1").exit_code == 0
     )
-    page = Elements(page_file.read_text(encoding="utf-8"))
+    markup = page_file.read_text(encoding="utf-8")
+    page = Elements(markup)
     shown = [json.loads(a["data-ids"] or "[]") for a in page.having("article", "conv")]
     assert shown == [["hostile@mock", "hostile@mock-gemini"]]
     assert "2 more rows of conversations are not shown" in "".join(page.text)
-    assert len(page.having("tr")) == 3  # the report still counts every conversation
+    assert len(section(markup, "report").having("tr")) == 3  # the report counts every one
+    matrix = section(markup, "matrix")  # and so does the matrix, linking to what is shown
+    assert len(matrix.having("tr")) == 1 + 3 + 1  # head, every scenario, all scenarios
+    assert [a["href"] for a in matrix.having("a")] == ["#s0"]
 
 
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
@@ -342,10 +354,13 @@ def test_a_failed_conversation_shows_its_error_and_the_turns_it_never_reached(
     page = Elements(markup)
     (conv,) = page.having("article", "conv")
     assert conv["data-failed"] == "1"
-    assert "failed: empty" in "".join(page.text)
-    assert len(page.having("div", "reply")) == 1  # the one turn answered
+    text = "".join(page.text)
+    assert "failed: empty" in text
+    assert [a["class"] for a in page.having("div", "reply")] == ["reply", "reply failed"]
+    assert "failed after 1 attempt empty" in text and "attempt 1: HTTP 200 · " in text
     users = [a for a in page.having("div", "user")]
     assert len(users) == 2  # the refused turn is shown; the one after it was never sent
+    assert not page.having("div", "missing")
 
 
 def test_the_page_never_shows_a_key(tmp_path: Path, mock_server) -> None:

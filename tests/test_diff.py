@@ -124,3 +124,119 @@ def test_diff_of_a_folder_that_is_not_a_run_is_exit_2(tmp_path, mock_server):
     (tmp_path / "empty").mkdir()
     result = cli("diff", base.run_dir, tmp_path / "empty")
     assert result.exit_code == 2 and "not a readable run folder" in result.stderr
+
+
+# ---------------------------------------------------------------- the gate
+
+PAIR = "scenarios:\n  - id: kept\n    turns: [hello]\n  - id: other\n    turns: [bye]\n"
+FAILING = (
+    "  - id: {id}\n    turns:\n      - user: say teal\n        expect: {{contains: [coffee]}}\n"
+)
+DOLLAR_A_TOKEN = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}
+
+
+def gate_of(base, new, *args: str) -> tuple[int, dict]:
+    result = cli("diff", base.run_dir, new.run_dir, "--format", "json", *args)
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_a_conversation_missing_from_the_new_run_fails_the_gate(tmp_path, mock_server):
+    base = play(tmp_path, PAIR, server=mock_server)
+    new = play(tmp_path, PAIR.replace("  - id: other\n    turns: [bye]\n", ""), server=mock_server)
+    assert new.result.exit_code == 0  # the run itself is clean
+    code, data = gate_of(base, new)
+    assert code == 1 and data["regressions"] == [] and data["missing"] == ["other@chat"]
+    assert data["gate"] == {
+        "passed": False, "reasons": ["1 conversation missing from the new run"],
+    }  # fmt: skip
+    text = cli("diff", base.run_dir, new.run_dir).output
+    assert "gate: FAILED: 1 conversation missing from the new run" in text
+    markdown = cli("diff", base.run_dir, new.run_dir, "--format", "markdown").output
+    assert markdown.startswith("### ❌ dialogue-runner diff")
+    assert "<details open><summary>Missing (1)</summary>" in markdown
+
+
+def test_a_new_conversation_that_fails_its_checks_fails_the_gate_a_passing_one_does_not(
+    tmp_path, mock_server
+):
+    base = play(tmp_path, PAIR, server=mock_server)
+    passing = play(tmp_path, PAIR + "  - id: extra\n    turns: [more]\n", server=mock_server)
+    code, data = gate_of(base, passing)
+    assert code == 0 and data["new_conversations"] == ["extra@chat"]
+    assert data["gate"] == {"passed": True, "reasons": []} and data["new_failing"] == []
+
+    failing = play(tmp_path, PAIR + FAILING.format(id="extra"), server=mock_server)
+    assert failing.result.exit_code == 1
+    code, data = gate_of(base, failing)
+    assert code == 1 and data["regressions"] == []
+    (new,) = data["new_failing"]
+    assert (new["conversation_id"], new["before"], new["after"]) == ("extra@chat", "new", "fail")
+    assert new["reason"] == "turn 0: contains: missing ['coffee']"
+    assert data["gate"]["reasons"] == ["1 new conversation not passing"]
+    text = cli("diff", base.run_dir, failing.run_dir).output
+    assert "NEW AND NOT PASSING\n  extra@chat  new -> fail  turn 0: contains:" in text
+
+
+def test_a_new_run_that_did_not_complete_fails_the_gate(tmp_path, mock_server):
+    four = "id: s\nturns: [hi]\nvars: {n: [1, 2, 3, 4]}\n"
+    models = {"price": DOLLAR_A_TOKEN}
+    base = play(tmp_path, four, server=mock_server, models=models)
+    stopped = play(
+        tmp_path, four, "--max-cost", "0.5", "-c", "1", server=mock_server, models=models
+    )
+    assert stopped.result.exit_code == 3 and stopped.manifest["status"] == "over_budget"
+    code, data = gate_of(base, stopped)
+    assert code == 1
+    assert (
+        "the new run did not complete: status over_budget, 3 conversations not run"
+        in (data["gate"]["reasons"])
+    )
+    # every conversation there, but the run stopped (Ctrl-C after the last record was written)
+    manifest = base.manifest | {"status": "interrupted"}
+    (base.run_dir / "run.json").write_text(json.dumps(manifest), encoding="utf-8")
+    code, data = gate_of(play(tmp_path, four, server=mock_server, models=models), base)
+    assert code == 1 and data["missing"] == [] and data["regressions"] == []
+    assert data["gate"]["reasons"] == ["the new run did not complete: status interrupted"]
+
+
+def test_runs_of_different_targets_need_match_scenario(tmp_path, mock_server):
+    base = play(tmp_path, PAIR + FAILING.format(id="red"), server=mock_server)
+    new = play(tmp_path, PAIR + FAILING.format(id="red"), server=mock_server, targets=["gemini"])
+    refused = cli("diff", base.run_dir, new.run_dir)
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert "no target in common" in refused.stderr and "--match scenario" in refused.stderr
+
+    code, data = gate_of(base, new, "--match", "scenario")
+    assert code == 0 and data["match"] == "scenario"  # red failed before too: no regression
+    assert data["missing"] == data["new_conversations"] == data["regressions"] == []
+    assert [t["target"] for t in data["targets"]] == ["chat -> gemini"]  # one row, paired
+    # the new model fails a check the old one passed: a regression, paired by scenario
+    other = PAIR.replace("  - id: other\n    turns: [bye]\n", FAILING.format(id="other"))
+    worse = play(tmp_path, other, server=mock_server, targets=["gemini"])
+    code, data = gate_of(base, worse, "--match", "scenario")
+    assert code == 1
+    assert [(c["conversation_id"], c["before"], c["after"]) for c in data["regressions"]] == [
+        ("other@gemini", "pass", "fail")
+    ]
+    assert data["missing"] == ["red@chat"]
+    text = cli("diff", base.run_dir, worse.run_dir, "--match", "scenario").output
+    assert "(paired by scenario, vars and sample)" in text.splitlines()[0]
+
+
+def test_match_scenario_pairs_vars_and_samples_and_refuses_a_run_of_several_targets(
+    tmp_path, mock_server
+):
+    two = "id: v\nturns: ['{{n}}']\nvars: {n: [1, 2]}\nrepeat: 2\n"
+    base = play(tmp_path, two, server=mock_server)
+    new = play(tmp_path, two.replace("n: [1, 2]", "n: [2, 3]"), server=mock_server,
+               targets=["responses"])  # fmt: skip
+    code, data = gate_of(base, new, "--match", "scenario")
+    assert code == 1 and len(data["missing"]) == len(data["new_conversations"]) == 2  # n=1, n=3
+    assert all(cid.startswith("v[") for cid in data["missing"])
+    assert data["gate"]["reasons"] == ["2 conversations missing from the new run"]
+
+    both = play(tmp_path, two, server=mock_server, targets=["chat", "responses"])
+    refused = cli("diff", base.run_dir, both.run_dir, "--match", "scenario")
+    assert refused.exit_code == 2 and "pairs runs of one target each" in refused.stderr
+    assert "has chat, responses" in refused.stderr

@@ -174,3 +174,75 @@ def test_each_targets_planned_count_is_what_its_plan_holds(tmp_path, shard):
     plan = Plan(load_paths([str(path)]), targets, None, shard)
     held = Counter(conv.target.name for conv in plan)
     assert planned_per_target(plan) == {t.name: held[t.name] for t in targets}
+
+
+# the mock ends its reply with " seed=N" when the user text holds [[seed]]: with --repeat 5
+# the regex passes on samples 0-3 and fails on sample 4
+REPEATED = """
+scenarios:
+  - id: short
+    min_pass_rate: 0.9
+    turns:
+      - user: "your seed [[seed]]"
+        expect: {regex: "seed=[0-3]$"}
+  - id: enough
+    min_pass_rate: 0.8
+    turns:
+      - user: "your seed [[seed]]"
+        expect: {regex: "seed=[0-3]$"}
+  - id: errors
+    turns: ["hello [[error]]"]
+  - id: steady
+    turns: [hello]
+"""
+
+
+def test_repeated_scenarios_are_one_testcase_per_scenario_and_target(tmp_path, mock_server):
+    junit = tmp_path / "junit.xml"
+    played = play(tmp_path, REPEATED, "--repeat", "5", "--junit", junit, server=mock_server,
+                  targets=("chat", "gemini"), models={"max_retries": 0})  # fmt: skip
+    assert played.result.exit_code == 3, played.result.output  # `errors` failed after retries
+    again = tmp_path / "again.xml"
+    assert cli("junit", played.run_dir, "-o", again).exit_code == 0
+    assert again.read_text() == junit.read_text()
+    for target, suite in suites(junit).items():
+        assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (4, 1, 1, 0)
+        cases = {case.name: case for case in suite}
+        assert set(cases) == {f"{s}@{target}" for s in ("short", "enough", "errors", "steady")}
+        short = cases[f"short@{target}"]
+        (failure,) = short.result
+        assert isinstance(failure, Failure) and failure.type == "pass_rate"
+        assert failure.message == (
+            "4/5 samples passed (80.0 %, 95 % interval 37.6-96.4 %); min_pass_rate 0.9"
+        )
+        assert short.classname == "short"
+        lines = short.system_out.splitlines()
+        assert lines[0] == failure.message + "; flaky"
+        assert lines[1:5] == [f"sample 0 short@{target}: pass"] + [
+            f"sample {i} short@{target}#{i}: pass" for i in (1, 2, 3)
+        ]
+        assert lines[5] == (
+            f"sample 4 short@{target}#4: fail: turn 0: regex: no match for /seed=[0-3]$/"
+        )
+        enough = cases[f"enough@{target}"]
+        assert enough.result == [] and "; min_pass_rate 0.8; flaky" in enough.system_out
+        (error,) = cases[f"errors@{target}"].result
+        assert isinstance(error, Error) and error.type == "pass_rate"
+        assert error.message.startswith("0/5 samples passed (0.0 %, 95 % interval 0.0-43.4 %)")
+        assert "every sample must pass" in error.message
+        assert "sample 3 errors@" in cases[f"errors@{target}"].system_out
+        assert float(cases[f"steady@{target}"].time) >= 0
+
+
+def test_a_repeated_run_stopped_early_counts_its_samples_not_run(tmp_path, mock_server):
+    scenario = "id: s\nturns: [hi]\nrepeat: 4\nmin_pass_rate: 0.5\n"
+    price = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}  # a dollar a token
+    played = play(tmp_path, scenario, "--max-cost", "0.5", "-c", "1", server=mock_server,
+                  models={"price": price})  # fmt: skip
+    assert played.result.exit_code == 3
+    junit = tmp_path / "junit.xml"
+    assert cli("junit", played.run_dir, "-o", junit).exit_code == 0
+    (suite,) = suites(junit).values()
+    assert (suite.tests, suite.failures, suite.skipped) == (1 + 3, 0, 3)
+    assert [case.name for case in suite] == ["s@chat", "s@chat#1", "s@chat#2", "s@chat#3"]
+    assert "1/1 samples passed" in next(iter(suite)).system_out

@@ -386,16 +386,16 @@ def openai_like(clock: Callable[[], float], per_minute: float, window_s: float, 
 @pytest.mark.parametrize("stated", [True, False], ids=["x-ratelimit", "retry-after only"])
 def test_a_raw_openai_server_at_its_limit_loses_nothing(tmp_path, raw_server, stated):
     # 600 a minute served as 10 a second in buckets of 1 (a 0.1 s window), real time; six
-    # conversations of three turns at once: the first five refused share one Retry-After,
-    # and retried together they would be refused together again
+    # conversations of three turns at once: the five refused first share one Retry-After.
+    # How many are refused depends on the machine's speed (the simulations above count them
+    # on a fake clock); that none is lost does not
     server = raw_server(openai_like(time.monotonic, 600, 0.1, stated))
     played = play(tmp_path, "id: p\nturns: [a, b, c]\n", "-c", "6", "--repeat", "6",
                   server=server, models={"max_wait_s": 5})  # fmt: skip
     assert played.result.exit_code == 0, played.result.output
     assert [t["status"] for t in played.transcripts] == ["ok"] * 6
-    refused = [u for u in played.usage if u["status"] == 429]
     assert {u["status"] for u in played.usage} == {200, 429}
-    assert len(refused) <= len(played.usage) / 2
+    assert [u["status"] for u in played.usage].count(200) == 18
 
 
 def test_controller_rides_out_refusals_that_are_noise():

@@ -72,6 +72,7 @@ yaml_values = st.recursive(
                     "context",
                     "window",
                     "repeat",
+                    "min_pass_rate",
                     "system",
                     "scenarios",
                     "defaults",

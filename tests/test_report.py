@@ -118,3 +118,64 @@ def test_ttft_p50_of_streamed_turns(tmp_path, mock_server):
     ttfts = [t["ttft_ms"] for r in played.transcripts for t in r["turns"]]
     assert len(ttfts) == 9 and row["ttft_p50_ms"] == nearest_rank(ttfts, 0.5)
     assert played.result.stdout.startswith(played.report().output.rstrip("\n"))
+
+
+MANY = """
+id: many
+turns:
+  - user: "hello | <b>there</b>"
+    expect: {contains: [teal], equals: nope, regex: "^z|^<q>"}
+  - user: fine
+  - user: again
+    expect: {contains: [x, y]}
+vars: {n: [1, 2, 3, 4]}
+---
+id: clean
+turns:
+  - user: say teal
+    expect: {contains: [teal]}
+"""
+
+
+def test_run_and_report_list_the_first_10_failing_checks_then_count_the_rest(tmp_path, mock_server):
+    played = play(tmp_path, MANY, server=mock_server, targets=("chat", "gemini"))
+    assert played.result.exit_code == 1
+    failing = [  # recomputed from the records, in the order they were written
+        (r["scenario_id"], r["conversation_id"], t["index"], c["kind"], c["reason"])
+        for r in played.transcripts
+        for t in r["turns"]
+        for c in t["checks"]
+        if not c["passed"]
+    ]
+    assert len(failing) == 2 * 4 * 4
+    chat = [f for f in failing if f[1].endswith("@chat")]  # the report lists targets in order
+    table = played.report().output
+    assert played.result.stdout.startswith(table.rstrip("\n"))  # the end of the run, the same
+    listed = table.split("failing checks:\n")[1].splitlines()
+    assert listed[0].split() == ["scenario", "conversation", "turn", "kind", "reason"]
+    for line, (scenario, cid, turn, kind, reason) in zip(listed[1:11], chat[:10], strict=True):
+        assert line.split(None, 4) == [scenario, cid, str(turn), kind, reason]
+    assert listed[11] == "  … and 22 more failing checks"
+    assert "clean" not in table.split("failing checks:")[1]
+
+    rows = json.loads(played.report("json").output)
+    for row in rows:
+        mine = [f for f in failing if f[1].endswith("@" + row["target"])]
+        assert row["checks_failed"] == 16 and len(row["failed_checks"]) == 10
+        assert [
+            (c["scenario"], c["conversation_id"], c["turn"], c["kind"], c["reason"])
+            for c in row["failed_checks"]
+        ] == mine[:10]
+    markdown = played.report("markdown").output
+    assert "**Failing checks**\n\n| scenario | conversation | turn | kind | reason |" in markdown
+    assert f"| many | {chat[0][1]} | 0 | contains | missing ['teal'] |" in markdown
+    assert "| regex | no match for /^z\\|^&lt;q&gt;/ |" in markdown  # one cell, no HTML
+    assert markdown.rstrip().endswith("… and 22 more failing checks")
+
+
+def test_no_failing_checks_no_list(tmp_path, mock_server):
+    played = play(tmp_path, MANY.split("---")[1], server=mock_server)
+    assert played.result.exit_code == 0
+    assert "failing checks:" not in played.result.output + played.report().output
+    (row,) = json.loads(played.report("json").output)
+    assert row["failed_checks"] == []

@@ -60,6 +60,36 @@ def test_a_target_nobody_answers_stops_after_fail_fast_attempts(tmp_path, nobody
     assert all(KEY not in p.read_text(encoding="utf-8") for p in played.run_dir.iterdir())
 
 
+def test_a_connect_timeout_is_retried_but_does_not_stop_the_target(tmp_path):
+    # a listening socket that never accepts, its backlog filled: later connects get no
+    # answer at all (a server too busy to accept), which is not a server that is not there
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = []
+        while True:  # connect until one gets no answer: the backlog is full
+            sock = socket.socket()
+            sock.settimeout(0.2)
+            fillers.append(sock)
+            try:
+                sock.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+        try:
+            played = play(tmp_path, HI, "--repeat", "4", "-c", "1", "--max-retries", "1",
+                          models=models(f"http://127.0.0.1:{port}/v1", "fail_fast_after: 3",
+                                        "connect_timeout_s: 0.2"))  # fmt: skip
+        finally:
+            for sock in fillers:
+                sock.close()
+    assert played.result.exit_code == 3
+    # every conversation made its two attempts: no breaker opened after three
+    assert [u["status"] for u in played.usage] == ["connection"] * 8
+    assert all("no answer within connect_timeout_s" in t["error"]["message"]
+               for t in played.transcripts)  # fmt: skip
+
+
 def test_conversations_in_flight_add_at_most_one_attempt_each(tmp_path):
     port = free_port()
     played = play(tmp_path, HI, "--repeat", "40", "-c", "8",

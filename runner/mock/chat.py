@@ -41,7 +41,7 @@ def make_chat_reply(body: dict[str, Any]) -> Reply:
     limit = wire.int_or_none(body.get("max_completion_tokens"), "max_completion_tokens")
     if limit is None:
         limit = wire.int_or_none(body.get("max_tokens"), "max_tokens")
-    return rp.make_reply(parse_messages(body), reasoning, limit)
+    return rp.make_reply(parse_messages(body), reasoning, limit, body.get("seed"))
 
 
 def usage(reply: Reply) -> dict[str, Any]:

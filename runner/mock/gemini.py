@@ -172,7 +172,7 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     config = pick(body, "generationConfig", "generation_config")
     thoughts, include = thinking(config)
     limit = int_or_none(pick(config, "maxOutputTokens", "max_output_tokens"), "maxOutputTokens")
-    reply = rp.make_reply(messages, thoughts, limit)
+    reply = rp.make_reply(messages, thoughts, limit, pick(config, "seed", "seed"))
     stream = method == "streamGenerateContent"
     if reply.finish == rp.FAILED and not stream:
         raise MockError(500, FAIL_MESSAGE)

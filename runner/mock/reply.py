@@ -12,6 +12,7 @@ Message = tuple[str, str]  # (role, text); role is system | user | assistant (ot
 
 BLOCK_MARKER = "[[block]]"  # last user text containing it: the prompt is blocked / filtered
 ERROR_MARKER = "[[error]]"  # last user text containing it: 500, or an in-stream error midway
+SEED_MARKER = "[[seed]]"  # last user text containing it: the reply ends with " seed=N" as sent
 
 STOP, LENGTH, BLOCKED, FAILED = "stop", "length", "content_filter", "error"
 
@@ -151,15 +152,22 @@ def _finish(last: str) -> str:
 
 
 def make_reply(
-    messages: Sequence[Message], reasoning: int = 0, max_tokens: int | None = None
+    messages: Sequence[Message],
+    reasoning: int = 0,
+    max_tokens: int | None = None,
+    seed: object = None,
 ) -> Reply:
-    """Answer a conversation; max_tokens (reasoning included) truncates to finish LENGTH."""
+    """Answer a conversation; max_tokens (reasoning included) truncates to finish LENGTH.
+    SEED_MARKER in the last user text: the reply says the request's seed (each sample of a
+    repeated conversation is sent its own), so a check can pass on some samples only."""
     last = last_user_text(messages)
     finish = _finish(last)
     usage = (len(messages), *prompt_usage(messages))
     if finish == BLOCKED:
         return Reply("", BLOCKED, *usage, 0, 0)
     text = verdict_text(last) or reply_text(messages)
+    if SEED_MARKER in last:
+        text += f" seed={'none' if seed is None else seed}"
     out = tokens(text)
     if max_tokens is None or finish == FAILED or reasoning + out <= max_tokens:
         return Reply(text, finish, *usage, out, reasoning)

@@ -79,15 +79,18 @@ class Capture:
 
 
 def unreachable(exc: aiohttp.ClientError, url: str) -> ApiError:
-    """No connection was made (refused, DNS, TLS, connect timeout): retryable, and counted
-    attempt by attempt towards a target's fail-fast breaker. Names the host and port."""
+    """No connection was made: retryable, and named by host and port. Refused, DNS and TLS
+    failures are counted attempt by attempt towards a target's fail-fast breaker; a connect
+    timeout or a local error (too many open files) is not: a server busy accepting ten
+    thousand connections, or this machine, is not a server that is not there."""
     parts = urlsplit(url)
     where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     cause: object = exc
     if isinstance(exc, aiohttp.ClientConnectorError):
         where, cause = f"{exc.host}:{exc.port}", exc.os_error
+    there = True
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        why = "no answer within connect_timeout_s"
+        why, there = "no answer within connect_timeout_s", False
     elif isinstance(exc, aiohttp.ClientConnectorDNSError):
         why = f"the host name does not resolve ({_reason(cause)})"
     elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -97,9 +100,9 @@ def unreachable(exc: aiohttp.ClientError, url: str) -> ApiError:
     elif isinstance(cause, ConnectionRefusedError):
         why = "connection refused (nothing listens there)"
     else:
-        why = f"{type(cause).__name__}: {_reason(cause)}"
+        why, there = f"{type(cause).__name__}: {_reason(cause)}", False
     return ApiError(
-        Kind.CONNECTION, f"cannot connect to {where}: {why}", retryable=True, unreachable=True
+        Kind.CONNECTION, f"cannot connect to {where}: {why}", retryable=True, unreachable=there
     )
 
 
