@@ -66,6 +66,17 @@ def test_bearer_auth_a_version_a_beta_and_max_tokens_under_other_names(tmp_path,
         assert not {"anthropic_version", "anthropic_beta", "max_completion_tokens"} & set(body)
 
 
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_thinking_tokens_are_reasoning_tokens_and_not_the_answer(tmp_path, mock_server, stream):
+    scenario = "id: t\nturns: [hi]\nparams: {thinking: {type: enabled, budget_tokens: 1024}}\n"
+    played = play(tmp_path, scenario, stream, server=mock_server, targets=("anthropic",))
+    assert played.result.exit_code == 0, played.result.output
+    turn = played.transcripts[0]["turns"][0]
+    assert turn["assistant"].startswith("mock: 1 messages")  # the thinking block left out
+    assert turn["usage"]["reasoning_tokens"] == 64
+    assert turn["usage"]["output_tokens"] == 64 + (len(turn["assistant"]) + 3) // 4
+
+
 def test_a_stop_sequence_hit_is_a_stop(tmp_path, mock_server):
     scenario = "id: s\nturns:\n  - user: hi\n    params: {stop_sequences: [messages]}\n"
     played = play(tmp_path, scenario, "--stream", server=mock_server, targets=("anthropic",))

@@ -197,6 +197,8 @@ def make_answer(body: dict[str, Any], model: str, state: MockState) -> Answer:
     out = reply.output_tokens if seq is None else rp.tokens(text) + reply.reasoning_tokens
     usage = cache_usage(model, turns, state.prefixes)
     usage = {**usage, "output_tokens": out, "service_tier": "standard"}
+    if reply.reasoning_tokens:  # thinking is part of output_tokens
+        usage["output_tokens_details"] = {"thinking_tokens": reply.reasoning_tokens}
     reason = "stop_sequence" if seq is not None else STOP_REASON.get(reply.finish, "end_turn")
     return Answer(reply, text, reason, seq, usage)
 
