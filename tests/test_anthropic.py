@@ -17,6 +17,7 @@ from runner.client import TargetClient
 from runner.cost import cost
 from runner.messages import Message
 from runner.mock import MockOptions, MockThread
+from runner.pacing import reset_seconds
 from runner.providers.anthropic import Anthropic, rfc3339_seconds
 from runner.targets import Target
 
@@ -164,6 +165,9 @@ def test_rfc3339_resets():
     assert rfc3339_seconds("2001-01-01T00:00:00Z") == 0.0  # past: now
     assert rfc3339_seconds("2026-12-04T17:05:00") is None  # no zone: unsaid
     assert rfc3339_seconds("in 5 s") is None
+    assert rfc3339_seconds("0001-01-01T00:00:00+14:00") == 0.0
+    far = "9999-12-31T23:59:59-14:00"
+    assert rfc3339_seconds(far) > 1e11 and reset_seconds(far, rfc3339_seconds) is None  # unsaid
 
 
 def test_anthropic_rate_limit_headers_feed_the_pacer_and_529_is_an_overload():

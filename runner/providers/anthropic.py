@@ -10,6 +10,7 @@ turn reads the earlier ones from the server's prompt cache (protocols.md §5.5).
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from functools import cached_property
 from types import MappingProxyType
@@ -45,11 +46,10 @@ def rfc3339_seconds(text: str) -> float | None:
     """Seconds from now until an RFC 3339 time ("2026-12-04T17:05:00Z"; past: 0)."""
     try:
         when = datetime.fromisoformat(text.strip())
-    except ValueError:
+        at = when.timestamp() if when.tzinfo is not None else None
+    except (ValueError, OverflowError, OSError):  # not a time, or none a clock can hold
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - datetime.now(when.tzinfo).timestamp())
+    return None if at is None else max(0.0, at - time.time())
 
 
 def anthropic_usage(raw: Any) -> Usage:
