@@ -33,10 +33,11 @@ $(TESTDEPS): pyproject.toml | $(BIN)/python
 
 install: $(RUNTIME)
 
-# ends with the report table; the compare page of the three targets is written beside the run
+# ends with the report table; the compare page of the four targets is written beside the run
 demo: $(RUNTIME)
 	id=demo-$$(date +%Y%m%d-%H%M%S); $(BIN)/dialogue-runner run scenarios/ \
-	  -m mock -m mock-responses -m mock-gemini --run-id $$id --html outputs/$$id/compare.html
+	  -m mock -m mock-responses -m mock-gemini -m mock-anthropic --run-id $$id \
+	  --html outputs/$$id/compare.html
 
 test: $(TESTDEPS)
 	$(BIN)/python -m pytest -q

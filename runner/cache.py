@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from runner.encoding import to_json
 from runner.errors import ApiError, InputError, Kind
 from runner.providers import Call, Provider, Reply
-from runner.records import TOKEN_KEYS, Usage, attempt_record, utc_now
+from runner.records import NEWER_KEYS, TOKEN_KEYS, Usage, attempt_record, utc_now
 from runner.store import open_own, read_at, scan_jsonl, write_error
 from runner.targets import Target
 
@@ -152,7 +152,9 @@ def _reply(entry: dict[str, Any]) -> Reply | None:
     if not isinstance(kept, dict) or not isinstance(kept.get("text"), str) or not kept["text"]:
         return None
     usage = kept.get("usage")
-    if not isinstance(usage, dict) or any(type(usage.get(k)) is not int for k in TOKEN_KEYS):
+    if not isinstance(usage, dict) or any(
+        type(usage.get(k, 0 if k in NEWER_KEYS else None)) is not int for k in TOKEN_KEYS
+    ):
         return None
     latency, ttft = kept.get("latency_ms"), kept.get("ttft_ms")
     if not _number(latency) or not (ttft is None or _number(ttft)):
@@ -160,7 +162,7 @@ def _reply(entry: dict[str, Any]) -> Reply | None:
     finish, raw, rid = kept.get("finish_reason_raw"), kept.get("raw_usage"), kept.get("response_id")
     if not (_text(finish) and (raw is None or isinstance(raw, dict)) and _text(rid)):
         return None
-    tokens = cast(Usage, {k: usage[k] for k in TOKEN_KEYS})
+    tokens = cast(Usage, {k: usage.get(k, 0) for k in TOKEN_KEYS})  # older entries: 0
     return Reply(kept["text"], finish, tokens, raw, rid, float(kept["latency_ms"]), ttft)
 
 

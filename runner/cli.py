@@ -361,14 +361,15 @@ def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
               "a minute as 1,000 a second, a bucket of 1,000 (OpenAI's quantization).")  # fmt: skip
 @click.option("--limit-headers", type=click.Choice(["openai", "window", "none"]),
               default="openai", show_default=True, help="What answers say of the limits: "
-              "OpenAI's per-minute x-ratelimit-* headers, the enforcing window's, or none "
-              "(429s with Retry-After only).")  # fmt: skip
+              "OpenAI's per-minute x-ratelimit-* headers (anthropic-ratelimit-* on "
+              "/v1/messages), the enforcing window's, or none (429s with Retry-After "
+              "only).")  # fmt: skip
 @click.option("--limit-concurrency", type=_mock("limit_concurrency"), default=0,
               help="Requests in progress at once; past it, 429.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip
 def mock_server(host: str, port: int, **opts: Any) -> None:
-    """Serve the mock OpenAI Chat, Responses and Gemini APIs on HOST:PORT."""
+    """Serve the mock OpenAI Chat, Responses, Gemini and Anthropic Messages APIs on HOST:PORT."""
     from runner.mock import MockOptions, serve
 
     serve(MockOptions(**opts), host, port)

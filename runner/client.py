@@ -92,13 +92,17 @@ class TargetClient:
         turn: int,
         judge: Verdict | None = None,
         sample: int = 0,
+        cache_marks: bool | None = None,
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts).
 
         With `judge`, this is a judge's request: its attempts are recorded as such, and a
         reply that `judge` refuses is retried like a malformed body. With a cache, a reply
-        cached for this request (and SAMPLE) is replayed with 0 attempts."""
-        call = Call(system, messages, params, self.stream, previous_id)
+        cached for this request (and SAMPLE) is replayed with 0 attempts. `cache_marks`
+        (None: the target's `cache`) asks a provider with cache marks to mark the prompt for
+        the server's prompt cache (not the reply cache)."""
+        marks = self.target.cache if cache_marks is None else cache_marks
+        call = Call(system, messages, params, self.stream, previous_id, marks)
         request = self.provider.build(call)
 
         # -- the reply cache (runner/cache.py): a hit is replayed, a miss stored once sent

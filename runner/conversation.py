@@ -49,7 +49,14 @@ async def run_conversation(
         n_sent = len(sent) + (system is not None)
         try:
             reply, attempts = await client.complete(
-                system, sent, params, previous_id, conv.id, len(turns), sample=conv.sample
+                system,
+                sent,
+                params,
+                previous_id,
+                conv.id,
+                len(turns),
+                sample=conv.sample,
+                cache_marks=scenario.cache,
             )
             _check_reply(reply, scenario)
         except ApiError as err:

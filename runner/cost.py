@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# price keys of a target; cached input defaults to the input price, reasoning to the output price
-PRICE_KEYS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "reasoning_per_mtok")
+# price keys of a target; cached input (read from the prompt cache) defaults to the input
+# price, input written to the cache to 1.25 times it, reasoning to the output price
+PRICE_KEYS = (
+    "input_per_mtok",
+    "cached_input_per_mtok",
+    "cache_write_per_mtok",
+    "output_per_mtok",
+    "reasoning_per_mtok",
+)
+CACHE_WRITE_FACTOR = 1.25  # Anthropic's 5-minute cache writes
 
 Price = Mapping[str, float]
 
@@ -14,17 +22,20 @@ Price = Mapping[str, float]
 def cost(tokens: Mapping[str, Any], price: Price | None) -> float | None:
     """Estimated USD of these tokens; None when the target has no price.
 
-    Cached tokens are part of the input and reasoning tokens part of the output (records.Usage),
-    so each part is charged at its own price and the rest at the plain one."""
+    Cached and cache-write tokens are parts of the input and reasoning tokens part of the
+    output (records.Usage), so each part is charged at its own price and the rest at the
+    plain one."""
     if not price:
         return None
     input_price = price.get("input_per_mtok", 0.0)
     output_price = price.get("output_per_mtok", 0.0)
     cached = tokens.get("cached_tokens", 0)
+    written = tokens.get("cache_write_tokens", 0)
     reasoning = tokens.get("reasoning_tokens", 0)
     return (
-        (tokens.get("input_tokens", 0) - cached) * input_price
+        (tokens.get("input_tokens", 0) - cached - written) * input_price
         + cached * price.get("cached_input_per_mtok", input_price)
+        + written * price.get("cache_write_per_mtok", CACHE_WRITE_FACTOR * input_price)
         + (tokens.get("output_tokens", 0) - reasoning) * output_price
         + reasoning * price.get("reasoning_per_mtok", output_price)
     ) / 1e6

@@ -24,17 +24,20 @@ VERSION = 1
 
 
 class Usage(TypedDict):
-    """Token counts normalised across protocols (reasoning and cached are parts of
-    output/input). A plain dict, so records hold it as it is."""
+    """Token counts normalised across protocols (reasoning is part of output; cached, read
+    from the server's prompt cache, and cache_write, written to it, are parts of input). A
+    plain dict, so records hold it as it is."""
 
     input_tokens: int
     output_tokens: int
     reasoning_tokens: int
     cached_tokens: int
+    cache_write_tokens: int
     total_tokens: int
 
 
-TOKEN_KEYS: tuple[str, ...] = tuple(Usage.__annotations__)  # the five token counts
+TOKEN_KEYS: tuple[str, ...] = tuple(Usage.__annotations__)  # the six token counts
+NEWER_KEYS = ("cache_write_tokens",)  # counts that records written before them lack (read: 0)
 
 
 def no_usage() -> Usage:
@@ -45,7 +48,7 @@ def no_usage() -> Usage:
 def add_usage(total: Usage, more: Usage) -> None:
     """Add `more` into `total`, count by count."""
     for key in TOKEN_KEYS:
-        total[key] += more[key]  # type: ignore[literal-required]
+        total[key] += more.get(key, 0)  # type: ignore[literal-required]  # older records: 0
 
 
 def utc_now() -> str:
@@ -199,7 +202,11 @@ TURN_FIELDS = _shape(
 CHECK_FIELDS = _shape(kind=str, passed=bool, reason=str)
 MESSAGE_FIELDS = _shape(role=str, content=str)
 ATTEMPT_FIELDS = _shape(
-    conversation_id=str, target=str, turn=int, attempt=int, **dict.fromkeys(TOKEN_KEYS, int)
+    conversation_id=str,
+    target=str,
+    turn=int,
+    attempt=int,
+    **{k: int for k in TOKEN_KEYS if k not in NEWER_KEYS},
 )
 
 

@@ -28,6 +28,7 @@ from runner.yamlnodes import (
     Parser,
     Problems,
     Reader,
+    boolean,
     checked,
     json_mapping,
     mapping_keys,
@@ -87,6 +88,7 @@ class Scenario:
     repeat: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)  # carried into the records
     min_pass_rate: float | None = None  # passes when this share of samples pass (verdicts.py)
+    cache: bool | None = None  # prompt cache marks (None: as the target says)
 
     def var_count(self) -> int:
         """Number of var combinations (1 when there are no vars), times the file's rows."""
@@ -110,6 +112,7 @@ SCENARIO_KEYS = (
     "repeat",
     "metadata",
     "min_pass_rate",
+    "cache",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
 USER_TURN_KEYS = ("user", "expect", "params")
@@ -300,5 +303,6 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "repeat": positive_int,
     "metadata": json_mapping,
     "min_pass_rate": _share,
+    "cache": boolean,
 }
 TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}

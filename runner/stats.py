@@ -95,7 +95,7 @@ class Summary:
         stats.retries += record["attempt"] > 1
         tokens = stats.tokens
         for key in TOKEN_KEYS:
-            tokens[key] += record[key]
+            tokens[key] += record.get(key, 0)  # a count records of older runs lack: 0
 
     def spent(self, prices: dict[str, dict[str, float] | None]) -> float:
         """The running estimate of the run's cost (targets without a price count nothing)."""

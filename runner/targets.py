@@ -38,6 +38,7 @@ class Target:
     api_key_env: str | None = None
     auth: str | None = None
     stream: bool | None = None  # None: the command line decides
+    cache: bool = False  # mark the prompt for the server's cache (providers with cache marks)
     params: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 32
     rpm: float | None = None
@@ -71,7 +72,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "connect_timeout_s": (int, float), "first_byte_timeout_s": (int, float),
     "idle_timeout_s": (int, float), "max_response_mb": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
-    "fail_fast_after": (int,),
+    "fail_fast_after": (int,), "cache": (bool,),
 }  # fmt: skip
 
 
@@ -168,6 +169,8 @@ def _target(r: Reader, name: str, key_node: Node, node: Node) -> Target | None:
     provider = PROVIDERS[data["provider"]]
     if data.get("auth") is not None and data["auth"] not in provider.auth_modes:
         raise Bad(entries["auth"][1], _auth_problem(name, provider, data["auth"]))
+    if data.get("cache") and not provider.capabilities.cache_marks:
+        raise Bad(entries["cache"][1], _cache_problem(name, provider))
     data.setdefault("base_url", provider.default_base_url)
     if data.get("mock") is None:
         data.setdefault("api_key_env", provider.key_env)
@@ -182,6 +185,16 @@ def _auth_problem(target: str, provider: type[Provider], auth: str) -> str:
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     takes = " or ".join(modes) if len(modes) < 3 else f"{', '.join(modes[:-1])} or {modes[-1]}"
     return f"target '{target}': provider {provider.name} takes auth {takes}, not '{auth}'{hint}"
+
+
+def _cache_problem(target: str, provider: type[Provider]) -> str:
+    """`cache: true` on a provider that has no cache marks to set."""
+    able = " or ".join(n for n, cls in PROVIDERS.items() if cls.capabilities.cache_marks)
+    return (
+        f"target '{target}': cache: true marks the prompt for providers with cache marks "
+        f"({able}); provider {provider.name} has none (it caches long prefixes on its own, "
+        "or not at all)"
+    )
 
 
 def _field(r: Reader, node: Node, key: str, target: str) -> Any:

@@ -255,6 +255,7 @@ def write_models(path: Path, base_url: str, **extra: Any) -> Path:
             "model": "m-resp",
         },
         "gemini": {"provider": "gemini", "base_url": base_url, "model": "m-gem"},
+        "anthropic": {"provider": "anthropic", "base_url": base_url, "model": "m-claude"},
     }
     for target in targets.values():
         target.update(common)

@@ -60,7 +60,7 @@ def entries(cache) -> list[dict]:
     return found
 
 
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini", "anthropic"])
 def test_a_second_run_sends_nothing_and_records_the_same_transcripts(tmp_path, make_mock, target):
     cache = tmp_path / "cache"
     first_server, same_args = make_mock(), {"targets": (target,), "models": DOLLAR_A_TOKEN}
@@ -93,6 +93,24 @@ def test_a_second_run_sends_nothing_and_records_the_same_transcripts(tmp_path, m
     assert ci.result.exit_code == 0, ci.result.output
     assert answered(server) == 0
     assert same(ci.transcripts) == same(first.transcripts)
+
+
+def test_entries_written_before_cache_write_tokens_still_replay(tmp_path, make_mock):
+    cache = tmp_path / "cache"
+    first = play(tmp_path, SCENARIO, "--cache", cache, server=make_mock(), targets=("chat",))
+    assert first.result.exit_code == 0, first.result.output
+    for path in cache.glob("*.jsonl"):  # as an older runner wrote them: five token counts
+        old = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        for entry in old:
+            del entry["reply"]["usage"]["cache_write_tokens"]
+        path.write_text("".join(json.dumps(e) + "\n" for e in old), encoding="utf-8")
+    server = make_mock()
+    replay = play(tmp_path, SCENARIO, "--cache", cache, "--cache-only", server=server,
+                  targets=("chat",))  # fmt: skip
+    assert replay.result.exit_code == 0, replay.result.output
+    assert answered(server) == 0
+    turns = [t for r in replay.transcripts for t in r["turns"]]
+    assert len(turns) == 8 and all(t["usage"]["cache_write_tokens"] == 0 for t in turns)
 
 
 def test_cache_only_with_an_empty_cache_fails_every_conversation_and_sends_nothing(

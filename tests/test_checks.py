@@ -42,7 +42,7 @@ def scenarios() -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini", "anthropic"])
 def test_contains_any_not_contains_equals_and_ignore_case(tmp_path, mock_server, target):
     played = play(tmp_path, scenarios(), server=mock_server, targets=(target,))
     assert played.result.exit_code == 1, played.result.output  # checks failed, nothing else

@@ -187,10 +187,10 @@ def test_two_runs_side_by_side_and_a_screenshot(runs) -> None:
     shutil.copyfile(shot, "/tmp/compare.png")  # for the closing note
 
 
-def test_the_demo_writes_a_compare_page_of_the_three_built_in_targets(tmp_path: Path) -> None:
-    # `make demo`: run scenarios/ -m mock -m mock-responses -m mock-gemini --html ...
+def test_the_demo_writes_a_compare_page_of_the_four_built_in_targets(tmp_path: Path) -> None:
+    # `make demo`: run scenarios/ -m mock -m mock-responses -m mock-gemini -m mock-anthropic ...
     page_file = tmp_path / "compare.html"
-    builtins = ("mock", "mock-responses", "mock-gemini")
+    builtins = ("mock", "mock-responses", "mock-gemini", "mock-anthropic")
     played = play(tmp_path, ROOT / "scenarios", "--html", page_file, targets=builtins)
     assert played.result.exit_code == 0
     assert f"compare page: {page_file}" in played.result.stderr
@@ -199,7 +199,7 @@ def test_the_demo_writes_a_compare_page_of_the_three_built_in_targets(tmp_path: 
     shown = [i for a in page.having("article", "conv") for i in json.loads(a["data-ids"] or "[]")]
     assert sorted(shown) == sorted(r["conversation_id"] for r in played.transcripts)
     heads = [a for a in page.having("div", "side")]
-    assert len(heads) == 3 * len(page.having("article", "conv"))
+    assert len(heads) == 4 * len(page.having("article", "conv"))
 
 
 class DevTools:

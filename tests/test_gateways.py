@@ -13,9 +13,11 @@ from runner.finish import normalise
 from runner.providers import drain
 from tests.conftest import CHAIN, play
 
+PROTOCOLS = ["chat", "responses", "gemini", "anthropic"]
+
 
 @pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", PROTOCOLS)
 def test_every_reply_hands_its_connection_back_for_the_next(tmp_path, mock_server, target, stream):
     scenario = CHAIN.replace("CONTEXT", "full")
     played = play(
@@ -87,11 +89,12 @@ RAW_FINISHES = {
     "chat": ["stop", "length"],
     "responses": ["completed", "max_output_tokens"],
     "gemini": ["STOP", "MAX_TOKENS"],
+    "anthropic": ["end_turn", "max_tokens"],
 }
 
 
 @pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", PROTOCOLS)
 def test_finish_reasons_are_one_vocabulary_with_the_providers_own_kept(
     tmp_path, mock_server, target, stream
 ):
@@ -103,7 +106,7 @@ def test_finish_reasons_are_one_vocabulary_with_the_providers_own_kept(
     assert all(c["passed"] for t in turns for c in t["checks"])
 
 
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", PROTOCOLS)
 def test_a_blocked_prompt_fails_naming_the_normalised_and_the_raw_reason(
     tmp_path, mock_server, target
 ):

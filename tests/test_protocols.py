@@ -1,4 +1,4 @@
-"""The three protocols through the runner: exact requests on the wire, same conversations."""
+"""The four protocols through the runner: exact requests on the wire, same conversations."""
 
 from __future__ import annotations
 
@@ -23,23 +23,112 @@ def gemini_contents(request: dict) -> list[tuple[str, str]]:
     ]
 
 
+def blocks_text(content: str | list) -> str:
+    """Anthropic content: a string, or text blocks."""
+    return content if isinstance(content, str) else "".join(b["text"] for b in content)
+
+
+def sent_history(request: dict) -> list[tuple[str, str]]:
+    """What a recorded request sent, in any of the four protocols: (role, text), system first."""
+    body, path = request["json"], request["path"]
+    if path == "/v1/chat/completions":
+        return [(m["role"], m["content"]) for m in body["messages"]]
+    if path == "/v1/responses":
+        return [("system", body["instructions"])] + responses_input(request)
+    if path == "/v1/messages":
+        system = [("system", blocks_text(body["system"]))] if "system" in body else []
+        return system + [(m["role"], blocks_text(m["content"])) for m in body["messages"]]
+    head = [("system", body["systemInstruction"]["parts"][0]["text"])]
+    return head + [("assistant" if r == "model" else r, t) for r, t in gemini_contents(request)]
+
+
+PROTOCOLS = ["chat", "responses", "gemini", "anthropic"]
+STREAMS = ["--stream", "--no-stream"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
-def test_same_conversation_in_all_three_protocols(tmp_path, mock_server, stream):
+def test_same_conversation_in_all_four_protocols(tmp_path, mock_server, stream):
     flag = "--stream" if stream else "--no-stream"
     records = {}
-    for target in ("chat", "responses", "gemini"):
+    for target in PROTOCOLS:
         played = play(tmp_path, FULL, flag, server=mock_server, targets=(target,))
         assert played.result.exit_code == 0, played.result.output
         records[target] = played.transcripts[0]
-    chat, resp, gem = records.values()
-    assert chat["messages"] == resp["messages"] == gem["messages"]
+    chat, resp, gem, claude = records.values()
+    assert chat["messages"] == resp["messages"] == gem["messages"] == claude["messages"]
     assert [t["usage"] for t in chat["turns"]] == [t["usage"] for t in gem["turns"]]
+    # the same tokens; Anthropic caches only what cache_control marks (nothing here)
+    uncached = [{**t["usage"], "cached_tokens": 0} for t in chat["turns"]]
+    assert [t["usage"] for t in claude["turns"]] == uncached
     assert chat["messages"][-1]["content"].startswith("mock: 7 messages")
     assert {r["provider"] for r in records.values()} == {
         "openai-chat",
         "openai-responses",
         "gemini",
+        "anthropic",
     }
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+@pytest.mark.parametrize("target", PROTOCOLS)
+def test_full_history_with_scripted_turns_in_every_protocol(tmp_path, mock_server, target, stream):
+    played = play(tmp_path, FULL, stream, server=mock_server, targets=(target,))
+    assert played.result.exit_code == 0, played.result.output
+    r1, r2, r3 = (t["assistant"] for t in played.transcripts[0]["turns"])
+    first = [("system", "Be brief."), ("user", "first question")]
+    second = [*first, ("assistant", r1), ("assistant", "a scripted answer")]
+    second.append(("user", "second question"))
+    third = [*second, ("assistant", r2), ("user", "third question")]
+    assert [sent_history(r) for r in mock_server.requests] == [first, second, third]
+    assert r3.startswith("mock: 7 messages")  # the model saw the whole history
+    streamed = [r["json"].get("stream") is True or r["query"].get("alt") == "sse"
+                for r in mock_server.requests]  # fmt: skip
+    assert streamed == [stream == "--stream"] * 3
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+@pytest.mark.parametrize("target", PROTOCOLS)
+def test_window_history_in_every_protocol(tmp_path, mock_server, target, stream):
+    window = CHAIN.replace("CONTEXT", "{window: 2}")
+    played = play(tmp_path, window, stream, server=mock_server, targets=(target,))
+    assert played.result.exit_code == 0, played.result.output
+    _, r2, _ = (t["assistant"] for t in played.transcripts[0]["turns"])
+    system = ("system", "Be brief.")
+    assert [sent_history(r) for r in mock_server.requests] == [
+        [system, ("user", "first question")],
+        [system, ("assistant", "a scripted answer"), ("user", "second question")],
+        [system, ("assistant", r2), ("user", "third question")],
+    ]
+
+
+VARS = """
+id: many
+system: 'You talk to {{n}}.'
+turns:
+  - 'I am number {{n}}.'
+  - assistant: 'Hello {{n}}.'
+  - Who am I?
+vars:
+  n: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+"""
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+@pytest.mark.parametrize("target", PROTOCOLS)
+def test_vars_keep_each_conversation_its_own_history(tmp_path, mock_server, target, stream):
+    played = play(tmp_path, VARS, stream, "-c", "6", server=mock_server, targets=(target,))
+    assert played.result.exit_code == 0, played.result.output
+    assert len(played.transcripts) == 12 and len(mock_server.requests) == 24
+    for record in played.transcripts:
+        n = record["vars"]["n"]
+        assert record["messages"][:3] == [
+            {"role": "system", "content": f"You talk to {n}."},
+            {"role": "user", "content": f"I am number {n}."},
+            {"role": "assistant", "content": record["turns"][0]["assistant"]},
+        ]
+        last = record["turns"][1]["assistant"]
+        assert last.startswith("mock: 5 messages")
+        assert f'earlier: user "I am number {n}."' in last and f'assistant "Hello {n}."' in last
 
 
 def test_responses_requests_carry_the_history_as_input(tmp_path, mock_server):
@@ -90,7 +179,7 @@ def test_server_context_with_streaming(tmp_path, mock_server):
     assert all(r["json"]["stream"] is True for r in mock_server.requests)
 
 
-@pytest.mark.parametrize("target", ["chat", "gemini"])
+@pytest.mark.parametrize("target", ["chat", "gemini", "anthropic"])
 def test_server_context_is_refused_for_other_protocols(tmp_path, mock_server, target):
     result = play(tmp_path, SERVER, server=mock_server, targets=(target,), name="chain.yaml").result
     assert result.exit_code == 2
@@ -159,7 +248,7 @@ def test_reasoning_tokens_and_cached_tokens_for_all_three(tmp_path, mock_server)
     assert any(r["json"].get("reasoning") == {"effort": "high"} for r in mock_server.requests)
 
 
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", PROTOCOLS)
 def test_blocked_prompt_is_a_failure_not_an_empty_reply(tmp_path, mock_server, target):
     text = "id: b\nturns: ['please [[block]]']\n"
     played = play(tmp_path, text, server=mock_server, targets=(target,))
@@ -174,14 +263,15 @@ def test_blocked_prompt_is_a_failure_not_an_empty_reply(tmp_path, mock_server, t
 def test_truncated_reply_keeps_its_finish_reason(tmp_path, mock_server, stream):
     finish, raw = {}, {}
     for target, key in (("chat", "max_tokens"), ("responses", "max_output_tokens"),
-                        ("gemini", "maxOutputTokens")):  # fmt: skip
+                        ("gemini", "maxOutputTokens"), ("anthropic", "max_tokens")):  # fmt: skip
         text = f"id: t\nturns: [hello]\nparams: {{{key}: 5}}\n"
         played = play(tmp_path, text, stream, server=mock_server, targets=(target,))
         assert played.result.exit_code == 0, played.result.output
         finish[target] = played.transcripts[0]["turns"][0]["finish_reason"]
         raw[target] = played.transcripts[0]["turns"][0]["finish_reason_raw"]
-    assert finish == dict.fromkeys(("chat", "responses", "gemini"), "length")
-    assert raw == {"chat": "length", "responses": "max_output_tokens", "gemini": "MAX_TOKENS"}
+    assert finish == dict.fromkeys(PROTOCOLS, "length")
+    assert raw == {"chat": "length", "responses": "max_output_tokens", "gemini": "MAX_TOKENS",
+                   "anthropic": "max_tokens"}  # fmt: skip
 
 
 def test_models_example_loads_and_names_keys_only_by_variable():
@@ -189,7 +279,13 @@ def test_models_example_loads_and_names_keys_only_by_variable():
 
     root = Path(__file__).resolve().parent.parent
     targets = load_models(str(root / "models.example.yaml"))
-    assert {t.provider for t in targets.values()} == {"openai-chat", "openai-responses", "gemini"}
+    assert {t.provider for t in targets.values()} == {
+        "openai-chat",
+        "openai-responses",
+        "gemini",
+        "anthropic",
+    }
+    assert targets["claude-sonnet"].cache is True
     assert targets["gemini-flash"].auth == "raw"
     assert targets["gpt52-pro"].params["reasoning"] == {"effort": "high"}
     assert targets["gemini-direct"].base_url == "https://generativelanguage.googleapis.com"

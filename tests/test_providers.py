@@ -19,7 +19,8 @@ from runner.providers.base import Capabilities, StreamState
 from runner.providers.openai_chat import OpenAIChat
 from runner.targets import Target
 
-NAMES = {"chat": "openai-chat", "responses": "openai-responses", "gemini": "gemini"}
+NAMES = {"chat": "openai-chat", "responses": "openai-responses", "gemini": "gemini",
+         "anthropic": "anthropic"}  # fmt: skip
 TWO_TURNS = "id: two\nsystem: Be brief.\nturns: [first question, second question]\n"
 
 
@@ -153,7 +154,7 @@ def test_the_provider_says_which_answers_are_overloads_and_how_its_limits_read(
 # ---------------------------------------------------------------- our bugs are ours
 
 
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_bug_in_a_parser_is_one_internal_request_not_retried(
     tmp_path, mock_server, monkeypatch, target, stream
@@ -223,7 +224,7 @@ def test_a_dry_run_plays_the_real_turn_loop_through_the_client(tmp_path, mock_se
     assert mock_server.requests == []
 
 
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_dry_run_shows_the_first_request_a_run_sends(tmp_path, mock_server, target, stream):
     scenario = (

@@ -142,7 +142,7 @@ def test_wrong_key_opens_the_breaker(tmp_path, make_mock):
 MARKER = "sk-MARKER-7f3a9c2e51d04b8b"
 
 
-@pytest.mark.parametrize("target", ["chat", "responses", "gemini"])
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini", "anthropic"])
 def test_the_key_never_appears_anywhere(tmp_path, make_mock, target):
     server = make_mock(require_key="another-key")  # every request fails: errors are printed too
     auth = {"auth": "query"} if target == "gemini" else {}  # the key in the URL: the hardest case

@@ -79,6 +79,7 @@ def test_usage_is_normalised_and_raw_usage_kept(tmp_path, mock_server):
         "output_tokens": raw["completion_tokens"],
         "reasoning_tokens": raw["completion_tokens_details"]["reasoning_tokens"],
         "cached_tokens": raw["prompt_tokens_details"]["cached_tokens"],
+        "cache_write_tokens": 0,  # OpenAI reports none: its cache writes cost nothing extra
         "total_tokens": raw["total_tokens"],
     }
     assert turn["usage"]["cached_tokens"] > 0  # the mock's simulated prefix cache

@@ -11,9 +11,9 @@ from conftest import CHAIN, ROOT, cli, play
 import runner.client
 
 
-def test_the_demo_plays_every_shipped_scenario_on_the_three_built_in_mocks(tmp_path):
-    # `make demo`: run scenarios/ -m mock -m mock-responses -m mock-gemini
-    builtins = ("mock", "mock-responses", "mock-gemini")
+def test_the_demo_plays_every_shipped_scenario_on_the_four_built_in_mocks(tmp_path):
+    # `make demo`: run scenarios/ -m mock -m mock-responses -m mock-gemini -m mock-anthropic
+    builtins = ("mock", "mock-responses", "mock-gemini", "mock-anthropic")
     played = play(tmp_path, ROOT / "scenarios", targets=builtins)
     assert played.result.exit_code == 0, played.result.output
     records = played.transcripts
@@ -26,9 +26,15 @@ def test_the_demo_plays_every_shipped_scenario_on_the_three_built_in_mocks(tmp_p
         plans[r["target"]].add((r["scenario_id"], json.dumps(r["vars"]), r["sample"]))
     assert set(plans) == set(builtins)
     assert plans["mock"] == plans["mock-responses"] == plans["mock-gemini"]
+    assert plans["mock"] == plans["mock-anthropic"]
     shipped = cli("validate", ROOT / "scenarios").output.split()[0]  # "N scenarios OK"
     assert len({scenario for scenario, _, _ in plans["mock"]}) == int(shipped)
-    assert {r["provider"] for r in records} == {"openai-chat", "openai-responses", "gemini"}
+    assert {r["provider"] for r in records} == {
+        "openai-chat",
+        "openai-responses",
+        "gemini",
+        "anthropic",
+    }
     checks = [c for r in records for t in r["turns"] for c in t["checks"]]
     assert all(c["passed"] for c in checks)
     assert {c["kind"] for c in checks} >= {"contains", "contains_any", "not_contains", "regex"}
@@ -52,8 +58,14 @@ TARGET = "targets:\n  x:\n"  # the target's name is on line 2; its fields start 
         (["provider: gemini", "model: m", "rpm: fast", "stream: 1"],
          [(5, "'rpm' of target 'x' must be int or float"),
           (6, "'stream' of target 'x' must be bool")]),
-        (["provider: anthropic", "model: m"],
-         [(3, "unknown provider 'anthropic'; use one of openai-chat, openai-responses, gemini")]),
+        (["provider: claude", "model: m"],
+         [(3, "unknown provider 'claude'; use one of openai-chat, openai-responses, gemini, "
+              "anthropic")]),
+        (["provider: openai-chat", "model: m", "cache: true"],
+         [(5, "target 'x': cache: true marks the prompt for providers with cache marks "
+              "(anthropic); provider openai-chat has none")]),
+        (["provider: anthropic", "model: m", "auth: query"],
+         [(5, "target 'x': provider anthropic takes auth x-api-key or bearer, not 'query'")]),
         (["model: m"], [(2, "target 'x' needs 'provider'")]),
         (["provider: openai-chat"], [(2, "target 'x' needs 'model'")]),
     ],

@@ -1,9 +1,11 @@
-"""The built-in mock LLM server (OpenAI Chat, OpenAI Responses, Gemini) with fault injection.
+"""The built-in mock LLM server (OpenAI Chat, OpenAI Responses, Gemini, Anthropic Messages)
+with fault injection.
 
 Replies are deterministic (runner.mock.reply). Markers in the last user message:
 "[[block]]" blocks the prompt (Gemini: promptFeedback SAFETY and no candidates; Chat:
 finish_reason "content_filter" with content null; Responses: status "incomplete",
-incomplete_details.reason "content_filter", no message item); "[[error]]" fails the request
+incomplete_details.reason "content_filter", no message item; Anthropic: stop_reason
+"refusal", no content); "[[error]]" fails the request
 (non-streaming: HTTP 500; streaming: half the text, then the protocol's in-stream error).
 """
 

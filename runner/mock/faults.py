@@ -1,9 +1,10 @@
-"""Error envelopes (OpenAI and Gemini shapes), retry headers and key checks."""
+"""Error envelopes (OpenAI, Gemini and Anthropic shapes), retry headers and key checks."""
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 
 from aiohttp import web
 
@@ -26,6 +27,20 @@ GEMINI_ERRORS: dict[int, tuple[str, str]] = {
     500: ("INTERNAL", "An internal error has occurred (mock)."),
     503: ("UNAVAILABLE", "The model is overloaded. Please try again later (mock)."),
 }
+
+# status -> (error.type, message) for the Anthropic envelope; 503 (the fault plan's
+# "overloaded") is said as Anthropic says it: 529 overloaded_error
+ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Your API key does not have permission to use this resource."),
+    404: ("not_found_error", "Not found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Rate limit reached (mock). Retry later."),
+    500: ("api_error", "Internal server error (mock)."),
+    529: ("overloaded_error", "Overloaded (mock)."),
+}
+ANTHROPIC_STATUS = {503: 529}
 
 
 class MockError(Exception):
@@ -108,3 +123,29 @@ def gemini_authorized(request: web.Request, key: str) -> bool:
         return True
     raw = request.headers.get("Authorization", "").strip()
     return raw == key or bearer_key(request) == key
+
+
+def request_id() -> str:
+    """A fresh Anthropic request id, req_…"""
+    return "req_" + secrets.token_hex(12)
+
+
+def anthropic_error_body(err: MockError, rid: str) -> dict:
+    """The Anthropic envelope {"type": "error", "error": {type, message}, "request_id"}."""
+    status = ANTHROPIC_STATUS.get(err.status, err.status)
+    kind, message = ANTHROPIC_ERRORS.get(status, ("api_error", "Mock error."))
+    inner = {"type": kind, "message": err.message or message}
+    return {"type": "error", "error": inner, "request_id": rid}
+
+
+def anthropic_error(err: MockError, retry_after_ms: int) -> web.Response:
+    """An Anthropic-style error response (503 said as 529), request-id and retry headers."""
+    rid = request_id()
+    headers = {"request-id": rid, **retry_headers(err.status, retry_after_ms)}
+    status = ANTHROPIC_STATUS.get(err.status, err.status)
+    return _json(anthropic_error_body(err, rid), status, headers)
+
+
+def anthropic_authorized(request: web.Request, key: str) -> bool:
+    """Anthropic auth: `x-api-key: <key>` (the docs) or `Authorization: Bearer <key>` (the SDK)."""
+    return request.headers.get("x-api-key") == key or bearer_key(request) == key

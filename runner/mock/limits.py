@@ -17,6 +17,10 @@ What the answers say (`headers`):
   minute, a request can be refused while `remaining` is high, as OpenAI's can.
 - "window": the limit per minute, but remaining and reset of the bucket that enforces it.
 - "none": no x-ratelimit-* headers; 429s carry only Retry-After, in whole seconds.
+
+The names follow the protocol (`style`): OpenAI's above, or Anthropic's
+anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}, whose reset is the RFC 3339
+time (UTC, milliseconds) at which the bucket is whole again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 HEADER_MODES = ("openai", "window", "none")
 
@@ -38,6 +43,12 @@ def go_duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds, 3), 60)
     text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
     return f"{int(minutes)}m{text}" if minutes else text
+
+
+def rfc3339_in(seconds: float) -> str:
+    """The UTC time `seconds` from now as Anthropic writes a reset: 2026-12-04T17:05:00.123Z."""
+    when = datetime.now(UTC) + timedelta(seconds=max(0.0, seconds))
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 class Bucket:
@@ -73,12 +84,18 @@ class Limit:
         self.enforced = Bucket(rate, rate * window_s, now)
         self.stated = Bucket(rate, per_minute, now)
 
-    def headers(self, mode: str, out: dict[str, str]) -> None:
+    def headers(self, mode: str, out: dict[str, str], style: str = "openai") -> None:
         bucket = self.stated if mode == "openai" else self.enforced
         k, level = self.kind, max(0.0, bucket.level)
+        reset_s = (bucket.capacity - level) / bucket.rate
+        if style == "anthropic":
+            out[f"anthropic-ratelimit-{k}-limit"] = f"{self.per_minute:g}"
+            out[f"anthropic-ratelimit-{k}-remaining"] = str(int(level))
+            out[f"anthropic-ratelimit-{k}-reset"] = rfc3339_in(reset_s)
+            return
         out[f"x-ratelimit-limit-{k}"] = f"{self.per_minute:g}"
         out[f"x-ratelimit-remaining-{k}"] = str(int(level))
-        out[f"x-ratelimit-reset-{k}"] = go_duration((bucket.capacity - level) / bucket.rate)
+        out[f"x-ratelimit-reset-{k}"] = go_duration(reset_s)
 
 
 @dataclass(slots=True)
@@ -111,8 +128,9 @@ class Limits:
         self.concurrency, self.in_progress = concurrency, 0
         self.retry_after_ms, self.mode, self.clock = retry_after_ms, headers, clock
 
-    def admit(self, tokens: int) -> Verdict:
-        """Admit and charge a request costing `tokens`, or say why not and for how long."""
+    def admit(self, tokens: int, style: str = "openai") -> Verdict:
+        """Admit and charge a request costing `tokens`, or say why not and for how long;
+        the headers are named in the protocol's `style` (openai or anthropic)."""
         now = self.clock()
         wait, reason = 0.0, ""
         for limit in self.limits:
@@ -132,7 +150,7 @@ class Limits:
         headers: dict[str, str] = {}
         if self.mode != "none":
             for limit in self.limits:
-                limit.headers(self.mode, headers)
+                limit.headers(self.mode, headers, style)
         if wait:
             return Verdict(headers, max(1, math.ceil(wait * 1000)), reason)
         if busy:

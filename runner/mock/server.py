@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runner.mock import chat, gemini, responses
+from runner.mock import anthropic, chat, gemini, responses
 from runner.mock.faults import MockError
 from runner.mock.limits import Limits
 from runner.mock.state import STATE_KEY, MockOptions, MockState, Plan
@@ -73,10 +73,10 @@ async def answer_limited(
     request: web.Request, proto: Protocol, body: Any, plan: Plan, limits: Limits
 ) -> web.StreamResponse:
     """Past a limit: an immediate 429. Admitted: the usual answer after the latency. Both
-    carry the x-ratelimit-* headers."""
+    carry the rate-limit headers (x-ratelimit-*, or the protocol's own)."""
     retry_ms = request.app[STATE_KEY].options.retry_after_ms
     out = None if plan.malformed else prerender(request, proto, body, plan)
-    verdict = limits.admit(out.tokens if isinstance(out, Out) else 0)
+    verdict = limits.admit(out.tokens if isinstance(out, Out) else 0, proto.limit_style)
     if verdict.retry_after_ms is not None:
         resp = proto.error(MockError(429, verdict.reason), verdict.retry_after_ms)
         resp.headers.update(verdict.headers)
@@ -143,12 +143,14 @@ def count_connections(runner: web.AppRunner, state: MockState) -> None:
 
 
 def make_app(options: MockOptions) -> web.Application:
-    """The mock app: OpenAI Chat, OpenAI Responses and Gemini routes over one MockState."""
+    """The mock app: OpenAI Chat, OpenAI Responses, Gemini and Anthropic Messages routes over
+    one MockState."""
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE_KEY] = MockState(options)
     app.router.add_post("/v1/chat/completions", handler(chat.PROTOCOL))
     app.router.add_post("/v1/responses", handler(responses.PROTOCOL))
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
+    app.router.add_post("/v1/messages", handler(anthropic.PROTOCOL))
     app.router.add_get("/mock/stats", stats)
     for version in ("v1beta", "v1"):
         app.router.add_post(f"/{version}/models/{{target}}", handler(gemini.PROTOCOL))

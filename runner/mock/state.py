@@ -1,4 +1,5 @@
-"""Options and per-app state of the mock server: seeded fault plan, ids, stored responses."""
+"""Options and per-app state of the mock server: seeded fault plan, ids, stored responses,
+cached prompt prefixes."""
 
 from __future__ import annotations
 
@@ -82,6 +83,25 @@ class ResponseStore:
         return len(self._items)
 
 
+class PrefixCache:
+    """Bounded memory of prompt prefixes written to the cache (Anthropic's cache_control):
+    a prefix's key is the hash of the model and the messages up to it (oldest evicted)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._keys
+
+    def add(self, key: bytes) -> None:
+        """Remember (or refresh) a prefix, evicting the oldest beyond the limit."""
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.limit:
+            self._keys.popitem(last=False)
+
+
 class MockState:
     """Everything one app owns: options, the seeded RNG, ids, stored responses, the log."""
 
@@ -92,6 +112,7 @@ class MockState:
         self.connections = 0  # accepted since start (keep-alive reuse keeps this low)
         self.answered = 0  # requests to the API routes, recorded or not
         self.store = ResponseStore(options.max_stored_responses)
+        self.prefixes = PrefixCache(options.max_stored_responses)
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
         o = options

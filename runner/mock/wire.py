@@ -32,12 +32,14 @@ class Out:
 
 @dataclass(frozen=True, slots=True)
 class Protocol:
-    """One wire protocol: key check, error envelope, stream detection and rendering."""
+    """One wire protocol: key check, error envelope, stream detection and rendering; the
+    style of its rate-limit headers (runner.mock.limits)."""
 
     authorized: Callable[[web.Request, str], bool]
     error: Callable[[MockError, int], web.Response]
     is_stream: Callable[[web.Request, Any], bool]
     render: Callable[[web.Request, Any, MockState], Out]
+    limit_style: str = "openai"
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))

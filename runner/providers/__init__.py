@@ -4,13 +4,14 @@ A protocol is one Provider subclass in its own file (what it declares: providers
 registering it is its entry in the tuple below (README, "Adding a protocol").
 """
 
+from runner.providers.anthropic import Anthropic
 from runner.providers.base import Call, Provider, Reply, Request
 from runner.providers.gemini import Gemini
 from runner.providers.openai_chat import OpenAIChat
 from runner.providers.openai_responses import OpenAIResponses
 
 PROVIDERS: dict[str, type[Provider]] = {
-    cls.name: cls for cls in (OpenAIChat, OpenAIResponses, Gemini)
+    cls.name: cls for cls in (OpenAIChat, OpenAIResponses, Gemini, Anthropic)
 }
 
 __all__ = ["PROVIDERS", "Call", "Provider", "Reply", "Request"]

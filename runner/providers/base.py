@@ -48,13 +48,15 @@ class Reply:
 @dataclass(slots=True)
 class Call:
     """What one turn asks of a model: the messages (the system prompt apart), each mapped
-    to the wire by the provider; previous_id chains to a stored response (server context)."""
+    to the wire by the provider; previous_id chains to a stored response (server context);
+    cache asks a provider with cache marks to mark the prompt for the server's cache."""
 
     system: str | None
     messages: list[Message]
     params: dict[str, Any]
     stream: bool
     previous_id: str | None = None
+    cache: bool = False
 
 
 @dataclass(slots=True)
@@ -144,6 +146,7 @@ class Capabilities:
     batch: bool = False  # a batch API takes many requests at once
     images: bool = False  # image parts in messages
     tools: bool = False  # tool calls and tool results
+    cache_marks: bool = False  # `cache: true` marks the prompt's prefix for the server's cache
 
 
 class Provider:

@@ -54,6 +54,7 @@ def gemini_usage(raw: Any) -> Usage:
         output_tokens=output,
         reasoning_tokens=thoughts,
         cached_tokens=base.tokens(raw, "cachedContentTokenCount"),
+        cache_write_tokens=0,
         total_tokens=base.tokens(raw, "totalTokenCount") or prompt + output,
     )
 

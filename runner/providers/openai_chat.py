@@ -26,6 +26,7 @@ def openai_usage(raw: Any, input_key: str, output_key: str) -> Usage:
         output_tokens=out,
         reasoning_tokens=base.tokens(out_details, "reasoning_tokens"),
         cached_tokens=base.tokens(in_details, "cached_tokens"),
+        cache_write_tokens=0,
         total_tokens=base.tokens(raw, "total_tokens") or inp + out,
     )
 
