@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runner.hashset import HashSet, hash64
 from runner.records import attempt_problem, transcript_problem
-from runner.store import TRANSCRIPTS, USAGE, lines_of, read_manifest, scan_jsonl
+from runner.store import TRANSCRIPTS, USAGE, lines_of, read_manifest
 
 
 def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -74,26 +75,35 @@ class RunRecords:
         self.unplanned = frozenset(manifest.get("unplanned") or ())
         self.skipped = Skipped()
 
-    def lines(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(offset, record) of every transcript record of the run, in file order."""
+    def lines(self, count: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(offset, record) of every transcript record of the run, in file order; the lines
+        left out are counted in `skipped` (unless COUNT is false: a second pass)."""
         for number, offset, record in lines_of(self.run_dir / TRANSCRIPTS):
             why = self._why(record, transcript_problem)
             if why is None and record["conversation_id"] in self.unplanned:  # type: ignore[index]
                 why = "a conversation the run no longer plans"
             if why is None:
                 yield offset, record  # type: ignore[misc]
-            else:
+            elif count:
                 self.skipped.add(f"{TRANSCRIPTS} line {number}", why)
 
     def newest(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """(offset, record) of the newest record per conversation, in file order, streamed.
 
-        Two passes over the file; all that is held is each id's offset (not its record).
-        Records appended between the passes (a run still going) are left for the next read."""
-        newest = {record["conversation_id"]: offset for offset, record in self.lines()}
-        for offset, record in scan_jsonl(self.run_dir / TRANSCRIPTS):
-            cid = record.get("conversation_id")
-            if isinstance(cid, str) and newest.get(cid) == offset:
+        Two passes over the file. The first keeps a 64-bit hash of each id in a flat table
+        (16 to 32 bytes a conversation) and, for the few ids seen twice (retried, resumed),
+        the offset of the newest; the second yields each record unless a newer one of its
+        id follows. Records appended between the passes (a run still going) are left for
+        the next read."""
+        seen, newest, end = HashSet(), {}, -1
+        for offset, record in self.lines():
+            key, end = hash64(record["conversation_id"]), offset
+            if seen.add(key):
+                newest[key] = offset
+        for offset, record in self.lines(count=False):
+            if offset > end:
+                return
+            if not newest or newest.get(hash64(record["conversation_id"]), offset) == offset:
                 yield offset, record
 
     def attempts(self) -> Iterator[dict[str, Any]]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import difflib
 import json
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.encoding import from_json
+from runner.hashset import HashSet, hash64
 from runner.variables import VAR_TYPES
 from runner.yamlnodes import Reader, show
 
@@ -178,10 +178,9 @@ def _row_hash(row: dict[str, Any], csv_row: bool) -> int:
     """64 bits, never 0 (an empty slot of HashSet). A CSV row's keys are always the
     header, in its order; a JSONL row's may come in any order."""
     try:
-        value = hash(tuple(row.values()) if csv_row else tuple(sorted(row.items())))
+        return hash64(tuple(row.values()) if csv_row else tuple(sorted(row.items())))
     except TypeError:  # a list or object in a column no template uses
-        value = hash(json.dumps(row, sort_keys=True))
-    return (value & 0xFFFF_FFFF_FFFF_FFFF) or 1
+        return hash64(json.dumps(row, sort_keys=True))
 
 
 def _first(path: str, key: int) -> str:
@@ -190,35 +189,6 @@ def _first(path: str, key: int) -> str:
         if _row_hash(row, is_csv(path)) == key:
             return f"row {number} (line {line})"
     return "an earlier row"  # unreachable while the file is unchanged
-
-
-class HashSet:
-    """A set of non-zero 64-bit hashes in one flat table (open addressing, at most half
-    full): 16 to 32 bytes a row, where a set of Python ints takes about 70."""
-
-    def __init__(self, size: int = 1 << 12):
-        self.table = array("Q", bytes(8 * size))
-        self.count = 0
-
-    def add(self, key: int) -> bool:
-        """Add KEY; True when it was there already."""
-        table, mask = self.table, len(self.table) - 1
-        i = key & mask
-        while table[i]:
-            if table[i] == key:
-                return True
-            i = (i + 1) & mask
-        table[i] = key
-        self.count += 1
-        if self.count * 2 > len(table):
-            self._grow()
-        return False
-
-    def _grow(self) -> None:
-        old, self.table, self.count = self.table, array("Q", bytes(16 * len(self.table))), 0
-        for key in old:
-            if key:
-                self.add(key)
 
 
 class _Capped:

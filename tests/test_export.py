@@ -157,3 +157,41 @@ scenarios:
     assert all(len(c["turns"]) == 2 and c["turns"][0].startswith("mock:") for c in q_b)
     assert len({a["answer_id"] for a in answers}) == 3
     json.dumps(answers)  # plain JSON values only
+
+
+def newest_peak(played: Played, n: int) -> tuple[int, list[int], int]:
+    """A run of N conversations, one in 1,000 recorded twice (retried): how many newest
+    records are found, the offsets of the retried ones, and the reader's peak memory."""
+    import tracemalloc
+
+    from runner.reader import RunRecords
+
+    path = played.run_dir / "transcripts.jsonl"
+    record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    record["turns"] = record["messages"] = []
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in [*range(n), *range(0, n, 1000)]:
+            fh.write(json.dumps({**record, "conversation_id": f"c{i:08d}@chat"}) + "\n")
+    retried = {f"c{i:08d}@chat" for i in range(0, n, 1000)}
+    count, offsets = 0, []
+    tracemalloc.start()
+    try:
+        for offset, found in RunRecords(played.run_dir).newest():
+            count += 1
+            if found["conversation_id"] in retried:
+                offsets.append(offset)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return count, offsets, peak
+
+
+def test_finding_the_newest_records_holds_a_few_bytes_per_conversation(run: Played) -> None:
+    # each id's text and offset took ~150 bytes (10^6 conversations: export at 162 MB); a
+    # hash per id in a flat table takes 16 to 32 (46 MB)
+    small, big = newest_peak(run, 10_000), newest_peak(run, 50_000)
+    for (count, offsets, _), n in ((small, 10_000), (big, 50_000)):
+        assert count == n and len(offsets) == n // 1000
+        line = len(json.dumps({"conversation_id": "c00000000@chat"}))  # lower bound of a line
+        assert all(offset > n * line for offset in offsets)  # each its second, newer, record
+    assert (big[2] - small[2]) / 40_000 < 60  # bytes per conversation more
