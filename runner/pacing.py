@@ -93,6 +93,7 @@ class Budget:
     LOW_UNITS = 400.0  # requests admitted between them before the estimate leans low
     KEEP_S = 60.0  # empty moments older than this no longer anchor the rate
     MIN_BURST_S = 0.1  # the learned bucket holds at least this long of its rate
+    GUESS_GROWTH = 2.0  # a guessed rate doubles each second until an empty moment measures it
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class Budget:
         self.rate = 0.0  # units a second the server refills; 0: nothing waits yet
         self.stated_rate = 0.0  # the rate the headers imply (used of limit over reset)
         self.measured = False  # whether the rate was measured between empty moments
+        self.guessed = False  # whether the rate is only a guess (half of what went out)
         self.basis = 0.0  # the used amount the stated rate was taken from
         self.capacity = math.inf  # the bucket's size, once a rate is measured
         self.burst = 0.0  # what the server took at once before its bucket first emptied
@@ -135,6 +137,8 @@ class Budget:
 
     def _refill(self) -> None:
         now = self._clock()
+        if self.guessed:  # a guess may be low, and only a refusal would say: it grows until one
+            self.rate *= self.GUESS_GROWTH ** (now - self._stamp)
         full = self.level + (now - self._stamp) * self.rate
         if full >= self.capacity:  # it filled up: what came before says nothing of the rate
             self.empties.clear()
@@ -161,7 +165,9 @@ class Budget:
         self.empties.append(moment)
         measured = self._measured(cost)
         self.measured |= bool(measured)
-        rate = measured or self.rate or self.stated_rate or self._half_sent(moment)
+        rate = measured or self.rate or self.stated_rate
+        self.guessed = not rate or (self.guessed and not measured)
+        rate = rate or self._half_sent(moment)
         self._set_rate(rate, cost)
         if measured and not self.burst:
             self.burst = self._burst(measured)
@@ -218,6 +224,7 @@ class Budget:
         if seconds and max(1.0, self.basis / 2) <= used < math.inf:
             self.stated_rate, self.basis = used / seconds, used
             if self.rate and not self.measured:  # pacing on its word: the newest is the best
+                self.guessed = False
                 self._set_rate(self.stated_rate, 1.0)
 
 
