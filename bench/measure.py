@@ -47,11 +47,17 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def accepted(server: Server) -> int:
-    """Connections the mock server has accepted so far (its GET /mock/stats), this one too."""
+def mock_stats(server: Server) -> dict:
+    """The mock server's GET /mock/stats: connections accepted (this one too), requests
+    answered, tokens admitted against its limits."""
     url = f"http://127.0.0.1:{server.port}/mock/stats"
     with urllib.request.urlopen(url, timeout=30) as resp:
-        return int(json.loads(resp.read())["connections"])
+        return dict(json.loads(resp.read()))
+
+
+def accepted(server: Server) -> int:
+    """Connections the mock server has accepted so far, this one too."""
+    return int(mock_stats(server)["connections"])
 
 
 def measure(cmd: list[str], env: dict[str, str], server: Server) -> tuple[Sample, int, str]:

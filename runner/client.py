@@ -50,7 +50,6 @@ class TargetClient:
         self.provider = provider_for(target)
         # the server's budgets, learned from its headers as the provider names them
         self.pacer = Pacer(max_wait_s=target.max_wait_s, headers=self.provider.rate_headers)
-        self.token_ratio = 1.0  # a reply's total tokens per body byte / 4, learned
         self.breaker = Breaker(target.name, target.fail_fast_after)
         self.retries = 0  # shown by the progress line
         self.limits = Limits(
@@ -111,8 +110,10 @@ class TargetClient:
             self.on_attempt(cached.usage_record(conversation_id, turn, self.target, bool(judge)))
             return cached.reply, 0
 
+        tokens = admission_tokens(request, params)
+
         def attempt(n: int) -> Any:
-            return self._attempt(request, conversation_id, turn, n, judge)
+            return self._attempt(request, tokens, conversation_id, turn, n, judge)
 
         try:
             reply, attempts = await retrying(attempt, self.policy)
@@ -124,10 +125,8 @@ class TargetClient:
         return reply, attempts
 
     async def _attempt(
-        self, request: Request, cid: str, turn: int, n: int, judge: Verdict | None
+        self, request: Request, estimate: float, cid: str, turn: int, n: int, judge: Verdict | None
     ) -> Reply:
-        base = len(request.body) // 4 or 1
-        estimate = base * self.token_ratio  # tokens reserved now, corrected by the reply
         if self.rpm:
             await self.rpm.acquire()
         if self.tpm:
@@ -153,11 +152,6 @@ class TargetClient:
         self.breaker.succeeded()
         if reply.headers is not None:
             self.pacer.answered(reply.headers, marks, estimate)
-        used = reply.usage["total_tokens"]
-        if used:
-            self.token_ratio += 0.2 * (used / base - self.token_ratio)
-        if self.tpm:
-            self.tpm.adjust(used - estimate)
         self._record(cid, turn, n, 200, reply, start, judge is not None)
         if judge is not None:
             judge(reply.text)
@@ -193,3 +187,14 @@ class TargetClient:
         if judge:
             record["judge"] = True
         self.on_attempt(record)
+
+
+MAX_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def admission_tokens(request: Request, params: dict[str, Any]) -> float:
+    """What a request costs against a token budget when it is admitted, as OpenAI documents
+    it: the larger of the max_tokens it asks for and the tokens estimated from its characters
+    (its body's length / 4). Known before it is sent, unlike the reply's usage."""
+    asked = [v for k in MAX_TOKEN_PARAMS if isinstance(v := params.get(k), int | float)]
+    return max([len(request.body) / 4, *asked])

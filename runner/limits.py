@@ -86,7 +86,7 @@ class TokenBucket:
     """A per-minute budget (requests or tokens), refilled continuously, one second of burst.
 
     Any 60 s window admits at most rate + rate/60. A request may overdraw the bucket;
-    later ones wait until it is positive again. adjust() corrects an estimate afterwards.
+    later ones wait until it is positive again.
     """
 
     def __init__(
@@ -98,7 +98,6 @@ class TokenBucket:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate)
         self.level = self.capacity
-        self.reserve = 0.0  # kept back: a request waits until cost + reserve is there
         self._clock, self._sleep = clock, sleep
         self._stamp = clock()
         self._lock = asyncio.Lock()
@@ -112,11 +111,7 @@ class TokenBucket:
         async with self._lock:  # first come, first served
             self._refill()
             # (less a hair: a wait shorter than the clock's resolution would never end)
-            while self.level < (need := min(cost + self.reserve, self.capacity)) - 1e-9:
+            while self.level < (need := min(cost, self.capacity)) - 1e-9:
                 await self._sleep((need - self.level) / self.rate)
                 self._refill()
             self.level -= cost
-
-    def adjust(self, delta: float) -> None:
-        """Charge (or refund, when negative) the difference between estimate and actual."""
-        self.level = min(self.capacity, self.level - delta)

@@ -21,7 +21,7 @@ import runner.retry
 from runner.client import TargetClient
 from runner.errors import ApiError, Kind
 from runner.limits import AdaptiveLimit
-from runner.mock.limits import Limits, go_duration
+from runner.mock.limits import Limits, admission_tokens, go_duration
 from runner.pacing import Pacer, reset_seconds
 from runner.targets import Target
 from tests.conftest import play, raw_response
@@ -412,3 +412,22 @@ def test_controller_rides_out_refusals_that_are_noise():
     # halving on each burst kept about 12 of 32 in flight here; dropping to just under the
     # count refused, and probing sooner where the server took more, keeps more than 15
     assert asyncio.run(scenario()) > 15
+
+
+def test_the_mock_charges_a_token_limit_what_openai_admits_a_request_at():
+    # max(max_tokens asked, the request's characters / 4), known before any reply
+    assert admission_tokens({"messages": []}, 101) == 26
+    assert admission_tokens({"max_tokens": 500}, 101) == 500
+    assert admission_tokens({"max_completion_tokens": 10, "max_tokens": 40}, 400) == 100
+    assert admission_tokens({"generationConfig": {"maxOutputTokens": 300}}, 40) == 300
+    assert admission_tokens([1, 2], 8) == 2  # not an object: its length alone
+
+
+def test_a_run_is_charged_the_max_tokens_of_each_request(tmp_path, make_mock):
+    # through the real client: three requests asking for 700 tokens each (more than their
+    # characters / 4) are charged 700 each, what the runner's pacer reserves for them too
+    server = make_mock(limit_tpm=60_000, limit_window_s=60)
+    played = play(tmp_path, "id: p\nturns: [a, b, c]\n", server=server,
+                  models={"params": {"max_tokens": 700}})  # fmt: skip
+    assert played.result.exit_code == 0, played.result.output
+    assert server.state.limits.tokens_admitted == 3 * 700

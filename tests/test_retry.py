@@ -201,17 +201,17 @@ def test_rpm_bucket_holds_over_any_window():
         assert in_window <= 122
 
 
-def test_tpm_bucket_is_corrected_by_actual_usage():
+def test_a_tpm_bucket_lets_a_large_request_overdraw_and_the_next_waits_for_it():
     clock = FakeClock()
 
     async def scenario():
         bucket = TokenBucket(6000, clock=clock, sleep=clock.sleep)  # 100 tokens/s
         await bucket.acquire(100)
-        bucket.adjust(400)  # the reply cost 400 more than estimated
+        await bucket.acquire(500)  # more than the bucket holds: it waits for a full bucket
         await bucket.acquire(100)
         return clock.now
 
-    assert run(scenario()) == pytest.approx(5.0)  # 400 of debt + 100 at 100 tokens/s
+    assert run(scenario()) == pytest.approx(1.0 + 5.0)  # 100 to refill, then 400 of debt + 100
 
 
 def test_a_first_attempt_that_succeeds_is_one_attempt_and_no_wait():

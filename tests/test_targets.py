@@ -148,12 +148,13 @@ def test_rpm_paces_requests_through_the_client(tmp_path, mock_server, clock):
     assert clock.waits == [(2, 0.5), (3, 0.5), (4, 0.5)]
 
 
-def test_tpm_paces_requests_by_the_tokens_actually_used(tmp_path, mock_server, clock):
-    played = play(tmp_path, FIVE_TURNS, server=mock_server, models={"tpm": 60})
+def test_tpm_paces_requests_by_what_they_are_admitted_at(tmp_path, mock_server, clock):
+    models = {"tpm": 60, "params": {"max_tokens": 500}}
+    played = play(tmp_path, FIVE_TURNS, server=mock_server, models=models)
     assert played.result.exit_code == 0, played.result.output
-    used = [u["total_tokens"] for u in played.usage]
-    assert len(used) == len(mock_server.requests) == 5
-    # 60 tokens a minute is one a second: before each request the client waits out the
-    # tokens the previous one really used (its estimate is corrected by the reply's usage)
-    assert clock.waits == [(i, float(n)) for i, n in enumerate(used[:-1], start=1)]
-    assert clock.now == sum(used[:-1])
+    assert len(mock_server.requests) == 5
+    # 60 tokens a minute is one a second. A request costs what OpenAI admits it at: the
+    # larger of its max_tokens (500) and its characters / 4 (less, for these short turns), so
+    # each waits out the 500 the previous one took, before it is sent
+    assert clock.waits == [(i, 500.0) for i in range(1, 5)]
+    assert clock.now == 4 * 500

@@ -3,11 +3,13 @@
 A limit is per minute (`rpm`, `tpm`), as OpenAI's limits page and its headers state it, but
 it is enforced on a shorter window (OpenAI's "quantization": 60,000 requests a minute served
 as 1,000 a second): a token bucket of `window_s` seconds' worth of the limit, refilled
-continuously at limit/60 a second. A request costs one request and its reply's total tokens
-(capped at the bucket's size); it is admitted when every bucket holds its cost and fewer
-than `concurrency` requests are in progress, and then charged. Otherwise the answer is an
-immediate 429: for an empty bucket, retry-after is the time until it holds the cost again;
-past the concurrency limit, the configured retry_after_ms. Refused requests are not charged.
+continuously at limit/60 a second. A request costs one request and, against a token limit,
+what OpenAI documents it is admitted at: max(max_tokens asked, its body's length / 4) (see
+`admission_tokens`; capped at the bucket's size); it is admitted when every bucket holds its
+cost and fewer than `concurrency` requests are in progress, and then charged. Otherwise the
+answer is an immediate 429: for an empty bucket, retry-after is the time until it holds the
+cost again; past the concurrency limit, the configured retry_after_ms. Refused requests are
+not charged.
 
 What the answers say (`headers`):
 - "openai": x-ratelimit-limit-X is the per-minute limit, x-ratelimit-remaining-X what is
@@ -30,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 HEADER_MODES = ("openai", "window", "none")
 
@@ -98,6 +101,24 @@ class Limit:
         out[f"x-ratelimit-reset-{k}"] = go_duration(reset_s)
 
 
+MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def admission_tokens(body: Any, length: int) -> int:
+    """What a request is charged against a token limit when it is admitted, as OpenAI
+    documents it: the larger of the max_tokens it asks for and the tokens estimated from its
+    characters (its body's length / 4) — known before the reply, unlike the reply's usage."""
+    asked = 0
+    if isinstance(body, dict):
+        config = body.get("generationConfig")
+        values = [body.get(k) for k in MAX_TOKEN_KEYS]
+        values.append(config.get("maxOutputTokens") if isinstance(config, dict) else None)
+        asked = max(
+            (v for v in values if isinstance(v, int) and not isinstance(v, bool)), default=0
+        )
+    return max(asked, math.ceil(length / 4))
+
+
 @dataclass(slots=True)
 class Verdict:
     """Admitted (retry_after_ms None) or not, with the headers the answer carries."""
@@ -126,6 +147,7 @@ class Limits:
         self.limits = [Limit(k, m, window_s, now)
                        for k, m in (("requests", rpm), ("tokens", tpm)) if m > 0]  # fmt: skip
         self.concurrency, self.in_progress = concurrency, 0
+        self.tokens_admitted = 0  # what admitted requests were charged (GET /mock/stats)
         self.retry_after_ms, self.mode, self.clock = retry_after_ms, headers, clock
 
     def admit(self, tokens: int, style: str = "openai") -> Verdict:
@@ -147,6 +169,7 @@ class Limits:
                 limit.enforced.charge(cost)
                 limit.stated.charge(cost)
             self.in_progress += 1
+            self.tokens_admitted += tokens
         headers: dict[str, str] = {}
         if self.mode != "none":
             for limit in self.limits:

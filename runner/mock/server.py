@@ -12,7 +12,7 @@ from aiohttp import web
 
 from runner.mock import anthropic, chat, gemini, responses
 from runner.mock.faults import MockError
-from runner.mock.limits import Limits
+from runner.mock.limits import Limits, admission_tokens
 from runner.mock.state import STATE_KEY, MockOptions, MockState, Plan
 from runner.mock.wire import Out, Protocol, send, send_malformed
 
@@ -76,7 +76,8 @@ async def answer_limited(
     carry the rate-limit headers (x-ratelimit-*, or the protocol's own)."""
     retry_ms = request.app[STATE_KEY].options.retry_after_ms
     out = None if plan.malformed else prerender(request, proto, body, plan)
-    verdict = limits.admit(out.tokens if isinstance(out, Out) else 0, proto.limit_style)
+    tokens = admission_tokens(body, request.content_length or 0)
+    verdict = limits.admit(tokens, proto.limit_style)
     if verdict.retry_after_ms is not None:
         resp = proto.error(MockError(429, verdict.reason), verdict.retry_after_ms)
         resp.headers.update(verdict.headers)
@@ -124,7 +125,8 @@ def handler(proto: Protocol) -> Callable[[web.Request], Awaitable[web.StreamResp
 async def stats(request: web.Request) -> web.Response:
     """GET /mock/stats: connections accepted and API requests answered since the start."""
     state = request.app[STATE_KEY]
-    body = {"connections": state.connections, "requests": state.answered}
+    body = {"connections": state.connections, "requests": state.answered,
+            "tokens_admitted": state.limits.tokens_admitted if state.limits else 0}  # fmt: skip
     return web.Response(text=json.dumps(body), content_type="application/json")
 
 
