@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 from runner.encoding import to_json
 from runner.errors import ApiError, InputError, Kind
 from runner.providers import Call, Provider, Reply
-from runner.records import NEWER_KEYS, TOKEN_KEYS, Usage, attempt_record, utc_now
+from runner.records import attempt_record, utc_now
 from runner.store import open_own, read_at, scan_jsonl, write_error
 from runner.targets import Target
+from runner.usage import NEWER_KEYS, TOKEN_KEYS, Usage
 
 VERSION = 1  # of the entries and of the key: a new one misses every older entry
 ONLY_NEEDS = "--cache-only needs a cache folder: --cache DIR, or cache: in the models file"

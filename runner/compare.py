@@ -21,6 +21,8 @@ from runner.compare_html import (
     CSP,
     SCRIPT,
     STYLE,
+    Key,
+    Side,
     attempts_block,
     check_item,
     esc,
@@ -35,20 +37,6 @@ from runner.records import outcome
 from runner.report import cells, money
 from runner.stats import report_rows
 from runner.store import read_manifest
-
-Key = tuple[str, str, int]  # scenario id, vars as JSON, sample: the same conversation anywhere
-
-
-@dataclass
-class Side:
-    """One column of the page: a target of a run, and its conversations by key."""
-
-    label: str
-    run: str
-    target: str
-    records: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    costs: dict[str, float | None] = field(default_factory=dict)  # by conversation id
-    tries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # of a failed turn
 
 
 @dataclass

@@ -8,9 +8,25 @@ the page fetches nothing (its CSP forbids it) and needs no network to render.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, field
 from typing import Any
 
 from runner.stats import percentile
+
+Key = tuple[str, str, int]  # scenario id, vars as JSON, sample: the same conversation anywhere
+
+
+@dataclass
+class Side:
+    """One column of the page: a target of a run, and its conversations by key."""
+
+    label: str
+    run: str
+    target: str
+    records: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    costs: dict[str, float | None] = field(default_factory=dict)  # by conversation id
+    tries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # of a failed turn
+
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 LONG_CHARS = 600  # replies longer than this (or of more lines) start collapsed

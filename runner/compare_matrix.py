@@ -19,7 +19,7 @@ from runner.records import outcome
 from runner.report import money
 
 if TYPE_CHECKING:
-    from runner.compare import Side
+    from runner.compare_html import Side
 
 INF = float("inf")
 BEST = "highest pass rate, then lowest cost per conversation, then lowest latency per reply"

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from runner.cost import cost, total
 from runner.reader import RunRecords
-from runner.records import Usage, add_usage, no_usage
 from runner.stats import target_prices
+from runner.usage import Usage, add_usage, no_usage
 
 if TYPE_CHECKING:
-    from runner.compare import Side
+    from runner.compare_html import Side
 
 
 def spent(run_dir: Path, manifest: dict[str, Any], sides: list[Side]) -> None:

@@ -12,8 +12,9 @@ from runner.judge import Judges, grade
 from runner.messages import Message, as_records
 from runner.plan import Conversation
 from runner.providers import Reply
-from runner.records import add_usage, no_usage, transcript_record, turn_record, utc_now
+from runner.records import transcript_record, turn_record, utc_now
 from runner.scenarios import Scenario, Server, Window, fill
+from runner.usage import add_usage, no_usage
 
 
 def sent_messages(scenario: Scenario, history: list[Message], since_reply: int) -> list[Message]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from runner.errors import InputError
 from runner.reader import latest_transcripts
-from runner.records import outcome
+from runner.records import outcome, why
 from runner.stats import report_rows
 from runner.store import read_manifest
 from runner.verdicts import RateChange, compare
@@ -96,20 +96,6 @@ def gate(diff: Diff) -> list[str]:
 
 def _count(n: int, one: str) -> str:
     return f"{n} {one}{'' if n == 1 else 's'}"
-
-
-def why(record: dict[str, Any]) -> str:
-    """Why a conversation is not a pass: its error, or its failed checks."""
-    if record["status"] != "ok":
-        error = record.get("error") or {}
-        return f"{error.get('kind')}: {error.get('message')}"
-    failed = [
-        f"turn {t['index']}: {c['kind']}: {c['reason']}"
-        for t in record["turns"]
-        for c in t["checks"]
-        if not c["passed"]
-    ]
-    return "; ".join(failed)
 
 
 def diff_runs(base_dir: Path, new_dir: Path, text: bool = False, match: str = "id") -> Diff:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import signals
+from runner.cache import Cache
 from runner.client import TargetClient
 from runner.conversation import failed_record, run_conversation
 from runner.encoding import strict
@@ -27,6 +28,12 @@ from runner.store import TRANSCRIPTS, USAGE, JsonlWriter
 from runner.targets import Target, mock_base_url
 
 GRACE_S = 5.0  # after Ctrl-C, conversations in flight get this long to finish
+
+
+class RunPlan(Plan):
+    """A plan as the engine runs it: with the reply cache its clients share."""
+
+    cache: Cache | None = None  # replies replayed and stored (runner/cache.py); None: off
 
 
 @dataclass
@@ -64,7 +71,7 @@ def raise_fd_limit(wanted: int) -> None:
 
 
 async def execute(
-    plan: Plan,
+    plan: RunPlan,
     run_dir: Path,
     *,
     concurrency: int,

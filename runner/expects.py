@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import regex
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -17,7 +16,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from runner import pycheck
 from runner.finish import FINISH_REASONS, normalise
 from runner.pycheck import PythonCheck
-from runner.variables import TEMPLATE, Vars, fill, stand_in, var_combinations, var_names
+from runner.variables import ScenarioReader, stand_in
 from runner.yamlnodes import (
     Bad,
     Parser,
@@ -32,9 +31,6 @@ from runner.yamlnodes import (
     string,
     string_keyed,
 )
-
-if TYPE_CHECKING:
-    from runner.schema import Scenario, ScenarioReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,34 +221,6 @@ def regex_problem(pattern: str) -> str | None:
     except (regex.error, OverflowError, RecursionError, ValueError) as e:
         return str(e)
     return None
-
-
-def check_filled(r: Reader, scenario: Scenario) -> None:
-    """A regex with {{var}} templates must still be one when filled with each of the
-    scenario's var combinations (a vars_file's rows are read once more for it): else the
-    problem is reported at its turn, with the values, before anything is sent."""
-    for turn in scenario.turns:
-        pattern = turn.expect.regex if turn.expect else None
-        if pattern is None or "{{" not in pattern:
-            continue
-        names = sorted(set(TEMPLATE.findall(pattern)))
-        for values in _combinations_of(scenario, set(names)):
-            problem = regex_problem(fill(pattern, values))
-            if problem:
-                given = ", ".join(f"{n}={show(values[n])}" for n in names)
-                r.report(turn.line, f"regex {show(pattern)} filled with {given}: {problem}")
-                break
-
-
-def _combinations_of(scenario: Scenario, names: set[str]) -> Iterator[dict[str, Any]]:
-    """The combinations of the values of NAMES only (a vars_file's rows when it gives any)."""
-    own = scenario.vars
-    if isinstance(own, dict):
-        used: Vars = {n: v for n, v in own.items() if n in names}
-    else:
-        used = tuple({n: v for n, v in row.items() if n in names} for row in own)
-    from_file = scenario.vars_file if names - var_names(own) else None
-    return var_combinations(used, from_file)
 
 
 EXPECT_FIELDS: dict[str, Parser] = {

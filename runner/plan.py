@@ -7,15 +7,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runner.errors import InputError
 from runner.providers import PROVIDERS
 from runner.scenarios import Scenario, Server
 from runner.targets import Target
-
-if TYPE_CHECKING:
-    from runner.cache import Cache
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,7 +80,6 @@ class Plan:
         self.repeat = repeat
         self.shard = shard
         self.judges: tuple[list[Target], str | None] = ([], None)  # grading targets, default
-        self.cache: Cache | None = None  # the reply cache (runner/cache.py)
         check_context(scenarios, targets)
 
     def samples(self, scenario: Scenario) -> int:

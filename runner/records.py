@@ -10,10 +10,11 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any
 
 import runner
 from runner.cost import cost
+from runner.usage import NEWER_KEYS, TOKEN_KEYS, Usage, no_usage
 
 if TYPE_CHECKING:
     from runner.errors import ApiError
@@ -21,34 +22,6 @@ if TYPE_CHECKING:
     from runner.providers.base import Reply
 
 VERSION = 1
-
-
-class Usage(TypedDict):
-    """Token counts normalised across protocols (reasoning is part of output; cached, read
-    from the server's prompt cache, and cache_write, written to it, are parts of input). A
-    plain dict, so records hold it as it is."""
-
-    input_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cached_tokens: int
-    cache_write_tokens: int
-    total_tokens: int
-
-
-TOKEN_KEYS: tuple[str, ...] = tuple(Usage.__annotations__)  # the six token counts
-NEWER_KEYS = ("cache_write_tokens",)  # counts that records written before them lack (read: 0)
-
-
-def no_usage() -> Usage:
-    """Zero of every count: a reply without usage, or the start of a sum."""
-    return cast(Usage, dict.fromkeys(TOKEN_KEYS, 0))
-
-
-def add_usage(total: Usage, more: Usage) -> None:
-    """Add `more` into `total`, count by count."""
-    for key in TOKEN_KEYS:
-        total[key] += more.get(key, 0)  # type: ignore[literal-required]  # older records: 0
 
 
 def utc_now() -> str:
@@ -121,6 +94,20 @@ def outcome(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return "error"
     return "pass" if record.get("passed") is not False else "fail"
+
+
+def why(record: dict[str, Any]) -> str:
+    """Why a conversation is not a pass: its error, or its failed checks."""
+    if record["status"] != "ok":
+        error = record.get("error") or {}
+        return f"{error.get('kind')}: {error.get('message')}"
+    failed = [
+        f"turn {t['index']}: {c['kind']}: {c['reason']}"
+        for t in record["turns"]
+        for c in t["checks"]
+        if not c["passed"]
+    ]
+    return "; ".join(failed)
 
 
 def attempt_record(

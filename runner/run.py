@@ -18,7 +18,7 @@ from typing import Any
 from runner.cache import reply_cache
 from runner.cost import total
 from runner.dryrun import dry_run
-from runner.engine import Budget, Outcome, execute
+from runner.engine import Budget, Outcome, RunPlan, execute
 from runner.errors import Exit, InputError, WriteError
 from runner.judge import judge_names
 from runner.plan import Plan, parse_shard, select
@@ -56,7 +56,7 @@ class Invocation:
     cache_only: bool = False  # a reply not cached fails (cache_miss); keys are not needed
 
 
-def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], Plan]:
+def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], RunPlan]:
     """Scenarios, targets (keys from the environment) and plan; InputError on any problem
     (an unset key too, when need_keys)."""
     scenarios = select(load_paths(inv.paths), tuple(inv.filters or ()))
@@ -79,7 +79,7 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
                 f"--max-cost needs a price for every target; {', '.join(unpriced)} has none "
                 "(give it `price: {input_per_mtok: ..., output_per_mtok: ...}` in the models file)"
             )
-    plan = Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
+    plan = RunPlan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
     judges = _judges(judge_names(scenarios, inv.judge), targets, models, inv, need_keys)
     plan.judges = (judges, inv.judge)
     plan.cache = reply_cache(inv.cache, inv.cache_only, cache)
@@ -256,7 +256,7 @@ def resume_dry_run(
 
 def _prepared(
     run_dir: Path, manifest: dict[str, Any], force: bool, given: dict[str, Given], need_keys: bool
-) -> tuple[Invocation, Plan, dict[str, str]]:
+) -> tuple[Invocation, RunPlan, dict[str, str]]:
     """The run's invocation with the options a resume may change applied (and recorded in
     the manifest), its plan, and its files' hashes; InputError for an option that would
     change what the run is, or for changed files without FORCE.
@@ -336,7 +336,7 @@ class _Rebase:
 
 
 def _go(
-    plan: Plan,
+    plan: RunPlan,
     run_dir: Path,
     manifest: dict[str, Any],
     inv: Invocation,

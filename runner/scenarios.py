@@ -16,13 +16,12 @@ from runner.schema import (
     Context,
     Full,
     Scenario,
-    ScenarioReader,
     Server,
     Turn,
     Window,
     read_document,
 )
-from runner.variables import fill
+from runner.variables import ScenarioReader, fill
 from runner.yamlnodes import Problems, read_documents
 
 __all__ = [

@@ -10,12 +10,15 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from runner.expects import Expect, check_filled, read_expect, strings, text
+from runner.expects import Expect, read_expect, regex_problem, strings, text
 from runner.ranges import FRACTION
 from runner.rows import RowsFile, open_table
 from runner.variables import (
+    TEMPLATE,
+    ScenarioReader,
     Vars,
     check_templates,
+    fill,
     read_vars,
     var_combinations,
     var_count,
@@ -26,7 +29,6 @@ from runner.yamlnodes import (
     Bad,
     Pair,
     Parser,
-    Problems,
     Reader,
     boolean,
     checked,
@@ -116,34 +118,6 @@ SCENARIO_KEYS = (
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
 USER_TURN_KEYS = ("user", "expect", "params")
-
-
-class ScenarioReader(Reader):
-    """A Reader for one document or scenario; notes templates, claims ids across files."""
-
-    merge_hint = "use 'defaults:' or an alias (*name)"
-
-    def __init__(self, problems: Problems, path: str, ids: dict[str, str]):
-        super().__init__(problems, path)
-        self.ids = ids  # scenario id -> "file:line" where it was first defined, for all files
-        self.templated: list[tuple[int, str]] = []  # (line, text) of strings with {{var}}
-
-    def next_scenario(self) -> ScenarioReader:
-        """A reader for another scenario of the same file: its own templates."""
-        return ScenarioReader(self.problems, self.path, self.ids)
-
-    def text(self, node: Node, value: str) -> str:
-        """Note a string that may hold {{var}} templates, to check against the vars."""
-        if "{{" in value:
-            self.templated.append((node_line(node), value))
-        return value
-
-    def claim_id(self, scenario_id: str, line: int) -> None:
-        """Record where an id is defined; report it when it was defined before."""
-        if scenario_id in self.ids:
-            first = self.ids[scenario_id]
-            self.report(line, f"duplicate id '{scenario_id}' (first defined at {first})")
-        self.ids.setdefault(scenario_id, f"{self.path}:{line}")
 
 
 # ---------------------------------------------------------------- documents, scenarios, turns
@@ -306,3 +280,31 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "cache": boolean,
 }
 TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}
+
+
+def check_filled(r: Reader, scenario: Scenario) -> None:
+    """A regex with {{var}} templates must still be one when filled with each of the
+    scenario's var combinations (a vars_file's rows are read once more for it): else the
+    problem is reported at its turn, with the values, before anything is sent."""
+    for turn in scenario.turns:
+        pattern = turn.expect.regex if turn.expect else None
+        if pattern is None or "{{" not in pattern:
+            continue
+        names = sorted(set(TEMPLATE.findall(pattern)))
+        for values in _combinations_of(scenario, set(names)):
+            problem = regex_problem(fill(pattern, values))
+            if problem:
+                given = ", ".join(f"{n}={show(values[n])}" for n in names)
+                r.report(turn.line, f"regex {show(pattern)} filled with {given}: {problem}")
+                break
+
+
+def _combinations_of(scenario: Scenario, names: set[str]) -> Iterator[dict[str, Any]]:
+    """The combinations of the values of NAMES only (a vars_file's rows when it gives any)."""
+    own = scenario.vars
+    if isinstance(own, dict):
+        used: Vars = {n: v for n, v in own.items() if n in names}
+    else:
+        used = tuple({n: v for n, v in row.items() if n in names} for row in own)
+    from_file = scenario.vars_file if names - var_names(own) else None
+    return var_combinations(used, from_file)

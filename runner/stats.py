@@ -18,9 +18,9 @@ from runner.failures import (
     usage_warnings,
 )
 from runner.reader import RunRecords, Skipped
-from runner.records import TOKEN_KEYS
 from runner.sketch import Quantiles
 from runner.store import read_manifest
+from runner.usage import TOKEN_KEYS
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from runner.yamlnodes import Bad, Reader, node_line, show
+from runner.yamlnodes import Bad, Problems, Reader, node_line, show
 
 # {{name}}, but not after a backslash: \{{ is a literal {{ (the backslash is dropped)
 TEMPLATE = re.compile(r"(?<!\\)\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -202,3 +202,31 @@ def _var_hint(name: str, names: set[str]) -> str:
 def stand_in(text: str) -> str:
     """TEXT with each {{name}} replaced by a plain 'x', for checks made before vars are known."""
     return PIECE.sub(lambda m: m.group(1) or "x", text)
+
+
+class ScenarioReader(Reader):
+    """A Reader for one document or scenario; notes templates, claims ids across files."""
+
+    merge_hint = "use 'defaults:' or an alias (*name)"
+
+    def __init__(self, problems: Problems, path: str, ids: dict[str, str]):
+        super().__init__(problems, path)
+        self.ids = ids  # scenario id -> "file:line" where it was first defined, for all files
+        self.templated: list[tuple[int, str]] = []  # (line, text) of strings with {{var}}
+
+    def next_scenario(self) -> ScenarioReader:
+        """A reader for another scenario of the same file: its own templates."""
+        return ScenarioReader(self.problems, self.path, self.ids)
+
+    def text(self, node: Node, value: str) -> str:
+        """Note a string that may hold {{var}} templates, to check against the vars."""
+        if "{{" in value:
+            self.templated.append((node_line(node), value))
+        return value
+
+    def claim_id(self, scenario_id: str, line: int) -> None:
+        """Record where an id is defined; report it when it was defined before."""
+        if scenario_id in self.ids:
+            first = self.ids[scenario_id]
+            self.report(line, f"duplicate id '{scenario_id}' (first defined at {first})")
+        self.ids.setdefault(scenario_id, f"{self.path}:{line}")

@@ -25,7 +25,7 @@ from statistics import NormalDist
 from typing import Any
 
 from runner.reader import RunRecords
-from runner.records import outcome
+from runner.records import outcome, why
 from runner.store import read_manifest
 
 ALPHA = 0.05  # a drop is significant below this p-value
@@ -166,7 +166,6 @@ PASS, FAIL = 1, 2
 
 
 def _line(record: dict[str, Any], result: str) -> str:
-    from runner.diff import why  # the one wording of why a conversation did not pass
 
     head = f"sample {record['sample']} {record['conversation_id']}: {result}"
     return head if result == "pass" else f"{head}: {why(record)}"

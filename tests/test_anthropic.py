@@ -17,8 +17,8 @@ from runner.client import TargetClient
 from runner.cost import cost
 from runner.messages import Message
 from runner.mock import MockOptions, MockThread
-from runner.pacing import reset_seconds
 from runner.providers.anthropic import Anthropic, rfc3339_seconds
+from runner.providers.ratelimits import reset_seconds
 from runner.targets import Target
 
 TWO = "id: two\nsystem: Be brief.\nturns: [first question, second question]\n"

@@ -22,7 +22,8 @@ from runner.client import TargetClient
 from runner.errors import ApiError, Kind
 from runner.limits import AdaptiveLimit
 from runner.mock.limits import Limits, go_duration
-from runner.pacing import Pacer, reset_seconds
+from runner.pacing import Pacer
+from runner.providers.ratelimits import reset_seconds
 from runner.targets import Target
 from tests.conftest import play, raw_response
 

@@ -13,10 +13,10 @@ from multidict import CIMultiDict
 import runner.client
 from runner.client import TargetClient
 from runner.errors import ApiError, Kind
-from runner.pacing import RateHeaders
 from runner.providers import PROVIDERS
 from runner.providers.base import Capabilities, StreamState
 from runner.providers.openai_chat import OpenAIChat
+from runner.providers.ratelimits import RateHeaders
 from runner.targets import Target
 
 NAMES = {"chat": "openai-chat", "responses": "openai-responses", "gemini": "gemini",

@@ -19,10 +19,10 @@ from typing import Any
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
 from runner.messages import Message
-from runner.pacing import RateHeaders
 from runner.providers import base
 from runner.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
-from runner.records import Usage, no_usage
+from runner.providers.ratelimits import RateHeaders
+from runner.usage import Usage, no_usage
 
 VERSION = "2023-06-01"
 EPHEMERAL = MappingProxyType({"type": "ephemeral"})

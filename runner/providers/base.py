@@ -22,8 +22,8 @@ from runner.encoding import from_json
 from runner.errors import ApiError, Kind
 from runner.finish import normalise
 from runner.messages import Message
-from runner.pacing import X_RATELIMIT, RateHeaders
-from runner.records import Usage, no_usage
+from runner.providers.ratelimits import X_RATELIMIT, RateHeaders
+from runner.usage import Usage, no_usage
 
 
 @dataclass(slots=True)

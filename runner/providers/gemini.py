@@ -11,7 +11,7 @@ from runner.errors import ApiError, Kind
 from runner.messages import Message
 from runner.providers import base
 from runner.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
-from runner.records import Usage, no_usage
+from runner.usage import Usage, no_usage
 
 # scenario params (OpenAI-style or Gemini-style names) -> generationConfig keys
 CONFIG_KEYS = {

@@ -10,7 +10,7 @@ from runner.errors import ApiError, Kind
 from runner.messages import Message
 from runner.providers import base
 from runner.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
-from runner.records import Usage, no_usage
+from runner.usage import Usage, no_usage
 
 
 def openai_usage(raw: Any, input_key: str, output_key: str) -> Usage:
