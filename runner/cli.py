@@ -14,7 +14,7 @@ import runner
 from runner.errors import Exit, InputError, WriteError
 from runner.examples import HelpGroup
 from runner.outfile import STDOUT
-from runner.ranges import (
+from runner.spec.ranges import (
     IN_FLIGHT,
     MOCK,
     REPEAT,
@@ -26,8 +26,8 @@ from runner.ranges import (
 )
 
 if TYPE_CHECKING:
-    from runner.resume import Given
-    from runner.run import Finished
+    from runner.engine.resume import Given
+    from runner.engine.run import Finished
 
 
 class Group(HelpGroup):
@@ -86,10 +86,10 @@ def main() -> None:
 def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None) -> None:
     """Check scenario files and the models file (file, line and problem for each error), as
     `run` does before it sends anything; send nothing."""
-    from runner.judge import judge_names
-    from runner.run import default_models_file
-    from runner.scenarios import load_paths
-    from runner.targets import load_models
+    from runner.engine.judge import judge_names
+    from runner.engine.run import default_models_file
+    from runner.spec.scenarios import load_paths
+    from runner.spec.targets import load_models
 
     problems, models_file = [], default_models_file(models_file)
     try:
@@ -186,8 +186,8 @@ def run(
     dry_run: bool,
 ) -> None:
     """Run SCENARIOS (files or folders) against every -m target."""
-    from runner import run as runs
-    from runner.signals import remembered
+    from runner.engine import run as runs
+    from runner.engine.signals import remembered
 
     if junit_file == html_file == STDOUT:
         raise InputError("--junit - and --html - would both write to stdout; give one a file")
@@ -241,7 +241,7 @@ RESUME_OWN = ("resume_dir", "retry_failed", "force", "no_progress", "dry_run", "
 
 def _given(ctx: click.Context, skip: tuple[str, ...]) -> dict[str, Given]:
     """The options typed on the command line (or set from the environment), but SKIP."""
-    from runner.resume import Given
+    from runner.engine.resume import Given
 
     typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     return {
@@ -262,19 +262,19 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
     """The end-of-run table and its notes on stdout (on stderr when the JUnit file or the
     compare page goes to stdout, `-`), those files when asked for, one line on stderr, and
     the run's exit code."""
-    from runner.report import render, render_notes, render_rates
+    from runner.results.report import render, render_notes, render_rates
 
     to_stderr = STDOUT in (junit_file, html_file)
 
     if html_file:
-        from runner.compare import write_page
+        from runner.results.compare import write_page
 
         click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
     click.echo(render(finished.rows), err=to_stderr)
     _echo_notes(render_notes(finished.rows), err=to_stderr)
     _echo_notes(render_rates(finished.groups), err=to_stderr)
     if junit_file:
-        from runner.junit import write_junit
+        from runner.results.junit import write_junit
 
         write_junit(finished.run_dir, Path(junit_file), finished.plan)
     click.echo("\n" + finished.line(), err=True)
@@ -288,9 +288,9 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
               "with every figure, failures and warnings.")  # fmt: skip
 def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
-    from runner.reader import Skipped
-    from runner.report import render, render_notes, render_rates
-    from runner.stats import report_rows
+    from runner.results.reader import Skipped
+    from runner.results.report import render, render_notes, render_rates
+    from runner.results.stats import report_rows
 
     skipped = Skipped()  # lines of the run's files that are not its records
     rows = report_rows(Path(run_dir), skipped)
@@ -305,7 +305,7 @@ def report(run_dir: str, fmt: str) -> None:
 def _pass_rates(run_dir: Path, rows: list[dict[str, Any]]) -> list[Any]:
     """Each scenario × target of the run, its samples counted (runner/verdicts.py): every
     row gets its target's as `pass_rates`; those a report shows are returned."""
-    from runner.verdicts import attach, run_groups, shown
+    from runner.results.verdicts import attach, run_groups, shown
 
     groups = run_groups(run_dir)
     attach(rows, groups)
@@ -326,7 +326,7 @@ def _echo_notes(notes: str, err: bool = False) -> None:
               help="Rows of conversations shown (failing ones first).")  # fmt: skip
 def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
     """A page comparing RUN_DIRS: report, charts, conversations side by side, turn by turn."""
-    from runner.compare import write_page
+    from runner.results.compare import write_page
 
     path = write_page([Path(d) for d in run_dirs], Path(html_file), max_rows)
     click.echo(f"compare page: {path}", err=html_file == STDOUT)
@@ -382,9 +382,9 @@ def mock_server(host: str, port: int, **opts: Any) -> None:
 def junit(run_dir: str, output: str) -> None:
     """Write the JUnit report of an existing run: a testsuite per target, a testcase per
     conversation (planned but not run: skipped, when the scenario files are still there)."""
-    from runner.junit import write_junit
-    from runner.run import recorded_plan
-    from runner.store import read_manifest
+    from runner.engine.run import recorded_plan
+    from runner.results.junit import write_junit
+    from runner.results.store import read_manifest
 
     read_manifest(Path(run_dir))  # not a run: exit 2 before anything else
     try:
@@ -412,8 +412,8 @@ def diff(base_run: str, new_run: str, fmt: str, show_text: bool, match: str) -> 
     Exit 1 when the gate fails: a regression (pass -> fail, ok -> failed), a conversation
     missing from NEW_RUN, a new conversation that does not pass, or a NEW_RUN that did not
     complete; 0 otherwise."""
-    from runner.diff import diff_runs, gate
-    from runner.diffview import render_diff
+    from runner.results.diff import diff_runs, gate
+    from runner.results.diffview import render_diff
 
     result = diff_runs(Path(base_run), Path(new_run), show_text, match)
     click.echo(render_diff(result, fmt))
@@ -436,8 +436,8 @@ def export(
 ) -> None:
     """Export the newest record of each conversation of RUN_DIR as a dataset: openai
     (chat fine-tuning), sharegpt, mtbench (FastChat answer files) or jsonl (the records)."""
-    from runner.export import Filters
-    from runner.export import export as write
+    from runner.results.export import Filters
+    from runner.results.export import export as write
 
     done = write(Path(run_dir), fmt, Path(out), Filters(only_ok, only_passed, targets))
     click.echo(done.line(), err=True)
@@ -455,7 +455,7 @@ def import_() -> None:
 def import_mtbench(questions: str, out: str) -> None:
     """FastChat's MT-Bench QUESTIONS.jsonl to scenarios: one per question, its category
     a tag and its temperature, reference answers kept as metadata."""
-    from runner.mtbench import import_mtbench as convert
+    from runner.spec.mtbench import import_mtbench as convert
 
     count = convert(Path(questions), Path(out))
     click.echo(f"{count} scenarios -> {out}", err=True)
@@ -468,7 +468,7 @@ def import_mtbench(questions: str, out: str) -> None:
 def merge(run_dirs: tuple[str, ...], out: str) -> None:
     """Join shard runs (or any runs) into one run folder: the newest record of each
     conversation, every usage record, one manifest."""
-    from runner.merge import merge as join
+    from runner.results.merge import merge as join
 
     counts = join([Path(d) for d in run_dirs], Path(out))["counts"]
     click.echo(

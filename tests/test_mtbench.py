@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cli, play, read_jsonl
 
-from runner.scenarios import load_file
+from runner.spec.scenarios import load_file
 
 QUESTIONS = ROOT / "tests/data/mt_bench_question.jsonl"
 

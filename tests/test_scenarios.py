@@ -9,7 +9,7 @@ import pytest
 from conftest import cli
 
 from runner.errors import InputError
-from runner.scenarios import Expect, Full, Server, Turn, Window, load_file, load_paths
+from runner.spec.scenarios import Expect, Full, Server, Turn, Window, load_file, load_paths
 
 GOOD = """\
 # a comment on line 1

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from runner.sketch import ERROR, EXACT, Quantiles
+from runner.results.sketch import ERROR, EXACT, Quantiles
 
 
 def nearest_rank(values: list[float], q: float) -> float:
