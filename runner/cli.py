@@ -45,7 +45,7 @@ class Group(HelpGroup):
 
 
 class Number(click.ParamType):
-    """A number within a range (runner/ranges.py), finite: nan and inf are refused (exit 2)."""
+    """A number within a range (runner/spec/ranges.py), finite: nan and inf are refused (exit 2)."""
 
     def __init__(self, allowed: Range):
         self.allowed = allowed
@@ -303,7 +303,7 @@ def report(run_dir: str, fmt: str) -> None:
 
 
 def _pass_rates(run_dir: Path, rows: list[dict[str, Any]]) -> list[Any]:
-    """Each scenario × target of the run, its samples counted (runner/verdicts.py): every
+    """Each scenario × target of the run, its samples counted (runner/results/verdicts.py): every
     row gets its target's as `pass_rates`; those a report shows are returned."""
     from runner.results.verdicts import attach, run_groups, shown
 

@@ -1,5 +1,5 @@
 """`export`: openai, sharegpt, mtbench and jsonl, exact shapes, filters, newest record per
-conversation; HuggingFace `datasets` loads the chat exports (runner/export.py)."""
+conversation; HuggingFace `datasets` loads the chat exports (runner/results/export.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`import mtbench`: the real MT-Bench question file (tests/data, from FastChat) to scenarios,
-run against the mock and exported back to FastChat's answer format (runner/mtbench.py)."""
+run against the mock and exported back to FastChat's answer format (runner/spec/mtbench.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loading and strict validation of scenario files (runner/scenarios.py)."""
+"""Loading and strict validation of scenario files (runner/spec/scenarios.py)."""
 
 from __future__ import annotations
 

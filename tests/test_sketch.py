@@ -1,4 +1,5 @@
-"""Percentiles in bounded memory (runner/sketch.py): exact for small runs, within 0.5 % after."""
+"""Percentiles in bounded memory (runner/results/sketch.py): exact for small runs, within
+0.5 % after."""
 
 from __future__ import annotations
 

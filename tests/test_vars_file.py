@@ -1,5 +1,5 @@
 """`vars_file:` CSV and JSONL tables, one conversation per row; their errors; lazy planning;
-seeded samples (runner/rows.py, runner/variables.py, runner/plan.py)."""
+seeded samples (runner/spec/rows.py, runner/spec/variables.py, runner/spec/plan.py)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ class TargetClient:
         transport: Transport | None = None,
     ):
         self.target = target
-        self.cache = cache  # replies replayed and stored (runner/cache.py); None: off
+        self.cache = cache  # replies replayed and stored (runner/client/cache.py); None: off
         self.stream = target.stream if target.stream is not None else stream
         self.on_attempt = on_attempt
         self.policy = RetryPolicy(max_retries=target.max_retries, max_wait_s=target.max_wait_s)
@@ -105,7 +105,7 @@ class TargetClient:
         call = Call(system, messages, params, self.stream, previous_id, marks)
         request = self.provider.build(call)
 
-        # -- the reply cache (runner/cache.py): a hit is replayed, a miss stored once sent
+        # -- the reply cache (runner/client/cache.py): a hit is replayed, a miss stored once sent
         cached = self.cache.lookup(self.provider, call, sample) if self.cache else None
         if cached is not None and cached.reply is not None:
             self.on_attempt(cached.usage_record(conversation_id, turn, self.target, bool(judge)))

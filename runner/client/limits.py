@@ -1,5 +1,5 @@
 """What paces requests to one target: requests in flight, and the per-minute budgets a
-models file tells (the server's own budgets are learned in runner/pacing.py)."""
+models file tells (the server's own budgets are learned in runner/client/pacing.py)."""
 
 from __future__ import annotations
 

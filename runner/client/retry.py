@@ -110,5 +110,5 @@ class Breaker:
 
 
 def _alike(a: ApiError, b: ApiError) -> bool:
-    """The same failure, request ids in the message aside (runner/failures.py)."""
+    """The same failure, request ids in the message aside (runner/results/failures.py)."""
     return failure_key(a.as_record()) == failure_key(b.as_record())

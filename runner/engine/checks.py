@@ -28,7 +28,7 @@ async def evaluate(
     """Run every check of `expect`; each result has kind, passed and a reason. A regex is
     searched in a worker thread (the `regex` package lets go of the GIL), so that the event
     loop goes on (requests, their timers, signals) while it runs, for REGEX_TIMEOUT_S at most;
-    python checks run in threads too (runner/pycheck.py), given ABOUT: (turn, conversation)."""
+    python checks run in threads too (runner/spec/pycheck.py), given ABOUT: (turn, conversation)."""
     found_regex = None
     if expect.regex is not None:
         found_regex = await asyncio.to_thread(_regex, expect, text, values)

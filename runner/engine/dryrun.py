@@ -1,7 +1,7 @@
 """--dry-run: the first request of each conversation, secrets masked, nothing sent.
 
-Each conversation is played by the real turn loop (runner/conversation.py) through the
-real client, whose transport only captures (runner/providers/transport.py, `Capture`): the
+Each conversation is played by the real turn loop (runner/engine/conversation.py) through the
+real client, whose transport only captures (runner/client/providers/transport.py, `Capture`): the
 request shown is the one a run would send, params merged and messages built the same way.
 """
 

@@ -33,7 +33,7 @@ GRACE_S = 5.0  # after Ctrl-C, conversations in flight get this long to finish
 class RunPlan(Plan):
     """A plan as the engine runs it: with the reply cache its clients share."""
 
-    cache: Cache | None = None  # replies replayed and stored (runner/cache.py); None: off
+    cache: Cache | None = None  # replies replayed and stored (runner/client/cache.py); None: off
 
 
 @dataclass

@@ -231,7 +231,7 @@ def resume(
     given: dict[str, Given] | None = None,
 ) -> Finished:
     """Continue a run, holding its lock: what is recorded is read once no other process
-    can add to it. GIVEN: the options of `run` typed with --resume (runner/resume.py says
+    can add to it. GIVEN: the options of `run` typed with --resume (runner/engine/resume.py says
     which may change; a new max_cost replaces the run's cap, which counts what the run spent
     before)."""
     run_dir = run_dir.resolve()

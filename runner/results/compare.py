@@ -1,11 +1,11 @@
 """The compare page: one self-contained HTML file for one or more runs.
 
-On top the matrix of scenarios × targets (or runs; runner/compare_matrix.py), then the
-report table (runner/report.py's rows and columns), per target the latency and
+On top the matrix of scenarios × targets (or runs; runner/results/compare_matrix.py), then the
+report table (runner/results/report.py's rows and columns), per target the latency and
 tokens-per-conversation charts, then scenario by scenario each target's (or each run's)
 conversation side by side, turn by turn, with checks, tokens, latency and cost, the
-replies' differences marked word by word (runner/compare_diff.py), and a turn that failed
-after retries with its attempts. Records are read only through runner/reader.py.
+replies' differences marked word by word (runner/results/compare_diff.py), and a turn that failed
+after retries with its attempts. Records are read only through runner/results/reader.py.
 """
 
 from __future__ import annotations

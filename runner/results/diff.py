@@ -99,7 +99,7 @@ def _count(n: int, one: str) -> str:
 
 
 def diff_runs(base_dir: Path, new_dir: Path, text: bool = False, match: str = "id") -> Diff:
-    """Compare two run folders (records read through runner/store.py), conversations paired
+    """Compare two run folders (records read through runner/results/store.py), conversations paired
     by `match` (MATCH)."""
     base_manifest, new_manifest = read_manifest(base_dir), read_manifest(new_dir)
     check_match(base_dir, base_manifest, new_dir, new_manifest, match)
@@ -183,7 +183,7 @@ def incomplete(manifest: dict[str, Any]) -> str | None:
 
 
 def _by_rate(result: Diff, base: dict[str, Any], new: dict[str, Any]) -> None:
-    """Scenarios with repeated samples are judged by their pass rates (runner/verdicts.py),
+    """Scenarios with repeated samples are judged by their pass rates (runner/results/verdicts.py),
     not sample by sample: a regression only when the drop is significant or below
     min_pass_rate; their samples' changes are in `pass_rates`, not in the lists. Paired by
     scenario, the base run's records stand for the new run's target and ids."""

@@ -1,4 +1,5 @@
-"""A diff (runner/diff.py) rendered: plain text for a terminal, markdown for a CI comment, JSON.
+"""A diff (runner/results/diff.py) rendered: plain text for a terminal, markdown for a CI
+comment, JSON.
 
 Markdown stays well under a CI comment's size limit (GitHub's is 65,536 characters): each
 list shows its first LIST_LIMIT entries, replies are cut to REPLY_CHARS, and the JSON has all.
@@ -99,7 +100,7 @@ def _lists(diff: Diff) -> list[tuple[str, list[Change]]]:
     return [(title, changes) for title, changes in named if changes]
 
 
-# scenarios with repeated samples, judged by pass rate (runner/verdicts.py): what is not a
+# scenarios with repeated samples, judged by pass rate (runner/results/verdicts.py): what is not a
 # regression, listed apart (regressions are in REGRESSIONS)
 RATE_LISTS = (
     ("flaky", "FLAKY (samples changed outcome; listed apart, not regressions)"),

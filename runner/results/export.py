@@ -7,7 +7,7 @@
 - jsonl:    the transcript records themselves
 
 Only the newest record of each conversation is exported. Records are streamed: what is
-held is each conversation's byte offset in transcripts.jsonl (runner/store.py), and for
+held is each conversation's byte offset in transcripts.jsonl (runner/results/store.py), and for
 mtbench a small key per conversation, to sort the answers by question.
 """
 

@@ -1,6 +1,6 @@
 """A run folder's records as every reader (resume, report, export, JUnit, diff, compare,
 merge) takes them: lines that are not this run's records are left out, counted and named
-(runner/records.py says what a record holds; runner/store.py reads the lines)."""
+(runner/results/records.py says what a record holds; runner/results/store.py reads the lines)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What each record holds: the transcript (one per conversation), its turns, the usage
 record (one per HTTP attempt) and the run's manifest. Every record carries VERSION.
 
-Record builders live here and nowhere else; runner/store.py writes and reads them.
+Record builders live here and nowhere else; runner/results/store.py writes and reads them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -
         "attempts": attempts,
         "sent_messages": sent,  # messages in the request, system included
         "checks": [],
-        **({"cached_reply": True} if attempts == 0 else {}),  # replayed: runner/cache.py
+        **({"cached_reply": True} if attempts == 0 else {}),  # replayed: runner/client/cache.py
     }
 
 
@@ -72,7 +72,7 @@ def transcript_record(
         "vars": conv.vars,
         "seed": conv.seed,  # the seed param sent, when samples were seeded
         "metadata": conv.scenario.metadata,  # from the scenario, e.g. MT-Bench's references
-        "min_pass_rate": conv.scenario.min_pass_rate,  # its verdict's bar (runner/verdicts.py)
+        "min_pass_rate": conv.scenario.min_pass_rate,  # its verdict's bar (results/verdicts.py)
         "status": "failed" if error else "ok",
         "error": error.as_record() if error else None,
         "messages": messages,

@@ -1,4 +1,4 @@
-"""The report: per-target rows (runner/stats.py) rendered as a table, markdown or JSON."""
+"""The report: per-target rows (runner/results/stats.py) rendered as a table, markdown or JSON."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class TargetStats:
     checks_failed: int = 0
     conversations_failing_checks: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KEYS, 0))
-    latencies: Quantiles = field(default_factory=Quantiles)  # runner/sketch.py
+    latencies: Quantiles = field(default_factory=Quantiles)  # runner/results/sketch.py
     ttfts: Quantiles = field(default_factory=Quantiles)
     errors: dict[str, int] = field(default_factory=dict)
     passed: int = 0  # conversations ok with every check passed
@@ -40,7 +40,7 @@ class TargetStats:
     retries: int = 0  # attempts after the first of a turn
     judge_tokens: int = 0  # tokens the judges of this target's replies spent
     judge_cost: float | None = None  # their cost, each at its judge's price
-    failures: Counter[FailureKey] = field(default_factory=Counter)  # runner/failures.py
+    failures: Counter[FailureKey] = field(default_factory=Counter)  # runner/results/failures.py
     replies: int = 0
     replies_with_usage: int = 0
     failed_checks: FailedChecks = field(default_factory=FailedChecks)  # the first few

@@ -148,7 +148,7 @@ def _schema_file(node: Node, name: str, scenario_file: str) -> dict[str, Any]:
 
 
 def _python(r: Reader, node: Node, key: str) -> tuple[PythonCheck, ...]:
-    """MODULE:FUNCTION, or a list of them: each loaded now (runner/pycheck.py)."""
+    """MODULE:FUNCTION, or a list of them: each loaded now (runner/spec/pycheck.py)."""
     items = node.value if isinstance(node, SequenceNode) else [node]
     checks = []
     for item in items:

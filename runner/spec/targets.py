@@ -147,7 +147,7 @@ def _targets_node(r: Reader, documents: list[Node]) -> tuple[MappingNode | None,
 
 
 def _cache(r: Reader, node: Node, key: str) -> str | None:
-    """The models file's `cache:`: the reply cache's folder (runner/cache.py), or null."""
+    """The models file's `cache:`: the reply cache's folder (runner/client/cache.py), or null."""
     value = r.value(node)
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise Bad(node, "'cache' must be a folder (the reply cache) or null")

@@ -2,7 +2,7 @@
 
 A scenario's vars are either a mapping name -> values, expanded as a cross product,
 or a list of rows (mappings with the same keys), one combination each. Rows of a
-`vars_file` (runner/rows.py) are crossed with them: each row with every combination.
+`vars_file` (runner/spec/rows.py) are crossed with them: each row with every combination.
 """
 
 from __future__ import annotations

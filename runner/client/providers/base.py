@@ -151,7 +151,7 @@ class Capabilities:
 
 class Provider:
     """A protocol adapter: its declarations (below), then building requests, reading
-    replies and classifying errors. Register a subclass in runner/providers/__init__.py."""
+    replies and classifying errors. Register a subclass in runner/client/providers/__init__.py."""
 
     name: ClassVar[str] = ""  # `provider:` in the models file, PROVIDER in -m PROVIDER:MODEL
     default_base_url: ClassVar[str] = ""  # its path is where the API sits on a mock server

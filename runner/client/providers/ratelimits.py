@@ -1,5 +1,5 @@
 """How a server states its rate limits, as its provider declares them: the header names
-and how a reset reads (runner/pacing.py paces to what they say)."""
+and how a reset reads (runner/client/pacing.py paces to what they say)."""
 
 from __future__ import annotations
 
