@@ -9,7 +9,6 @@ import os
 import secrets
 import shlex
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -17,21 +16,18 @@ from typing import Any
 
 from runner.client.cache import reply_cache
 from runner.cost import total
-from runner.engine.dryrun import dry_run
 from runner.engine.judge import judge_names
 from runner.engine.pool import Budget, Outcome, RunPlan, execute
 from runner.engine.progress import mode_for
-from runner.engine.resume import Given, changes, recorded_ids
 from runner.errors import Exit, InputError, WriteError
-from runner.results.reader import RunRecords, Skipped
+from runner.results.reader import Skipped
 from runner.results.records import manifest_record, utc_now
-from runner.results.stats import Summary, add_attempts, unstreamed
+from runner.results.stats import Summary, unstreamed
 from runner.results.store import (
     MANIFEST,
     TRANSCRIPTS,
     USAGE,
     RunLock,
-    read_manifest,
     write_manifest,
 )
 from runner.results.verdicts import Group, run_groups, shown
@@ -220,129 +216,10 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     manifest["judges"] = [t.public() for t in plan.judges[0]]
     with RunLock(run_dir):
         _unused(run_dir)  # another process may have started it meanwhile
-        return _go(plan, run_dir, manifest, inv, progress, set(), Summary())
+        return play(plan, run_dir, manifest, inv, progress, set(), Summary())
 
 
-def resume(
-    run_dir: Path,
-    retry_failed: bool,
-    force: bool,
-    progress: bool,
-    given: dict[str, Given] | None = None,
-) -> Finished:
-    """Continue a run, holding its lock: what is recorded is read once no other process
-    can add to it. GIVEN: the options of `run` typed with --resume (runner/engine/resume.py says
-    which may change; a new max_cost replaces the run's cap, which counts what the run spent
-    before)."""
-    run_dir = run_dir.resolve()
-    read_manifest(run_dir)  # a run folder at all, before a lock file is made in it
-    with RunLock(run_dir):
-        manifest = read_manifest(run_dir)
-        inv, plan, hashes = _prepared(run_dir, manifest, force, given or {}, need_keys=True)
-        records, summary = _records(run_dir, manifest, plan), Summary()
-        skip = recorded_ids(records, retry_failed, summary)
-        add_attempts(summary, records)
-        manifest["files"] = hashes
-        manifest["resumed"] = manifest.get("resumed", 0) + 1
-        finished = _go(plan, run_dir, manifest, inv, progress, skip, summary)
-        finished.skipped = records.skipped
-        return finished
-
-
-def resume_dry_run(
-    run_dir: Path, retry_failed: bool, force: bool, given: dict[str, Given]
-) -> Iterator[str]:
-    """The first request of every conversation a resume would run; nothing is sent and
-    nothing in the run folder is touched."""
-    manifest = read_manifest(run_dir)
-    inv, plan, _ = _prepared(run_dir, manifest, force, given, need_keys=False)
-    skip = recorded_ids(_records(run_dir, dict(manifest), plan), retry_failed)
-    yield f"# resume of {run_dir}: {len(plan) - len(skip)} of {len(plan)} conversations to run\n"
-    yield from dry_run(plan, inv.stream, skip)
-
-
-def _prepared(
-    run_dir: Path, manifest: dict[str, Any], force: bool, given: dict[str, Given], need_keys: bool
-) -> tuple[Invocation, RunPlan, dict[str, str]]:
-    """The run's invocation with the options a resume may change applied (and recorded in
-    the manifest), its plan, and its files' hashes; InputError for an option that would
-    change what the run is, or for changed files without FORCE.
-
-    Paths in the manifest are relative to the folder the run started in (its `cwd`)."""
-    if not manifest.get("invocation"):
-        raise InputError(f"{run_dir}: merged from runs started differently; it cannot be resumed")
-    inv, base = _recorded(manifest)
-    changed = changes(inv, given)
-    manifest["invocation"].update(changed)
-    inv = replace(inv, **changed)
-    scenarios, _, plan = load(inv, need_keys)
-    hashes = file_hashes(scenarios, inv.models_file)
-    recorded = {base(f): h for f, h in manifest["files"].items()}
-    stale = [f for f, h in hashes.items() if recorded.get(f) != h]
-    stale += [f for f in recorded if not Path(f).exists()]
-    if stale and not force:
-        raise InputError(
-            f"{run_dir}: these files changed since the run started: {', '.join(stale)}; "
-            "resuming would mix two versions (use --force to resume anyway)"
-        )
-    return inv, plan, hashes
-
-
-def _records(run_dir: Path, manifest: dict[str, Any], plan: Plan) -> RunRecords:
-    """The run's records as a resume of PLAN reads them; the manifest is told which
-    recorded conversations the plan no longer holds."""
-    manifest["unplanned"] = _unplanned(RunRecords(run_dir, {**manifest, "unplanned": ()}), plan)
-    return RunRecords(run_dir, manifest)
-
-
-def _unplanned(records: RunRecords, plan: Plan) -> list[str]:
-    """Conversations recorded that the plan no longer holds (it changed: --force): they
-    are not counted, and the manifest lists them so that every reader leaves them out.
-    The plan is read only until every recorded conversation was found in it."""
-    left = {record["conversation_id"] for _, record in records.lines()}
-    for conv in plan if left else ():
-        left.discard(conv.id)
-        if not left:
-            break
-    return sorted(left)
-
-
-def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:
-    """The run's invocation, its paths as seen from here."""
-    inv = Invocation(**manifest["invocation"])
-    base = _Rebase(manifest.get("cwd"))
-    inv.paths = [base(p) for p in inv.paths]
-    inv.models_file = base(inv.models_file) if inv.models_file else None
-    inv.cache = base(inv.cache) if inv.cache else None
-    return inv, base
-
-
-def recorded_plan(run_dir: Path) -> Plan:
-    """The plan of an existing run, rebuilt from its manifest (scenario files must still be
-    readable); targets come from the manifest, so no key is needed."""
-    manifest = read_manifest(run_dir)
-    inv, _ = _recorded(manifest)
-    scenarios = select(load_paths(inv.paths), tuple(inv.filters or ()))
-    fields = {f.name for f in dataclasses.fields(Target)}
-    targets = [Target(**{k: v for k, v in t.items() if k in fields}) for t in manifest["targets"]]
-    return Plan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
-
-
-class _Rebase:
-    """A path of the manifest as seen from here: relative ones are joined to the run's cwd
-    (left as they are when the run started here, so records keep the same paths)."""
-
-    def __init__(self, cwd: str | None):
-        here = os.getcwd()
-        self.base = cwd if cwd and os.path.isdir(cwd) and cwd != here else None
-
-    def __call__(self, path: str) -> str:
-        if self.base is None or os.path.isabs(path):
-            return path
-        return os.path.join(self.base, path)
-
-
-def _go(
+def play(
     plan: RunPlan,
     run_dir: Path,
     manifest: dict[str, Any],
