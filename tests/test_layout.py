@@ -1,6 +1,7 @@
 """The layout shows the flow: every import of the runner goes down the stage order below
 (type-only imports under TYPE_CHECKING and imports inside functions included), no two
-modules import each other in a circle, and modules and functions stay small.
+modules import each other in a circle, modules and functions stay small, and README's
+Layout and "Adding a protocol" sections name the files that are there.
 
 The stages, lowest first; a module may import its own stage and the stages before it:
 
@@ -173,3 +174,45 @@ def test_the_checks_see_what_they_look_for(tmp_path):
     assert STAGES.index(stage("runner.engine.pool")) > STAGES.index(stage("runner.results.stats"))
     assert stage("runner.client.providers.anthropic") == "providers"
     assert stage("runner.mock.server") == "mock"
+
+
+README = RUNNER.parent / "README.md"
+
+
+def _section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_the_readme_layout_lists_every_module_and_only_modules_that_are():
+    block = _section("Layout").split("```\n")[1]
+    listed, folders = set(), []  # folders: (indent, path) of the entries that end in /
+    for line in block.splitlines():
+        if not line.strip() or line.startswith(" " * 20):
+            continue  # a blank line or a description's continuation
+        indent, name = len(line) - len(line.lstrip()), line.split()[0]
+        folders = [(i, f) for i, f in folders if i < indent]
+        path = (folders[-1][1] if folders else "") + name
+        if name.endswith("/"):
+            folders.append((indent, path))
+        listed.add(path)
+    root = RUNNER.parent
+    missing = [p for p in sorted(listed) if not (root / p).exists()]
+    assert not missing, f"README's Layout lists what is not there: {missing}"
+    modules = {
+        str(path.relative_to(root))
+        for path in MODULES.values()
+        if path.name != "__init__.py" or path.parent.name == "providers"
+    }
+    unlisted = sorted(m for m in modules if m not in listed and not m.startswith("runner/mock/"))
+    assert not unlisted, f"README's Layout does not list: {unlisted}"
+
+
+def test_the_readme_adding_a_protocol_names_files_that_are_there():
+    section = _section("Adding a protocol")
+    named = {w.strip("`(),.:") for w in section.split() if w.strip("`(").startswith("runner/")}
+    named = {p.replace("NAME", "anthropic") for p in named}
+    missing = sorted(p for p in named if not (RUNNER.parent / p).exists())
+    assert named and not missing, f"README's 'Adding a protocol' names what is not there: {missing}"

@@ -1,4 +1,5 @@
-"""A run: its folder and manifest, resume, dry runs, and what it ends with (its exit code)."""
+"""A run: its folder and manifest, its plan loaded, and what it ends with (its exit code);
+a resume of it: runner/engine/resume.py."""
 
 from __future__ import annotations
 
