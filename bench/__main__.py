@@ -28,7 +28,7 @@ from bench.measure import Sample, Server, Servers, run_floor, run_runner
 from bench.report import RSS_LIMIT_MB, SIDES, medians, report
 from bench.sdk import sdk_main
 from bench.workloads import KEY, KEY_ENV, Workload, scale_checks, workloads
-from runner.engine import raise_fd_limit
+from runner.engine.pool import raise_fd_limit
 
 
 def bench_workload(

@@ -11,10 +11,12 @@ import click
 from click.core import ParameterSource
 
 import runner
+from runner import cli_results
+from runner.cli_results import echo_notes
 from runner.errors import Exit, InputError, WriteError
 from runner.examples import HelpGroup
 from runner.outfile import STDOUT
-from runner.ranges import (
+from runner.spec.ranges import (
     IN_FLIGHT,
     MOCK,
     REPEAT,
@@ -26,8 +28,8 @@ from runner.ranges import (
 )
 
 if TYPE_CHECKING:
-    from runner.resume import Given
-    from runner.run import Finished
+    from runner.engine.resume import Given
+    from runner.engine.run import Finished, Invocation
 
 
 class Group(HelpGroup):
@@ -45,7 +47,7 @@ class Group(HelpGroup):
 
 
 class Number(click.ParamType):
-    """A number within a range (runner/ranges.py), finite: nan and inf are refused (exit 2)."""
+    """A number within a range (runner/spec/ranges.py), finite: nan and inf are refused (exit 2)."""
 
     def __init__(self, allowed: Range):
         self.allowed = allowed
@@ -86,10 +88,10 @@ def main() -> None:
 def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None) -> None:
     """Check scenario files and the models file (file, line and problem for each error), as
     `run` does before it sends anything; send nothing."""
-    from runner.judge import judge_names
-    from runner.run import default_models_file
-    from runner.scenarios import load_paths
-    from runner.targets import load_models
+    from runner.engine.judge import judge_names
+    from runner.engine.run import default_models_file
+    from runner.spec.scenarios import load_paths
+    from runner.spec.targets import load_models
 
     problems, models_file = [], default_models_file(models_file)
     try:
@@ -186,8 +188,9 @@ def run(
     dry_run: bool,
 ) -> None:
     """Run SCENARIOS (files or folders) against every -m target."""
-    from runner import run as runs
-    from runner.signals import remembered
+    from runner.engine import run as runs
+    from runner.engine.dryrun import dry_run as first_requests
+    from runner.engine.signals import remembered
 
     if junit_file == html_file == STDOUT:
         raise InputError("--junit - and --html - would both write to stdout; give one a file")
@@ -196,42 +199,60 @@ def run(
         if cache is not None and no_cache:
             raise InputError("give --cache DIR or --no-cache, not both")
         if resume_dir:
-            given = _given(click.get_current_context(), skip=RESUME_OWN)
-            if "no_cache" in given:  # the same setting as --cache: no folder
-                given["cache"] = replace(given.pop("no_cache"), value=NO_CACHE)
-            if dry_run:
-                for text in runs.resume_dry_run(Path(resume_dir), retry_failed, force, given):
-                    click.echo(text)
-                return
-            resumed = runs.resume(Path(resume_dir), retry_failed, force, not no_progress, given)
-            _finished(resumed, junit_file, html_file)
+            _resume(Path(resume_dir), retry_failed, force, no_progress, dry_run)
+            return
         if not paths or not targets:
             raise InputError(NOTHING_TO_RUN)
-        inv = runs.Invocation(
-            paths=list(paths),
-            targets=list(targets),
-            models_file=runs.default_models_file(models_file),
-            base_url=base_url,
-            repeat=repeat,
-            filters=list(filters),
-            shard=shard,
-            stream=stream,
-            concurrency=concurrency,
-            timeout_s=timeout,
-            max_retries=max_retries,
-            max_wait_s=max_wait,
-            judge=judge,
-            max_cost=max_cost,
-            idle_timeout_s=idle_timeout,
-            cache=NO_CACHE if no_cache else cache,
-            cache_only=cache_only,
-        )
+        inv = _invocation(click.get_current_context().params)
         if dry_run:
-            for text in runs.dry_run(runs.load(inv, need_keys=False)[2], inv.stream):
+            for text in first_requests(runs.load(inv, need_keys=False)[2], inv.stream):
                 click.echo(text)
             return
         finished = runs.start(inv, runs.new_run_dir(output_dir, run_id), not no_progress)
         _finished(finished, junit_file, html_file)
+
+
+def _resume(
+    run_dir: Path, retry_failed: bool, force: bool, no_progress: bool, dry_run: bool
+) -> None:
+    """`run --resume RUN_DIR`: the run continued, or with --dry-run the requests it would send."""
+    from runner.engine import resume
+
+    ctx = click.get_current_context()
+    given = _given(ctx, skip=RESUME_OWN)
+    if "no_cache" in given:  # the same setting as --cache: no folder
+        given["cache"] = replace(given.pop("no_cache"), value=NO_CACHE)
+    if dry_run:
+        for text in resume.resume_dry_run(run_dir, retry_failed, force, given):
+            click.echo(text)
+        return
+    resumed = resume.resume(run_dir, retry_failed, force, not no_progress, given)
+    _finished(resumed, ctx.params["junit_file"], ctx.params["html_file"])
+
+
+def _invocation(params: dict[str, Any]) -> Invocation:
+    """What `run` was asked to do, from its options (the models file found when not given)."""
+    from runner.engine.run import Invocation, default_models_file
+
+    return Invocation(
+        paths=list(params["paths"]),
+        targets=list(params["targets"]),
+        models_file=default_models_file(params["models_file"]),
+        base_url=params["base_url"],
+        repeat=params["repeat"],
+        filters=list(params["filters"]),
+        shard=params["shard"],
+        stream=params["stream"],
+        concurrency=params["concurrency"],
+        timeout_s=params["timeout"],
+        max_retries=params["max_retries"],
+        max_wait_s=params["max_wait"],
+        judge=params["judge"],
+        max_cost=params["max_cost"],
+        idle_timeout_s=params["idle_timeout"],
+        cache=NO_CACHE if params["no_cache"] else params["cache"],
+        cache_only=params["cache_only"],
+    )
 
 
 # options of `run` that only say what this command does with a run (with --resume too)
@@ -241,7 +262,7 @@ RESUME_OWN = ("resume_dir", "retry_failed", "force", "no_progress", "dry_run", "
 
 def _given(ctx: click.Context, skip: tuple[str, ...]) -> dict[str, Given]:
     """The options typed on the command line (or set from the environment), but SKIP."""
-    from runner.resume import Given
+    from runner.engine.resume import Given
 
     typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     return {
@@ -262,74 +283,23 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
     """The end-of-run table and its notes on stdout (on stderr when the JUnit file or the
     compare page goes to stdout, `-`), those files when asked for, one line on stderr, and
     the run's exit code."""
-    from runner.report import render, render_notes, render_rates
+    from runner.results.report import render, render_notes, render_rates
 
     to_stderr = STDOUT in (junit_file, html_file)
 
     if html_file:
-        from runner.compare import write_page
+        from runner.results.compare import write_page
 
         click.echo(f"compare page: {write_page([finished.run_dir], Path(html_file))}", err=True)
     click.echo(render(finished.rows), err=to_stderr)
-    _echo_notes(render_notes(finished.rows), err=to_stderr)
-    _echo_notes(render_rates(finished.groups), err=to_stderr)
+    echo_notes(render_notes(finished.rows), err=to_stderr)
+    echo_notes(render_rates(finished.groups), err=to_stderr)
     if junit_file:
-        from runner.junit import write_junit
+        from runner.results.junit import write_junit
 
         write_junit(finished.run_dir, Path(junit_file), finished.plan)
     click.echo("\n" + finished.line(), err=True)
     sys.exit(finished.exit_code)
-
-
-@main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table",
-              show_default=True, help="A text table, a markdown table (CI summaries), or JSON "
-              "with every figure, failures and warnings.")  # fmt: skip
-def report(run_dir: str, fmt: str) -> None:
-    """Per-target counts, checks, tokens, latency and cost of a run."""
-    from runner.reader import Skipped
-    from runner.report import render, render_notes, render_rates
-    from runner.stats import report_rows
-
-    skipped = Skipped()  # lines of the run's files that are not its records
-    rows = report_rows(Path(run_dir), skipped)
-    rates = _pass_rates(Path(run_dir), rows)
-    click.echo(render(rows, fmt))
-    _echo_notes(render_notes(rows, fmt))
-    _echo_notes(render_rates(rates, fmt))
-    if skipped.count:
-        click.echo(skipped.note(), err=True)
-
-
-def _pass_rates(run_dir: Path, rows: list[dict[str, Any]]) -> list[Any]:
-    """Each scenario × target of the run, its samples counted (runner/verdicts.py): every
-    row gets its target's as `pass_rates`; those a report shows are returned."""
-    from runner.verdicts import attach, run_groups, shown
-
-    groups = run_groups(run_dir)
-    attach(rows, groups)
-    return shown(groups.values())
-
-
-def _echo_notes(notes: str, err: bool = False) -> None:
-    """Failures and warnings under the table, after a blank line (nothing when none)."""
-    if notes:
-        click.echo("\n" + notes, err=err)
-
-
-@main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--html", "html_file", required=True, type=click.Path(dir_okay=False),
-              help="The page to write: one self-contained HTML file ('-': stdout).")  # fmt: skip
-@click.option("--max-rows", type=click.IntRange(1), default=1000, show_default=True,
-              help="Rows of conversations shown (failing ones first).")  # fmt: skip
-def compare(run_dirs: tuple[str, ...], html_file: str, max_rows: int) -> None:
-    """A page comparing RUN_DIRS: report, charts, conversations side by side, turn by turn."""
-    from runner.compare import write_page
-
-    path = write_page([Path(d) for d in run_dirs], Path(html_file), max_rows)
-    click.echo(f"compare page: {path}", err=html_file == STDOUT)
 
 
 @main.command("mock-server")
@@ -375,104 +345,6 @@ def mock_server(host: str, port: int, **opts: Any) -> None:
     serve(MockOptions(**opts), host, port)
 
 
-@main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The JUnit XML file to write ('-': stdout).")  # fmt: skip
-def junit(run_dir: str, output: str) -> None:
-    """Write the JUnit report of an existing run: a testsuite per target, a testcase per
-    conversation (planned but not run: skipped, when the scenario files are still there)."""
-    from runner.junit import write_junit
-    from runner.run import recorded_plan
-    from runner.store import read_manifest
-
-    read_manifest(Path(run_dir))  # not a run: exit 2 before anything else
-    try:
-        plan = recorded_plan(Path(run_dir))
-    except InputError as exc:
-        click.echo("warning: not-run conversations are not listed: " + exc.problems[0], err=True)
-        plan = None
-    write_junit(Path(run_dir), Path(output), plan)
-    click.echo(output, err=output == STDOUT)
-
-
-@main.command()
-@click.argument("base_run", type=click.Path(exists=True, file_okay=False))
-@click.argument("new_run", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text",
-              show_default=True, help="Plain text, markdown (a CI comment, lists cut at 30), "
-              "or JSON with everything.")  # fmt: skip
-@click.option("--text", "show_text", is_flag=True, help="List every reply that changed.")
-@click.option("--match", type=click.Choice(["id", "scenario"]), default="id", show_default=True,
-              help="Pair conversations by id (which ends in @target), or by scenario, vars and "
-              "sample: for runs of one target each that differ (another model).")  # fmt: skip
-def diff(base_run: str, new_run: str, fmt: str, show_text: bool, match: str) -> None:
-    """Compare NEW_RUN with BASE_RUN conversation by conversation, and gate on it.
-
-    Exit 1 when the gate fails: a regression (pass -> fail, ok -> failed), a conversation
-    missing from NEW_RUN, a new conversation that does not pass, or a NEW_RUN that did not
-    complete; 0 otherwise."""
-    from runner.diff import diff_runs, gate
-    from runner.diffview import render_diff
-
-    result = diff_runs(Path(base_run), Path(new_run), show_text, match)
-    click.echo(render_diff(result, fmt))
-    sys.exit(Exit.CHECKS if gate(result) else Exit.OK)
-
-
-@main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", required=True,
-              type=click.Choice(["openai", "sharegpt", "mtbench", "jsonl"]),
-              help="openai: chat fine-tuning messages; sharegpt: conversations; mtbench: "
-              "FastChat answer files; jsonl: the transcript records as they are.")  # fmt: skip
-@click.option("-o", "--output", "out", required=True,
-              help="File to write ('-': stdout; mtbench: a folder).")  # fmt: skip
-@click.option("--only-ok", is_flag=True, help="Leave out failed conversations.")
-@click.option("--only-passed", is_flag=True, help="Only conversations whose checks all passed.")
-@click.option("--target", "targets", multiple=True, help="Only this target's (repeatable).")
-def export(
-    run_dir: str, fmt: str, out: str, only_ok: bool, only_passed: bool, targets: tuple[str, ...]
-) -> None:
-    """Export the newest record of each conversation of RUN_DIR as a dataset: openai
-    (chat fine-tuning), sharegpt, mtbench (FastChat answer files) or jsonl (the records)."""
-    from runner.export import Filters
-    from runner.export import export as write
-
-    done = write(Path(run_dir), fmt, Path(out), Filters(only_ok, only_passed, targets))
-    click.echo(done.line(), err=True)
-
-
-@main.group("import")
-def import_() -> None:
-    """Turn other tools' question sets into scenario files."""
-
-
-@import_.command("mtbench")
-@click.argument("questions", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out", required=True,
-              help="Scenario file (YAML) to write ('-': stdout).")  # fmt: skip
-def import_mtbench(questions: str, out: str) -> None:
-    """FastChat's MT-Bench QUESTIONS.jsonl to scenarios: one per question, its category
-    a tag and its temperature, reference answers kept as metadata."""
-    from runner.mtbench import import_mtbench as convert
-
-    count = convert(Path(questions), Path(out))
-    click.echo(f"{count} scenarios -> {out}", err=True)
-
-
-@main.command()
-@click.argument("run_dirs", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False))  # fmt: skip
-@click.option("-o", "--output", "out", required=True, help="The merged run folder (new).")
-def merge(run_dirs: tuple[str, ...], out: str) -> None:
-    """Join shard runs (or any runs) into one run folder: the newest record of each
-    conversation, every usage record, one manifest."""
-    from runner.merge import merge as join
-
-    counts = join([Path(d) for d in run_dirs], Path(out))["counts"]
-    click.echo(
-        f"{counts['ok'] + counts['failed']} conversations ({counts['ok']} ok, "
-        f"{counts['failed']} failed) from {len(run_dirs)} runs -> {out}",
-        err=True,
-    )
+for _command in (cli_results.report, cli_results.compare, cli_results.junit, cli_results.diff,
+                 cli_results.export, cli_results.import_, cli_results.merge):  # fmt: skip
+    main.add_command(_command)

@@ -23,7 +23,7 @@ def cost(tokens: Mapping[str, Any], price: Price | None) -> float | None:
     """Estimated USD of these tokens; None when the target has no price.
 
     Cached and cache-write tokens are parts of the input and reasoning tokens part of the
-    output (records.Usage), so each part is charged at its own price and the rest at the
+    output (usage.Usage), so each part is charged at its own price and the rest at the
     plain one."""
     if not price:
         return None

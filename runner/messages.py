@@ -1,5 +1,5 @@
 """A message: a role and a list of parts, built once from the scenario and mapped to the
-wire by each provider (runner/providers/). Text is the only part today; an image, a tool
+wire by each provider (runner/client/providers/). Text is the only part today; an image, a tool
 call and a tool result join `Part` when scenarios can say them.
 
 A transcript record keeps the messages in OpenAI's shape (`{"role", "content": text}`,

@@ -13,13 +13,13 @@ from aiohttp import web
 from conftest import KEY, play
 from multidict import CIMultiDict
 
-from runner.client import TargetClient
+from runner.client.client import TargetClient
+from runner.client.providers.anthropic import Anthropic, rfc3339_seconds
+from runner.client.providers.ratelimits import reset_seconds
 from runner.cost import cost
 from runner.messages import Message
 from runner.mock import MockOptions, MockThread
-from runner.pacing import reset_seconds
-from runner.providers.anthropic import Anthropic, rfc3339_seconds
-from runner.targets import Target
+from runner.spec.targets import Target
 
 TWO = "id: two\nsystem: Be brief.\nturns: [first question, second question]\n"
 

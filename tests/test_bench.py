@@ -43,7 +43,7 @@ def test_the_bench_reads_the_connections_the_mock_accepted(mock_server):
 
 def test_a_table_workload_is_one_conversation_per_row_of_a_vars_file(tmp_path):
     from bench.workloads import write_inputs
-    from runner.scenarios import load_file
+    from runner.spec.scenarios import load_file
 
     scenario, _ = write_inputs(tmp_path, 1234, 1, rows=5)
     [loaded] = load_file(str(scenario))

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from runner.report import cells
+from runner.results.report import cells
 from tests.conftest import KEY, ROOT, cli, play
 
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"

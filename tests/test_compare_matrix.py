@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner.compare_diff import marked, tokens
+from runner.results.compare_diff import marked, tokens
 from tests.conftest import cli, play
 from tests.test_compare import DevTools, Elements, drive_page, needs_browser
 

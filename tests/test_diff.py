@@ -7,8 +7,8 @@ import json
 
 from conftest import cli, play
 
-from runner.diff import Change, Diff
-from runner.diffview import render_diff
+from runner.results.diff import Change, Diff
+from runner.results.diffview import render_diff
 
 SLOW_MS = 1600  # the slowed mock's latency: past the check's limit whatever the machine
 LATENCY = f"""

@@ -1,5 +1,5 @@
 """`export`: openai, sharegpt, mtbench and jsonl, exact shapes, filters, newest record per
-conversation; HuggingFace `datasets` loads the chat exports (runner/export.py)."""
+conversation; HuggingFace `datasets` loads the chat exports (runner/results/export.py)."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def newest_peak(played: Played, n: int) -> tuple[int, list[int], int]:
     records are found, the offsets of the retried ones, and the reader's peak memory."""
     import tracemalloc
 
-    from runner.reader import RunRecords
+    from runner.results.reader import RunRecords
 
     path = played.run_dir / "transcripts.jsonl"
     record = json.loads(path.read_text(encoding="utf-8").splitlines()[0])

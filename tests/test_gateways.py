@@ -9,8 +9,8 @@ import json
 import pytest
 from aiohttp import web
 
+from runner.client.providers import drain
 from runner.finish import normalise
-from runner.providers import drain
 from tests.conftest import CHAIN, play
 
 PROTOCOLS = ["chat", "responses", "gemini", "anthropic"]

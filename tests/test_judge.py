@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.engine.judge import parse_verdict
 from runner.errors import ApiError
-from runner.judge import parse_verdict
 from runner.mock.judge import verdict_text
 from tests.conftest import cli, play, write_scenario
 

@@ -163,10 +163,10 @@ def test_junit_of_a_run_stopped_early_in_a_huge_plan_lists_a_few_and_counts_the_
 def test_each_targets_planned_count_is_what_its_plan_holds(tmp_path, shard):
     from collections import Counter
 
-    from runner.junit import planned_per_target
-    from runner.plan import Plan
-    from runner.scenarios import load_paths
-    from runner.targets import resolve
+    from runner.results.junit import planned_per_target
+    from runner.spec.plan import Plan
+    from runner.spec.scenarios import load_paths
+    from runner.spec.targets import resolve
 
     path = tmp_path / "s.yaml"
     path.write_text("id: s\nturns: [hi]\nvars: {n: [1, 2, 3, 4, 5, 6, 7]}\nrepeat: 2\n")

@@ -16,14 +16,15 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-import runner.client
-import runner.retry
-from runner.client import TargetClient
+import runner.client.client
+import runner.client.retry
+from runner.client.client import TargetClient
+from runner.client.limits import AdaptiveLimit
+from runner.client.pacing import Pacer
+from runner.client.providers.ratelimits import reset_seconds
 from runner.errors import ApiError, Kind
-from runner.limits import AdaptiveLimit
 from runner.mock.limits import Limits, admission_tokens, go_duration
-from runner.pacing import Pacer, reset_seconds
-from runner.targets import Target
+from runner.spec.targets import Target
 from tests.conftest import play, raw_response
 
 
@@ -325,12 +326,12 @@ def test_every_conversation_completes_against_a_concurrency_limited_server(tmp_p
 def fake_time(monkeypatch, clock: FakeClock) -> None:
     """The runner's pacing and retry waits on `clock` (the server shares it)."""
     monkeypatch.setattr(
-        runner.client,
+        runner.client.client,
         "Pacer",
         lambda max_wait_s, headers: Pacer(clock, clock.sleep, max_wait_s, headers),
     )
     monkeypatch.setattr(
-        runner.client, "retrying", partial(runner.retry.retrying, sleep=clock.sleep)
+        runner.client.client, "retrying", partial(runner.client.retry.retrying, sleep=clock.sleep)
     )
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from runner import encoding
-from runner.checks import evaluate
-from runner.scenarios import Expect
+from runner.engine.checks import evaluate
+from runner.spec.scenarios import Expect
 from tests.conftest import cli, play, raw_response, spawn, write_scenario
 
 GOOD = "id: good\nturns: [hello]\n"
@@ -86,16 +86,16 @@ def test_a_record_that_fails_to_encode_twice_still_fails_only_its_conversation(
 ):
     """The plain install's encoder (no orjson) on a value JSON has no type for, in what the
     failed record carries too (the scenario's metadata): that record is written as text."""
-    import runner.engine
+    import runner.engine.pool
 
     monkeypatch.setattr(encoding, "orjson", None)
-    play_one = runner.engine.run_conversation
+    play_one = runner.engine.pool.run_conversation
 
     async def with_a_bug(conv, client, *judges):
         conv.scenario.metadata["when"] = datetime.date(2024, 5, 1)
         return await play_one(conv, client, *judges)
 
-    monkeypatch.setattr(runner.engine, "run_conversation", with_a_bug)
+    monkeypatch.setattr(runner.engine.pool, "run_conversation", with_a_bug)
     played = play(tmp_path, "id: a\nmetadata: {}\nturns: [hi]\n", server=make_mock())
     assert played.result.exit_code == 3, played.result.output
     (record,) = played.transcripts

@@ -1,5 +1,5 @@
 """`merge`: shard runs joined into one run folder that report, export and resume read
-(runner/merge.py)."""
+(runner/results/merge.py)."""
 
 from __future__ import annotations
 

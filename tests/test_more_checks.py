@@ -9,8 +9,8 @@ import textwrap
 
 from conftest import cli, play, raw_response, write_scenario
 
-from runner import pycheck
 from runner.mock import reply_text
+from runner.spec import pycheck
 
 
 def echo(request):

@@ -1,5 +1,5 @@
 """`import mtbench`: the real MT-Bench question file (tests/data, from FastChat) to scenarios,
-run against the mock and exported back to FastChat's answer format (runner/mtbench.py)."""
+run against the mock and exported back to FastChat's answer format (runner/spec/mtbench.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cli, play, read_jsonl
 
-from runner.scenarios import load_file
+from runner.spec.scenarios import load_file
 
 QUESTIONS = ROOT / "tests/data/mt_bench_question.jsonl"
 

@@ -16,7 +16,7 @@ from conftest import Played, holding_one, play, spawn, wait_until
 from test_reliability import signal_pending
 
 from runner.errors import WriteError
-from runner.store import JsonlWriter, RunLock
+from runner.results.store import JsonlWriter, RunLock
 
 CONVERSATIONS = "id: t\nturns: ['{{n}}: one', two, three]\nvars:\n  n: {n}\n"
 RETRIES = {"max_retries": 12}
@@ -196,7 +196,7 @@ def test_a_resume_while_the_run_is_alive_is_refused(tmp_path, make_mock):
 # the signal arrives while the scenarios are being read: before the event loop exists
 SIGNAL_DURING_LOAD = """
 import os, signal
-import runner.run as run
+import runner.engine.run as run
 assert hasattr(run, "load")
 _load = run.load
 def load(inv):
@@ -223,9 +223,9 @@ def test_a_signal_during_start_up_exits_130_with_the_manifest(tmp_path, mock_ser
 def test_a_record_that_cannot_be_encoded_fails_its_conversation_not_the_run(
     tmp_path, mock_server, monkeypatch
 ):
-    import runner.engine
+    import runner.engine.pool
 
-    play_one = runner.engine.run_conversation
+    play_one = runner.engine.pool.run_conversation
 
     async def with_a_bug(conv, client, *judges):
         record = await play_one(conv, client, *judges)
@@ -233,7 +233,7 @@ def test_a_record_that_cannot_be_encoded_fails_its_conversation_not_the_run(
             record["vars"] = {object()}  # not JSON by any encoder
         return record
 
-    monkeypatch.setattr(runner.engine, "run_conversation", with_a_bug)
+    monkeypatch.setattr(runner.engine.pool, "run_conversation", with_a_bug)
     played = play(tmp_path, numbered(3), server=mock_server, models=RETRIES)
     assert played.result.exit_code == 3, played.result.output
     records = whole_lines(played.run_dir / "transcripts.jsonl")

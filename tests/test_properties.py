@@ -10,10 +10,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runner.client.providers.sse import SSEParser
 from runner.errors import InputError
-from runner.providers.sse import SSEParser
-from runner.scenarios import load_paths
-from runner.targets import load_models
+from runner.spec.scenarios import load_paths
+from runner.spec.targets import load_models
 
 # the profile's (tests/conftest.py: no speed checks), and tmp_path reused across examples
 FIXTURES_TOO = [*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture]

@@ -275,7 +275,7 @@ def test_truncated_reply_keeps_its_finish_reason(tmp_path, mock_server, stream):
 
 
 def test_models_example_loads_and_names_keys_only_by_variable():
-    from runner.targets import load_models
+    from runner.spec.targets import load_models
 
     root = Path(__file__).resolve().parent.parent
     targets = load_models(str(root / "models.example.yaml"))

@@ -10,14 +10,14 @@ import pytest
 from conftest import KEY, cli, play, raw_response, write_scenario
 from multidict import CIMultiDict
 
-import runner.client
-from runner.client import TargetClient
+import runner.client.client
+from runner.client.client import TargetClient
+from runner.client.providers import PROVIDERS
+from runner.client.providers.base import Capabilities, StreamState
+from runner.client.providers.openai_chat import OpenAIChat
+from runner.client.providers.ratelimits import RateHeaders
 from runner.errors import ApiError, Kind
-from runner.pacing import RateHeaders
-from runner.providers import PROVIDERS
-from runner.providers.base import Capabilities, StreamState
-from runner.providers.openai_chat import OpenAIChat
-from runner.targets import Target
+from runner.spec.targets import Target
 
 NAMES = {"chat": "openai-chat", "responses": "openai-responses", "gemini": "gemini",
          "anthropic": "anthropic"}  # fmt: skip
@@ -216,7 +216,7 @@ def test_a_dry_run_plays_the_real_turn_loop_through_the_client(tmp_path, mock_se
         calls.append([m.text for m in messages])
         return await complete(self, system, messages, *args, **kwargs)
 
-    monkeypatch.setattr(runner.client.TargetClient, "complete", spied)
+    monkeypatch.setattr(runner.client.client.TargetClient, "complete", spied)
     scenario = "id: s\nturns: [{assistant: scripted}, 'hi {{n}}', again]\nvars: {n: [1, 2]}\n"
     dry = play(tmp_path, scenario, "--dry-run", server=mock_server, targets=("chat", "gemini"))
     assert dry.result.exit_code == 0, dry.result.output
@@ -258,8 +258,8 @@ def test_a_request_body_held_in_flight_costs_its_length_not_an_encoders_buffer()
     # its 4 KiB buffer (41 MB for bodies of 100 bytes)
     import tracemalloc
 
+    from runner.client.providers import Call
     from runner.messages import Message, Text
-    from runner.providers import Call
 
     provider = OpenAIChat("http://127.0.0.1:9/v1", "m", "k")
     call = Call(None, [Message("user", (Text("Hello there"),))], {}, False, None)

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from runner import encoding
-from runner.reader import latest_transcripts
-from runner.store import JsonlWriter, read_jsonl, repair_torn_tail
+from runner.results.reader import latest_transcripts
+from runner.results.store import JsonlWriter, read_jsonl, repair_torn_tail
 
 RECORD = {
     "conversation_id": "memory-zh[ab]@mock",

@@ -217,7 +217,7 @@ def signal_pending(pid: int, sig: int) -> bool:
 
 
 AN_HOUR_OF_GRACE = """
-import runner.engine as engine
+import runner.engine.pool as engine
 assert hasattr(engine, "GRACE_S")
 engine.GRACE_S = 3600
 """

@@ -9,12 +9,12 @@ from email.utils import format_datetime
 import pytest
 from multidict import CIMultiDict
 
+from runner.client.limits import AdaptiveLimit, TokenBucket
+from runner.client.providers.base import Reply, classify, retry_after
+from runner.client.providers.gemini import Gemini
+from runner.client.providers.openai_chat import openai_error
+from runner.client.retry import RetryPolicy, retrying
 from runner.errors import ApiError
-from runner.limits import AdaptiveLimit, TokenBucket
-from runner.providers.base import Reply, classify, retry_after
-from runner.providers.gemini import Gemini
-from runner.providers.openai_chat import openai_error
-from runner.retry import RetryPolicy, retrying
 
 
 def run(coro):

@@ -11,7 +11,7 @@ import pytest
 from conftest import cli, play
 
 from runner.errors import WriteError
-from runner.store import JsonlWriter
+from runner.results.store import JsonlWriter
 
 THREE = "id: s\nturns: [hi]\nvars: {n: [1, 2, 3]}\n"
 PRECIOUS = b"precious, no newline at the end"

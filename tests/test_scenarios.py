@@ -1,4 +1,4 @@
-"""Loading and strict validation of scenario files (runner/scenarios.py)."""
+"""Loading and strict validation of scenario files (runner/spec/scenarios.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from conftest import cli
 
 from runner.errors import InputError
-from runner.scenarios import Expect, Full, Server, Turn, Window, load_file, load_paths
+from runner.spec.scenarios import Expect, Full, Server, Turn, Window, load_file, load_paths
 
 GOOD = """\
 # a comment on line 1

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from runner.providers.base import mask
+from runner.client.providers.base import mask
 from tests.conftest import KEY, play, raw_response
 
 HI = "id: s\nturns: [hi]\n"

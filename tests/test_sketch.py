@@ -1,4 +1,5 @@
-"""Percentiles in bounded memory (runner/sketch.py): exact for small runs, within 0.5 % after."""
+"""Percentiles in bounded memory (runner/results/sketch.py): exact for small runs, within
+0.5 % after."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 
 import pytest
 
-from runner.sketch import ERROR, EXACT, Quantiles
+from runner.results.sketch import ERROR, EXACT, Quantiles
 
 
 def nearest_rank(values: list[float], q: float) -> float:

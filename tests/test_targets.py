@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 from conftest import CHAIN, ROOT, cli, play
 
-import runner.client
+import runner.client.client
 
 
 def test_the_demo_plays_every_shipped_scenario_on_the_four_built_in_mocks(tmp_path):
@@ -130,9 +130,9 @@ class FakeClock:
 def clock(monkeypatch, mock_server) -> FakeClock:
     """Every rpm/tpm bucket the client makes runs on a FakeClock (the buckets' own seam)."""
     fake = FakeClock(mock_server)
-    bucket = runner.client.TokenBucket
+    bucket = runner.client.client.TokenBucket
     made = lambda per_minute: bucket(per_minute, clock=fake, sleep=fake.sleep)  # noqa: E731
-    monkeypatch.setattr(runner.client, "TokenBucket", made)
+    monkeypatch.setattr(runner.client.client, "TokenBucket", made)
     return fake
 
 

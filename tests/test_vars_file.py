@@ -1,5 +1,5 @@
 """`vars_file:` CSV and JSONL tables, one conversation per row; their errors; lazy planning;
-seeded samples (runner/rows.py, runner/variables.py, runner/plan.py)."""
+seeded samples (runner/spec/rows.py, runner/spec/variables.py, runner/spec/plan.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner.errors import InputError
-from runner.plan import Plan
-from runner.rows import HashSet, RowsFile
-from runner.scenarios import load_file
-from runner.targets import resolve
+from runner.spec.plan import Plan
+from runner.spec.rows import HashSet, RowsFile
+from runner.spec.scenarios import load_file
+from runner.spec.targets import resolve
 
 PEOPLE_CSV = 'name,city\n"Smith, Ann","Paris, France"\n李雷,北京\n'
 SCENARIO = """\

@@ -10,7 +10,7 @@ import pytest
 from conftest import cli, play
 from scipy.stats import binom, binomtest, fisher_exact
 
-from runner.verdicts import fisher_drop, samples_needed, wilson
+from runner.results.verdicts import fisher_drop, samples_needed, wilson
 
 # the mock ends its reply with " seed=N" (the seed the sample was sent) when the user text
 # holds [[seed]]: with --repeat 5, samples 0..4 are sent seeds 0..4, and this check passes

@@ -1,0 +1,2 @@
+"""One target's client: limits, pacing, retries, the reply cache; providers/ speaks each
+protocol."""

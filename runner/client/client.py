@@ -1,0 +1,200 @@
+"""One target's connection: HTTP session, provider, limits, and the retry loop per call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+import runner
+from runner.client.cache import Cache
+from runner.client.limits import AdaptiveLimit, TokenBucket
+from runner.client.pacing import Mark, Pacer
+from runner.client.providers import Call, Reply
+from runner.client.providers.base import Request, cut_message, mask
+from runner.client.providers.body import MB, Limits
+from runner.client.providers.transport import Http, Transport
+from runner.client.retry import Breaker, RetryPolicy, retrying
+from runner.encoding import clean_text
+from runner.errors import ApiError, Kind, internal
+from runner.messages import Message
+from runner.results.records import attempt_record
+from runner.spec.targets import Target, provider_for
+
+USER_AGENT = f"dialogue-runner/{runner.__version__}"
+AttemptSink = Callable[[dict[str, Any]], None]
+Verdict = Callable[[str], object]  # raises a retryable ApiError when a reply is no verdict
+
+
+class TargetClient:
+    """Everything a conversation needs to get replies from one target."""
+
+    def __init__(
+        self,
+        target: Target,
+        stream: bool,
+        on_attempt: AttemptSink,
+        cache: Cache | None = None,
+        transport: Transport | None = None,
+    ):
+        self.target = target
+        self.cache = cache  # replies replayed and stored (runner/client/cache.py); None: off
+        self.stream = target.stream if target.stream is not None else stream
+        self.on_attempt = on_attempt
+        self.policy = RetryPolicy(max_retries=target.max_retries, max_wait_s=target.max_wait_s)
+        self.limit = AdaptiveLimit(target.concurrency)
+        self.rpm = TokenBucket(target.rpm) if target.rpm else None
+        self.tpm = TokenBucket(target.tpm) if target.tpm else None
+        self.provider = provider_for(target)
+        # the server's budgets, learned from its headers as the provider names them
+        self.pacer = Pacer(max_wait_s=target.max_wait_s, headers=self.provider.rate_headers)
+        self.breaker = Breaker(target.name, target.fail_fast_after)
+        self.retries = 0  # shown by the progress line
+        self.limits = Limits(
+            max_bytes=int(target.max_response_mb * MB), idle_s=target.idle_timeout_s or None
+        )
+        self.session: aiohttp.ClientSession | None = None  # opened by start()
+        self.transport = transport  # over HTTP once start() opened the session
+
+    async def start(self) -> None:
+        """Open the HTTP session (one connection pool sized to the target's concurrency) and
+        the transport over it, unless a transport was given."""
+        if self.transport is not None:
+            return
+        t = self.target
+        timeout = aiohttp.ClientTimeout(
+            total=t.timeout_s, sock_connect=t.connect_timeout_s, sock_read=t.first_byte_timeout_s
+        )
+        connector = aiohttp.TCPConnector(limit=t.concurrency, limit_per_host=0, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}
+        )
+        self.transport = Http(self.session, self.provider, self.limits)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def params(self) -> dict[str, Any]:
+        """The target's params over its provider's defaults: what every request starts from."""
+        return {**self.provider.default_params, **self.target.params}
+
+    async def complete(
+        self,
+        system: str | None,
+        messages: list[Message],
+        params: dict[str, Any],
+        previous_id: str | None,
+        conversation_id: str,
+        turn: int,
+        judge: Verdict | None = None,
+        sample: int = 0,
+        cache_marks: bool | None = None,
+    ) -> tuple[Reply, int]:
+        """A reply for this turn, retried as the policy allows; returns (reply, attempts).
+
+        With `judge`, this is a judge's request: its attempts are recorded as such, and a
+        reply that `judge` refuses is retried like a malformed body. With a cache, a reply
+        cached for this request (and SAMPLE) is replayed with 0 attempts. `cache_marks`
+        (None: the target's `cache`) asks a provider with cache marks to mark the prompt for
+        the server's prompt cache (not the reply cache)."""
+        marks = self.target.cache if cache_marks is None else cache_marks
+        call = Call(system, messages, params, self.stream, previous_id, marks)
+        request = self.provider.build(call)
+
+        # -- the reply cache (runner/client/cache.py): a hit is replayed, a miss stored once sent
+        cached = self.cache.lookup(self.provider, call, sample) if self.cache else None
+        if cached is not None and cached.reply is not None:
+            self.on_attempt(cached.usage_record(conversation_id, turn, self.target, bool(judge)))
+            return cached.reply, 0
+
+        tokens = admission_tokens(request, params)
+
+        def attempt(n: int) -> Any:
+            return self._attempt(request, tokens, conversation_id, turn, n, judge)
+
+        try:
+            reply, attempts = await retrying(attempt, self.policy)
+        except ApiError as err:
+            self.breaker.gave_up(err)
+            raise
+        if cached is not None:
+            cached.store(reply, self.provider)
+        return reply, attempts
+
+    async def _attempt(
+        self, request: Request, estimate: float, cid: str, turn: int, n: int, judge: Verdict | None
+    ) -> Reply:
+        if self.rpm:
+            await self.rpm.acquire()
+        if self.tpm:
+            await self.tpm.acquire(estimate)
+        ticket = await self.limit.acquire()
+        try:  # paced holding the slot: nothing queues between the pacing and the send
+            marks = await self.pacer.acquire(estimate)
+            self.breaker.check()  # it may have opened while we waited
+        except BaseException:
+            self.limit.release(ticket)
+            raise
+        self.retries += n > 0
+        start = time.perf_counter()
+        assert self.transport is not None, "start() first"
+        try:
+            reply = await self.transport.send(request)  # the one place a request is sent
+        except Exception as exc:  # anything but an ApiError is our bug: final, said where
+            err = exc if isinstance(exc, ApiError) else internal(exc)
+            self._failed(err, ticket, marks, estimate)
+            self._record(cid, turn, n, err.label, None, start, judge is not None)
+            raise err from None
+        self.limit.release(ticket, ok=True)
+        self.breaker.succeeded()
+        if reply.headers is not None:
+            self.pacer.answered(reply.headers, marks, estimate)
+        self._record(cid, turn, n, 200, reply, start, judge is not None)
+        if judge is not None:
+            judge(reply.text)
+        return reply
+
+    def _failed(
+        self, err: ApiError, ticket: tuple[int, int], marks: tuple[Mark, Mark], cost: float
+    ) -> None:
+        """A refused attempt: a rate limit paces the target; an answer the provider calls an
+        overload (503, or a 429 whose headers do not say a budget is empty) lowers the
+        requests in flight."""
+        err.message = cut_message(clean_text(mask(err.message, self.target.key)))
+        empty = False
+        if err.kind is Kind.RATE_LIMIT:
+            empty = self.pacer.refused(err.headers, err.message, marks, cost)
+        overloaded = err.retryable and err.status in self.provider.overloaded and not empty
+        self.limit.release(ticket, overloaded=overloaded)
+        self.breaker.observe(err)
+
+    def _record(
+        self,
+        cid: str,
+        turn: int,
+        n: int,
+        status: int | str,
+        reply: Reply | None,
+        start: float,
+        judge: bool,
+    ) -> None:
+        latency_ms = (time.perf_counter() - start) * 1000
+        t = self.target
+        record = attempt_record(cid, turn, n + 1, t.name, t.model, status, reply, latency_ms)
+        if judge:
+            record["judge"] = True
+        self.on_attempt(record)
+
+
+MAX_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def admission_tokens(request: Request, params: dict[str, Any]) -> float:
+    """What a request costs against a token budget when it is admitted, as OpenAI documents
+    it: the larger of the max_tokens it asks for and the tokens estimated from its characters
+    (its body's length / 4). Known before it is sent, unlike the reply's usage."""
+    asked = [v for k in MAX_TOKEN_PARAMS if isinstance(v := params.get(k), int | float)]
+    return max([len(request.body) / 4, *asked])

@@ -1,0 +1,249 @@
+"""Anthropic Messages (POST {base_url}/v1/messages), directly or via gateways.
+
+The system prompt is the top-level `system`; `max_tokens` is required (4096 unless the
+scenario or target says); the key goes in `x-api-key` (or `Authorization: Bearer` for
+gateways, `auth: bearer`), with `anthropic-version` (the `anthropic_version` param, else
+2023-06-01) and, if given, `anthropic-beta` (the `anthropic_beta` param). With `cache: true`
+the system prompt and the newest message carry `cache_control: {type: ephemeral}`, so each
+turn reads the earlier ones from the server's prompt cache (protocols.md §5.5).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+from runner.client.providers import base
+from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
+from runner.client.providers.ratelimits import RateHeaders
+from runner.encoding import to_json
+from runner.errors import ApiError, Kind
+from runner.messages import Message
+from runner.usage import Usage, no_usage
+
+VERSION = "2023-06-01"
+EPHEMERAL = MappingProxyType({"type": "ephemeral"})
+# the names other protocols give the answer's length, taken as max_tokens
+MAX_TOKENS_ALIASES = ("max_completion_tokens", "max_output_tokens")
+HEADER_PARAMS = {"anthropic_version": "anthropic-version", "anthropic_beta": "anthropic-beta"}
+# error types a retry cannot mend; any other (overloaded, api, rate limit, timeout) may pass
+FINAL_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+}
+# an error event's type -> the status it stands for when not streamed
+TYPE_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500}
+
+
+def rfc3339_seconds(text: str) -> float | None:
+    """Seconds from now until an RFC 3339 time ("2026-12-04T17:05:00Z"; past: 0)."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+        at = when.timestamp() if when.tzinfo is not None else None
+    except (ValueError, OverflowError, OSError):  # not a time, or none a clock can hold
+        return None
+    return None if at is None else max(0.0, at - time.time())
+
+
+def anthropic_usage(raw: Any) -> Usage:
+    """input_tokens counts only what follows the last cache breakpoint: the input is it plus
+    the tokens written to the cache and those read from it (read = cached)."""
+    if not raw:
+        return no_usage()
+    raw = base.want(raw, dict, "usage")
+    written = base.tokens(raw, "cache_creation_input_tokens")
+    read = base.tokens(raw, "cache_read_input_tokens")
+    inp = base.tokens(raw, "input_tokens") + written + read
+    out = base.tokens(raw, "output_tokens")
+    details = base.fields(raw.get("output_tokens_details"), "usage details")
+    return Usage(
+        input_tokens=inp,
+        output_tokens=out,
+        reasoning_tokens=base.tokens(details, "thinking_tokens"),
+        cached_tokens=read,
+        cache_write_tokens=written,
+        total_tokens=inp + out,
+    )
+
+
+def text_blocks(blocks: list[Any]) -> str:
+    """The answer: the joined `text` blocks (thinking and tool blocks carry none)."""
+    texts = []
+    for block in blocks:
+        if base.want(block, dict, "a content block").get("type") == "text":
+            texts.append(base.text_or_none(block.get("text"), "a text block's text") or "")
+    return "".join(texts)
+
+
+def wire_message(message: Message, mark: bool) -> dict[str, Any]:
+    """A message as Anthropic takes it: text as a string, or as text blocks whose last
+    carries the cache mark (an empty text cannot be a block: it goes unmarked)."""
+    if not mark or not message.text:
+        return {"role": message.role, "content": message.text}
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": p.text} for p in message.parts]
+    blocks[-1]["cache_control"] = dict(EPHEMERAL)
+    return {"role": message.role, "content": blocks}
+
+
+def stream_error(payload: dict[str, Any]) -> ApiError:
+    """An `error` event: retried unless its type says a retry cannot help."""
+    err = base.fields(payload.get("error"), "an error event's error")
+    kind = str(err.get("type") or "error")
+    message = f"the server sent an error: {kind}: {err.get('message', '')}".rstrip(": ")
+    retryable = kind not in FINAL_TYPES
+    return ApiError(Kind.HTTP, message, status=TYPE_STATUS.get(kind), retryable=retryable)
+
+
+class Anthropic(Provider):
+    name = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+    key_env = "ANTHROPIC_API_KEY"
+    auth_modes = ("x-api-key", "bearer")
+    default_params = MappingProxyType({"max_tokens": 4096})  # the API requires one
+    capabilities = Capabilities(
+        stream_usage=True, batch=True, images=True, tools=True, cache_marks=True
+    )
+    overloaded = frozenset({429, 503, 529})  # 529 overloaded_error
+    rate_headers = RateHeaders("anthropic-ratelimit-{budget}-{field}", rfc3339_seconds)
+    mock_target = ("mock-anthropic", "mock-anthropic")
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        """Built once: the key does not change during a run."""
+        headers = {"Content-Type": "application/json", "anthropic-version": VERSION}
+        if self.key and self.auth == "bearer":
+            headers["Authorization"] = f"Bearer {self.key}"
+        elif self.key:
+            headers["x-api-key"] = self.key
+        return headers
+
+    def build(self, call: Call) -> Request:
+        headers, params = self.headers, call.params
+        if any(k in params for k in HEADER_PARAMS):
+            headers = {**headers, **header_params(params)}
+        last = len(call.messages) - 1
+        messages = [wire_message(m, call.cache and i == last) for i, m in enumerate(call.messages)]
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        if call.system is not None:
+            system = {"type": "text", "text": call.system, "cache_control": dict(EPHEMERAL)}
+            body["system"] = [system] if call.cache and call.system else call.system
+        body.update(wire_params(params))
+        if call.stream:
+            body["stream"] = True
+        return Request(f"{self.base_url}/v1/messages", headers, to_json(body), call.stream)
+
+    def parse(self, body: dict[str, Any]) -> Reply:
+        body = base.want(body, dict, "the body")
+        if body.get("type") == "error":
+            raise stream_error(body)
+        if "content" not in body:
+            raise base.malformed("the body is not a Message object (it has no content)")
+        text = text_blocks(base.items(body.get("content"), "content"))
+        raw = body.get("usage")
+        return Reply(
+            text,
+            base.text_or_none(body.get("stop_reason"), "stop_reason"),
+            anthropic_usage(raw),
+            raw,
+            base.text_or_none(body.get("id"), "the message id"),
+        )
+
+    def stream_state(self) -> StreamState:
+        return AnthropicStream()
+
+    def error(self, status: int, headers: Any, body: str) -> ApiError:
+        """The envelope {"type": "error", "error": {type, message}, "request_id"}."""
+        message = body.strip() or f"HTTP {status}"
+        payload = base.try_json(body)
+        err = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(err, dict):
+            message = f"{err.get('type', '')}: {err.get('message', '')}".strip(": ")
+        return base.classify(status, message, base.retry_after(headers))
+
+
+def header_params(params: dict[str, Any]) -> dict[str, str]:
+    """The headers params give: anthropic_version, anthropic_beta (a list joined by commas)."""
+    out = {}
+    for key, name in HEADER_PARAMS.items():
+        value = params.get(key)
+        if value is not None:
+            out[name] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return out
+
+
+def wire_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Params as the body takes them: header params left out, other protocols' names for
+    the answer's length taken as max_tokens, `stop` as stop_sequences."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in HEADER_PARAMS:
+            continue
+        if key in MAX_TOKENS_ALIASES:
+            out["max_tokens"] = value
+        elif key == "stop":
+            out["stop_sequences"] = [value] if isinstance(value, str) else value
+        elif key != "max_tokens" or not any(a in params for a in MAX_TOKENS_ALIASES):
+            out[key] = value
+    return out
+
+
+class AnthropicStream(StreamState):
+    """Named events: message_start (id, input usage), text deltas, message_delta (stop
+    reason, cumulative usage: the last value of each key counts), message_stop."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = False
+
+    def feed(self, event: str, data: str) -> bool:
+        payload = base.want(base.loads(data, "stream event"), dict, "a stream event")
+        kind = base.text_or_none(payload.get("type"), "an event's type") or event
+        if kind == "content_block_delta":
+            delta = base.fields(payload.get("delta"), "a delta")
+            if delta.get("type") == "text_delta":
+                self._text(base.text_or_none(delta.get("text"), "a text delta"))
+        elif kind == "content_block_start":
+            block = base.fields(payload.get("content_block"), "a content block")
+            if block.get("type") == "text":
+                self._text(base.text_or_none(block.get("text"), "a text block's text"))
+        elif kind == "message_start":
+            message = base.fields(payload.get("message"), "message_start's message")
+            self.response_id = base.text_or_none(message.get("id"), "the message id")
+            self._usage(message.get("usage"))
+        elif kind == "message_delta":
+            delta = base.fields(payload.get("delta"), "message_delta's delta")
+            reason = base.text_or_none(delta.get("stop_reason"), "stop_reason")
+            self.finish_reason = reason or self.finish_reason
+            self._usage(payload.get("usage"))
+        elif kind == "message_stop":
+            self.done = True
+            return True
+        elif kind == "error":
+            raise stream_error(payload)
+        return False  # ping, thinking and tool deltas, and event types yet to come
+
+    def _text(self, text: str | None) -> None:
+        if text:
+            self.parts.append(text)
+            self.started = True
+
+    def _usage(self, raw: Any) -> None:
+        given = base.fields(raw, "usage")
+        kept = {k: v for k, v in given.items() if v is not None}
+        self.raw_usage = {**self.raw_usage, **kept} if self.raw_usage else kept
+
+    def reply(self) -> Reply:
+        if not self.done:
+            raise ApiError(Kind.STREAM, "the stream ended before message_stop", retryable=True)
+        usage = anthropic_usage(self.raw_usage)
+        text = "".join(self.parts)
+        return Reply(text, self.finish_reason, usage, self.raw_usage, self.response_id)

@@ -1,0 +1,197 @@
+"""Google Gemini generateContent / streamGenerateContent?alt=sse, directly or via gateways."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from runner.client.providers import base
+from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
+from runner.encoding import to_json
+from runner.errors import ApiError, Kind
+from runner.messages import Message
+from runner.usage import Usage, no_usage
+
+# scenario params (OpenAI-style or Gemini-style names) -> generationConfig keys
+CONFIG_KEYS = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "topP": "topP",
+    "top_k": "topK",
+    "topK": "topK",
+    "max_tokens": "maxOutputTokens",
+    "max_output_tokens": "maxOutputTokens",
+    "maxOutputTokens": "maxOutputTokens",
+    "stop": "stopSequences",
+    "stop_sequences": "stopSequences",
+    "stopSequences": "stopSequences",
+    "seed": "seed",
+    "candidate_count": "candidateCount",
+    "candidateCount": "candidateCount",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+    "response_mime_type": "responseMimeType",
+    "responseMimeType": "responseMimeType",
+    "thinking_config": "thinkingConfig",
+    "thinkingConfig": "thinkingConfig",
+}
+# request fields that sit next to generationConfig, not inside it
+TOP_LEVEL = {"safetySettings", "safety_settings", "tools", "toolConfig", "cachedContent"}
+RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
+
+
+def gemini_usage(raw: Any) -> Usage:
+    """Thoughts are not inside candidatesTokenCount: output = candidates + thoughts."""
+    if not raw:
+        return no_usage()
+    raw = base.want(raw, dict, "usageMetadata")
+    prompt = base.tokens(raw, "promptTokenCount")
+    thoughts = base.tokens(raw, "thoughtsTokenCount")
+    output = base.tokens(raw, "candidatesTokenCount") + thoughts
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=output,
+        reasoning_tokens=thoughts,
+        cached_tokens=base.tokens(raw, "cachedContentTokenCount"),
+        cache_write_tokens=0,
+        total_tokens=base.tokens(raw, "totalTokenCount") or prompt + output,
+    )
+
+
+def gemini_content(message: Message) -> dict[str, Any]:
+    """A message as a Gemini content: the assistant is the "model"; each part a part."""
+    role = "model" if message.role == "assistant" else "user"
+    return {"role": role, "parts": [{"text": part.text} for part in message.parts]}
+
+
+class Gemini(Provider):
+    name = "gemini"
+    default_base_url = "https://generativelanguage.googleapis.com"
+    key_env = "GEMINI_API_KEY"
+    auth_modes = ("x-goog-api-key", "query", "bearer", "raw")
+    capabilities = Capabilities(  # seed: generationConfig.seed
+        seed=True, stream_usage=True, batch=True, images=True, tools=True
+    )
+    mock_target = ("mock-gemini", "mock-gemini")
+
+    def build(self, call: Call) -> Request:
+        contents = [gemini_content(m) for m in call.messages]
+        body: dict[str, Any] = {"contents": contents}
+        if call.system is not None:
+            body["systemInstruction"] = {"parts": [{"text": call.system}]}
+        config: dict[str, Any] = {}
+        for key, value in call.params.items():
+            if key in TOP_LEVEL:
+                body[key] = value
+            else:
+                config[CONFIG_KEYS.get(key, key)] = value
+        if config:
+            body["generationConfig"] = config
+        action = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
+        url = f"{self.base_url}/v1beta/models/{self.model}:{action}"
+        headers = {"Content-Type": "application/json"}
+        url = self._authorize(url, headers)
+        return Request(url, headers, to_json(body), call.stream)
+
+    def _authorize(self, url: str, headers: dict[str, str]) -> str:
+        if not self.key:
+            return url
+        auth = self.auth
+        if auth == "query":
+            return f"{url}{'&' if '?' in url else '?'}key={quote(self.key, safe='')}"
+        if auth == "bearer":
+            headers["Authorization"] = f"Bearer {self.key}"
+        elif auth == "raw":
+            headers["Authorization"] = self.key
+        else:
+            headers["x-goog-api-key"] = self.key
+        return url
+
+    def parse(self, body: dict[str, Any] | list[Any]) -> Reply:
+        """A reply body; a JSON array (streamGenerateContent without alt=sse, as some
+        gateways answer) is read as its chunks, in order."""
+        chunks = body if isinstance(body, list) else [body]
+        if not chunks:
+            raise base.malformed("the response is an empty array")
+        state = GeminiStream()
+        for chunk in chunks:
+            state.take(base.want(chunk, dict, "a response chunk"))
+        return state.result()
+
+    def stream_state(self) -> StreamState:
+        return GeminiStream()
+
+    def error(self, status: int, headers: Any, body: str) -> ApiError:
+        message, delay, quota = body.strip() or f"HTTP {status}", None, False
+        err = base.try_json(body)
+        err = err[0] if isinstance(err, list) and err else err
+        err = err.get("error") if isinstance(err, dict) else None
+        if isinstance(err, dict):
+            message = f"{err.get('status', '')}: {err.get('message', '')}".strip(": ")
+            details = err.get("details")
+            delay = retry_delay(details if isinstance(details, list) else [])
+            quota = "limit: 0" in message  # a free tier with no quota left is final
+        return base.classify(
+            status, message, delay if delay is not None else base.retry_after(headers), quota
+        )
+
+
+def retry_delay(details: list[Any]) -> float | None:
+    """The google.rpc.RetryInfo delay ("37s", "0.5s") of a 429, if any."""
+    for detail in details:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith(
+            "google.rpc.RetryInfo"
+        ):
+            match = RETRY_DELAY.match(str(detail.get("retryDelay", "")))
+            if match:
+                return base.seconds(match.group(1))
+    return None
+
+
+class GeminiStream(StreamState):
+    """Chunks carry incremental text of candidate 0; usage is a running total (keep the last)."""
+
+    __slots__ = ("block_reason",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block_reason: str | None = None
+
+    def feed(self, event: str, data: str) -> bool:
+        self.take(base.loads(data, "stream chunk"))
+        return False  # the stream ends when the connection closes
+
+    def take(self, chunk: dict[str, Any]) -> None:
+        base.raise_error_payload(chunk)
+        if chunk.get("usageMetadata"):
+            self.raw_usage = base.want(chunk["usageMetadata"], dict, "usageMetadata")
+        feedback = base.fields(chunk.get("promptFeedback"), "promptFeedback")
+        block = base.text_or_none(feedback.get("blockReason"), "blockReason")
+        self.block_reason = block or self.block_reason
+        self.response_id = base.text_or_none(chunk.get("responseId"), "responseId") or (
+            self.response_id
+        )
+        for cand in base.items(chunk.get("candidates"), "candidates"):
+            if base.want(cand, dict, "a candidate").get("index", 0) != 0:
+                continue
+            content = base.fields(cand.get("content"), "a candidate's content")
+            for part in base.items(content.get("parts"), "a candidate's parts"):
+                text = base.text_or_none(base.want(part, dict, "a part").get("text"), "a text")
+                if text and not part.get("thought"):
+                    self.parts.append(text)
+                    self.started = True
+            if cand.get("finishReason"):
+                self.finish_reason = base.want(cand["finishReason"], str, "finishReason")
+
+    def reply(self) -> Reply:
+        if self.finish_reason is None and self.block_reason is None:
+            raise ApiError(Kind.STREAM, "the stream ended before a finishReason", retryable=True)
+        return self.result()
+
+    def result(self) -> Reply:
+        finish = self.finish_reason
+        if self.block_reason and not self.parts:
+            finish = f"blocked:{self.block_reason}"
+        usage = gemini_usage(self.raw_usage)
+        return Reply("".join(self.parts), finish, usage, self.raw_usage, self.response_id)

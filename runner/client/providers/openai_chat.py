@@ -1,0 +1,184 @@
+"""OpenAI Chat Completions (POST {base_url}/chat/completions), and every compatible gateway."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, cast
+
+from runner.client.providers import base
+from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
+from runner.encoding import to_json
+from runner.errors import ApiError, Kind
+from runner.messages import Message
+from runner.usage import Usage, no_usage
+
+
+def openai_usage(raw: Any, input_key: str, output_key: str) -> Usage:
+    """Normalise a Chat (prompt/completion) or Responses (input/output) usage object."""
+    if not raw:
+        return no_usage()
+    raw = base.want(raw, dict, "usage")
+    inp, out = base.tokens(raw, input_key), base.tokens(raw, output_key)
+    in_details = base.fields(raw.get(f"{input_key}_details"), "usage details")
+    out_details = base.fields(raw.get(f"{output_key}_details"), "usage details")
+    return Usage(
+        input_tokens=inp,
+        output_tokens=out,
+        reasoning_tokens=base.tokens(out_details, "reasoning_tokens"),
+        cached_tokens=base.tokens(in_details, "cached_tokens"),
+        cache_write_tokens=0,
+        total_tokens=base.tokens(raw, "total_tokens") or inp + out,
+    )
+
+
+def openai_error(status: int, headers: Any, body: str) -> ApiError:
+    """Classify an OpenAI error envelope {"error": {message, type, param, code}}."""
+    message, quota = body.strip() or f"HTTP {status}", False
+    payload = base.try_json(body)
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        quota = "insufficient_quota" in (err.get("type"), err.get("code"))
+    elif isinstance(err, str):
+        message = err
+    return base.classify(status, message, base.retry_after(headers), quota)
+
+
+def content_text(content: Any) -> str:
+    """Message content as text: a string, or a list of parts whose text may be {"value": ...}.
+
+    Parts without text (an image, say) are skipped; any other shape is malformed."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in base.want(content, list, "message content"):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        text = base.want(part, dict, "a content part").get("text")
+        if isinstance(text, dict):
+            text = text.get("value")
+        text = base.text_or_none(text, "a content part's text")
+        if text:
+            texts.append(text)
+    return "".join(texts)
+
+
+def choice_index(choice: Any, position: int) -> Any:
+    """A choice's `index`; a gateway that leaves it out numbers choices by position."""
+    return base.want(choice, dict, "a choice").get("index", position)
+
+
+def first_choice(choices: list[Any]) -> dict[str, Any]:
+    """The choice of index 0 (the one asked for, n=1), wherever it is in the list."""
+    for position, choice in enumerate(choices):
+        if choice_index(choice, position) == 0:
+            return cast(dict[str, Any], choice)
+    if not choices:
+        raise ApiError(Kind.MALFORMED, "the response has no choices", retryable=True)
+    raise base.malformed("the response has no choice of index 0")
+
+
+def openai_message(message: Message) -> dict[str, str]:
+    """A message as both OpenAI protocols take it: text content as a string."""
+    return {"role": message.role, "content": message.text}
+
+
+class OpenAIProvider(Provider):
+    """What the two OpenAI protocols share: bearer auth, the key variable, the error
+    envelope, x-ratelimit-* headers with Go-duration resets (the defaults of Provider)."""
+
+    default_base_url = "https://api.openai.com/v1"
+    key_env = "OPENAI_API_KEY"
+    auth_modes = ("bearer",)
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        """Built once: the key does not change during a run (aiohttp copies them per request)."""
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        return headers
+
+    def error(self, status: int, headers: Any, body: str) -> ApiError:
+        return openai_error(status, headers, body)
+
+
+class OpenAIChat(OpenAIProvider):
+    name = "openai-chat"
+    capabilities = Capabilities(seed=True, stream_usage=True, batch=True, images=True, tools=True)
+    mock_target = ("mock", "mock-chat")
+
+    def build(self, call: Call) -> Request:
+        messages = [openai_message(m) for m in call.messages]
+        if call.system is not None:
+            messages.insert(0, {"role": "system", "content": call.system})
+        body = {"model": self.model, "messages": messages, **call.params}
+        if call.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        url = f"{self.base_url}/chat/completions"
+        return Request(url, self.headers, to_json(body), call.stream)
+
+    def parse(self, body: dict[str, Any]) -> Reply:
+        base.raise_error_payload(body)
+        choice = first_choice(base.items(body.get("choices"), "choices"))
+        message = base.fields(choice.get("message"), "a choice's message")
+        text = content_text(message.get("content"))
+        if not text:
+            text = base.text_or_none(message.get("refusal"), "a refusal") or ""
+        raw = body.get("usage")
+        return Reply(
+            text,
+            base.text_or_none(choice.get("finish_reason"), "finish_reason"),
+            openai_usage(raw, "prompt_tokens", "completion_tokens"),
+            raw,
+            base.text_or_none(body.get("id"), "the response id"),
+        )
+
+    def stream_state(self) -> StreamState:
+        return ChatStream()
+
+
+class ChatStream(StreamState):
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = False
+
+    def feed(self, event: str, data: str) -> bool:
+        if data == "[DONE]":
+            self.done = True
+            return True
+        chunk = base.loads(data, "stream chunk")
+        base.raise_error_payload(chunk)
+        if chunk.get("usage"):
+            self.raw_usage = base.want(chunk["usage"], dict, "usage")
+        self.response_id = self.response_id or base.text_or_none(chunk.get("id"), "the id")
+        choices = chunk.get("choices")
+        if choices:
+            for position, choice in enumerate(base.want(choices, list, "choices")):
+                if choice_index(choice, position) == 0:
+                    self._choice(choice)
+        return False
+
+    def _choice(self, choice: dict[str, Any]) -> None:
+        delta = choice.get("delta")
+        if delta:
+            content = base.want(delta, dict, "a delta").get("content")
+            text = content if isinstance(content, str) else content_text(content)
+            if text:
+                self.parts.append(text)
+                self.started = True
+        if choice.get("finish_reason"):
+            self.finish_reason = base.want(choice["finish_reason"], str, "finish_reason")
+
+    def reply(self) -> Reply:
+        # some gateways omit [DONE]; a finish reason plus the usage chunk is complete too
+        if not self.done and not (self.finish_reason and self.raw_usage):
+            raise ApiError(Kind.STREAM, "the stream ended before [DONE]", retryable=True)
+        usage = openai_usage(self.raw_usage, "prompt_tokens", "completion_tokens")
+        return Reply(
+            "".join(self.parts), self.finish_reason, usage, self.raw_usage, self.response_id
+        )

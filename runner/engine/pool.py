@@ -1,0 +1,287 @@
+"""The asyncio pool: lazy scheduling, one client per target, records, progress, interrupts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from runner.client.cache import Cache
+from runner.client.client import TargetClient
+from runner.encoding import strict
+from runner.engine import signals
+from runner.engine.conversation import failed_record, run_conversation
+from runner.engine.judge import Judges
+from runner.engine.progress import Progress
+from runner.errors import Kind, WriteError, internal
+from runner.results.stats import Summary
+from runner.results.store import TRANSCRIPTS, USAGE, JsonlWriter
+from runner.spec.plan import Conversation, Plan
+from runner.spec.targets import Target, mock_base_url
+
+GRACE_S = 5.0  # after Ctrl-C, conversations in flight get this long to finish
+
+
+class RunPlan(Plan):
+    """A plan as the engine runs it: with the reply cache its clients share."""
+
+    cache: Cache | None = None  # replies replayed and stored (runner/client/cache.py); None: off
+
+
+@dataclass
+class Outcome:
+    summary: Summary
+    interrupted: bool = False
+    skipped: int = 0
+    over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
+    write_error: WriteError | None = None  # the first failed write: the run stopped there
+
+
+@dataclass
+class Budget:
+    """--max-cost: no conversation starts once the run's estimated cost has passed `max_usd`."""
+
+    max_usd: float
+    prices: dict[str, dict[str, float] | None]
+
+    def passed(self, summary: Summary) -> bool:
+        return summary.spent(self.prices) > self.max_usd
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Allow a socket per conversation in flight (plus slack), up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        print(
+            f"warning: the open-file limit is {hard}, fewer than the {wanted} this concurrency "
+            "may need; lower -c or raise the hard limit (ulimit -Hn)",
+            file=sys.stderr,
+        )
+
+
+async def execute(
+    plan: RunPlan,
+    run_dir: Path,
+    *,
+    concurrency: int,
+    stream: bool,
+    progress_mode: str,
+    skip: set[str] | None = None,
+    summary: Summary | None = None,
+    judges: tuple[list[Target], str | None] = ([], None),
+    budget: Budget | None = None,
+    run_id: str | None = None,
+) -> Outcome:
+    """Run every planned conversation not in `skip`; records go to run_dir as they finish.
+
+    judges: the targets that grade judge checks (beside the planned ones) and the default;
+    run_id: stamped on every record, so that readers know the run's own."""
+    skip = skip or set()
+    outcome = Outcome(summary or Summary(), skipped=len(skip))
+    in_process_mock = any(t.mock is not None for t in plan.targets)  # its sockets count too
+    raise_fd_limit(concurrency * (2 if in_process_mock else 1) + 256)
+    transcripts = JsonlWriter(run_dir / TRANSCRIPTS, run_id)
+    usage = JsonlWriter(run_dir / USAGE, run_id)
+    todo = (c for c in plan if c.id not in skip)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(transcripts.close)
+        stack.callback(usage.close)
+        planned = {t.name for t in plan.targets}
+        extra = [t for t in judges[0] if t.name not in planned]
+        targets = [await _reachable(t, stack) for t in [*plan.targets, *extra]]
+        sink = _sink(usage, outcome.summary)
+        if plan.cache is not None:
+            stack.callback(plan.cache.close)
+        clients = {t.name: TargetClient(t, stream, sink, plan.cache) for t in targets}
+        for client in clients.values():
+            await client.start()
+            stack.push_async_callback(client.close)
+        began, tokens = time.monotonic(), outcome.summary.tokens
+        before = tokens()["total_tokens"]  # a resume's earlier runs: not this run's rate
+        progress = Progress(
+            len(plan) - len(skip),
+            progress_mode,
+            lambda: _stats(clients, tokens()["total_tokens"] - before, began),
+        )
+        stack.callback(progress.close)
+        with _quiet_gc():
+            outcome.interrupted = await _pool(
+                todo if budget is None else _within(todo, budget, outcome),
+                Judges(clients, judges[1]),
+                concurrency,
+                transcripts,
+                outcome,
+                progress,
+            )
+    return outcome
+
+
+def _sink(usage: JsonlWriter, summary: Summary) -> Callable[[dict[str, Any]], None]:
+    """Each usage record is written, then counted (tokens, requests, the running cost)."""
+
+    def write(record: dict[str, Any]) -> None:
+        usage.write(record)
+        summary.add_attempt(record)
+
+    return write
+
+
+def _within(
+    todo: Iterator[Conversation], budget: Budget, outcome: Outcome
+) -> Iterator[Conversation]:
+    """The conversations to start, until the budget is passed (checked before each one)."""
+    for conv in todo:
+        if budget.passed(outcome.summary):
+            outcome.over_budget = True
+            return
+        yield conv
+
+
+async def _reachable(target: Target, stack: contextlib.AsyncExitStack) -> Target:
+    """The target as the client sees it: a built-in mock's server is started first."""
+    if target.mock is None:
+        return target
+    from runner.mock import MockOptions, start_mock  # only mock targets need it
+
+    server = await start_mock(MockOptions(**target.mock))
+    stack.push_async_callback(server.close)
+    return replace(target, base_url=mock_base_url(target.provider, server.base_url))
+
+
+@contextlib.contextmanager
+def _quiet_gc() -> Iterator[None]:
+    """During the pool: the objects made so far live for the whole run, so the collector
+    leaves them alone, and young objects are collected less often (the hot path makes many
+    short-lived dicts, few cycles). Both are undone afterwards."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
+async def _pool(
+    todo: Iterator[Conversation],
+    judges: Judges,
+    concurrency: int,
+    transcripts: JsonlWriter,
+    outcome: Outcome,
+    progress: Progress,
+) -> bool:
+    """Workers pull conversations from the shared lazy iterator; returns True if interrupted."""
+    stopping = asyncio.Event()
+
+    async def worker() -> None:
+        for conv in todo:  # next() never awaits, so workers never share a conversation
+            if stopping.is_set():
+                return
+            try:
+                record = await _play(conv, judges)
+                _write(transcripts, conv, record)
+            except WriteError as exc:  # nothing more can be kept: spend no more requests
+                outcome.write_error = outcome.write_error or exc
+                stopping.set()
+                _cancel(workers)
+                return
+            outcome.summary.add(record)
+            progress.finished(record["status"] == "ok")
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
+    with _interrupts(stopping, workers):
+        await asyncio.gather(*workers, return_exceptions=True)
+    for task in workers:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    return stopping.is_set() and outcome.write_error is None
+
+
+async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
+    """The conversation's record; a bug fails this conversation, not the run."""
+    try:
+        return await run_conversation(conv, judges.clients[conv.target.name], judges)
+    except WriteError:
+        raise
+    except Exception as exc:
+        return failed_record(conv, Kind.INTERNAL, internal(exc).message)
+
+
+def _write(transcripts: JsonlWriter, conv: Conversation, record: dict[str, Any]) -> None:
+    """Write a transcript record; one that cannot be encoded (a bug) is replaced by a
+    failed record saying so, made strict JSON (what it carries of the scenario could be
+    the cause), so that no single record can stop the run."""
+    try:
+        transcripts.write(record)
+    except WriteError:
+        raise
+    except Exception as exc:
+        message = f"the record could not be written: {type(exc).__name__}: {exc}"
+        record.clear()
+        record.update(strict(failed_record(conv, Kind.INTERNAL, message)))
+        transcripts.write(record)
+
+
+def _cancel(workers: list[asyncio.Task[None]]) -> None:
+    """Cancel every worker but the caller (it returns by itself)."""
+    current = asyncio.current_task()
+    for task in workers:
+        if task is not current:
+            task.cancel()
+
+
+@contextlib.contextmanager
+def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> Iterator[None]:
+    """First SIGINT/SIGTERM: start no more, give those in flight GRACE_S; a second: cancel now."""
+    loop = asyncio.get_running_loop()
+
+    def cancel_all() -> None:
+        _cancel(workers)
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            cancel_all()
+            return
+        stopping.set()
+        loop.call_later(GRACE_S, cancel_all)
+
+    if signals.pending():  # a signal during start-up: stop before anything is sent
+        on_signal()
+    saved = signals.handlers()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        signals.restore(saved)  # the start-up handlers again, while the run is written up
+
+
+def _stats(clients: dict[str, TargetClient], tokens: int, began: float) -> str:
+    """retries, tokens/s (TOKENS: those spent since BEGAN), and any target whose in-flight
+    limit shrank after 429s."""
+    retries = sum(c.retries for c in clients.values())
+    rate = tokens / max(1e-3, time.monotonic() - began)
+    limits = " ".join(
+        f"{name}:{int(c.limit.limit)}"
+        for name, c in clients.items()
+        if c.limit.limit < c.limit.maximum
+    )
+    return f"retries={retries} tok/s={rate:.0f}" + (f" limit {limits}" if limits else "")

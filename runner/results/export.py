@@ -1,0 +1,223 @@
+"""Exports of a run's transcripts to what fine-tuning and evaluation tools read.
+
+- openai:   {"messages": [...]}, the chat fine-tuning format (system first, then user and
+            assistant in turn, string contents, no other keys)
+- sharegpt: {"conversations": [{"from": "system" | "human" | "gpt", "value": ...}]}
+- mtbench:  FastChat's model-answer files, one `<model_id>.jsonl` per target in a folder
+- jsonl:    the transcript records themselves
+
+Only the newest record of each conversation is exported. Records are streamed: what is
+held is each conversation's byte offset in transcripts.jsonl (runner/results/store.py), and for
+mtbench a small key per conversation, to sort the answers by question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from runner.errors import InputError
+from runner.outfile import is_stdout
+from runner.results.reader import RunRecords, Skipped
+from runner.results.store import TRANSCRIPTS, read_at, read_manifest, write_jsonl
+
+FORMATS = ("openai", "sharegpt", "mtbench", "jsonl")
+SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+@dataclass
+class Filters:
+    """Which conversations to export: --only-ok, --only-passed, --target NAME."""
+
+    only_ok: bool = False
+    only_passed: bool = False
+    targets: tuple[str, ...] = ()
+
+    def keep(self, record: dict[str, Any]) -> bool:
+        if self.only_ok and record["status"] != "ok":
+            return False
+        if self.only_passed and record.get("passed") is not True:
+            return False
+        return not self.targets or record["target"] in self.targets
+
+
+@dataclass
+class Exported:
+    """What an export wrote: conversations, files, and how many were left out and why."""
+
+    written: int = 0
+    files: list[Path] = field(default_factory=list)
+    filtered: int = 0  # by --only-ok, --only-passed, --target
+    unusable: int = 0  # no complete exchange (openai, sharegpt) or failed (mtbench)
+    skipped: Skipped = field(default_factory=Skipped)  # lines that are not the run's records
+
+    def line(self) -> str:
+        out = f"{self.written} conversations -> {', '.join(map(str, self.files)) or '(none)'}"
+        left = [f"{self.filtered} filtered out"] if self.filtered else []
+        left += [f"{self.unusable} without a usable reply"] if self.unusable else []
+        out += f" ({', '.join(left)})" if left else ""
+        return out + (f"\n{self.skipped.note()}" if self.skipped.count else "")
+
+
+def export(run_dir: Path, fmt: str, out: Path, filters: Filters) -> Exported:
+    """Write the run's conversations in format FMT to OUT (a folder for mtbench)."""
+    manifest = read_manifest(run_dir)
+    known = [t["name"] for t in manifest.get("targets", [])]
+    unknown = [t for t in filters.targets if t not in known]
+    if unknown:
+        raise InputError(
+            f"--target {', '.join(unknown)}: not a target of {run_dir} "
+            f"(its targets: {', '.join(known) or 'none'})"
+        )
+    if fmt != "mtbench" and out.is_dir():
+        raise InputError(f"-o {out} is a folder; --format {fmt} writes one file")
+    done = Exported()
+    kept = _kept(RunRecords(run_dir, manifest), filters, done)
+    try:
+        if fmt == "mtbench":
+            _mtbench(run_dir, kept, out, done)
+            return done
+        convert = {"openai": _openai, "sharegpt": _sharegpt, "jsonl": lambda r: r}[fmt]
+        _ready(out.parent)
+        done.written = write_jsonl(out, _converted(kept, convert, done))
+    except OSError as exc:  # the export's own file: a full disk, a folder without rights
+        raise InputError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+    done.files.append(out)
+    return done
+
+
+def _kept(
+    records: RunRecords, filters: Filters, done: Exported
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    for offset, record in records.newest():
+        if filters.keep(record):
+            yield offset, record
+        else:
+            done.filtered += 1
+    done.skipped = records.skipped
+
+
+def _converted(
+    records: Iterable[tuple[int, dict[str, Any]]], convert: Any, done: Exported
+) -> Iterator[dict[str, Any]]:
+    for _, record in records:
+        row = convert(record)
+        if row is None:
+            done.unusable += 1
+        else:
+            yield row
+
+
+def _ready(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {folder}: {exc}") from None
+
+
+# ---------------------------------------------------------------- chat formats
+
+
+def dialogue(record: dict[str, Any]) -> list[dict[str, str]] | None:
+    """The conversation as role/content messages: system first, no two of one role in a
+    row (scripted turns of one role are joined), ending on a reply; None without one.
+
+    A failed conversation keeps the exchanges it completed."""
+    out: list[dict[str, str]] = []
+    for message in record["messages"]:
+        role, content = message["role"], str(message["content"])
+        if out and out[-1]["role"] == role:
+            out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + content}
+        else:
+            out.append({"role": role, "content": content})
+    while out and out[-1]["role"] != "assistant":
+        out.pop()
+    return out if out else None
+
+
+def _openai(record: dict[str, Any]) -> dict[str, Any] | None:
+    messages = dialogue(record)
+    return {"messages": messages} if messages else None
+
+
+def _sharegpt(record: dict[str, Any]) -> dict[str, Any] | None:
+    messages = dialogue(record)
+    if not messages:
+        return None
+    turns = [{"from": SHAREGPT_ROLES[m["role"]], "value": m["content"]} for m in messages]
+    return {"conversations": turns}
+
+
+# ---------------------------------------------------------------- FastChat model answers
+
+
+def _mtbench(
+    run_dir: Path, kept: Iterable[tuple[int, dict[str, Any]]], out: Path, done: Exported
+) -> None:
+    """One `<model_id>.jsonl` per target, one line per question sorted by question_id;
+    the samples of a question are its choices (index = sample). Failed conversations are
+    left out: FastChat's judge reads every turn of every answer."""
+    if is_stdout(out) or (out.exists() and not out.is_dir()):
+        raise InputError(f"-o {out}: mtbench writes a folder of <model_id>.jsonl files")
+    keys = []  # (model_id, question sort key, question_id, sample, offset): small, per answer
+    for offset, record in kept:
+        if record["status"] != "ok":
+            done.unusable += 1
+            continue
+        qid = question_id(record)
+        keys.append((model_id(record["target"]), _sortable(qid), qid, record["sample"], offset))
+    keys.sort(key=lambda k: (k[0], k[1], k[3]))
+    _ready(out)
+    path = run_dir / TRANSCRIPTS
+    for model, answers in groupby(keys, key=lambda k: k[0]):
+        target_file = out / f"{model}.jsonl"
+        done.written += write_jsonl(target_file, _answers(path, model, list(answers)))
+        done.files.append(target_file)
+
+
+def _answers(path: Path, model: str, keys: list[tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
+    """One answer per question: read its samples back by offset, one question at a time."""
+    for (_, qid), group in groupby(keys, key=lambda k: (k[1], k[2])):
+        records = list(read_at(path, [k[4] for k in group]))
+        yield {
+            "question_id": qid,
+            "answer_id": _answer_id(model, records),
+            "model_id": model,
+            "choices": [
+                {"index": r["sample"], "turns": [t["assistant"] for t in r["turns"]]}
+                for r in records
+            ],
+            "tstamp": max(_epoch(r["ended_at"]) for r in records),
+        }
+
+
+def question_id(record: dict[str, Any]) -> Any:
+    """MT-Bench's question_id when the scenario was imported, else the scenario id (with
+    the vars digest when the scenario has vars: each combination is its own question)."""
+    metadata = record.get("metadata") or {}
+    if "question_id" in metadata and not record["vars"]:
+        return metadata["question_id"]
+    return record["conversation_id"].split("@")[0] if record["vars"] else record["scenario_id"]
+
+
+def model_id(target: str) -> str:
+    """The target's name as a file name: FastChat takes the model's name from it."""
+    return target.replace("/", "_")
+
+
+def _sortable(qid: Any) -> tuple[int, Any]:
+    return (0, qid) if isinstance(qid, int) and not isinstance(qid, bool) else (1, str(qid))
+
+
+def _answer_id(model: str, records: list[dict[str, Any]]) -> str:
+    ids = ",".join(r["conversation_id"] for r in records)
+    return hashlib.sha1(f"{model}:{ids}".encode()).hexdigest()[:22]
+
+
+def _epoch(iso: str) -> float:
+    return round(datetime.fromisoformat(iso).timestamp(), 3)

@@ -1,0 +1,136 @@
+"""The lazy stream of conversations: scenario x vars x sample x target, with stable ids."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from runner.client.providers import PROVIDERS
+from runner.errors import InputError
+from runner.spec.scenarios import Scenario, Server
+from runner.spec.targets import Target
+
+
+@dataclass(slots=True, frozen=True)
+class Conversation:
+    """One planned conversation; cheap to make, made only when a worker is free."""
+
+    id: str
+    scenario: Scenario
+    vars: dict[str, Any]
+    sample: int
+    target: Target
+    seed: int | None = None  # sent as the `seed` param: each sample its own, the same each run
+    samples: int = 1  # how many samples of these vars the plan holds (this one among them)
+
+
+def conversation_id(
+    scenario_id: str, values: dict[str, Any], sample: int, target: str, digits: int = 10
+) -> str:
+    """Stable across runs: the same scenario, vars, sample and target give the same id.
+
+    Rows of a vars_file get 16 hex digits: 10 would likely collide past a million rows."""
+    cid = scenario_id
+    if values:
+        digest = json.dumps(values, sort_keys=True, ensure_ascii=False).encode()
+        cid += "[" + hashlib.sha1(digest).hexdigest()[:digits] + "]"
+    cid += "@" + target
+    return cid + (f"#{sample}" if sample else "")
+
+
+def select(scenarios: list[Scenario], patterns: tuple[str, ...]) -> list[Scenario]:
+    """Scenarios matching any -k pattern: an id glob, or tag:NAME."""
+    if not patterns:
+        return scenarios
+    return [s for s in scenarios if any(_matches(s, p) for p in patterns)]
+
+
+def _matches(scenario: Scenario, pattern: str) -> bool:
+    if pattern.startswith("tag:"):
+        return pattern[4:] in scenario.tags
+    return fnmatch.fnmatchcase(scenario.id, pattern)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    if not text:
+        return None
+    k, sep, n = text.partition("/")
+    if sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n):
+        return int(k), int(n)
+    raise InputError(f"--shard must be K/N with 1 <= K <= N, got '{text}'")
+
+
+class Plan:
+    """All conversations of a run, made lazily in a stable order."""
+
+    def __init__(
+        self,
+        scenarios: list[Scenario],
+        targets: list[Target],
+        repeat: int | None = None,
+        shard: tuple[int, int] | None = None,
+    ):
+        self.scenarios = scenarios
+        self.targets = targets
+        self.repeat = repeat
+        self.shard = shard
+        self.judges: tuple[list[Target], str | None] = ([], None)  # grading targets, default
+        check_context(scenarios, targets)
+
+    def samples(self, scenario: Scenario) -> int:
+        return self.repeat if self.repeat is not None else scenario.repeat
+
+    def unsharded_total(self) -> int:
+        per_target = sum(s.var_count() * self.samples(s) for s in self.scenarios)
+        return per_target * len(self.targets)
+
+    def __len__(self) -> int:
+        total = self.unsharded_total()
+        if not self.shard:
+            return total
+        k, n = self.shard
+        return total // n + (1 if k - 1 < total % n else 0)
+
+    def __iter__(self) -> Iterator[Conversation]:
+        index = 0
+        k, n = self.shard or (1, 1)
+        for scenario in self.scenarios:
+            samples = self.samples(scenario)
+            digits = 16 if scenario.vars_file is not None else 10
+            for values in scenario.var_combinations():
+                for sample in range(samples):
+                    for target in self.targets:
+                        if index % n == k - 1:
+                            cid = conversation_id(scenario.id, values, sample, target.name, digits)
+                            seed = sample_seed(scenario, target, sample, samples)
+                            yield Conversation(cid, scenario, values, sample, target, seed, samples)
+                        index += 1
+
+
+def sample_seed(scenario: Scenario, target: Target, sample: int, samples: int) -> int | None:
+    """With repeat > 1, sample i sends seed (the given seed, else 0) + i, where the
+    provider accepts one: samples differ, and a rerun sends the same seeds."""
+    if samples < 2 or not PROVIDERS[target.provider].capabilities.seed:
+        return None
+    base = {**target.params, **scenario.params}.get("seed", 0)
+    return (base if isinstance(base, int) and not isinstance(base, bool) else 0) + sample
+
+
+def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:
+    """`context: server` needs a protocol that keeps history on the server."""
+    able = " or ".join(n for n, cls in PROVIDERS.items() if cls.capabilities.server_context)
+    problems = [
+        f"{s.file}:{s.line}: scenario '{s.id}' uses context: server, which needs a target "
+        f"whose provider keeps the history ({able}); target '{t.name}' speaks {t.provider}"
+        for s in scenarios
+        if isinstance(s.context, Server)
+        for t in targets
+        if not PROVIDERS[t.provider].capabilities.server_context
+    ]
+    if problems:
+        raise InputError(problems)
