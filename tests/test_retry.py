@@ -45,7 +45,7 @@ def recorder():
     return waits, sleep
 
 
-def test_retry_after_is_honoured_and_spread_by_up_to_half():
+def test_retry_after_is_honoured_and_spread_by_up_to_a_tenth():
     waits, sleep = recorder()
     script = Script(classify(429, "slow down", retry_after=1.5), classify(503, "busy", 0.25))
     reply, attempts = run(retrying(script, RetryPolicy(max_retries=5), sleep, rand=lambda: 0.9))
@@ -53,7 +53,7 @@ def test_retry_after_is_honoured_and_spread_by_up_to_half():
     # never sooner than said; later by a share of the hint (or of the backoff, if shorter:
     # 0.5 s at the first attempt), so one Retry-After given to many does not bring them back
     # together
-    assert waits == [1.5 + 0.9 * 0.5 / 2, 0.25 + 0.9 * 0.25 / 2]
+    assert waits == [1.5 + 0.9 * 0.5 / 10, 0.25 + 0.9 * 0.25 / 10]
     waits.clear()
     script = Script(classify(429, "slow down", retry_after=1.5))
     run(retrying(script, RetryPolicy(max_retries=5), sleep, rand=lambda: 0.0))
