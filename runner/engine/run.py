@@ -31,7 +31,7 @@ from runner.results.store import (
     RunLock,
     write_manifest,
 )
-from runner.results.verdicts import Group, run_groups, shown
+from runner.results.verdicts import Group, shown
 from runner.spec.plan import Plan, parse_shard, select
 from runner.spec.scenarios import Scenario, load_paths
 from runner.spec.targets import BUILTIN, Target, load_models_file, resolve
@@ -257,15 +257,17 @@ def play(
     if outcome.write_error is not None:
         raise _stopped(run_dir, manifest, outcome.write_error)
     write_manifest(run_dir, manifest)
-    return Finished(run_dir, manifest, rows, plan, groups=_verdicts(plan, run_dir))
+    groups = _verdicts(plan, outcome.summary)
+    return Finished(run_dir, manifest, rows, plan, groups=groups)
 
 
-def _verdicts(plan: Plan, run_dir: Path) -> list[Group]:
+def _verdicts(plan: Plan, summary: Summary) -> list[Group]:
     """The run's scenario × target groups when a scenario has samples or a min_pass_rate
-    (read back from the folder: a resumed run's earlier records count), else none."""
+    (counted as the records were written; a resumed run's earlier records were counted
+    when it started), else none."""
     if not any(plan.samples(s) > 1 or s.min_pass_rate is not None for s in plan.scenarios):
         return []
-    return shown(run_groups(run_dir).values())
+    return shown(summary.groups.values())
 
 
 def _stopped(run_dir: Path, manifest: dict[str, Any], error: WriteError) -> WriteError:

@@ -20,6 +20,7 @@ from runner.results.failures import (
 from runner.results.reader import RunRecords, Skipped
 from runner.results.sketch import Quantiles
 from runner.results.store import read_manifest
+from runner.results.verdicts import Group, Key, add_to
 from runner.usage import TOKEN_KEYS
 
 
@@ -53,8 +54,10 @@ class Summary:
 
     def __init__(self) -> None:
         self.targets: dict[str, TargetStats] = {}
+        self.groups: dict[Key, Group] = {}  # scenario × target samples (runner/results/verdicts.py)
 
     def add(self, record: dict[str, Any]) -> None:
+        add_to(self.groups, record)
         stats = self.targets.setdefault(record["target"], TargetStats())
         stats.conversations += 1
         if record["status"] == "ok":

@@ -175,10 +175,15 @@ def tally(records: Iterable[dict[str, Any]]) -> dict[Key, Group]:
     """The groups of these records (the newest of each conversation), in order of appearance."""
     groups: dict[Key, Group] = {}
     for record in records:
-        key = (record["scenario_id"], record["target"])
-        group = groups.get(key) or groups.setdefault(key, Group(*key))
-        group.add(record)
+        add_to(groups, record)
     return groups
+
+
+def add_to(groups: dict[Key, Group], record: dict[str, Any]) -> None:
+    """Count one record (the newest of its conversation) in its scenario × target group."""
+    key = (record["scenario_id"], record["target"])
+    group = groups.get(key) or groups.setdefault(key, Group(*key))
+    group.add(record)
 
 
 def run_groups(run_dir: Path) -> dict[Key, Group]:
