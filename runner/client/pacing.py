@@ -215,26 +215,17 @@ class Pacer:
     def answered(self, headers: Any, marks: tuple[Mark, Mark], tokens: float) -> None:
         """An admitted request's answer: the rates its headers imply, and the budget they
         say is empty."""
-        for budget, mark, cost in ((self.requests, marks[0], 1.0), (self.tokens, marks[1], tokens)):
-            left = remaining(headers, budget.names[1])
-            if left is None:
-                continue
-            budget.stated(headers, left)
-            if left < cost:
-                budget.emptied_at(mark, cost)
+        left = self._stated(headers)
+        if left[0] is not None and left[0] < 1:
+            self.requests.emptied_at(marks[0], 1.0)
+        if left[1] is not None and left[1] < tokens:
+            self.tokens.emptied_at(marks[1], tokens)
 
     def refused(self, headers: Any, message: str, marks: tuple[Mark, Mark], tokens: float) -> bool:
         """A 429: the budget that was empty is the one the headers say cannot hold the
         request, else the one the message names (OpenAI: "... on tokens per min"). True when
         the headers said so (else it may as well be too many requests in flight)."""
-        req = tok = None
-        if headers is not None:
-            req = remaining(headers, self.requests.names[1])
-            tok = remaining(headers, self.tokens.names[1])
-            if req is not None:
-                self.requests.stated(headers, req)
-            if tok is not None:
-                self.tokens.stated(headers, tok)
+        req, tok = self._stated(headers) if headers is not None else (None, None)
         stated = True
         if req is not None and req < 1:
             on_tokens = False
@@ -247,3 +238,13 @@ class Pacer:
         else:
             self.requests.refused_at(marks[0], 1.0)
         return stated
+
+    def _stated(self, headers: Any) -> tuple[float | None, float | None]:
+        """What each budget's `remaining` says (None: not said), each taken as its word."""
+        lefts = []
+        for budget in (self.requests, self.tokens):
+            left = remaining(headers, budget.names[1])
+            if left is not None:
+                budget.stated(headers, left)
+            lefts.append(left)
+        return lefts[0], lefts[1]
