@@ -422,6 +422,19 @@ def test_the_mock_charges_a_token_limit_what_openai_admits_a_request_at():
     assert admission_tokens({"max_completion_tokens": 10, "max_tokens": 40}, 400) == 100
     assert admission_tokens({"generationConfig": {"maxOutputTokens": 300}}, 40) == 300
     assert admission_tokens([1, 2], 8) == 2  # not an object: its length alone
+    # Anthropic counts output as it is generated (protocols.md §5): input alone
+    assert admission_tokens({"max_tokens": 4096}, 101, "anthropic") == 26
+
+
+def test_an_anthropic_request_reserves_no_max_tokens():
+    from runner.client.providers import PROVIDERS
+    from runner.client.providers.base import Request
+
+    request = Request("http://x/v1/messages", {}, b"x" * 400, False)
+    chat = PROVIDERS["openai-chat"]("http://x/v1", "m", "k")
+    anthropic = PROVIDERS["anthropic"]("http://x", "m", "k")
+    assert chat.admission_tokens(request, {"max_tokens": 4096}) == 4096
+    assert anthropic.admission_tokens(request, {"max_tokens": 4096}) == 100
 
 
 def test_a_run_is_charged_the_max_tokens_of_each_request(tmp_path, make_mock):

@@ -110,7 +110,7 @@ class TargetClient:
             self.on_attempt(cached.usage_record(conversation_id, turn, self.target, bool(judge)))
             return cached.reply, 0
 
-        tokens = admission_tokens(request, params)
+        tokens = self.provider.admission_tokens(request, params)
 
         def attempt(n: int) -> Any:
             return self._attempt(request, tokens, conversation_id, turn, n, judge)
@@ -187,14 +187,3 @@ class TargetClient:
         if judge:
             record["judge"] = True
         self.on_attempt(record)
-
-
-MAX_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-def admission_tokens(request: Request, params: dict[str, Any]) -> float:
-    """What a request costs against a token budget when it is admitted, as OpenAI documents
-    it: the larger of the max_tokens it asks for and the tokens estimated from its characters
-    (its body's length / 4). Known before it is sent, unlike the reply's usage."""
-    asked = [v for k in MAX_TOKEN_PARAMS if isinstance(v := params.get(k), int | float)]
-    return max([len(request.body) / 4, *asked])

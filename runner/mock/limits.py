@@ -104,19 +104,19 @@ class Limit:
 MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
-def admission_tokens(body: Any, length: int) -> int:
-    """What a request is charged against a token limit when it is admitted, as OpenAI
-    documents it: the larger of the max_tokens it asks for and the tokens estimated from its
-    characters (its body's length / 4) — known before the reply, unlike the reply's usage."""
-    asked = 0
-    if isinstance(body, dict):
-        config = body.get("generationConfig")
-        values = [body.get(k) for k in MAX_TOKEN_KEYS]
-        values.append(config.get("maxOutputTokens") if isinstance(config, dict) else None)
-        asked = max(
-            (v for v in values if isinstance(v, int) and not isinstance(v, bool)), default=0
-        )
-    return max(asked, math.ceil(length / 4))
+def admission_tokens(body: Any, length: int, style: str = "openai") -> int:
+    """What a request is charged against a token limit when it is admitted, as its provider
+    documents it: OpenAI, the larger of the max_tokens it asks for and the tokens estimated
+    from its characters (its body's length / 4); Anthropic, its input alone (output tokens
+    are counted as generated: max_tokens reserves nothing)."""
+    estimate = math.ceil(length / 4)
+    if style == "anthropic" or not isinstance(body, dict):
+        return estimate
+    config = body.get("generationConfig")
+    values = [body.get(k) for k in MAX_TOKEN_KEYS]
+    values.append(config.get("maxOutputTokens") if isinstance(config, dict) else None)
+    asked = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    return max([estimate, *asked])
 
 
 @dataclass(slots=True)

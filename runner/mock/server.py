@@ -76,7 +76,7 @@ async def answer_limited(
     carry the rate-limit headers (x-ratelimit-*, or the protocol's own)."""
     retry_ms = request.app[STATE_KEY].options.retry_after_ms
     out = None if plan.malformed else prerender(request, proto, body, plan)
-    tokens = admission_tokens(body, request.content_length or 0)
+    tokens = admission_tokens(body, request.content_length or 0, proto.limit_style)
     verdict = limits.admit(tokens, proto.limit_style)
     if verdict.retry_after_ms is not None:
         resp = proto.error(MockError(429, verdict.reason), verdict.retry_after_ms)

@@ -112,6 +112,7 @@ class Anthropic(Provider):
     )
     overloaded = frozenset({429, 503, 529})  # 529 overloaded_error
     rate_headers = RateHeaders("anthropic-ratelimit-{budget}-{field}", rfc3339_seconds)
+    reserves_max_tokens = False  # output tokens count as generated: max_tokens reserves none
     mock_target = ("mock-anthropic", "mock-anthropic")
 
     @cached_property

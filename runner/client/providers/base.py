@@ -149,6 +149,9 @@ class Capabilities:
     cache_marks: bool = False  # `cache: true` marks the prompt's prefix for the server's cache
 
 
+MAX_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
 class Provider:
     """A protocol adapter: its declarations (below), then building requests, reading
     replies and classifying errors. Register a subclass in runner/client/providers/__init__.py."""
@@ -161,6 +164,9 @@ class Provider:
     capabilities: ClassVar[Capabilities] = Capabilities()
     overloaded: ClassVar[frozenset[int]] = frozenset({429, 503})  # too many requests in flight
     rate_headers: ClassVar[RateHeaders] = X_RATELIMIT  # how its rate-limit headers read
+    # whether a token budget admits a request at max(max_tokens, characters / 4), as OpenAI
+    # documents; False: at its input alone (Anthropic counts output as it is generated)
+    reserves_max_tokens: ClassVar[bool] = True
     mock_target: ClassVar[tuple[str, str]] = ("", "")  # the built-in target: its name, model
 
     def __init__(self, base_url: str, model: str, key: str | None, auth: str | None = None):
@@ -168,6 +174,14 @@ class Provider:
         self.model = model
         self.key = key
         self.auth = auth or self.auth_modes[0]
+
+    def admission_tokens(self, request: Request, params: Mapping[str, Any]) -> float:
+        """What a request costs against the server's token budget, known before it is sent:
+        the tokens estimated from its characters (its body's length / 4), or its max_tokens
+        when larger and the protocol reserves them (`reserves_max_tokens`)."""
+        asked = [v for k in MAX_TOKEN_PARAMS if isinstance(v := params.get(k), int | float)]
+        estimate = len(request.body) / 4
+        return max([estimate, *asked]) if self.reserves_max_tokens else estimate
 
     @classmethod
     def mock_base_url(cls, server_url: str) -> str:
