@@ -10,7 +10,7 @@ from typing import Any
 
 from runner.hashset import HashSet, hash64
 from runner.results.records import attempt_problem, transcript_problem
-from runner.results.store import TRANSCRIPTS, USAGE, lines_of, read_manifest
+from runner.results.store import TRANSCRIPTS, USAGE, lines_of, read_manifest, scan_jsonl
 
 
 def latest_transcripts(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -95,12 +95,15 @@ class RunRecords:
         the offset of the newest; the second yields each record unless a newer one of its
         id follows. Records appended between the passes (a run still going) are left for
         the next read."""
-        seen, newest, end = HashSet(), {}, -1
+        seen, newest, end, skipped = HashSet(), {}, -1, self.skipped.count
         for offset, record in self.lines():
             key, end = hash64(record["conversation_id"]), offset
             if seen.add(key):
                 newest[key] = offset
-        for offset, record in self.lines(count=False):
+        # every line was the run's own (the usual case): no need to check them twice
+        clean = self.skipped.count == skipped
+        again = scan_jsonl(self.run_dir / TRANSCRIPTS) if clean else self.lines(count=False)
+        for offset, record in again:
             if offset > end:
                 return
             if not newest or newest.get(hash64(record["conversation_id"]), offset) == offset:
