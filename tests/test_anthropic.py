@@ -294,3 +294,15 @@ def test_the_built_in_mock_anthropic_target(tmp_path):
     assert record["provider"] == "anthropic" and record["model"] == "mock-anthropic"
     assert record["turns"][1]["assistant"].startswith("mock: 4 messages")
     assert Anthropic.mock_target == ("mock-anthropic", "mock-anthropic")
+
+
+def test_an_error_event_mid_stream_is_classified_as_its_type_s_status_would_be():
+    from runner.client.providers.anthropic import stream_error
+    from runner.errors import Kind
+
+    limited = stream_error({"type": "error", "error": {"type": "rate_limit_error"}})
+    overloaded = stream_error({"type": "error", "error": {"type": "overloaded_error"}})
+    bad = stream_error({"type": "error", "error": {"type": "invalid_request_error"}})
+    assert (limited.kind, limited.status, limited.retryable) == (Kind.RATE_LIMIT, 429, True)
+    assert (overloaded.status, overloaded.retryable) == (529, True)  # an overload: paced
+    assert (bad.status, bad.retryable) == (400, False)

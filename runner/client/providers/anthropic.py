@@ -29,17 +29,14 @@ EPHEMERAL = MappingProxyType({"type": "ephemeral"})
 # the names other protocols give the answer's length, taken as max_tokens
 MAX_TOKENS_ALIASES = ("max_completion_tokens", "max_output_tokens")
 HEADER_PARAMS = {"anthropic_version": "anthropic-version", "anthropic_beta": "anthropic-beta"}
-# error types a retry cannot mend; any other (overloaded, api, rate limit, timeout) may pass
-FINAL_TYPES = {
-    "invalid_request_error",
-    "authentication_error",
-    "billing_error",
-    "permission_error",
-    "not_found_error",
-    "request_too_large",
-}
-# an error event's type -> the status it stands for when not streamed
-TYPE_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500}
+# an error's type -> the status it comes with when not streamed (protocols.md §5.4); an
+# error event mid-stream is classified by it as that answer would be
+TYPE_STATUS = {
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+    "permission_error": 403, "not_found_error": 404, "conflict_error": 409,
+    "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+    "timeout_error": 504, "overloaded_error": 529,
+}  # fmt: skip
 
 
 def rfc3339_seconds(text: str) -> float | None:
@@ -93,12 +90,12 @@ def wire_message(message: Message, mark: bool) -> dict[str, Any]:
 
 
 def stream_error(payload: dict[str, Any]) -> ApiError:
-    """An `error` event: retried unless its type says a retry cannot help."""
+    """An `error` event, classified by the status its type stands for (an overload or a
+    rate limit mid-stream paces and retries as the same answer before the stream would)."""
     err = base.fields(payload.get("error"), "an error event's error")
     kind = str(err.get("type") or "error")
     message = f"the server sent an error: {kind}: {err.get('message', '')}".rstrip(": ")
-    retryable = kind not in FINAL_TYPES
-    return ApiError(Kind.HTTP, message, status=TYPE_STATUS.get(kind), retryable=retryable)
+    return base.classify(TYPE_STATUS.get(kind, 500), message)
 
 
 class Anthropic(Provider):
