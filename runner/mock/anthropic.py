@@ -286,10 +286,9 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
         raise MockError(500, FAIL_MESSAGE)
     mid, rid = f"msg_{state.next_id()}", request_id()
     headers = {"request-id": rid}
-    tokens = ans.reply.total_tokens
     if not stream:
-        return Out(body=dumps(message(mid, model, ans)).encode(), headers=headers, tokens=tokens)
-    return Out(frames=stream_frames(mid, model, ans, rid), headers=headers, tokens=tokens)
+        return Out(body=dumps(message(mid, model, ans)).encode(), headers=headers)
+    return Out(frames=stream_frames(mid, model, ans, rid), headers=headers)
 
 
 PROTOCOL = wire.Protocol(

@@ -118,11 +118,11 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     headers = {"x-request-id": f"req_{state.next_id()}"}
     if not stream:
         body_bytes = dumps(completion(cid, created, model, reply)).encode()
-        return Out(body=body_bytes, headers=headers, tokens=reply.total_tokens)
+        return Out(body=body_bytes, headers=headers)
     options = body.get("stream_options")
     include = isinstance(options, dict) and options.get("include_usage") is True
     frames = chunk_frames(cid, created, model, reply, include)
-    return Out(frames=frames, headers=headers, tokens=reply.total_tokens)
+    return Out(frames=frames, headers=headers)
 
 
 PROTOCOL = wire.Protocol(

@@ -183,9 +183,9 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
         (streamed if stream else whole)(chunks, reply, include)
     if is_stream(request, body):
         frames = [f"data: {c}\r\n\r\n".encode() for c in chunks.items]
-        return Out(frames=frames, tokens=reply.total_tokens)
+        return Out(frames=frames)
     text = chunks.items[0] if not stream else f"[{','.join(chunks.items)}]"
-    return Out(body=text.encode(), tokens=reply.total_tokens)
+    return Out(body=text.encode())
 
 
 PROTOCOL = Protocol(

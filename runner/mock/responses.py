@@ -245,9 +245,9 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     remember(state, body, carried, reply, final)
     headers = {"x-request-id": f"req_{state.next_id()}"}
     if not stream:
-        return Out(body=dumps(final).encode(), headers=headers, tokens=reply.total_tokens)
+        return Out(body=dumps(final).encode(), headers=headers)
     frames = stream_frames(ctx, reply, final)
-    return Out(frames=frames, headers=headers, tokens=reply.total_tokens)
+    return Out(frames=frames, headers=headers)
 
 
 async def get_response(request: web.Request) -> web.Response:

@@ -58,7 +58,7 @@ async def answer(request: web.Request, proto: Protocol) -> web.StreamResponse:
 
 
 def prerender(request: web.Request, proto: Protocol, body: Any, plan: Plan) -> Out | MockError:
-    """The answer rendered ahead (its tokens are its cost), or the error it will be."""
+    """The answer rendered, or the error it will be."""
     if plan.status:
         return MockError(plan.status)
     if body is INVALID:
@@ -75,7 +75,6 @@ async def answer_limited(
     """Past a limit: an immediate 429. Admitted: the usual answer after the latency. Both
     carry the rate-limit headers (x-ratelimit-*, or the protocol's own)."""
     retry_ms = request.app[STATE_KEY].options.retry_after_ms
-    out = None if plan.malformed else prerender(request, proto, body, plan)
     tokens = admission_tokens(body, request.content_length or 0, proto.limit_style)
     verdict = limits.admit(tokens, proto.limit_style)
     if verdict.retry_after_ms is not None:
@@ -84,7 +83,8 @@ async def answer_limited(
         if limits.mode == "none":  # Retry-After alone, in whole seconds
             resp.headers.pop("retry-after-ms", None)
         return resp
-    try:
+    try:  # rendered once admitted: a refused request leaves no trace (a prompt cache's)
+        out = None if plan.malformed else prerender(request, proto, body, plan)
         if plan.delay:
             await asyncio.sleep(plan.delay)
         if out is None:

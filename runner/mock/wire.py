@@ -21,13 +21,11 @@ MALFORMED_FRAME = b'data: {"mock": "malformed event", "delta": {"content": "trun
 
 @dataclass(slots=True)
 class Out:
-    """A rendered answer: a JSON body, or SSE frames (each a complete frame), plus headers;
-    tokens is what the reply costs against a tokens limit (its total tokens)."""
+    """A rendered answer: a JSON body, or SSE frames (each a complete frame), plus headers."""
 
     body: bytes | None = None
     frames: list[bytes] | None = None
     headers: dict[str, str] | None = None
-    tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
