@@ -21,7 +21,7 @@ from runner.results.reader import RunRecords, Skipped
 from runner.results.sketch import Quantiles
 from runner.results.store import read_manifest
 from runner.results.verdicts import Group, Key, add_to
-from runner.usage import TOKEN_KEYS
+from runner.usage import TOKEN_KEYS, add_usage
 
 
 @dataclass
@@ -96,9 +96,7 @@ class Summary:
         )
         stats.requests += not record.get("cached_reply")  # a replayed reply sent nothing
         stats.retries += record["attempt"] > 1
-        tokens = stats.tokens
-        for key in TOKEN_KEYS:
-            tokens[key] += record.get(key, 0)  # a count records of older runs lack: 0
+        add_usage(stats.tokens, record)  # type: ignore[arg-type]  # a record's counts
 
     def spent(self, prices: dict[str, dict[str, float] | None]) -> float:
         """The running estimate of the run's cost (targets without a price count nothing)."""

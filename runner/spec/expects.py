@@ -16,6 +16,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from runner.finish import FINISH_REASONS, normalise
 from runner.spec import pycheck
 from runner.spec.pycheck import PythonCheck
+from runner.spec.ranges import FRACTION
 from runner.spec.variables import ScenarioReader, stand_in
 from runner.spec.yamlnodes import (
     Bad,
@@ -23,7 +24,6 @@ from runner.spec.yamlnodes import (
     Reader,
     boolean,
     checked,
-    is_number,
     json_only,
     node_line,
     positive_number,
@@ -166,12 +166,13 @@ def _similar(r: ScenarioReader, node: Node, key: str) -> Similar:
     entries = r.entries(node, "similar", ("to", "min"))
     if "to" not in entries:
         raise Bad(node, "'similar' needs 'to: ...' (the text the reply should resemble)")
-    v = r.fields(entries, {"to": text, "min": _ratio})
+    v = r.fields(entries, {"to": text, "min": fraction})
     return Similar(v.get("to", ""), v.get("min", SIMILAR_MIN))
 
 
-def _ratio(r: Reader, node: Node, key: str) -> float:
-    return checked(r, node, key, "a number from 0 to 1", lambda v: is_number(v) and 0 <= v <= 1)
+def fraction(r: Reader, node: Node, key: str) -> float:
+    """A number from 0 to 1 (similar's min, a scenario's min_pass_rate)."""
+    return checked(r, node, key, "a number from 0 to 1", FRACTION.holds)
 
 
 def _finish_reason(r: Reader, node: Node, key: str) -> str:

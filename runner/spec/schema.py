@@ -10,8 +10,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from runner.spec.expects import Expect, read_expect, regex_problem, strings, text
-from runner.spec.ranges import FRACTION
+from runner.spec.expects import Expect, fraction, read_expect, regex_problem, strings, text
 from runner.spec.rows import RowsFile, open_table
 from runner.spec.variables import (
     TEMPLATE,
@@ -31,7 +30,6 @@ from runner.spec.yamlnodes import (
     Parser,
     Reader,
     boolean,
-    checked,
     json_mapping,
     mapping_keys,
     node_line,
@@ -260,11 +258,6 @@ def _id(r: ScenarioReader, node: Node, key: str) -> str:
     return value
 
 
-def _share(r: ScenarioReader, node: Node, key: str) -> float:
-    """A share of samples: a number from 0 to 1 (min_pass_rate)."""
-    return checked(r, node, key, "a number from 0 to 1", FRACTION.holds)
-
-
 SCENARIO_FIELDS: dict[str, Parser] = {
     "id": _id,
     "description": string,
@@ -276,7 +269,7 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "vars_file": string,
     "repeat": positive_int,
     "metadata": json_mapping,
-    "min_pass_rate": _share,
+    "min_pass_rate": fraction,
     "cache": boolean,
 }
 TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}
