@@ -24,6 +24,7 @@ from runner.results.store import (
     TRANSCRIPTS,
     USAGE,
     read_manifest,
+    scan_jsonl,
     write_jsonl,
     write_manifest,
 )
@@ -76,9 +77,9 @@ def _newest(runs: list[RunRecords]) -> dict[str, Place]:
 def _chosen(
     runs: list[RunRecords], newest: dict[str, Place], summary: Summary
 ) -> Iterator[dict[str, Any]]:
-    for index, run in enumerate(runs):
-        for offset, record in run.lines():
-            place = newest.get(record["conversation_id"])  # None: appended since the first pass
+    for index, run in enumerate(runs):  # every line read again, none checked again: only
+        for offset, record in scan_jsonl(run.run_dir / TRANSCRIPTS):  # a checked one is newest
+            place = newest.get(record.get("conversation_id"))  # type: ignore[arg-type]
             if place is not None and place[1:] == (index, offset):
                 summary.add(record)
                 yield record
