@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -23,26 +22,18 @@ def report(run_dir: str, fmt: str) -> None:
     """Per-target counts, checks, tokens, latency and cost of a run."""
     from runner.results.reader import Skipped
     from runner.results.report import render, render_notes, render_rates
-    from runner.results.stats import report_rows
+    from runner.results.stats import rows_of, summarize_run
+    from runner.results.verdicts import attach, shown
 
     skipped = Skipped()  # lines of the run's files that are not its records
-    rows = report_rows(Path(run_dir), skipped)
-    rates = _pass_rates(Path(run_dir), rows)
+    summary, manifest = summarize_run(Path(run_dir), skipped)
+    rows = rows_of(summary, manifest)
+    attach(rows, summary.groups)  # each scenario × target's samples, counted as they were read
     click.echo(render(rows, fmt))
     echo_notes(render_notes(rows, fmt))
-    echo_notes(render_rates(rates, fmt))
+    echo_notes(render_rates(shown(summary.groups.values()), fmt))
     if skipped.count:
         click.echo(skipped.note(), err=True)
-
-
-def _pass_rates(run_dir: Path, rows: list[dict[str, Any]]) -> list[Any]:
-    """Each scenario × target of the run, its samples counted (runner/results/verdicts.py): every
-    row gets its target's as `pass_rates`; those a report shows are returned."""
-    from runner.results.verdicts import attach, run_groups, shown
-
-    groups = run_groups(run_dir)
-    attach(rows, groups)
-    return shown(groups.values())
 
 
 def echo_notes(notes: str, err: bool = False) -> None:

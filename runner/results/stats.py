@@ -213,7 +213,11 @@ def unstreamed(targets: Iterable[tuple[str, bool | None]], default: bool) -> set
 def report_rows(run_dir: Path, skipped: Skipped | None = None) -> list[dict[str, Any]]:
     """The report's rows of a run folder (what `report`, `diff` and `compare` show); lines
     that are not the run's records go to `skipped`."""
-    summary, manifest = summarize_run(run_dir, skipped)
+    return rows_of(*summarize_run(run_dir, skipped))
+
+
+def rows_of(summary: Summary, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's rows of a run's summary, priced and streamed as its manifest says."""
     targets = [(t["name"], t.get("stream")) for t in manifest.get("targets", [])]
     default = bool((manifest.get("invocation") or {}).get("stream"))
     return summary.rows(target_prices(manifest), unstreamed(targets, default))
