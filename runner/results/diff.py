@@ -186,14 +186,10 @@ def _by_rate(result: Diff, base: dict[str, Any], new: dict[str, Any]) -> None:
     """Scenarios with repeated samples are judged by their pass rates (runner/results/verdicts.py),
     not sample by sample: a regression only when the drop is significant or below
     min_pass_rate; their samples' changes are in `pass_rates`, not in the lists. Paired by
-    scenario, the base run's records stand for the new run's target and ids."""
-    if result.match == "scenario" and new:
-        target = next(iter(new.values()))["target"]
-        base = {
-            key: {**r, "target": target, "conversation_id": new.get(key, r)["conversation_id"]}
-            for key, r in base.items()
-        }
-    result.pass_rates = compare(base.values(), new.values())
+    scenario, the base run's groups stand for the new run's target."""
+    paired = result.match == "scenario" and new
+    target = next(iter(new.values()))["target"] if paired else None
+    result.pass_rates = compare(base, new, target)
     judged = {(c.scenario_id, c.target) for c in result.pass_rates}
     for name in ("regressions", "fixes", "other_changes"):
         kept = [c for c in getattr(result, name) if (c.scenario_id, c.target) not in judged]

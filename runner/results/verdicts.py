@@ -171,17 +171,18 @@ def _line(record: dict[str, Any], result: str) -> str:
     return head if result == "pass" else f"{head}: {why(record)}"
 
 
-def tally(records: Iterable[dict[str, Any]]) -> dict[Key, Group]:
-    """The groups of these records (the newest of each conversation), in order of appearance."""
+def tally(records: Iterable[dict[str, Any]], target: str | None = None) -> dict[Key, Group]:
+    """The groups of these records (the newest of each conversation), in order of appearance;
+    with TARGET, every record counted as that target's."""
     groups: dict[Key, Group] = {}
     for record in records:
-        add_to(groups, record)
+        add_to(groups, record, target)
     return groups
 
 
-def add_to(groups: dict[Key, Group], record: dict[str, Any]) -> None:
+def add_to(groups: dict[Key, Group], record: dict[str, Any], target: str | None = None) -> None:
     """Count one record (the newest of its conversation) in its scenario × target group."""
-    key = (record["scenario_id"], record["target"])
+    key = (record["scenario_id"], target or record["target"])
     group = groups.get(key) or groups.setdefault(key, Group(*key))
     group.add(record)
 
@@ -233,18 +234,20 @@ class RateChange:
     reason: str
 
 
-def compare(base: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]]) -> list[RateChange]:
-    """The groups repeated in either run and present in both, judged by their pass rates
-    (records: the newest of each conversation)."""
-    base_records = {r["conversation_id"]: r for r in base}
-    new_records = {r["conversation_id"]: r for r in new}
-    before, after = tally(base_records.values()), tally(new_records.values())
+def compare(
+    base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], target: str | None = None
+) -> list[RateChange]:
+    """The groups repeated in either run and present in both, judged by their pass rates.
+    BASE and NEW: the newest record of each conversation, under the key that pairs them
+    (its id, or its scenario, vars and sample); with TARGET, the base run's groups stand for
+    that target's (runs of two targets paired by scenario)."""
+    before, after = tally(base.values(), target), tally(new.values())
     flips: dict[Key, list[str]] = {}  # samples whose outcome changed (pass <-> not)
-    for cid, old in base_records.items():
-        now, was = new_records.get(cid), outcome(old)
+    for key, old in base.items():
+        now, was = new.get(key), outcome(old)
         if now is not None and (was == "pass") != (outcome(now) == "pass"):
-            key = (old["scenario_id"], old["target"])
-            flips.setdefault(key, []).append(f"{cid}: {was} -> {outcome(now)}")
+            group = (now["scenario_id"], now["target"])
+            flips.setdefault(group, []).append(f"{now['conversation_id']}: {was} -> {outcome(now)}")
     return [
         _judged(before[key], now, flips.get(key, []))
         for key, now in after.items()
