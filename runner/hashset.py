@@ -33,6 +33,15 @@ class HashSet:
             self._grow()
         return False
 
+    def __contains__(self, key: int) -> bool:
+        table, mask = self.table, len(self.table) - 1
+        i = key & mask
+        while table[i]:
+            if table[i] == key:
+                return True
+            i = (i + 1) & mask
+        return False
+
     def _grow(self) -> None:
         old, self.table, self.count = self.table, array("Q", bytes(16 * len(self.table))), 0
         for key in old:

@@ -22,6 +22,7 @@ from runner.engine.dryrun import dry_run
 from runner.engine.pool import RunPlan
 from runner.engine.run import Finished, Invocation, file_hashes, load, play
 from runner.errors import InputError
+from runner.hashset import HashSet, hash64
 from runner.results.reader import RunRecords
 from runner.results.stats import Summary, add_attempts
 from runner.results.store import RunLock, read_manifest
@@ -203,13 +204,19 @@ def _records(run_dir: Path, manifest: dict[str, Any], plan: Plan) -> RunRecords:
 def _unplanned(records: RunRecords, plan: Plan) -> list[str]:
     """Conversations recorded that the plan no longer holds (it changed: --force): they
     are not counted, and the manifest lists them so that every reader leaves them out.
-    The plan is read only until every recorded conversation was found in it."""
-    left = {record["conversation_id"] for _, record in records.lines()}
-    for conv in plan if left else ():
-        left.discard(conv.id)
-        if not left:
-            break
-    return sorted(left)
+    What is held is a 64-bit hash per recorded id; the plan is read only until every one
+    was found in it, and the records are read again for the ids only when some was not."""
+    recorded, found = HashSet(), HashSet()
+    for _, record in records.lines():
+        recorded.add(hash64(record["conversation_id"]))
+    for conv in plan if recorded.count else ():
+        key = hash64(conv.id)
+        if key in recorded:
+            found.add(key)
+            if found.count == recorded.count:
+                return []
+    ids = (record["conversation_id"] for _, record in records.lines(count=False))
+    return sorted({cid for cid in ids if hash64(cid) not in found})
 
 
 def _recorded(manifest: dict[str, Any]) -> tuple[Invocation, _Rebase]:
