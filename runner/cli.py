@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +46,18 @@ class Group(HelpGroup):
         except WriteError as exc:
             click.echo(f"error: results could not be written: {exc}", err=True)
             sys.exit(Exit.WRITE)
+        except BrokenPipeError:
+            closed_pipe()
+
+
+def closed_pipe() -> NoReturn:
+    """The reader of stdout went away (`| head`): end quietly, as a Unix tool killed by
+    SIGPIPE does (exit 141), with stdout pointed at /dev/null so that flushing what is left
+    at exit cannot complain again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(Exit.CLOSED_PIPE)
 
 
 class Number(click.ParamType):

@@ -17,6 +17,7 @@ class Exit(IntEnum):
     FAILED = 3  # some conversations failed after retries
     WRITE = 4  # results could not be written (disk full, folder gone or read-only)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM: what finished is kept, --resume continues
+    CLOSED_PIPE = 141  # what was written to stdout was not all read (`| head`), as 128 + SIGPIPE
 
 
 class Kind(StrEnum):

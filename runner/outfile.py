@@ -47,6 +47,8 @@ def output_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         else:
             with _replacing(Path(os.path.realpath(name))) as fh:
                 yield fh
+    except BrokenPipeError:  # the reader went away (`| head`): not the path's fault
+        raise
     except OSError as exc:
         raise InputError(f"cannot write {name}: {exc.strerror or exc}") from None
 

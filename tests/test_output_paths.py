@@ -139,3 +139,33 @@ def test_merge_refuses_stdout_and_a_path_that_is_not_a_folder(tmp_path, run_dir)
     assert refused.exit_code == 2 and "Traceback" not in refused.output
     assert link.is_symlink() and stat.S_ISCHR(os.stat(os.devnull).st_mode)
     assert cli("export", run_dir, "--format", "mtbench", "-o", "-").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "{run}", "--format", "jsonl", "-o", "-"],
+        ["export", "{run}", "--format", "openai", "-o", "/dev/stdout"],
+        ["report", "{run}"],
+        ["report", "{run}", "--format", "json"],
+        ["diff", "{run}", "{run}"],
+    ],
+)
+def test_a_reader_that_closed_the_pipe_ends_the_command_quietly(run_dir, command):
+    """`... | head -1`: the reader goes away; the command stops writing, says nothing and
+    ends as a tool killed by SIGPIPE does (141), never "error: cannot write -"."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "runner", *(a.format(run=run_dir) for a in command)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=WAIT_S,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

@@ -85,6 +85,8 @@ def export(run_dir: Path, fmt: str, out: Path, filters: Filters) -> Exported:
         convert = {"openai": _openai, "sharegpt": _sharegpt, "jsonl": lambda r: r}[fmt]
         _ready(out.parent)
         done.written = write_jsonl(out, _converted(kept, convert, done))
+    except BrokenPipeError:  # the reader of stdout went away: the CLI ends quietly
+        raise
     except OSError as exc:  # the export's own file: a full disk, a folder without rights
         raise InputError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     done.files.append(out)
