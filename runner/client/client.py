@@ -150,8 +150,7 @@ class TargetClient:
             raise err from None
         self.limit.release(ticket, ok=True)
         self.breaker.succeeded()
-        if reply.headers is not None:
-            self.pacer.answered(reply.headers, marks, estimate)
+        self.pacer.answered(reply.headers, marks, estimate)
         self._record(cid, turn, n, 200, reply, start, judge is not None)
         if judge is not None:
             judge(reply.text)
@@ -161,13 +160,17 @@ class TargetClient:
         self, err: ApiError, ticket: tuple[int, int], marks: tuple[Mark, Mark], cost: float
     ) -> None:
         """A refused attempt: a rate limit paces the target; an answer the provider calls an
-        overload (503, or a 429 whose headers do not say a budget is empty) lowers the
-        requests in flight."""
+        overload (503, or a 429 the pacer finds no empty budget behind: too many in flight)
+        lowers the requests in flight."""
         err.message = cut_message(clean_text(mask(err.message, self.target.key)))
-        empty = False
+        empty = None
         if err.kind is Kind.RATE_LIMIT:
             empty = self.pacer.refused(err.headers, err.message, marks, cost)
-        overloaded = err.retryable and err.status in self.provider.overloaded and not empty
+            if empty is not None and err.retry_after is not None:
+                err.retry_after = empty.retry_after(err.retry_after, err.headers)
+        else:
+            self.pacer.failed()
+        overloaded = err.retryable and err.status in self.provider.overloaded and empty is None
         self.limit.release(ticket, overloaded=overloaded)
         self.breaker.observe(err)
 

@@ -22,20 +22,24 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from runner.client.limits import Sleep
 from runner.client.providers.ratelimits import X_RATELIMIT, RateHeaders, reset_seconds
 
+RETRY_AFTER, RETRY_AFTER_MS = "retry-after", "retry-after-ms"
+
 
 @dataclass(slots=True, frozen=True)
 class Mark:
-    """A request as it left: when, and what had been sent and refused before it."""
+    """A request as it left: when, what had been sent and refused before it, and (set by
+    the Pacer) how many requests were on the wire with it, itself included."""
 
     at: float
     sent: float
     refused: float
+    flying: int = 0
 
 
 class Budget:
@@ -164,6 +168,17 @@ class Budget:
         began = self.began if self.began is not None else first.at
         return max(1.0, first.sent - first.refused - rate * (first.at - began))
 
+    def retry_after(self, given: float, headers: Any) -> float:
+        """The wait a 429 of this budget asks for, to be trusted to the second it is given in:
+        a Retry-After of whole seconds alone (no retry-after-ms) cannot say less than 1 s,
+        so once this budget's rate is measured, the learned bucket decides within its last
+        second (the retry waits its turn in take(), as every other request does)."""
+        told = headers.get(RETRY_AFTER) if headers is not None else None
+        if not self.measured or told is None or headers.get(RETRY_AFTER_MS) is not None:
+            return given
+        whole = told.strip().isdigit() and float(told) == given >= 1
+        return given - 1.0 if whole else given
+
     def stated(self, headers: Any, remaining: float) -> None:
         """The rate the headers imply: the used part of the stated limit over its reset.
         `remaining` is rounded down, so this leans high by up to one unit over the reset; the
@@ -196,7 +211,14 @@ class Pacer:
     """Paces one target to the request and token budgets its server enforces, learned from
     its 429s and its rate-limit headers, named and read as its provider declares (by default
     OpenAI's x-ratelimit-*, also sent by Azure OpenAI, Groq and many OpenAI-compatible
-    servers); a server that states nothing is paced by its 429s alone."""
+    servers); a server that states nothing is paced by its 429s alone.
+
+    A 429 whose headers do not say a budget is empty is an empty budget, or too many
+    requests in flight (which pacing at a rate would only hold back: the requests in flight
+    are found by runner/client/limits.py). It is taken for too many in flight when it came
+    with more requests on the wire than the server ever took at once, or with as many as
+    an earlier such refusal (the level the server refuses at); for an empty budget when the
+    server has taken as many at once or more (a rate refuses whatever is in flight)."""
 
     def __init__(
         self,
@@ -207,37 +229,63 @@ class Pacer:
     ):
         self.requests = Budget("requests", clock, sleep, max_wait_s, headers)
         self.tokens = Budget("tokens", clock, sleep, max_wait_s, headers)
+        self.flying = 0  # requests sent and not yet answered
+        self.taken = 0  # the most requests on the wire with one the server admitted
+        self.crowd = math.inf  # the fewest on the wire with one refused for being too many
 
     async def acquire(self, tokens: float) -> tuple[Mark, Mark]:
         """Wait until both budgets hold this request, charge it, and mark its sending."""
-        return await self.requests.take(1.0), await self.tokens.take(tokens)
+        req, tok = await self.requests.take(1.0), await self.tokens.take(tokens)
+        self.flying += 1
+        return replace(req, flying=self.flying), tok
 
     def answered(self, headers: Any, marks: tuple[Mark, Mark], tokens: float) -> None:
-        """An admitted request's answer: the rates its headers imply, and the budget they
-        say is empty."""
+        """An admitted request's answer: the rates its headers imply (when it has headers),
+        and the budget they say is empty."""
+        self.flying -= 1
+        self.taken = max(self.taken, marks[0].flying)
+        if headers is None:
+            return
         left = self._stated(headers)
         if left[0] is not None and left[0] < 1:
             self.requests.emptied_at(marks[0], 1.0)
         if left[1] is not None and left[1] < tokens:
             self.tokens.emptied_at(marks[1], tokens)
 
-    def refused(self, headers: Any, message: str, marks: tuple[Mark, Mark], tokens: float) -> bool:
+    def failed(self) -> None:
+        """A request's attempt ended in an error that is not a 429."""
+        self.flying -= 1
+
+    def refused(
+        self, headers: Any, message: str, marks: tuple[Mark, Mark], tokens: float
+    ) -> Budget | None:
         """A 429: the budget that was empty is the one the headers say cannot hold the
-        request, else the one the message names (OpenAI: "... on tokens per min"). True when
-        the headers said so (else it may as well be too many requests in flight)."""
+        request, else the one the message names (OpenAI: "... on tokens per min"), unless
+        it was too many in flight (see the class). Returns the budget found empty, if any."""
+        self.flying -= 1
         req, tok = self._stated(headers) if headers is not None else (None, None)
-        stated = True
         if req is not None and req < 1:
             on_tokens = False
         elif tok is not None and tok < tokens:
             on_tokens = True
+        elif self._crowded(marks[0].flying):
+            return None
         else:
-            on_tokens, stated = "token" in message.lower(), False
+            on_tokens = "token" in message.lower()
         if on_tokens:
             self.tokens.refused_at(marks[1], tokens)
-        else:
-            self.requests.refused_at(marks[0], 1.0)
-        return stated
+            return self.tokens
+        self.requests.refused_at(marks[0], 1.0)
+        return self.requests
+
+    def _crowded(self, flying: int) -> bool:
+        """Whether a refusal that names no budget came of too many requests in flight."""
+        if flying >= self.crowd:
+            return True
+        if flying > self.taken:
+            self.crowd = flying
+            return True
+        return False
 
     def _stated(self, headers: Any) -> tuple[float | None, float | None]:
         """What each budget's `remaining` says (None: not said), each taken as its word."""
