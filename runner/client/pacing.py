@@ -260,18 +260,19 @@ class Pacer:
         self, headers: Any, message: str, marks: tuple[Mark, Mark], tokens: float
     ) -> Budget | None:
         """A 429: the budget that was empty is the one the headers say cannot hold the
-        request, else the one the message names (OpenAI: "... on tokens per min"), unless
-        it was too many in flight (see the class). Returns the budget found empty, if any."""
+        request, else the token budget when the message names it (OpenAI: "... on tokens
+        per min"), else the requests budget unless it was too many in flight (see the
+        class). Returns the budget found empty, if any."""
         self.flying -= 1
         req, tok = self._stated(headers) if headers is not None else (None, None)
         if req is not None and req < 1:
             on_tokens = False
-        elif tok is not None and tok < tokens:
+        elif (tok is not None and tok < tokens) or "token" in message.lower():
             on_tokens = True
         elif self._crowded(marks[0].flying):
             return None
         else:
-            on_tokens = "token" in message.lower()
+            on_tokens = False
         if on_tokens:
             self.tokens.refused_at(marks[1], tokens)
             return self.tokens
