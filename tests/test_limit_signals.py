@@ -159,3 +159,22 @@ def test_a_whole_second_retry_after_is_trusted_to_its_second_once_the_rate_is_me
     (pacer,) = pacers
     assert pacer.requests.measured and waits[0] >= 1.0  # the first: nothing measured yet
     assert all(w < 1.0 for w in waits[1:])  # then the learned rate spaces the retries
+
+
+def test_a_429_naming_tokens_is_the_token_budget_however_many_are_in_flight(
+    tmp_path, make_mock, monkeypatch
+):
+    # a token limit without headers (1,000 a second in buckets of 300, requests of 100):
+    # eight conversations at once, refused with more on the wire than the server has yet
+    # answered; the message names tokens, so it is that budget, never too many in flight
+    server = make_mock(limit_tpm=60_000, limit_window_s=0.3, limit_headers="none")
+    pacers = kept_pacers(monkeypatch)
+    played = play(tmp_path, "id: p\nturns: [a, b]\n", "-c", "8", "--repeat", "8",
+                  "--max-retries", "50", server=server,
+                  models={"params": {"max_tokens": 100}})  # fmt: skip
+    assert played.result.exit_code == 0, played.result.output
+    assert [t["status"] for t in played.transcripts] == ["ok"] * 8
+    assert 429 in [u["status"] for u in played.usage]
+    (pacer,) = pacers
+    assert pacer.tokens.rate > 0 and pacer.requests.rate == 0
+    assert pacer.crowd == float("inf")
