@@ -9,7 +9,16 @@ FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "error", "ot
 # the providers' own values (lower-cased), including what gateways pass through from others
 RAW: dict[str, str] = {
     **dict.fromkeys(("stop", "completed", "end_turn", "stop_sequence", "eos"), "stop"),
-    **dict.fromkeys(("length", "max_tokens", "max_output_tokens", "model_length"), "length"),
+    **dict.fromkeys(
+        (
+            "length",
+            "max_tokens",
+            "max_output_tokens",
+            "model_length",
+            "model_context_window_exceeded",
+        ),
+        "length",
+    ),
     **dict.fromkeys(
         (
             "content_filter",

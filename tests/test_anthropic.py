@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from aiohttp import web
@@ -306,3 +306,61 @@ def test_an_error_event_mid_stream_is_classified_as_its_type_s_status_would_be()
     assert (limited.kind, limited.status, limited.retryable) == (Kind.RATE_LIMIT, 429, True)
     assert (overloaded.status, overloaded.retryable) == (529, True)  # an overload: paced
     assert (bad.status, bad.retryable) == (400, False)
+
+
+# every stop reason of the anthropic SDK's types, as the runner normalises it
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",  # cut off by the context window
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "other",  # not an end: the turn is to be sent back to continue
+}
+
+
+def test_every_stop_reason_of_the_sdk_is_mapped_here():
+    from anthropic.types import StopReason
+
+    assert set(get_args(StopReason)) == set(STOP_REASONS)
+
+
+def stops_with(reason: str) -> web.Application:
+    """A Messages endpoint that answers "cut" with the stop reason given, streamed or not."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        usage = {"input_tokens": 3, "output_tokens": 1}
+        message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                   "content": [{"type": "text", "text": "cut"}], "stop_reason": reason,
+                   "stop_sequence": None, "usage": usage}  # fmt: skip
+        if not (await request.json()).get("stream"):
+            return web.json_response(message)
+        events = [
+            {"type": "message_start", "message": {**message, "content": [], "stop_reason": None}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": "cut"},
+            },  # fmt: skip
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": reason}, "usage": usage},
+            {"type": "message_stop"},
+        ]
+        text = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+        return web.Response(text=text, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", handle)
+    return app
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+@pytest.mark.parametrize(("raw", "normalised"), sorted(STOP_REASONS.items()))
+def test_stop_reasons_normalise(tmp_path, serve_app, stream, raw, normalised):
+    where = models(serve_app(stops_with(raw)).base_url)
+    played = play(tmp_path, "id: s\nturns: [hi]\n", stream, models=where, targets=("claude",))
+    assert played.result.exit_code == 0, played.result.output
+    turn = played.transcripts[0]["turns"][0]
+    assert (turn["assistant"], turn["finish_reason_raw"]) == ("cut", raw)
+    assert turn["finish_reason"] == normalised

@@ -4,9 +4,13 @@ changed replies, per-target deltas; markdown that fits a CI comment."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import cli, play
 
+from runner.results import store
 from runner.results.diff import Change, Diff
 from runner.results.diffview import render_diff
 
@@ -240,3 +244,29 @@ def test_match_scenario_pairs_vars_and_samples_and_refuses_a_run_of_several_targ
     refused = cli("diff", base.run_dir, both.run_dir, "--match", "scenario")
     assert refused.exit_code == 2 and "pairs runs of one target each" in refused.stderr
     assert "has chat, responses" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [("diff",), ("diff", "--format", "json"), ("compare", "--html", "-")]
+)
+def test_diff_and_compare_read_each_runs_transcripts_once(
+    tmp_path, mock_server, monkeypatch, command
+):
+    """Each run's newest records are read once (RunRecords.newest: two passes over the
+    file), and its report rows made from them, not from a second read."""
+    scenario = "id: s\nvars: {n: [1, 2, 3]}\nturns: ['hi {{n}}']\n"
+    base = play(tmp_path, scenario, server=mock_server, run_id="base")
+    new = play(tmp_path, scenario, server=mock_server, run_id="new")
+    assert base.result.exit_code == new.result.exit_code == 0
+    opened: list[str] = []
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(file).name)
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(store, "open", counting_open, raising=False)
+    name, *options = command
+    result = cli(name, base.run_dir, new.run_dir, *options)
+    assert result.exit_code == 0, result.output
+    assert opened.count(store.TRANSCRIPTS) == 2 * 2
+    assert "chat" in result.output

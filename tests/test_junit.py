@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xmlschema
 from conftest import cli, play
 from junitparser import Error, Failure, JUnitXml, Skipped
+
+from runner.results import store
 
 SCHEMA = xmlschema.XMLSchema(Path(__file__).parent / "data" / "junit-10.xsd")
 
@@ -246,3 +249,23 @@ def test_a_repeated_run_stopped_early_counts_its_samples_not_run(tmp_path, mock_
     assert (suite.tests, suite.failures, suite.skipped) == (1 + 3, 0, 3)
     assert [case.name for case in suite] == ["s@chat", "s@chat#1", "s@chat#2", "s@chat#3"]
     assert "1/1 samples passed" in next(iter(suite)).system_out
+
+
+def test_junit_reads_the_transcripts_once(tmp_path, mock_server, monkeypatch):
+    """One read of the newest records (RunRecords.newest: two passes over the file) counts
+    every suite and group; the testcases are then read at their offsets: three opens."""
+    played = play(tmp_path, REPEATED, "--repeat", "2", server=mock_server,
+                  models={"max_retries": 0})  # fmt: skip
+    assert played.result.exit_code == 3, played.result.output
+    opened: list[str] = []
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(file).name)
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(store, "open", counting_open, raising=False)
+    junit = tmp_path / "junit.xml"
+    assert cli("junit", played.run_dir, "-o", junit).exit_code == 0
+    assert opened.count(store.TRANSCRIPTS) == 3
+    (suite,) = suites(junit).values()
+    assert (suite.tests, suite.failures, suite.errors) == (4, 0, 1)  # samples 0 and 1 pass

@@ -16,6 +16,7 @@ import pytest
 
 from runner import encoding
 from runner.engine.checks import evaluate
+from runner.spec import rows
 from runner.spec.scenarios import Expect
 from tests.conftest import cli, play, raw_response, spawn, write_scenario
 
@@ -239,6 +240,37 @@ def test_a_regex_filled_from_a_vars_file_row_is_checked(tmp_path, make_mock):
     )
     problems = refused_alike(tmp_path, make_mock(), scenario)
     assert "s.yaml:4: regex '^{{x}}' filled with x='[oops'" in problems
+
+
+def test_templated_regexes_read_the_vars_file_once_for_all_of_them(
+    tmp_path, make_mock, monkeypatch
+):
+    """The rows are read once to check the table and once for every templated regex
+    together; each bad regex is still reported, in turn order, with its first bad values."""
+    (tmp_path / "rows.csv").write_text("x,y\nfine,a\n[oops,(b\nok,c\n", encoding="utf-8")
+    scenario = (
+        "id: a\nvars_file: rows.csv\nvars: {z: [1, 2]}\nturns:\n"
+        "  - user: '{{x}} {{y}}'\n    expect: {regex: '{{y}}$'}\n"
+        "  - user: again\n    expect: {regex: '{{z}}'}\n"
+        "  - user: more\n    expect: {regex: '^{{x}}{{z}}'}\n"
+    )
+    opened: list[str] = []
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(file).name)
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(rows, "open", counting_open, raising=False)
+    path = write_scenario(tmp_path / "s.yaml", scenario)
+    checked = cli("validate", path)
+    assert checked.exit_code == 2, checked.output
+    assert opened == ["rows.csv", "rows.csv"]
+    problems = [line.split("s.yaml:")[1] for line in checked.stderr.splitlines()]
+    assert problems == [
+        "5: regex '{{y}}$' filled with y='(b': missing ) at position 3",
+        "9: regex '^{{x}}{{z}}' filled with x='[oops', z=1: unterminated character set at "
+        "position 7",
+    ]
 
 
 def test_a_bad_filled_regex_is_an_error_of_its_check_not_of_the_reply():

@@ -209,6 +209,37 @@ def test_rate_limit_headers_are_anthropic_ones() -> None:
     assert err.value.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
 
 
+def test_rate_limit_headers_as_anthropic_documents_them() -> None:
+    """Token `remaining` is rounded to the nearest thousand; a 429 says `retry-after` (whole
+    seconds), and no `retry-after-ms`, which Anthropic does not send."""
+    options = MockOptions(limit_rpm=1, limit_tpm=100_000, limit_window_s=60)
+    with MockThread(options) as srv:
+        hi: Any = [{"role": "user", "content": "x"}]
+        with anthropic.Anthropic(base_url=srv.base_url, api_key="k", max_retries=0) as client:
+            raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=9, messages=hi)
+            with pytest.raises(anthropic.RateLimitError) as err:
+                client.messages.create(model=MODEL, max_tokens=9, messages=hi)
+    # about 30 of 100,000 used (refilled at 1,667 a second): 99,9xx, said as 100,000
+    assert raw.headers["anthropic-ratelimit-tokens-remaining"] == "100000"
+    refused = err.value.response.headers
+    assert refused["anthropic-ratelimit-tokens-remaining"] == "100000"
+    assert refused["anthropic-ratelimit-requests-remaining"] == "0"  # requests: not rounded
+    assert int(refused["retry-after"]) >= 1 and "retry-after-ms" not in refused
+
+
+def test_a_fault_429_says_only_retry_after() -> None:
+    with MockThread(MockOptions(error_rate=1.0, retry_after_ms=50)) as srv:
+        hi: Any = [{"role": "user", "content": "x"}]
+        with anthropic.Anthropic(base_url=srv.base_url, api_key="k", max_retries=0) as client:
+            seen = {}
+            for _ in range(40):  # the seeded fault plan picks 429, 500 or 503 (said as 529)
+                with pytest.raises(anthropic.APIStatusError) as err:
+                    client.messages.create(model=MODEL, max_tokens=9, messages=hi)
+                seen[err.value.status_code] = err.value.response.headers
+    assert set(seen) == {429, 500, 529}
+    assert seen[429]["retry-after"] == "1" and "retry-after-ms" not in seen[429]
+
+
 def test_async_client_streams() -> None:
     async def go() -> tuple[str, str | None]:
         srv = await start_mock()

@@ -8,7 +8,7 @@ import pytest
 
 from runner import encoding
 from runner.results.reader import latest_transcripts
-from runner.results.store import JsonlWriter, read_jsonl, repair_torn_tail
+from runner.results.store import JsonlWriter, repair_torn_tail, scan_jsonl
 
 RECORD = {
     "conversation_id": "memory-zh[ab]@mock",
@@ -39,9 +39,9 @@ def test_torn_tail_is_cut_and_readers_skip_it(tmp_path):
     writer.close()
     with open(path, "ab") as fh:
         fh.write(b'{"conversation_id": "c3", "sta')  # a kill in mid-write
-    assert [r["conversation_id"] for r in read_jsonl(path)] == ["c0", "c1", "c2"]
+    assert [r["conversation_id"] for _, r in scan_jsonl(path)] == ["c0", "c1", "c2"]
     repair_torn_tail(path)
-    assert path.read_bytes().endswith(b'"ok"}\n') and len(list(read_jsonl(path))) == 3
+    assert path.read_bytes().endswith(b'"ok"}\n') and len(list(scan_jsonl(path))) == 3
     path.write_bytes(b'{"no newline at all')
     repair_torn_tail(path)
     assert path.read_bytes() == b""

@@ -57,12 +57,13 @@ class MockError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def retry_headers(status: int, retry_after_ms: int) -> dict[str, str]:
-    """`retry-after-ms` and `Retry-After` (whole seconds, rounded up) for a 429."""
+def retry_headers(status: int, retry_after_ms: int, with_ms: bool = True) -> dict[str, str]:
+    """`retry-after-ms` (unless not with_ms) and `Retry-After` (whole seconds, rounded up)
+    for a 429."""
     if status != 429:
         return {}
-    seconds = max(1, math.ceil(retry_after_ms / 1000))
-    return {"retry-after-ms": str(retry_after_ms), "Retry-After": str(seconds)}
+    seconds = {"Retry-After": str(max(1, math.ceil(retry_after_ms / 1000)))}
+    return {"retry-after-ms": str(retry_after_ms), **seconds} if with_ms else seconds
 
 
 def _json(body: dict, status: int, headers: dict[str, str]) -> web.Response:
@@ -139,9 +140,10 @@ def anthropic_error_body(err: MockError, rid: str) -> dict:
 
 
 def anthropic_error(err: MockError, retry_after_ms: int) -> web.Response:
-    """An Anthropic-style error response (503 said as 529), request-id and retry headers."""
+    """An Anthropic-style error response (503 said as 529), request-id, and on a 429 the one
+    retry header Anthropic documents: Retry-After, whole seconds (no retry-after-ms)."""
     rid = request_id()
-    headers = {"request-id": rid, **retry_headers(err.status, retry_after_ms)}
+    headers = {"request-id": rid, **retry_headers(err.status, retry_after_ms, with_ms=False)}
     status = ANTHROPIC_STATUS.get(err.status, err.status)
     return _json(anthropic_error_body(err, rid), status, headers)
 

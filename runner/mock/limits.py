@@ -22,7 +22,9 @@ What the answers say (`headers`):
 
 The names follow the protocol (`style`): OpenAI's above, or Anthropic's
 anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}, whose reset is the RFC 3339
-time (UTC, milliseconds) at which the bucket is whole again.
+time (UTC, milliseconds) at which the bucket is whole again and whose token `remaining` is
+rounded to the nearest thousand, as Anthropic documents; Anthropic's 429s carry Retry-After
+alone (whole seconds), never retry-after-ms.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ class Limit:
         reset_s = (bucket.capacity - level) / bucket.rate
         if style == "anthropic":
             out[f"anthropic-ratelimit-{k}-limit"] = f"{self.per_minute:g}"
-            out[f"anthropic-ratelimit-{k}-remaining"] = str(int(level))
+            shown = math.floor(level / 1000 + 0.5) * 1000 if k == "tokens" else int(level)
+            out[f"anthropic-ratelimit-{k}-remaining"] = str(shown)
             out[f"anthropic-ratelimit-{k}-reset"] = rfc3339_in(reset_s)
             return
         out[f"x-ratelimit-limit-{k}"] = f"{self.per_minute:g}"

@@ -32,10 +32,10 @@ from runner.results.compare_html import (
     text_block,
 )
 from runner.results.compare_usage import failed_turn, spent
+from runner.results.diff import held_rows
 from runner.results.reader import latest_transcripts
 from runner.results.records import outcome
 from runner.results.report import cells, money
-from runner.results.stats import report_rows
 from runner.results.store import read_manifest
 
 
@@ -72,7 +72,8 @@ def load(run_dirs: list[Path]) -> Runs:
         sides = {}
         for name in (t["name"] for t in manifest.get("targets", [])):
             sides[name] = Side(f"{label} · {name}" if len(run_dirs) > 1 else name, label, name)
-        for record in latest_transcripts(run_dir).values():
+        held = latest_transcripts(run_dir)
+        for record in held.values():
             target = record["target"]
             side = sides.setdefault(target, Side(f"{label} · {target}", label, target))
             side.records[key_of(record)] = record
@@ -80,7 +81,8 @@ def load(run_dirs: list[Path]) -> Runs:
             loaded.scenario_files.setdefault(record["scenario_id"], record.get("scenario_file", ""))
             loaded.tags.setdefault(record["scenario_id"], list(record.get("tags") or []))
         spent(run_dir, manifest, list(sides.values()))
-        loaded.runs.append((label, manifest, report_rows(run_dir)))  # the report's own table
+        rows = held_rows(run_dir, manifest, held.values())  # the report's own table
+        loaded.runs.append((label, manifest, rows))
         loaded.sides += sides.values()
     files = loaded.scenario_files  # a stable order: file, scenario, vars, sample
     loaded.keys = sorted(seen, key=lambda k: (files.get(k[0], ""), *k))

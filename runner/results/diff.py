@@ -13,14 +13,15 @@ that does not pass, and a new run that did not complete (see `gate`).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.errors import InputError
-from runner.results.reader import latest_transcripts
+from runner.results.reader import RunRecords, latest_transcripts
 from runner.results.records import outcome, why
-from runner.results.stats import report_rows
+from runner.results.stats import Summary, add_attempts, rows_of
 from runner.results.store import read_manifest
 from runner.results.verdicts import RateChange, compare
 
@@ -103,8 +104,8 @@ def diff_runs(base_dir: Path, new_dir: Path, text: bool = False, match: str = "i
     by `match` (MATCH)."""
     base_manifest, new_manifest = read_manifest(base_dir), read_manifest(new_dir)
     check_match(base_dir, base_manifest, new_dir, new_manifest, match)
-    base = keyed(latest_transcripts(base_dir), match)
-    new = keyed(latest_transcripts(new_dir), match)
+    base_records, new_records = latest_transcripts(base_dir), latest_transcripts(new_dir)
+    base, new = keyed(base_records, match), keyed(new_records, match)
     result = Diff(base_manifest["run_id"], new_manifest["run_id"], match=match)
     for key, before in base.items():
         after = new.get(key)
@@ -122,14 +123,27 @@ def diff_runs(base_dir: Path, new_dir: Path, text: bool = False, match: str = "i
         _change(r, "new", outcome(r), why(r)) for r in added if outcome(r) != "pass"
     ]
     result.incomplete = incomplete(new_manifest)
-    result.targets = target_deltas(*_paired_rows(base_dir, new_dir, match))
+    base_rows = held_rows(base_dir, base_manifest, base_records.values())
+    new_rows = held_rows(new_dir, new_manifest, new_records.values())
+    result.targets = target_deltas(*_paired_rows(base_rows, new_rows, match))
     _by_rate(result, base, new)
     return result
 
 
-def _paired_rows(base_dir: Path, new_dir: Path, match: str) -> tuple[list[Any], list[Any]]:
+def held_rows(
+    run_dir: Path, manifest: dict[str, Any], records: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A run's report rows (report_rows) from its newest records already read, in file
+    order: only its attempts are read (usage.jsonl), not the transcripts again."""
+    summary = Summary()
+    for record in records:
+        summary.add(record)
+    add_attempts(summary, RunRecords(run_dir, manifest))
+    return rows_of(summary, manifest)
+
+
+def _paired_rows(base: list[Any], new: list[Any], match: str) -> tuple[list[Any], list[Any]]:
     """Both runs' report rows; paired by scenario, the one target of each is one row."""
-    base, new = report_rows(base_dir), report_rows(new_dir)
     if match == "scenario" and len(base) == len(new) == 1 and base[0]["target"] != new[0]["target"]:
         base[0]["target"] = new[0]["target"] = f"{base[0]['target']} -> {new[0]['target']}"
     return base, new

@@ -23,7 +23,7 @@ from xml.sax.saxutils import quoteattr
 from runner.outfile import output_file
 from runner.results.reader import RunRecords
 from runner.results.store import TRANSCRIPTS, read_at, read_manifest
-from runner.results.verdicts import Group, Key, run_groups
+from runner.results.verdicts import Group, Key, add_to
 
 if TYPE_CHECKING:
     from runner.spec.plan import Plan
@@ -67,38 +67,55 @@ def write_junit(run_dir: Path, path: Path, plan: Plan | None) -> None:
     counts, a second writes one testcase at a time. `plan` names the conversations not run
     (the first LISTED of them; the rest are counted, and the file says so)."""
     manifest = read_manifest(run_dir)
-    grouped = {k: g for k, g in run_groups(run_dir).items() if g.repeated or g.min_pass_rate}
-    suites = _suites(RunRecords(run_dir, manifest), manifest, plan, grouped)
+    suites = _suites(RunRecords(run_dir, manifest), manifest, plan)
     with output_file(path) as fh:  # `-`, a special file in place, else replaced whole
         for piece in _document(suites, manifest, run_dir / TRANSCRIPTS):
             fh.write(piece.encode("utf-8"))
 
 
-def _suites(
-    records: RunRecords, manifest: dict[str, Any], plan: Plan | None, grouped: dict[Key, Group]
-) -> list[Suite]:
-    """Every suite counted: the run's newest records (those of GROUPED scenarios as one
-    testcase per group), then what the plan has not run."""
+def _suites(records: RunRecords, manifest: dict[str, Any], plan: Plan | None) -> list[Suite]:
+    """Every suite counted in one read of the run's newest records: those of a scenario
+    grouped (repeated, or with a min_pass_rate: known once all are read) are one testcase
+    per group, the others one each; then what the plan has not run."""
     suites = {t["name"]: Suite(t["name"]) for t in manifest.get("targets", [])}
+    groups: dict[Key, Group] = {}
+    owners: dict[str, list[Group]] = {}  # each suite's offsets' groups, in step with them
+    counts: dict[Key, list[int]] = {}  # a group's records' errors and failures, one each
     recorded: set[str] = set()
     for offset, record in records.newest():
         suite = suites.setdefault(record["target"], Suite(record["target"]))
-        suite.seconds += _seconds(record)
+        seconds = _seconds(record)
+        suite.seconds += seconds
         suite.recorded += 1
         recorded.add(record["conversation_id"])
-        group = grouped.get((record["scenario_id"], record["target"]))
-        if group is not None:
-            group.seconds += _seconds(record)
-            continue
-        suite.tests += 1
+        add_to(groups, record)
+        key = (record["scenario_id"], record["target"])
+        groups[key].seconds += seconds
         suite.offsets.append(offset)
+        owners.setdefault(suite.name, []).append(groups[key])
         outcome = _outcome(record)
-        suite.errors += outcome == "error"
-        suite.failures += outcome == "failure"
+        tally = counts.setdefault(key, [0, 0])
+        tally[0] += outcome == "error"
+        tally[1] += outcome == "failure"
+    grouped = {k: g for k, g in groups.items() if _is_grouped(g)}
+    for name, owned in owners.items():
+        suite = suites[name]
+        pairs = zip(suite.offsets, owned, strict=True)
+        suite.offsets = [offset for offset, g in pairs if not _is_grouped(g)]
+    for key, (errors, failures) in counts.items():
+        if key not in grouped:
+            suite = suites[key[1]]
+            suite.tests += groups[key].samples
+            suite.errors, suite.failures = suite.errors + errors, suite.failures + failures
     _add_groups(suites, grouped)
     if plan is not None:
         _not_run(plan, suites, recorded)
     return list(suites.values())
+
+
+def _is_grouped(group: Group) -> bool:
+    """A repeated scenario, or one with a min_pass_rate: one testcase for all its samples."""
+    return group.repeated or bool(group.min_pass_rate)
 
 
 def _add_groups(suites: dict[str, Suite], grouped: dict[Key, Group]) -> None:

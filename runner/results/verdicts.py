@@ -20,13 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from runner.results.reader import RunRecords
 from runner.results.records import outcome, why
-from runner.results.store import read_manifest
 
 ALPHA = 0.05  # a drop is significant below this p-value
 POWER = 0.8  # of the sample size said to detect a drop
@@ -185,12 +182,6 @@ def add_to(groups: dict[Key, Group], record: dict[str, Any], target: str | None 
     key = (record["scenario_id"], target or record["target"])
     group = groups.get(key) or groups.setdefault(key, Group(*key))
     group.add(record)
-
-
-def run_groups(run_dir: Path) -> dict[Key, Group]:
-    """The groups of a run folder, read streamed (the run's own newest records)."""
-    records = RunRecords(run_dir, read_manifest(run_dir))
-    return tally(record for _, record in records.newest())
 
 
 def shown(groups: Iterable[Group]) -> list[Group]:
