@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from conftest import Played, holding_one, play, spawn, wait_until
 from test_reliability import signal_pending
 
 from runner.errors import WriteError
+from runner.results import store
 from runner.results.store import JsonlWriter, RunLock
 
 CONVERSATIONS = "id: t\nturns: ['{{n}}: one', two, three]\nvars:\n  n: {n}\n"
@@ -139,6 +141,7 @@ def test_a_record_file_deleted_during_the_run_is_a_write_error(tmp_path):
     writer = JsonlWriter(tmp_path / "x.jsonl")
     writer.write({"a": 1})
     os.unlink(tmp_path / "x.jsonl")
+    time.sleep(store.LINK_CHECK_S)  # looked at that often (an fstat per record cost too much)
     with pytest.raises(WriteError, match="deleted"):
         writer.write({"a": 2})
     (tmp_path / "x.jsonl").write_text("")  # the space came back: still nothing more goes in

@@ -13,8 +13,10 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +34,7 @@ MANIFEST = "run.json"
 
 
 LOCK = "run.lock"
+LINK_CHECK_S = 0.05  # how often an appended file is checked to still be in its folder
 # the files a run writes in its folder: none of them may be a symbolic link
 RUN_FILES = (TRANSCRIPTS, USAGE, MANIFEST, MANIFEST + ".tmp", LOCK)
 # a manifest that cannot be replaced for these reasons is rewritten in place, if it can be:
@@ -68,6 +71,7 @@ class _RecordFile:
             repair_torn_tail(path)
             self._fd = open_own(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self._size = os.fstat(self._fd).st_size
+            self._checked = -math.inf  # the first record looks
         except OSError as exc:
             raise write_error(path, exc) from None
 
@@ -75,8 +79,7 @@ class _RecordFile:
         if self.failed is not None:  # once a write failed, nothing more goes in (flapping space)
             raise self.failed
         try:
-            if os.fstat(self._fd).st_nlink == 0:  # appending to it would go nowhere
-                raise FileNotFoundError(errno.ENOENT, "the file was deleted during the run")
+            self._check_linked()
             written = 0
             while written < len(data):
                 n = os.write(self._fd, data[written:])
@@ -88,6 +91,16 @@ class _RecordFile:
             self.failed = write_error(self.path, exc)
             raise self.failed from None
         self._size += written
+
+    def _check_linked(self) -> None:
+        """A file deleted during the run would take appends to nowhere: it is looked at
+        every LINK_CHECK_S (an fstat per record cost more than the write itself)."""
+        now = time.monotonic()
+        if now - self._checked < LINK_CHECK_S:
+            return
+        self._checked = now
+        if os.fstat(self._fd).st_nlink == 0:
+            raise FileNotFoundError(errno.ENOENT, "the file was deleted during the run")
 
     def _cut_back(self) -> None:
         """Cut away whatever part of a record got written (best effort: the disk may refuse)."""
@@ -174,16 +187,6 @@ def _last_newline_end(fh: IO[bytes], size: int) -> int:
         if idx >= 0:
             return pos + idx + 1
     return 0
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Every whole record of a JSONL file, streamed; a line torn by a kill is skipped."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return
-    with fh, jsonlines.Reader(fh, loads=from_json) as reader:
-        yield from reader.iter(type=dict, skip_invalid=True, skip_empty=True)
 
 
 def lines_of(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None]]:

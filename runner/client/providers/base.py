@@ -278,7 +278,7 @@ def loads(text: str | bytes, what: str) -> Any:
     """json.loads that turns a bad body into a retryable ApiError (a leading BOM is dropped).
     JSON of more than MAX_VALUES values is malformed before it is parsed."""
     text = text.removeprefix(b"\xef\xbb\xbf") if isinstance(text, bytes) else text.removeprefix(BOM)
-    if values(text) > MAX_VALUES:
+    if len(text) > MAX_VALUES and values(text) > MAX_VALUES:  # each value takes a byte
         raise malformed(f"{what} holds more than {MAX_VALUES:,} JSON values; no reply does")
     try:
         return from_json(text)
