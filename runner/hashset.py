@@ -21,26 +21,25 @@ class HashSet:
 
     def add(self, key: int) -> bool:
         """Add KEY; True when it was there already."""
-        table, mask = self.table, len(self.table) - 1
-        i = key & mask
-        while table[i]:
-            if table[i] == key:
-                return True
-            i = (i + 1) & mask
-        table[i] = key
+        i = self._slot(key)
+        if self.table[i]:
+            return True
+        self.table[i] = key
         self.count += 1
-        if self.count * 2 > len(table):
+        if self.count * 2 > len(self.table):
             self._grow()
         return False
 
     def __contains__(self, key: int) -> bool:
+        return bool(self.table[self._slot(key)])
+
+    def _slot(self, key: int) -> int:
+        """Where KEY is, or the empty slot where it would go (linear probing)."""
         table, mask = self.table, len(self.table) - 1
         i = key & mask
-        while table[i]:
-            if table[i] == key:
-                return True
+        while table[i] and table[i] != key:
             i = (i + 1) & mask
-        return False
+        return i
 
     def _grow(self) -> None:
         old, self.table, self.count = self.table, array("Q", bytes(16 * len(self.table))), 0
