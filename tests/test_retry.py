@@ -10,7 +10,7 @@ import pytest
 from multidict import CIMultiDict
 
 from runner.client.limits import AdaptiveLimit, TokenBucket
-from runner.client.providers.base import Reply, classify, retry_after
+from runner.client.providers.base import Reply, classify, retry_after, whole_second_wait
 from runner.client.providers.gemini import Gemini
 from runner.client.providers.openai_chat import openai_error
 from runner.client.retry import RetryPolicy, retrying
@@ -127,6 +127,14 @@ def test_retry_after_header_forms():
     assert 25 < retry_after(CIMultiDict({"Retry-After": when})) <= 30
     assert retry_after(CIMultiDict({"Retry-After": "soon"})) is None
     assert retry_after(CIMultiDict()) is None
+
+
+def test_a_wait_said_in_whole_seconds_alone_is_known_as_such():
+    assert whole_second_wait(CIMultiDict({"Retry-After": "1"}), 1.0)
+    assert not whole_second_wait(CIMultiDict({"retry-after-ms": "1000", "Retry-After": "1"}), 1.0)
+    assert not whole_second_wait(CIMultiDict({"Retry-After": "1.5"}), 1.5)
+    assert not whole_second_wait(CIMultiDict({"Retry-After": "2"}), 0.5)  # the body said 0.5 s
+    assert not whole_second_wait(None, 1.0)
 
 
 def test_gemini_retry_info_delay():

@@ -13,7 +13,7 @@ from runner.client.cache import Cache
 from runner.client.limits import AdaptiveLimit, TokenBucket
 from runner.client.pacing import Mark, Pacer
 from runner.client.providers import Call, Reply
-from runner.client.providers.base import Request, cut_message, mask
+from runner.client.providers.base import Request, cut_message, mask, whole_second_wait
 from runner.client.providers.body import MB, Limits
 from runner.client.providers.transport import Http, Transport
 from runner.client.retry import Breaker, RetryPolicy, retrying
@@ -167,7 +167,8 @@ class TargetClient:
         if err.kind is Kind.RATE_LIMIT:
             empty = self.pacer.refused(err.headers, err.message, marks, cost)
             if empty is not None and err.retry_after is not None:
-                err.retry_after = empty.retry_after(err.retry_after, err.headers)
+                whole = whole_second_wait(err.headers, err.retry_after)
+                err.retry_after = empty.retry_after(err.retry_after, whole)
         else:
             self.pacer.failed()
         overloaded = err.retryable and err.status in self.provider.overloaded and empty is None

@@ -22,13 +22,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from runner.client.limits import Sleep
 from runner.client.providers.ratelimits import X_RATELIMIT, RateHeaders, reset_seconds
-
-RETRY_AFTER, RETRY_AFTER_MS = "retry-after", "retry-after-ms"
 
 
 @dataclass(slots=True, frozen=True)
@@ -168,16 +166,12 @@ class Budget:
         began = self.began if self.began is not None else first.at
         return max(1.0, first.sent - first.refused - rate * (first.at - began))
 
-    def retry_after(self, given: float, headers: Any) -> float:
+    def retry_after(self, given: float, whole_second: bool) -> float:
         """The wait a 429 of this budget asks for, to be trusted to the second it is given in:
-        a Retry-After of whole seconds alone (no retry-after-ms) cannot say less than 1 s,
-        so once this budget's rate is measured, the learned bucket decides within its last
-        second (the retry waits its turn in take(), as every other request does)."""
-        told = headers.get(RETRY_AFTER) if headers is not None else None
-        if not self.measured or told is None or headers.get(RETRY_AFTER_MS) is not None:
-            return given
-        whole = told.strip().isdigit() and float(told) == given >= 1
-        return given - 1.0 if whole else given
+        a wait said in whole seconds alone (`whole_second`) cannot say less than 1 s, so once
+        this budget's rate is measured, the learned bucket decides within its last second
+        (the retry waits its turn in take(), as every other request does)."""
+        return given - 1.0 if self.measured and whole_second and given >= 1 else given
 
     def stated(self, headers: Any, remaining: float) -> None:
         """The rate the headers imply: the used part of the stated limit over its reset.
@@ -237,7 +231,7 @@ class Pacer:
         """Wait until both budgets hold this request, charge it, and mark its sending."""
         req, tok = await self.requests.take(1.0), await self.tokens.take(tokens)
         self.flying += 1
-        return replace(req, flying=self.flying), tok
+        return Mark(req.at, req.sent, req.refused, self.flying), tok
 
     def answered(self, headers: Any, marks: tuple[Mark, Mark], tokens: float) -> None:
         """An admitted request's answer: the rates its headers imply (when it has headers),

@@ -333,6 +333,15 @@ def retry_after(headers: Any) -> float | None:
     return max(0.0, when - time.time())
 
 
+def whole_second_wait(headers: Any, given: float) -> bool:
+    """Whether GIVEN (retry_after's answer) came from a Retry-After of whole seconds alone,
+    no retry-after-ms: a wait said that way cannot be less than a second."""
+    if headers is None or headers.get("retry-after-ms") is not None:
+        return False
+    value = (headers.get("retry-after") or "").strip()
+    return value.isdigit() and float(value) == given
+
+
 def seconds(value: Any) -> float | None:
     """A number of seconds of at least 0 (a finite float), else None."""
     try:
