@@ -79,29 +79,27 @@ def _suites(records: RunRecords, manifest: dict[str, Any], plan: Plan | None) ->
     per group, the others one each; then what the plan has not run."""
     suites = {t["name"]: Suite(t["name"]) for t in manifest.get("targets", [])}
     groups: dict[Key, Group] = {}
-    owners: dict[str, list[Group]] = {}  # each suite's offsets' groups, in step with them
+    placed: list[tuple[Suite, int, Key]] = []  # each record's suite, offset and group, in order
     counts: dict[Key, list[int]] = {}  # a group's records' errors and failures, one each
     recorded: set[str] = set()
     for offset, record in records.newest():
         suite = suites.setdefault(record["target"], Suite(record["target"]))
+        key = (record["scenario_id"], record["target"])
         seconds = _seconds(record)
         suite.seconds += seconds
         suite.recorded += 1
         recorded.add(record["conversation_id"])
         add_to(groups, record)
-        key = (record["scenario_id"], record["target"])
         groups[key].seconds += seconds
-        suite.offsets.append(offset)
-        owners.setdefault(suite.name, []).append(groups[key])
+        placed.append((suite, offset, key))
         outcome = _outcome(record)
         tally = counts.setdefault(key, [0, 0])
         tally[0] += outcome == "error"
         tally[1] += outcome == "failure"
     grouped = {k: g for k, g in groups.items() if _is_grouped(g)}
-    for name, owned in owners.items():
-        suite = suites[name]
-        pairs = zip(suite.offsets, owned, strict=True)
-        suite.offsets = [offset for offset, g in pairs if not _is_grouped(g)]
+    for suite, offset, key in placed:
+        if key not in grouped:
+            suite.offsets.append(offset)
     for key, (errors, failures) in counts.items():
         if key not in grouped:
             suite = suites[key[1]]
