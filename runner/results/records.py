@@ -112,7 +112,7 @@ def why(record: dict[str, Any]) -> str:
 
 def attempt_record(
     conversation_id: str,
-    turn: int,
+    turn: int | tuple[int, int],
     attempt: int,
     target: str,
     model: str,
@@ -120,13 +120,16 @@ def attempt_record(
     reply: Reply | None,
     latency_ms: float,
 ) -> dict[str, Any]:
-    """One HTTP attempt (usage.jsonl): status is 200 or the error's status (else its kind)."""
+    """One HTTP attempt (usage.jsonl): status is 200 or the error's status (else its kind).
+    TURN with tools is (turn, request): which request of the turn's tool loop it was."""
     usage = reply.usage if reply else NO_TOKENS
     ttft = reply.ttft_ms if reply else None
+    turn, request = turn if isinstance(turn, tuple) else (turn, None)
     return {
         "version": VERSION,
         "conversation_id": conversation_id,
         "turn": turn,
+        **({"request": request} if request is not None else {}),
         "attempt": attempt,
         "target": target,
         "model": model,

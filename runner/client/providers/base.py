@@ -22,7 +22,7 @@ from runner.client.providers.ratelimits import X_RATELIMIT, RateHeaders
 from runner.encoding import from_json
 from runner.errors import ApiError, Kind
 from runner.finish import normalise
-from runner.messages import Message
+from runner.messages import Message, Tool, ToolCall
 from runner.usage import Usage, no_usage
 
 
@@ -38,6 +38,7 @@ class Reply:
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     headers: Any = None  # the response's headers (rate-limit pacing reads them)
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls the reply makes, in order
 
     @property
     def finish_reason(self) -> str | None:
@@ -57,6 +58,7 @@ class Call:
     stream: bool
     previous_id: str | None = None
     cache: bool = False
+    tools: tuple[Tool, ...] = ()  # the tools the model may call
 
 
 @dataclass(slots=True)
@@ -224,6 +226,32 @@ def items(value: Any, what: str) -> list[Any]:
 def fields(value: Any, what: str) -> dict[str, Any]:
     """An object the protocol defines (absent or null: empty)."""
     return {} if value is None else want(value, dict, what)
+
+
+def arguments(text: Any, what: str) -> str:
+    """A call's arguments as the protocol sends them (JSON text of an object); anything else
+    is a malformed reply."""
+    text = want(text, str, what)
+    try:
+        value = from_json(text) if text.strip() else {}
+    except ValueError:
+        raise malformed(f"{what} is not valid JSON: {text[:200]!r}") from None
+    want(value, dict, what)
+    return text
+
+
+def arguments_object(call: ToolCall) -> dict[str, Any]:
+    """A call's arguments as an object (Gemini's args, Anthropic's input)."""
+    value = from_json(call.arguments) if call.arguments.strip() else {}
+    return value if isinstance(value, dict) else {}
+
+
+def result_value(content: str) -> Any:
+    """A tool result's text as JSON when it is JSON, else the text."""
+    try:
+        return from_json(content)
+    except ValueError:
+        return content
 
 
 def text_or_none(value: Any, what: str) -> str | None:
