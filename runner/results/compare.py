@@ -34,7 +34,7 @@ from runner.results.compare_html import (
 from runner.results.compare_usage import failed_turn, spent
 from runner.results.diff import held_rows
 from runner.results.reader import latest_transcripts
-from runner.results.records import outcome
+from runner.results.records import message_text, outcome
 from runner.results.report import cells, money
 from runner.results.store import read_manifest
 
@@ -290,23 +290,49 @@ def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
     if longest is None:
         return []
     rows: list[Row] = []
-    turns, k, previous = longest["turns"], 0, None
+    turns, k, skip = longest["turns"], 0, 0
     for message in longest["messages"]:
-        role, content = message["role"], message["content"]
-        if role == "system":
+        role, content = message["role"], message_text(message)
+        if skip:  # a generated message: shown in the turn's cells
+            skip -= 1
+        elif role == "system":
             rows.append(_full("system", content))
         elif role == "user":
-            if k < len(turns) and turns[k]["user"] == content or k == failed_turn(longest):
+            said = message_text(
+                {"content": [p for p in _parts(message) if p.get("type") == "text"]}
+            )
+            if k < len(turns) and turns[k]["user"] == said or k == failed_turn(longest):
                 rows.append((k, content))  # answered, or the turn the conversation failed at
+                skip = _generated(turns[k]) if k < len(turns) else 0
                 k += 1
             else:
                 rows.append(_full("user", content))  # one no turn answered (scenarios differ)
-        elif previous == "user" and k and rows and rows[-1] == (k - 1, turns[k - 1]["user"]):
-            pass  # the generated reply: shown in the turn's cells
         else:
-            rows.append(_full("script", content, "assistant (scripted)"))
-        previous = role
+            rows.append(_full("script", content, f"{role} (scripted)"))
     return rows
+
+
+def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message["content"]
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+
+
+def _generated(turn: dict[str, Any]) -> int:
+    """How many messages a turn's replies put in the history: one per request of its tool
+    loop, and one per result sent."""
+    return len(turn.get("request_attempts") or [1]) + len(turn.get("tool_calls") or ())
+
+
+def _calls_block(turn: dict[str, Any]) -> str:
+    """A turn's tool calls and the results sent, folded."""
+    calls = turn.get("tool_calls") or []
+    if not calls:
+        return ""
+    lines = [f"-> {c.get('name')}({c.get('arguments')})\n<- {c.get('result')}" for c in calls]
+    return (
+        f'<details class="calls"><summary>{len(calls)} tool call{"s" * (len(calls) > 1)}'
+        f'</summary><div class="text">{esc(chr(10).join(lines))}</div></details>'
+    )
 
 
 def _full(cls: str, text: str, role: str = "") -> str:
@@ -353,7 +379,7 @@ def _reply_cell(turn: dict[str, Any] | None, text: str | None = None) -> str:
         meta.append(esc(turn["finish_reason"]))
     checks = "".join(check_item(c) for c in turn.get("checks") or [])
     return (
-        f'<div class="reply">{text_block(turn.get("assistant") or "", text)}'
+        f'<div class="reply">{_calls_block(turn)}{text_block(turn.get("assistant") or "", text)}'
         f'<div class="meta">{" · ".join(meta)}</div>'
         + (f'<ul class="checks">{checks}</ul>' if checks else "")
         + "</div>"
