@@ -110,7 +110,9 @@ def tool_calls(messages: Sequence[Message], tools: Collection[str]) -> tuple[Cal
         except ValueError:
             continue
         if match.group(1) in tools and isinstance(args, dict):
-            calls.append((match.group(1), json.dumps(args, ensure_ascii=False)))
+            calls.append(
+                (match.group(1), json.dumps(args, ensure_ascii=False, separators=(",", ":")))
+            )
     return tuple(calls)
 
 
