@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 from conftest import cli, play, read_jsonl
@@ -103,7 +102,8 @@ def test_checks_on_calls_fail_with_reasons(tmp_path, mock_server):
     text = scenario(
         "tool_results: {get_weather: sunny}\n"
         'turns:\n  - user: \'call get_weather {"city": "Rome"}\'\n'
-        "    expect: {tool_called: {name: get_weather, args: {city: Paris}}, no_tool_called: true}\n"
+        "    expect:\n      tool_called: {name: get_weather, args: {city: Paris}}\n"
+        "      no_tool_called: true\n"
     )
     played = play(tmp_path, text, server=mock_server)
     assert played.result.exit_code == 1, played.result.output
