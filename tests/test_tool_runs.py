@@ -312,3 +312,34 @@ def test_diff_flags_a_changed_tool_call(tmp_path, mock_server):
     (change,) = json.loads(result.output)["text_changes"]
     assert '-> get_weather({"city":"Oslo"})' in change["before"]
     assert '-> get_weather({"city":"Bergen"})' in change["after"]
+
+
+GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+
+
+def test_a_target_that_cannot_take_the_image_type_refuses_at_load_time(tmp_path, mock_server):
+    (tmp_path / "a.gif").write_bytes(GIF)
+    text = "id: s\nturns:\n  - hi\n  - user: [{text: see}, {image: a.gif}]\n"
+    played = play(tmp_path, text, server=mock_server, targets=("chat", "gemini"))
+    assert played.result.exit_code == 2, played.result.output
+    assert "s.yaml:4: target 'gemini' (gemini) takes no image/gif images (a.gif)" in (
+        played.result.output
+    )
+    assert mock_server.requests == []
+    assert play(tmp_path, text, server=mock_server, targets=("chat",)).result.exit_code == 0
+
+
+def test_server_context_sends_only_the_results_chained_to_the_call(tmp_path, mock_server):
+    text = scenario(
+        "tool_results: {get_weather: sunny}\ncontext: server\n"
+        'turns:\n  - user: \'call get_weather {"city": "Rome"}\'\n'
+        "    expect: {contains: ['tool results: sunny']}\n"
+    )
+    played = play(tmp_path, text, "--stream", server=mock_server, targets=("responses",))
+    assert played.result.exit_code == 0, played.result.output
+    first, second = (r["json"] for r in mock_server.requests)
+    (call,) = played.transcripts[0]["turns"][0]["tool_calls"]
+    assert second["input"] == [
+        {"type": "function_call_output", "call_id": call["id"], "output": "sunny"}
+    ]
+    assert second["previous_response_id"] and "previous_response_id" not in first

@@ -147,6 +147,7 @@ class Capabilities:
     stream_usage: bool = False  # a stream reports token usage
     batch: bool = False  # a batch API takes many requests at once
     images: bool = False  # image parts in messages
+    image_types: tuple[str, ...] = ("image/png", "image/jpeg", "image/gif", "image/webp")
     tools: bool = False  # tool calls and tool results
     cache_marks: bool = False  # `cache: true` marks the prompt's prefix for the server's cache
 

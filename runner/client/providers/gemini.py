@@ -113,8 +113,9 @@ class Gemini(Provider):
     default_base_url = "https://generativelanguage.googleapis.com"
     key_env = "GEMINI_API_KEY"
     auth_modes = ("x-goog-api-key", "query", "bearer", "raw")
-    capabilities = Capabilities(  # seed: generationConfig.seed
-        seed=True, stream_usage=True, batch=True, images=True, tools=True
+    capabilities = Capabilities(  # seed: generationConfig.seed; no GIF images
+        seed=True, stream_usage=True, batch=True, images=True, tools=True,
+        image_types=("image/png", "image/jpeg", "image/webp"),
     )
     mock_target = ("mock-gemini", "mock-gemini")
 
