@@ -314,7 +314,7 @@ def test_diff_flags_a_changed_tool_call(tmp_path, mock_server):
     assert '-> get_weather({"city":"Bergen"})' in change["after"]
 
 
-GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+GIF = b"GIF89a" + bytes(20)  # the type is known by its first bytes
 
 
 def test_a_target_that_cannot_take_the_image_type_refuses_at_load_time(tmp_path, mock_server):
