@@ -114,7 +114,11 @@ class Gemini(Provider):
     key_env = "GEMINI_API_KEY"
     auth_modes = ("x-goog-api-key", "query", "bearer", "raw")
     capabilities = Capabilities(  # seed: generationConfig.seed; no GIF images
-        seed=True, stream_usage=True, batch=True, images=True, tools=True,
+        seed=True,
+        stream_usage=True,
+        batch=True,
+        images=True,
+        tools=True,
         image_types=("image/png", "image/jpeg", "image/webp"),
     )
     mock_target = ("mock-gemini", "mock-gemini")
