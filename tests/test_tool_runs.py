@@ -9,6 +9,7 @@ import json
 
 import pytest
 from conftest import cli, play, read_jsonl
+from test_compare import Elements, chromium, needs_browser
 
 PROTOCOLS = ["chat", "responses", "gemini", "anthropic"]
 TOOLS = """
@@ -343,3 +344,27 @@ def test_server_context_sends_only_the_results_chained_to_the_call(tmp_path, moc
         {"type": "function_call_output", "call_id": call["id"], "output": "sunny"}
     ]
     assert second["previous_response_id"] and "previous_response_id" not in first
+
+
+@needs_browser
+def test_the_compare_page_shows_calls_folded_and_images_as_thumbnails(tmp_path, mock_server):
+    (tmp_path / "cat.png").write_bytes(PNG)
+    text = (
+        EXPORTED
+        + "  - user: [{text: and this}, {image: cat.png}, {image: 'https://x.org/a.png'}]\n"
+    )
+    played = play(tmp_path, text, server=mock_server)
+    assert played.result.exit_code == 0, played.result.output
+    page = tmp_path / "compare.html"
+    assert cli("compare", played.run_dir, "--html", page).exit_code == 0
+    dom = Elements(chromium(tmp_path, page.as_uri(), "--dump-dom"))
+    calls = dom.having("details", "calls")
+    assert len(calls) == 1  # the turn that called get_weather twice
+    assert "2 tool calls" in "".join(dom.text)
+    assert '-> get_weather({"city":"Paris"})' in "".join(dom.text)
+    thumbs = dom.having("img", "thumb")
+    png = base64.b64encode(PNG).decode()
+    assert [(t["alt"], t["src"]) for t in thumbs] == [("cat.png", f"data:image/png;base64,{png}")]
+    assert "[image: https://x.org/a.png]" in "".join(dom.text)  # named, never fetched
+    # the scripted call and its result are shown as scripted rows
+    assert "tool (scripted)" in "".join(dom.text)

@@ -30,6 +30,7 @@ from runner.results.compare_html import (
     histogram,
     number,
     text_block,
+    thumbnails,
 )
 from runner.results.compare_usage import failed_turn, spent
 from runner.results.diff import held_rows
@@ -280,7 +281,8 @@ def _side_head(side: Side, record: dict[str, Any] | None) -> str:
     return f'<div class="side">{esc(side.label)} {badge}<div class="sub">{sub}</div>{note}</div>'
 
 
-Row = tuple[int, str] | str  # a generated turn (index, user text), or a full-width row's HTML
+Row = tuple[int, str, str] | str  # a generated turn (index, user text, its images' HTML), or
+# a full-width row's HTML
 
 
 def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
@@ -302,7 +304,8 @@ def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
                 {"content": [p for p in _parts(message) if p.get("type") == "text"]}
             )
             if k < len(turns) and turns[k]["user"] == said or k == failed_turn(longest):
-                rows.append((k, content))  # answered, or the turn the conversation failed at
+                shown = thumbnails(_parts(message), longest.get("scenario_file"))
+                rows.append((k, content, shown))  # answered, or the turn it failed at
                 skip = _generated(turns[k]) if k < len(turns) else 0
                 k += 1
             else:
@@ -341,10 +344,11 @@ def _full(cls: str, text: str, role: str = "") -> str:
 
 
 def _turn_cells(
-    sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str]
+    sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str, str]
 ) -> str:
-    index, user = row
-    cells = [f'<div class="full user"><span class="role">user</span>{text_block(user)}</div>']
+    index, user, images = row
+    said = f'<span class="role">user</span>{text_block(user)}{images}'
+    cells = [f'<div class="full user">{said}</div>']
     turns = [
         next((t for t in record["turns"] if t["index"] == index), None) if record else None
         for record in records
@@ -373,7 +377,10 @@ def _reply_cell(turn: dict[str, Any] | None, text: str | None = None) -> str:
             meta.insert(2, f"{number(usage[key])} {label}")
     if turn.get("ttft_ms") is not None:
         meta.append("ttft " + number(turn["ttft_ms"], " ms"))
-    if (turn.get("attempts") or 1) > 1:
+    requests = len(turn.get("request_attempts") or [1])
+    if requests > 1:
+        meta.append(f"{requests} requests")
+    if (turn.get("attempts") or 1) > requests:
         meta.append(f"{turn['attempts']} attempts")
     if turn.get("finish_reason"):
         meta.append(esc(turn["finish_reason"]))

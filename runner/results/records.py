@@ -235,9 +235,9 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         content = "".join(
             str(p.get("text", "")) if p.get("type") == "text"
-            else f"[image: {(p.get('image_url') or {}).get('url')}]"
+            else f" [image: {(p.get('image_url') or {}).get('url')}]"
             for p in content if isinstance(p, dict)
-        )  # fmt: skip
+        ).strip()  # fmt: skip
     calls = [
         f"-> {c['function']['name']}({c['function']['arguments']})"
         for c in message.get("tool_calls") or ()
