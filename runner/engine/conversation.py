@@ -117,8 +117,9 @@ async def _exchange(
     """Send the turn; while the reply calls tools, answer each call with its scripted
     result (in order) and send again; the reply without calls ends the turn."""
     scenario = conv.scenario
-    played: Played | None = None
     usage, latency, calls = no_usage(), 0.0, tuple[ToolCall, ...]()
+    tries: list[int] = []  # attempts of each request
+    ttft: float | None = None  # of the turn's first request
     for request in range(scenario.max_tool_rounds + 1):
         sent = sent_messages(scenario, history, chain.since_reply)
         n_sent = len(sent) + (system is not None)
@@ -134,16 +135,12 @@ async def _exchange(
         chain.previous_id = reply.response_id if isinstance(scenario.context, Server) else None
         add_usage(usage, reply.usage)
         latency += reply.latency_ms
-        if played is None:
-            played = Played(reply, 0, n_sent)
-        played.attempts += attempts
-        played.request_attempts.append(attempts)
+        ttft = reply.ttft_ms if not tries else ttft
+        tries.append(attempts)
         calls += made
         if not made:
-            total = dataclasses.replace(
-                reply, usage=usage, latency_ms=latency, ttft_ms=played.reply.ttft_ms
-            )
-            return Played(total, played.attempts, n_sent, calls, played.request_attempts)
+            total = dataclasses.replace(reply, usage=usage, latency_ms=latency, ttft_ms=ttft)
+            return Played(total, sum(tries), n_sent, calls, tries)
         if request == scenario.max_tool_rounds:
             break
         for call in made:
