@@ -368,3 +368,16 @@ def test_the_compare_page_shows_calls_folded_and_images_as_thumbnails(tmp_path, 
     assert "[image: https://x.org/a.png]" in "".join(dom.text)  # named, never fetched
     # the scripted call and its result are shown as scripted rows
     assert "tool (scripted)" in "".join(dom.text)
+
+
+def test_a_dry_run_says_an_images_base64_by_its_length(tmp_path, mock_server):
+    big = PNG + bytes(3000)
+    (tmp_path / "big.png").write_bytes(big)
+    text = "id: s\nturns:\n  - user: [{text: see}, {image: big.png}]\n"
+    played = play(tmp_path, text, "--dry-run", server=mock_server, targets=("chat", "gemini"))
+    assert played.result.exit_code == 0, played.result.output
+    n = len(base64.b64encode(big))
+    out = played.result.output
+    assert f'"url": "data:image/png;base64,<{n:,} characters of base64>"' in out
+    assert f'"data": "<{n:,} characters of base64>"' in out
+    assert base64.b64encode(big).decode()[:100] not in out and mock_server.requests == []

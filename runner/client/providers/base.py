@@ -77,13 +77,27 @@ class Request:
         self.body = memoryview(self.body).tobytes()
 
     def masked(self, key: str | None, hidden: str = "***") -> str:
-        """The request as text for people: credentials replaced by `hidden`."""
+        """The request as text for people: credentials replaced by `hidden`; an image's
+        base64 (a data URL, Gemini's or Anthropic's `data`) cut to its length."""
         lines = [f"POST {mask(self.url, key, hidden)}"]
         for name, value in self.headers.items():
             secret = name.lower() in SECRET_HEADERS
             lines.append(f"{name}: {hidden if secret else mask(value, key, hidden)}")
-        body = json.dumps(json.loads(self.body), ensure_ascii=False, indent=2)
+        shown = json.loads(self.body, object_hook=_short_images)
+        body = json.dumps(shown, ensure_ascii=False, indent=2)
         return "\n".join([*lines, "", mask(body, key, hidden)])
+
+
+IMAGE_DATA = re.compile(r"^(data:[\w/+.-]+;base64,)?[A-Za-z0-9+/=]{200,}$")
+
+
+def _short_images(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object of a body with each long base64 value (an image) said by its length."""
+    for k, v in obj.items():
+        if isinstance(v, str) and len(v) >= 200 and IMAGE_DATA.match(v):
+            head = v.split(",", 1)[0] + "," if v.startswith("data:") else ""
+            obj[k] = f"{head}<{len(v) - len(head):,} characters of base64>"
+    return obj
 
 
 SECRET_HEADERS = {"authorization", "x-goog-api-key", "api-key", "x-api-key"}
