@@ -38,6 +38,10 @@ class Kind(StrEnum):
         "check_timeout"  # a regex or python check ran past its time bound (an error, not a pass)
     )
     CHECK_ERROR = "check_error"  # a python check raised, or returned no verdict (an error)
+    TOOL_UNSCRIPTED = (
+        "tool_unscripted"  # the model called a tool the scenario scripts no result for
+    )
+    TOOL_LOOP = "tool_loop"  # the model still called tools after max_tool_rounds in one turn
     CACHE_MISS = "cache_miss"  # --cache-only: no reply cached for this request, none was sent
 
 

@@ -19,12 +19,13 @@ from runner.client.providers.transport import Http, Transport
 from runner.client.retry import Breaker, RetryPolicy, retrying
 from runner.encoding import clean_text
 from runner.errors import ApiError, Kind, internal
-from runner.messages import Message
+from runner.messages import Message, Tool
 from runner.results.records import attempt_record
 from runner.spec.targets import Target, provider_for
 
 USER_AGENT = f"dialogue-runner/{runner.__version__}"
 AttemptSink = Callable[[dict[str, Any]], None]
+Where = int | tuple[int, int]  # a turn, or a turn and the request of its tool loop
 Verdict = Callable[[str], object]  # raises a retryable ApiError when a reply is no verdict
 
 
@@ -92,6 +93,8 @@ class TargetClient:
         judge: Verdict | None = None,
         sample: int = 0,
         cache_marks: bool | None = None,
+        tools: tuple[Tool, ...] = (),
+        request: int = 0,
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts).
 
@@ -99,21 +102,24 @@ class TargetClient:
         reply that `judge` refuses is retried like a malformed body. With a cache, a reply
         cached for this request (and SAMPLE) is replayed with 0 attempts. `cache_marks`
         (None: the target's `cache`) asks a provider with cache marks to mark the prompt for
-        the server's prompt cache (not the reply cache)."""
+        the server's prompt cache (not the reply cache). TOOLS are the tools the model may
+        call; REQUEST numbers the requests of one turn's tool loop (usage records say it
+        when there are tools)."""
         marks = self.target.cache if cache_marks is None else cache_marks
-        call = Call(system, messages, params, self.stream, previous_id, marks)
-        request = self.provider.build(call)
+        call = Call(system, messages, params, self.stream, previous_id, marks, tools)
+        where = (turn, request) if tools else turn
+        sent = self.provider.build(call)
 
         # -- the reply cache (runner/client/cache.py): a hit is replayed, a miss stored once sent
         cached = self.cache.lookup(self.provider, call, sample) if self.cache else None
         if cached is not None and cached.reply is not None:
-            self.on_attempt(cached.usage_record(conversation_id, turn, self.target, bool(judge)))
+            self.on_attempt(cached.usage_record(conversation_id, where, self.target, bool(judge)))
             return cached.reply, 0
 
-        tokens = self.provider.admission_tokens(request, params)
+        tokens = self.provider.admission_tokens(sent, params)
 
         def attempt(n: int) -> Any:
-            return self._attempt(request, tokens, conversation_id, turn, n, judge)
+            return self._attempt(sent, tokens, conversation_id, where, n, judge)
 
         try:
             reply, attempts = await retrying(attempt, self.policy)
@@ -125,7 +131,13 @@ class TargetClient:
         return reply, attempts
 
     async def _attempt(
-        self, request: Request, estimate: float, cid: str, turn: int, n: int, judge: Verdict | None
+        self,
+        request: Request,
+        estimate: float,
+        cid: str,
+        turn: Where,
+        n: int,
+        judge: Verdict | None,
     ) -> Reply:
         if self.rpm:
             await self.rpm.acquire()
@@ -183,7 +195,7 @@ class TargetClient:
     def _record(
         self,
         cid: str,
-        turn: int,
+        turn: Where,
         n: int,
         status: int | str,
         reply: Reply | None,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from runner.client.client import TargetClient
 from runner.client.providers import Reply
 from runner.engine.checks import evaluate
 from runner.engine.judge import Judges, grade
+from runner.engine.tooluse import calls_record, named, result_of, turn_message
 from runner.errors import ApiError, Kind
-from runner.messages import Message, as_records
+from runner.messages import Message, Text, ToolCall, as_records
 from runner.results.records import transcript_record, turn_record, utc_now
 from runner.spec.plan import Conversation
 from runner.spec.scenarios import Scenario, Server, Window, fill
@@ -21,10 +24,14 @@ def sent_messages(scenario: Scenario, history: list[Message], since_reply: int) 
     """The messages a turn sends (system apart), following the scenario's context mode.
 
     history holds every message so far, ending with the new user message;
-    since_reply is the index just after the last generated reply (server mode).
+    since_reply is the index just after the last generated reply (server mode). A window
+    never starts between a tool call and its results: it grows back to the call.
     """
     if isinstance(scenario.context, Window):
-        return history[-scenario.context.n :]
+        start = max(0, len(history) - scenario.context.n)
+        while start > 0 and history[start].role == "tool":
+            start -= 1
+        return history[start:]
     if isinstance(scenario.context, Server):
         return history[since_reply:]
     return history
@@ -40,41 +47,32 @@ async def run_conversation(
     history: list[Message] = []
     turns: list[dict[str, Any]] = []
     total = no_usage()
-    previous_id, since_reply, error = None, 0, None
-    for turn in scenario.turns:
-        history.append(Message.of_text(turn.role, fill(turn.content, values)))
-        if turn.role == "assistant":
+    chain, error = Chain(), None
+    for i, turn in enumerate(scenario.turns):
+        history.append(turn_message(turn, i, values, history))
+        if turn.role != "user":
             continue
+        user = history[-1].text
         params = {**base_params, **turn.params} if turn.params else base_params
-        sent = sent_messages(scenario, history, since_reply)
-        n_sent = len(sent) + (system is not None)
         try:
-            reply, attempts = await client.complete(
-                system,
-                sent,
-                params,
-                previous_id,
-                conv.id,
-                len(turns),
-                sample=conv.sample,
-                cache_marks=scenario.cache,
-            )
-            _check_reply(reply, scenario)
+            played = await _exchange(conv, client, system, history, params, chain, len(turns))
         except ApiError as err:
             error = err
             break
-        history.append(Message.of_text("assistant", reply.text))
-        since_reply = len(history)
-        previous_id = reply.response_id if isinstance(scenario.context, Server) else None
+        reply = played.reply
         add_usage(total, reply.usage)
-        record = turn_record(len(turns), history[-2].text, reply, attempts, n_sent)
+        record = turn_record(len(turns), user, reply, played.attempts, played.sent)
+        if played.calls:
+            record["tool_calls"] = calls_record(played.calls, history)
+            record["request_attempts"] = played.request_attempts
         if turn.expect:
             about = (
                 _about(conv, record, as_records(system, history)) if turn.expect.python else None
             )
             record["checks"] = await evaluate(
-                turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values, about
-            )
+                turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values, about,
+                played.calls,
+            )  # fmt: skip
             if turn.expect.judge:
                 asked, where = as_records(system, history[:-1]), (conv.id, len(turns))
                 record["checks"].append(
@@ -84,6 +82,74 @@ async def run_conversation(
                 )
         turns.append(record)
     return transcript_record(conv, as_records(system, history), turns, total, error, started)
+
+
+@dataclass(slots=True)
+class Chain:
+    """Where the server's history stands (context: server): the response to chain to, and
+    the index just after the last generated reply."""
+
+    previous_id: str | None = None
+    since_reply: int = 0
+
+
+@dataclass(slots=True)
+class Played:
+    """One user turn played: its final reply (usage and latency of every request of the
+    turn summed), attempts in all and per request, the calls the model made."""
+
+    reply: Reply
+    attempts: int
+    sent: int
+    calls: tuple[ToolCall, ...] = ()
+    request_attempts: list[int] = dataclasses.field(default_factory=list)
+
+
+async def _exchange(
+    conv: Conversation,
+    client: TargetClient,
+    system: str | None,
+    history: list[Message],
+    params: dict[str, Any],
+    chain: Chain,
+    index: int,
+) -> Played:
+    """Send the turn; while the reply calls tools, answer each call with its scripted
+    result (in order) and send again; the reply without calls ends the turn."""
+    scenario = conv.scenario
+    usage, latency, calls = no_usage(), 0.0, tuple[ToolCall, ...]()
+    tries: list[int] = []  # attempts of each request
+    ttft: float | None = None  # of the turn's first request
+    for request in range(scenario.max_tool_rounds + 1):
+        sent = sent_messages(scenario, history, chain.since_reply)
+        n_sent = len(sent) + (system is not None)
+        reply, attempts = await client.complete(
+            system, sent, params, chain.previous_id, conv.id, index, sample=conv.sample,
+            cache_marks=scenario.cache, tools=scenario.tools, request=request,
+        )  # fmt: skip
+        _check_reply(reply, scenario)
+        made = named(reply.tool_calls, index, request)
+        text = (Text(reply.text),) if reply.text or not made else ()
+        history.append(Message("assistant", text + made))
+        chain.since_reply = len(history)
+        chain.previous_id = reply.response_id if isinstance(scenario.context, Server) else None
+        add_usage(usage, reply.usage)
+        latency += reply.latency_ms
+        ttft = reply.ttft_ms if not tries else ttft
+        tries.append(attempts)
+        calls += made
+        if not made:
+            total = dataclasses.replace(reply, usage=usage, latency_ms=latency, ttft_ms=ttft)
+            return Played(total, sum(tries), n_sent, calls, tries)
+        if request == scenario.max_tool_rounds:
+            break
+        for call in made:
+            history.append(Message("tool", (await result_of(call, scenario, conv.vars),)))
+    raise ApiError(
+        Kind.TOOL_LOOP,
+        f"the model still called tools after {scenario.max_tool_rounds} rounds in this turn "
+        f"(max_tool_rounds); last: {', '.join(c.name for c in calls[-3:])}",
+    )
 
 
 def _about(
@@ -119,7 +185,7 @@ def failed_record(conv: Conversation, kind: Kind, message: str) -> dict[str, Any
 
 def _check_reply(reply: Reply, scenario: Scenario) -> None:
     """Never record an empty reply as if it were one; server context needs an id to chain."""
-    if not reply.text:
+    if not reply.text and not reply.tool_calls:
         raise ApiError(Kind.EMPTY, f"the model returned no text (finish reason: {_finish(reply)})")
     if isinstance(scenario.context, Server) and not reply.response_id:
         raise ApiError(

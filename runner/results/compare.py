@@ -30,11 +30,12 @@ from runner.results.compare_html import (
     histogram,
     number,
     text_block,
+    thumbnails,
 )
 from runner.results.compare_usage import failed_turn, spent
 from runner.results.diff import held_rows
 from runner.results.reader import latest_transcripts
-from runner.results.records import outcome
+from runner.results.records import message_text, outcome
 from runner.results.report import cells, money
 from runner.results.store import read_manifest
 
@@ -280,7 +281,8 @@ def _side_head(side: Side, record: dict[str, Any] | None) -> str:
     return f'<div class="side">{esc(side.label)} {badge}<div class="sub">{sub}</div>{note}</div>'
 
 
-Row = tuple[int, str] | str  # a generated turn (index, user text), or a full-width row's HTML
+Row = tuple[int, str, str] | str  # a generated turn (index, user text, its images' HTML), or
+# a full-width row's HTML
 
 
 def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
@@ -290,23 +292,50 @@ def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
     if longest is None:
         return []
     rows: list[Row] = []
-    turns, k, previous = longest["turns"], 0, None
+    turns, k, skip = longest["turns"], 0, 0
     for message in longest["messages"]:
-        role, content = message["role"], message["content"]
-        if role == "system":
+        role, content = message["role"], message_text(message)
+        if skip:  # a generated message: shown in the turn's cells
+            skip -= 1
+        elif role == "system":
             rows.append(_full("system", content))
         elif role == "user":
-            if k < len(turns) and turns[k]["user"] == content or k == failed_turn(longest):
-                rows.append((k, content))  # answered, or the turn the conversation failed at
+            said = message_text(
+                {"content": [p for p in _parts(message) if p.get("type") == "text"]}
+            )
+            if k < len(turns) and turns[k]["user"] == said or k == failed_turn(longest):
+                shown = thumbnails(_parts(message), longest.get("scenario_file"))
+                rows.append((k, content, shown))  # answered, or the turn it failed at
+                skip = _generated(turns[k]) if k < len(turns) else 0
                 k += 1
             else:
                 rows.append(_full("user", content))  # one no turn answered (scenarios differ)
-        elif previous == "user" and k and rows and rows[-1] == (k - 1, turns[k - 1]["user"]):
-            pass  # the generated reply: shown in the turn's cells
         else:
-            rows.append(_full("script", content, "assistant (scripted)"))
-        previous = role
+            rows.append(_full("script", content, f"{role} (scripted)"))
     return rows
+
+
+def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message["content"]
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+
+
+def _generated(turn: dict[str, Any]) -> int:
+    """How many messages a turn's replies put in the history: one per request of its tool
+    loop, and one per result sent."""
+    return len(turn.get("request_attempts") or [1]) + len(turn.get("tool_calls") or ())
+
+
+def _calls_block(turn: dict[str, Any]) -> str:
+    """A turn's tool calls and the results sent, folded."""
+    calls = turn.get("tool_calls") or []
+    if not calls:
+        return ""
+    lines = [f"-> {c.get('name')}({c.get('arguments')})\n<- {c.get('result')}" for c in calls]
+    return (
+        f'<details class="calls"><summary>{len(calls)} tool call{"s" * (len(calls) > 1)}'
+        f'</summary><div class="text">{esc(chr(10).join(lines))}</div></details>'
+    )
 
 
 def _full(cls: str, text: str, role: str = "") -> str:
@@ -315,10 +344,11 @@ def _full(cls: str, text: str, role: str = "") -> str:
 
 
 def _turn_cells(
-    sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str]
+    sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str, str]
 ) -> str:
-    index, user = row
-    cells = [f'<div class="full user"><span class="role">user</span>{text_block(user)}</div>']
+    index, user, images = row
+    said = f'<span class="role">user</span>{text_block(user)}{images}'
+    cells = [f'<div class="full user">{said}</div>']
     turns = [
         next((t for t in record["turns"] if t["index"] == index), None) if record else None
         for record in records
@@ -347,13 +377,16 @@ def _reply_cell(turn: dict[str, Any] | None, text: str | None = None) -> str:
             meta.insert(2, f"{number(usage[key])} {label}")
     if turn.get("ttft_ms") is not None:
         meta.append("ttft " + number(turn["ttft_ms"], " ms"))
-    if (turn.get("attempts") or 1) > 1:
+    requests = len(turn.get("request_attempts") or [1])
+    if requests > 1:
+        meta.append(f"{requests} requests")
+    if (turn.get("attempts") or 1) > requests:
         meta.append(f"{turn['attempts']} attempts")
     if turn.get("finish_reason"):
         meta.append(esc(turn["finish_reason"]))
     checks = "".join(check_item(c) for c in turn.get("checks") or [])
     return (
-        f'<div class="reply">{text_block(turn.get("assistant") or "", text)}'
+        f'<div class="reply">{_calls_block(turn)}{text_block(turn.get("assistant") or "", text)}'
         f'<div class="meta">{" · ".join(meta)}</div>'
         + (f'<ul class="checks">{checks}</ul>' if checks else "")
         + "</div>"

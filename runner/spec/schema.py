@@ -10,8 +10,20 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from runner.messages import Image, Tool
 from runner.spec.expects import Expect, fraction, read_expect, regex_problem, strings, text
 from runner.spec.rows import RowsFile, open_table
+from runner.spec.tools import (
+    Result,
+    ScriptedCall,
+    check_history,
+    check_results,
+    read_calls,
+    read_parts,
+    read_results,
+    read_tool_turn,
+    read_tools,
+)
 from runner.spec.variables import (
     TEMPLATE,
     ScenarioReader,
@@ -61,13 +73,18 @@ Context = Full | Window | Server  # what each turn sends: `context: full | {wind
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One scripted turn: a user message to send, or a fixed assistant reply."""
+    """One scripted turn: a user message to send, a fixed assistant reply (text, tool
+    calls or both), or a tool's result to an earlier scripted call."""
 
-    role: str  # "user" | "assistant"
-    content: str
+    role: str  # "user" | "assistant" | "tool"
+    content: str  # the text (a tool turn: none)
     expect: Expect | None = None
     params: dict[str, Any] = field(default_factory=dict)
     line: int = 0
+    parts: tuple[str | Image, ...] = ()  # a user turn with images: its texts and images in order
+    calls: tuple[ScriptedCall, ...] = ()  # a scripted assistant turn's tool calls
+    tool: str = ""  # a tool turn: the tool's name
+    result: Any = None  # a tool turn: the result (JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +106,13 @@ class Scenario:
     metadata: dict[str, Any] = field(default_factory=dict)  # carried into the records
     min_pass_rate: float | None = None  # passes when this share of samples pass (verdicts.py)
     cache: bool | None = None  # prompt cache marks (None: as the target says)
+    tools: tuple[Tool, ...] = ()  # the tools the model may call
+    tool_results: dict[str, Result] = field(default_factory=dict)  # tool name -> its result
+    max_tool_rounds: int = 5  # model requests with tool calls per user turn before tool_loop
+
+    def image_files(self) -> set[str]:
+        """The image files its turns read (hashed into the manifest like the scenario)."""
+        return {p.path for t in self.turns for p in t.parts if isinstance(p, Image) and p.path}
 
     def var_count(self) -> int:
         """Number of var combinations (1 when there are no vars), times the file's rows."""
@@ -113,6 +137,9 @@ SCENARIO_KEYS = (
     "metadata",
     "min_pass_rate",
     "cache",
+    "tools",
+    "tool_results",
+    "max_tool_rounds",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
 USER_TURN_KEYS = ("user", "expect", "params")
@@ -179,6 +206,7 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
             line = node_line(merged["vars_file"][0])
             names = var_names(values.get("vars", {}))
             values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
+    check_results(r, values.get("tools", ()), values.get("tool_results", {}))
     if r.count() > start:
         return None
     scenario = Scenario(**values, file=r.path, line=node_line(node))
@@ -196,12 +224,15 @@ def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
         except Bad as e:
             r.report(e.line, e.message)
             turns.append(None)
-    if turns[-1] is not None and turns[-1].role == "assistant":
+    if turns[-1] is not None and turns[-1].role != "user":
         raise Bad(
             node.value[-1],
-            "the last turn is an assistant turn; a conversation must end with a user turn",
+            f"the last turn is a{'n' * (turns[-1].role == 'assistant')} {turns[-1].role} turn; "
+            "a conversation must end with a user turn",
         )
-    return tuple(t for t in turns if t is not None)
+    kept = tuple(t for t in turns if t is not None)
+    check_history(r, kept)
+    return kept
 
 
 def _turn(r: ScenarioReader, node: Node) -> Turn | None:
@@ -218,14 +249,39 @@ def _turn(r: ScenarioReader, node: Node) -> Turn | None:
         return Turn("user", r.text(node, value), line=line)
     if "assistant" in mapping_keys(node):
         entries = r.entries(node, "assistant turn", ("assistant",))
-        return Turn("assistant", text(r, entries["assistant"][1], "assistant"), line=line)
-    entries = r.entries(node, "turn", USER_TURN_KEYS, hints=("assistant",))
+        return _assistant(r, entries["assistant"][1], line)
+    if "tool" in mapping_keys(node):
+        entries = r.entries(node, "tool turn", ("tool",))
+        name, result = read_tool_turn(r, entries["tool"][1])
+        return Turn("tool", "", line=line, tool=name, result=result)
+    entries = r.entries(node, "turn", USER_TURN_KEYS, hints=("assistant", "tool"))
     if "user" not in entries:
-        raise Bad(node, "a turn mapping needs 'user' (or 'assistant')")
+        raise Bad(node, "a turn mapping needs 'user' (or 'assistant' or 'tool')")
     v = r.fields(entries, TURN_FIELDS)
     if "user" not in v:
         return None
-    return Turn("user", v["user"], v.get("expect"), v.get("params", {}), line)
+    parts, content = (), v["user"]
+    if isinstance(content, tuple):
+        parts, content = content, "".join(p for p in content if isinstance(p, str))
+    return Turn("user", content, v.get("expect"), v.get("params", {}), line, parts)
+
+
+def _assistant(r: ScenarioReader, node: Node, line: int) -> Turn:
+    """A scripted reply: its text, or {content: TEXT, tool_calls: [{name, args}, ...]}."""
+    if not isinstance(node, MappingNode):
+        return Turn("assistant", text(r, node, "assistant"), line=line)
+    entries = r.entries(node, "assistant turn", ("content", "tool_calls"))
+    if "tool_calls" not in entries:
+        raise Bad(node, "a scripted assistant mapping needs 'tool_calls' (or write its text)")
+    content = text(r, entries["content"][1], "content") if "content" in entries else ""
+    return Turn("assistant", content, line=line, calls=read_calls(r, entries["tool_calls"][1]))
+
+
+def _user(r: ScenarioReader, node: Node, key: str) -> str | tuple[str | Image, ...]:
+    """The user's text, or a list of {text: ...} and {image: ...} parts."""
+    if isinstance(node, SequenceNode) and node.value:
+        return read_parts(r, node)
+    return text(r, node, key)
 
 
 def _context(r: ScenarioReader, node: Node, key: str) -> Context:
@@ -271,8 +327,11 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "metadata": json_mapping,
     "min_pass_rate": fraction,
     "cache": boolean,
+    "tools": read_tools,
+    "tool_results": read_results,
+    "max_tool_rounds": positive_int,
 }
-TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}
+TURN_FIELDS: dict[str, Parser] = {"user": _user, "expect": read_expect, "params": json_mapping}
 
 
 def check_filled(r: Reader, scenario: Scenario) -> None:
