@@ -157,7 +157,7 @@ class TargetClient:
             reply = await self.transport.send(request)  # the one place a request is sent
         except Exception as exc:  # anything but an ApiError is our bug: final, said where
             err = exc if isinstance(exc, ApiError) else internal(exc)
-            self._failed(err, ticket, marks, estimate, n + 1)
+            self._failed(err, ticket, marks, estimate)
             self._record(cid, turn, n, err.label, None, start, judge is not None)
             raise err from None
         self.limit.release(ticket, ok=True)
@@ -174,9 +174,8 @@ class TargetClient:
         ticket: tuple[int, int],
         marks: tuple[Mark, Mark],
         cost: float,
-        attempts: int = 1,
     ) -> None:
-        """A refused attempt (the request's `attempts`-th): a rate limit paces the
+        """A refused attempt: a rate limit paces the
         target; an answer the provider calls an overload (503, or a 429 the pacer finds no
         empty budget behind: too many in flight) lowers the requests in flight."""
         err.message = cut_message(clean_text(mask(err.message, self.target.key)))
@@ -185,7 +184,7 @@ class TargetClient:
             empty = self.pacer.refused(err.headers, err.message, marks, cost)
             if empty is not None and err.retry_after is not None:
                 whole = whole_second_wait(err.headers, err.retry_after)
-                err.retry_after = empty.retry_after(err.retry_after, whole, attempts)
+                err.retry_after = empty.retry_after(err.retry_after, whole)
         else:
             self.pacer.failed()
         overloaded = err.retryable and err.status in self.provider.overloaded and empty is None

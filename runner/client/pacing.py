@@ -23,7 +23,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from runner.client.limits import Sleep
@@ -54,6 +54,8 @@ class Budget:
     NEAR_S = 0.05  # requests sent this close together may be decided in either order
     MIN_BURST_S = 0.1  # the learned bucket holds at least this long of its rate
     GUESS_GROWTH = 2.0  # a guessed rate doubles each second until an empty moment measures it
+    PROBE_S = 1.0  # a measured rate that finds no empty moment this long while requests wait
+    PROBE_GROWTH = 1.2  # ... grows by this each second waited, until one measures it again
 
     def __init__(
         self,
@@ -69,12 +71,14 @@ class Budget:
         self.rate = 0.0  # units a second the server refills; 0: nothing waits yet
         self.stated_rate = 0.0  # the rate the headers imply (used of limit over reset)
         self.measured = False  # whether the rate was measured between empty moments
+        self.trusted = False  # ... with more admitted between than may have been reordered
         self.guessed = False  # whether the rate is only a guess (half of what went out)
         self.basis = 0.0  # the used amount the stated rate was taken from
         self.capacity = math.inf  # the bucket's size, once a rate is measured
         self.burst = 0.0  # what the server took at once before its bucket first emptied
         self.took = math.inf  # ... as first seen, before its rate is measured (no refill)
         self.level, self._stamp = 0.0, clock()
+        self._emptied = self._stamp  # when the last empty moment was heard of
         self.began: float | None = None  # the first send
         self.sent = 0.0  # units sent so far
         self.refusals: list[tuple[float, float]] = []  # (sent before, cost) of each refused
@@ -88,8 +92,12 @@ class Budget:
             async with self._lock:  # first come, first served
                 self._refill()
                 while self.level < min(cost, self.capacity) - 1e-9:
-                    await self._sleep(min(self.max_wait_s, (cost - self.level) / self.rate))
+                    wait = min(self.max_wait_s, (cost - self.level) / self.rate)
+                    await self._sleep(wait)
                     self._refill()
+                    if self.measured and self._clock() - self._emptied > self.PROBE_S:
+                        # a measure a little low would never be refused into a better one
+                        self.rate *= self.PROBE_GROWTH**wait
                 self.level -= cost
         at, recent = self._clock(), self._recent
         recent.append((at, self.sent))
@@ -120,9 +128,11 @@ class Budget:
 
     def refused_at(self, mark: Mark, cost: float) -> None:
         """A request sent at `mark` was refused for this budget: the bucket was empty when
-        the server decided (a refusal is immediate: as the request arrived)."""
+        the server decided, just before the refusal came back (a refusal is immediate; the
+        request may have waited at the server behind others, a burst's at once)."""
         self.not_taken(mark, cost)
-        self._empty(self._moment(mark, cost, self.sent - mark.sent - cost), cost)
+        decided = replace(mark, at=self._clock())  # just before the refusal came back
+        self._empty(self._moment(decided, cost, self.sent - mark.sent - cost), cost)
 
     def emptied_at(self, mark: Mark, cost: float) -> None:
         """The request sent at `mark` was admitted, and its answer says the bucket cannot
@@ -141,7 +151,7 @@ class Budget:
     def _empty(self, moment: Mark, cost: float) -> None:
         """An empty moment, kept in the order its request was sent (the order the server
         decided in; answers may come back in another)."""
-        now = self._clock()
+        now = self._emptied = self._clock()
         bisect.insort(self.empties, moment, key=_sent)
         while len(self.empties) > self.KEEP or now - self.empties[0].at > self.KEEP_S:
             del self.empties[0]
@@ -179,31 +189,27 @@ class Budget:
         is what was sent between less what was refused of it, exact within one request's
         cost (`unit`) at each end (the bucket could not hold one more) when the server
         decides in the order sent. It may not, for requests on the wire together (a burst
-        sent at once): what may have been decided on the other side of either end (see
-        _moment) must not outnumber what was admitted, or a burst's refusals, milliseconds
-        apart, would measure a rate of thousands a second. Over a short
+        sent at once): a burst's refusals, milliseconds apart, may then measure thousands a
+        second. Such an error shows as refusals that correct it, but the measure is not
+        `trusted` (to shorten a whole-second wait) until what was admitted outnumbers what may
+        have been decided on the other side of either end (see _moment). Over a short
         span the estimate leans high, so an error shows as a refusal that lengthens the span;
         over a long one (LOW_UNITS requests) it leans low, by at most 2 / LOW_UNITS, and
         refusals stop."""
         first, last = self.empties[0], self.empties[-1]
         admitted = self._admitted(last.sent) - self._admitted(first.sent)
         span, requests = last.at - first.at, admitted / unit
-        unsure = first.near + last.near  # decided on the other side of either end
-        if span <= 0 or requests < self.MIN_UNITS or admitted < unsure:
+        if span <= 0 or requests < self.MIN_UNITS:
             return 0.0
+        self.trusted |= admitted >= first.near + last.near  # none decided on the wrong side
         return (admitted + unit * (1.0 - min(2.0, 2.0 * requests / self.LOW_UNITS))) / span
 
     def _half_sent(self, moment: Mark) -> float:
         """Before any measure or statement: half the rate things were sent at until the first
         empty moment (more than the server takes, as it emptied; less refuses less while the
-        next moments measure it), over a second at least: a burst sent at once says how big
-        the bucket is, not how fast it refills, and its refusals, paced at the burst's own
-        speed, would come back as a herd: it counts as sent over a second."""
+        next moments measure it)."""
         began = self.began if self.began is not None else moment.at
-        span = moment.at - began
-        if moment.near * 2 >= self._admitted(moment.sent):  # taken on the wire together
-            span = max(span, 1.0)
-        return moment.sent / max(span, 1e-3) / 2
+        return moment.sent / max(moment.at - began, 1e-3) / 2
 
     def _burst(self, rate: float) -> float:
         """The bucket's size: what was admitted before the first empty moment, less what the
@@ -217,16 +223,13 @@ class Budget:
         refused = self.refusals[: bisect.bisect_left(self.refusals, (sent,))]
         return sent - sum(cost for _, cost in refused)
 
-    def retry_after(self, given: float, whole_second: bool, refusals: int) -> float:
+    def retry_after(self, given: float, whole_second: bool) -> float:
         """The wait a 429 of this budget asks for, to be trusted to the second it is given in:
         a wait said in whole seconds alone (`whole_second`) cannot say less than 1 s, so once
-        this budget's rate is measured, the learned bucket decides within its last second
-        (the retry waits its turn in take(), as every other request does). For a request's
-        first two `refusals`: a third says the learned rate keeps letting it through too
-        soon, and it waits the server's word, so that no learning gone wrong spends its
-        retries in a moment."""
-        shorten = self.measured and whole_second and given >= 1 and refusals <= 2
-        return given - 1.0 if shorten else given
+        this budget's rate is measured and `trusted` (see _measured), the learned bucket
+        decides within its last second (the retry waits its turn in take(), as every other
+        request does)."""
+        return given - 1.0 if self.trusted and whole_second and given >= 1 else given
 
     def stated(self, headers: Any, remaining: float) -> None:
         """The rate the headers imply: the used part of the stated limit over its reset.
@@ -281,21 +284,24 @@ class Pacer:
         self.flying = 0  # requests sent and not yet answered
         self.taken = 0  # the most requests on the wire with one the server admitted
         self.crowd = math.inf  # the fewest on the wire with one refused for being too many
+        self.heard = False  # whether any request was answered (refused, failed) yet
 
     async def acquire(self, tokens: float) -> tuple[Mark, Mark]:
         """Wait until both budgets hold this request, charge it, and mark its sending."""
         req, tok = await self.requests.take(1.0), await self.tokens.take(tokens)
         self.flying += 1
         flying = self.flying  # only what is on the wire together can be decided out of order
+        # sent before anything was heard: part of the first burst, which the server may
+        # decide in any order, so its count on the wire says nothing (marked 0)
         return (
-            Mark(req.at, req.sent, min(req.near, flying), flying),
+            Mark(req.at, req.sent, min(req.near, flying), flying if self.heard else 0),
             Mark(tok.at, tok.sent, min(tok.near, flying * tokens)),
         )
 
     def answered(self, headers: Any, marks: tuple[Mark, Mark], tokens: float) -> None:
         """An admitted request's answer: the rates its headers imply (when it has headers),
         and the budget they say is empty."""
-        self.flying -= 1
+        self.flying, self.heard = self.flying - 1, True
         self.taken = max(self.taken, marks[0].flying)
         if headers is None:
             return
@@ -307,7 +313,7 @@ class Pacer:
 
     def failed(self) -> None:
         """A request's attempt ended in an error that is not a 429."""
-        self.flying -= 1
+        self.flying, self.heard = self.flying - 1, True
 
     def refused(
         self, headers: Any, message: str, marks: tuple[Mark, Mark], tokens: float
@@ -316,7 +322,7 @@ class Pacer:
         request, else the token budget when the message names it (OpenAI: "... on tokens
         per min"), else the requests budget unless it was too many in flight (see the
         class). Returns the budget found empty, if any."""
-        self.flying -= 1
+        self.flying, self.heard = self.flying - 1, True
         req, tok = self._stated(headers) if headers is not None else (None, None)
         empty: Budget | None = self.requests
         if req is not None and req < 1:
@@ -334,15 +340,13 @@ class Pacer:
         return empty
 
     def _crowded(self, flying: int) -> bool:
-        """Whether a refusal that names no budget came of too many requests in flight. Before
-        anything was answered as taken, it is taken so (the in-flight limit lowered), but
-        the level it came at is no level the server refuses at: it may have decided the
-        first burst in another order than sent."""
-        if flying >= self.crowd:
+        """Whether a refusal that names no budget came of too many requests in flight (0
+        on the wire: sent in the first burst, which says nothing of a level: it is taken so,
+        the in-flight limit lowered, but sets no level and no rate)."""
+        if not flying or flying >= self.crowd:
             return True
         if flying > self.taken:
-            if self.taken:
-                self.crowd = flying
+            self.crowd = flying
             return True
         return False
 
