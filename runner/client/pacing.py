@@ -285,6 +285,7 @@ class Pacer:
         self.taken = 0  # the most requests on the wire with one the server admitted
         self.crowd = math.inf  # the fewest on the wire with one refused for being too many
         self.heard = False  # whether any request was answered (refused, failed) yet
+        self.blind = 0  # requests of the first burst (sent before that) the server took
 
     async def acquire(self, tokens: float) -> tuple[Mark, Mark]:
         """Wait until both budgets hold this request, charge it, and mark its sending."""
@@ -302,7 +303,9 @@ class Pacer:
         """An admitted request's answer: the rates its headers imply (when it has headers),
         and the budget they say is empty."""
         self.flying, self.heard = self.flying - 1, True
-        self.taken = max(self.taken, marks[0].flying)
+        if not marks[0].flying:  # the first burst was on the wire at once: so was what it took
+            self.blind += 1
+        self.taken = max(self.taken, marks[0].flying, self.blind)
         if headers is None:
             return
         left = self._stated(headers)
