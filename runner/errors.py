@@ -38,6 +38,7 @@ class Kind(StrEnum):
         "check_timeout"  # a regex or python check ran past its time bound (an error, not a pass)
     )
     CHECK_ERROR = "check_error"  # a python check raised, or returned no verdict (an error)
+    CAPTURE = "capture"  # a turn's capture found nothing in its reply: later turns not sent
     CACHE_MISS = "cache_miss"  # --cache-only: no reply cached for this request, none was sent
 
 

@@ -92,6 +92,7 @@ class TargetClient:
         judge: Verdict | None = None,
         sample: int = 0,
         cache_marks: bool | None = None,
+        role: str | None = None,
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts).
 
@@ -99,7 +100,8 @@ class TargetClient:
         reply that `judge` refuses is retried like a malformed body. With a cache, a reply
         cached for this request (and SAMPLE) is replayed with 0 attempts. `cache_marks`
         (None: the target's `cache`) asks a provider with cache marks to mark the prompt for
-        the server's prompt cache (not the reply cache)."""
+        the server's prompt cache (not the reply cache). ROLE, when given, marks every usage
+        record of this call (a simulated user's: "simulated_user")."""
         marks = self.target.cache if cache_marks is None else cache_marks
         call = Call(system, messages, params, self.stream, previous_id, marks)
         request = self.provider.build(call)
@@ -107,13 +109,14 @@ class TargetClient:
         # -- the reply cache (runner/client/cache.py): a hit is replayed, a miss stored once sent
         cached = self.cache.lookup(self.provider, call, sample) if self.cache else None
         if cached is not None and cached.reply is not None:
-            self.on_attempt(cached.usage_record(conversation_id, turn, self.target, bool(judge)))
+            record = cached.usage_record(conversation_id, turn, self.target, bool(judge))
+            self.on_attempt({**record, "role": role} if role else record)
             return cached.reply, 0
 
         tokens = self.provider.admission_tokens(request, params)
 
         def attempt(n: int) -> Any:
-            return self._attempt(request, tokens, conversation_id, turn, n, judge)
+            return self._attempt(request, tokens, (conversation_id, turn, role), n, judge)
 
         try:
             reply, attempts = await retrying(attempt, self.policy)
@@ -125,7 +128,12 @@ class TargetClient:
         return reply, attempts
 
     async def _attempt(
-        self, request: Request, estimate: float, cid: str, turn: int, n: int, judge: Verdict | None
+        self,
+        request: Request,
+        estimate: float,
+        where: tuple[str, int, str | None],
+        n: int,
+        judge: Verdict | None,
     ) -> Reply:
         if self.rpm:
             await self.rpm.acquire()
@@ -146,12 +154,12 @@ class TargetClient:
         except Exception as exc:  # anything but an ApiError is our bug: final, said where
             err = exc if isinstance(exc, ApiError) else internal(exc)
             self._failed(err, ticket, marks, estimate)
-            self._record(cid, turn, n, err.label, None, start, judge is not None)
+            self._record(where, n, err.label, None, start, judge is not None)
             raise err from None
         self.limit.release(ticket, ok=True)
         self.breaker.succeeded()
         self.pacer.answered(reply.headers, marks, estimate)
-        self._record(cid, turn, n, 200, reply, start, judge is not None)
+        self._record(where, n, 200, reply, start, judge is not None)
         if judge is not None:
             judge(reply.text)
         return reply
@@ -177,8 +185,7 @@ class TargetClient:
 
     def _record(
         self,
-        cid: str,
-        turn: int,
+        where: tuple[str, int, str | None],
         n: int,
         status: int | str,
         reply: Reply | None,
@@ -186,8 +193,10 @@ class TargetClient:
         judge: bool,
     ) -> None:
         latency_ms = (time.perf_counter() - start) * 1000
-        t = self.target
+        t, (cid, turn, role) = self.target, where
         record = attempt_record(cid, turn, n + 1, t.name, t.model, status, reply, latency_ms)
         if judge:
             record["judge"] = True
+        if role:
+            record["role"] = role
         self.on_attempt(record)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runner.mock.judge import verdict_text
+from runner.mock.user import user_text
 
 Message = tuple[str, str]  # (role, text); role is system | user | assistant (others pass through)
 
@@ -165,8 +166,10 @@ def make_reply(
     usage = (len(messages), *prompt_usage(messages))
     if finish == BLOCKED:
         return Reply("", BLOCKED, *usage, 0, 0)
-    text = verdict_text(last) or reply_text(messages)
-    if SEED_MARKER in last:
+    said = lambda: f'#{digest(last)}: "{clip(last)}"'  # noqa: E731
+    played = user_text(messages, said, seed)  # the mock as a simulated user: runner/mock/user.py
+    text = played or verdict_text(last) or reply_text(messages)
+    if SEED_MARKER in last and played is None:
         text += f" seed={'none' if seed is None else seed}"
     out = tokens(text)
     if max_tokens is None or finish == FAILED or reasoning + out <= max_tokens:

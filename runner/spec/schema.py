@@ -10,8 +10,10 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from runner.spec.captures import Capture, Uses, captured_names, check_captures, read_captures
 from runner.spec.expects import Expect, fraction, read_expect, regex_problem, strings, text
 from runner.spec.rows import RowsFile, open_table
+from runner.spec.simulation import Simulate, read_simulate
 from runner.spec.variables import (
     TEMPLATE,
     ScenarioReader,
@@ -68,6 +70,7 @@ class Turn:
     expect: Expect | None = None
     params: dict[str, Any] = field(default_factory=dict)
     line: int = 0
+    capture: tuple[Capture, ...] = ()  # values taken from the reply for later turns
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class Scenario:
     metadata: dict[str, Any] = field(default_factory=dict)  # carried into the records
     min_pass_rate: float | None = None  # passes when this share of samples pass (verdicts.py)
     cache: bool | None = None  # prompt cache marks (None: as the target says)
+    simulate: Simulate | None = None  # a target plays the user after the scripted turns
+    expect_final: Expect | None = None  # checks on the conversation's last reply
 
     def var_count(self) -> int:
         """Number of var combinations (1 when there are no vars), times the file's rows."""
@@ -113,9 +118,11 @@ SCENARIO_KEYS = (
     "metadata",
     "min_pass_rate",
     "cache",
+    "simulate",
+    "expect_final",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
-USER_TURN_KEYS = ("user", "expect", "params")
+USER_TURN_KEYS = ("user", "expect", "params", "capture")
 
 
 # ---------------------------------------------------------------- documents, scenarios, turns
@@ -163,21 +170,26 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
     start = r.count()
     own = r.entries(node, "scenario", SCENARIO_KEYS)
     merged = {**defaults, **own}
-    for key in ("id", "turns"):
+    for key in ("id", "turns") if "simulate" not in merged else ("id",):
         if key not in merged:
             r.report(node_line(node), f"scenario is missing '{key}'")
     values = r.fields({k: p for k, p in merged.items() if k != "params"}, SCENARIO_FIELDS)
+    _ends_with_user(r, values, merged)
     params = [
         r.fields({"params": e["params"]}, {"params": json_mapping})
         for e in (defaults, own)
         if "params" in e
     ]  # merged shallowly, the scenario's own over the defaults
     values["params"] = {k: v for p in params for k, v in p.get("params", {}).items()}
+    uses = Uses(tuple(r.turn_uses), r.final_span)
+    captured = captured_names(uses)
     if "vars" in values or "vars" not in merged:  # else vars were bad: names unknown
-        left = check_templates(r, r.templated, values.get("vars", {}), "vars_file" in merged)
+        given = values.get("vars", {})
+        left = check_templates(r, r.templated, given, "vars_file" in merged, set(captured))
+        check_captures(r, uses, var_names(given), captured)
         if "vars_file" in values:
             line = node_line(merged["vars_file"][0])
-            names = var_names(values.get("vars", {}))
+            names = var_names(given) | set(captured)  # a column may be neither
             values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
     if r.count() > start:
         return None
@@ -191,17 +203,25 @@ def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
         raise Bad(node, f"'turns' must be a non-empty list, got {r.shown(node)}")
     turns: list[Turn | None] = []
     for item in node.value:
+        start = len(r.templated)
         try:
             turns.append(_turn(r, item))
         except Bad as e:
             r.report(e.line, e.message)
             turns.append(None)
-    if turns[-1] is not None and turns[-1].role == "assistant":
-        raise Bad(
-            node.value[-1],
-            "the last turn is an assistant turn; a conversation must end with a user turn",
-        )
+        made = turns[-1]
+        if made is not None:  # where its templates are: captures are used from the next turn
+            r.turn_uses.append((made.capture, made.expect, range(start, len(r.templated))))
     return tuple(t for t in turns if t is not None)
+
+
+def _ends_with_user(r: ScenarioReader, values: dict[str, Any], merged: dict[str, Pair]) -> None:
+    """Without a simulated user, the last scripted turn must be a user turn (its reply is
+    the conversation's last); with one, the simulated user may follow a scripted reply."""
+    turns = values.get("turns") or ()
+    if turns and turns[-1].role == "assistant" and "simulate" not in merged:
+        r.report(turns[-1].line, "the last turn is an assistant turn; a conversation must end "
+                                 "with a user turn (or be followed by 'simulate')")  # fmt: skip
 
 
 def _turn(r: ScenarioReader, node: Node) -> Turn | None:
@@ -225,7 +245,7 @@ def _turn(r: ScenarioReader, node: Node) -> Turn | None:
     v = r.fields(entries, TURN_FIELDS)
     if "user" not in v:
         return None
-    return Turn("user", v["user"], v.get("expect"), v.get("params", {}), line)
+    return Turn("user", v["user"], v.get("expect"), v.get("params", {}), line, v.get("capture", ()))
 
 
 def _context(r: ScenarioReader, node: Node, key: str) -> Context:
@@ -241,6 +261,14 @@ def _context(r: ScenarioReader, node: Node, key: str) -> Context:
     if value == "server":
         return Server()
     raise Bad(node, f"'context' must be full, server or {{window: N}}, got {show(value)}")
+
+
+def _expect_final(r: ScenarioReader, node: Node, key: str) -> Expect:
+    """expect_final: checks on the last reply; its templates may use every captured name."""
+    start = len(r.templated)
+    expect = read_expect(r, node, key)
+    r.final_span = range(start, len(r.templated))
+    return expect
 
 
 def _keep(scenarios: list[Scenario | None]) -> list[Scenario]:
@@ -271,8 +299,12 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "metadata": json_mapping,
     "min_pass_rate": fraction,
     "cache": boolean,
+    "simulate": read_simulate,
+    "expect_final": _expect_final,
 }
-TURN_FIELDS: dict[str, Parser] = {"user": text, "expect": read_expect, "params": json_mapping}
+TURN_FIELDS: dict[str, Parser] = {
+    "user": text, "expect": read_expect, "params": json_mapping, "capture": read_captures,
+}  # fmt: skip
 
 
 def check_filled(r: Reader, scenario: Scenario) -> None:
