@@ -114,6 +114,18 @@ def _helpers(
     return [named[n] for n in wanted]
 
 
+def simulator_problems(scenarios: list[Scenario], models: dict[str, Target]) -> list[str]:
+    """`validate`: each simulate.user must name a target of the models file, a built-in or
+    PROVIDER:MODEL (its key is not needed); file:line problems."""
+    problems = []
+    for name, where in simulator_names(scenarios).items():
+        try:
+            resolve([name], models, None, need_keys=False)
+        except InputError as exc:
+            problems += [f"{where}: {p}" for p in exc.problems]
+    return problems
+
+
 def _override(target: Target, inv: Invocation) -> Target:
     """Command-line limits win over the models file."""
     changes: dict[str, Any] = {

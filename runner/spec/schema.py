@@ -193,6 +193,7 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
             values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
     if r.count() > start:
         return None
+    values.setdefault("turns", ())  # with `simulate`, the simulated user may open it
     scenario = Scenario(**values, file=r.path, line=node_line(node))
     check_filled(r, scenario)
     return scenario if r.count() == start else None

@@ -1,0 +1,262 @@
+"""A simulated user: a second target plays the user after (or instead of) the scripted turns
+(runner/engine/simulate.py); the mock plays one given [[mock-user ...]] (runner/mock/user.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from runner.engine.simulate import OPENING
+from tests.conftest import cli, play, write_scenario
+
+PERSONA = "A customer whose order #123 arrived broken. [[mock-user stop-after=5]]"
+SUPPORT = f"""
+id: refund
+system: You are ACME's support agent.
+turns:
+  - Hi, my order arrived broken.
+  - user: It is order 123.
+  - user: Can you help?
+simulate:
+  user: anthropic
+  persona: "{PERSONA}"
+  max_turns: 6
+  stop: "###STOP###"
+expect_final: {{contains: "user message 5"}}
+"""
+
+
+def said(body: dict[str, Any]) -> tuple[str | None, list[tuple[str, str]]]:
+    """(system, [(role, text)]) of an OpenAI Chat or Anthropic Messages request body."""
+
+    def text(content: Any) -> str:
+        return content if isinstance(content, str) else "".join(b["text"] for b in content)
+
+    messages = [(m["role"], text(m["content"])) for m in body["messages"]]
+    if "system" in body:
+        system = body["system"]
+        return text(system if isinstance(system, list) else [{"text": system}]), messages
+    if messages and messages[0][0] == "system":
+        return messages[0][1], messages[1:]
+    return None, messages
+
+
+def sides(server: Any) -> tuple[list[dict], list[dict]]:
+    """The requests the assistant (OpenAI Chat) and the simulated user (Anthropic) were sent."""
+    assistant = [r["json"] for r in server.requests if r["path"].endswith("/chat/completions")]
+    user = [r["json"] for r in server.requests if r["path"].endswith("/messages")]
+    return assistant, user
+
+
+def test_both_sides_see_the_exact_history_and_the_marker_ends_it(tmp_path, mock_server):
+    played = play(tmp_path, SUPPORT, server=mock_server)
+    assert played.result.exit_code == 0, played.result.output
+    [record] = played.transcripts
+    messages = [(m["role"], m["content"]) for m in record["messages"]]
+    replies = [c for role, c in messages if role == "assistant"]
+    scripted = ["Hi, my order arrived broken.", "It is order 123.", "Can you help?"]
+    written = [t["user"] for t in record["turns"] if t.get("simulated")]
+    assert [t.get("simulated", False) for t in record["turns"]] == [False] * 3 + [True] * 2
+    assert written[0].startswith("user message 4, after #") and written[1].startswith(
+        "user message 5, after #"
+    )
+    users = scripted + written
+    assert messages == [("system", "You are ACME's support agent."),
+                        *[m for pair in zip(users, replies, strict=True)
+                          for m in (("user", pair[0]), ("assistant", pair[1]))]]  # fmt: skip
+    assistant, simulator = sides(mock_server)
+    assert len(assistant) == 5 and len(simulator) == 3  # the third said the marker
+    for n, body in enumerate(assistant):  # the assistant's side: the history as it is
+        assert said(body) == ("You are ACME's support agent.", messages[1 : 2 + 2 * n])
+    for k, body in enumerate(simulator):  # the user's side: roles swapped, persona as system
+        swapped = [("assistant" if r == "user" else "user", c) for r, c in messages[1 : 7 + 2 * k]]
+        assert said(body) == (PERSONA, [("user", OPENING), *swapped])
+    assert "###STOP###" not in json.dumps(assistant)  # the marker is never sent to it
+    simulation = record["simulation"]
+    assert simulation["stop_message"] == "Thank you, that is all. ###STOP###"
+    assert {k: simulation[k] for k in ("target", "turns", "max_turns", "ended")} == {
+        "target": "anthropic", "turns": 2, "max_turns": 6, "ended": "stop",
+    }  # fmt: skip
+    assert record["turns"][-1]["checks"][-1]["final"] is True  # expect_final on the last reply
+    # usage: the simulated user's attempts are its own records, marked with their role
+    roles = [(u["target"], u.get("role"), u["turn"]) for u in played.usage]
+    assert roles == [("chat", None, 0), ("chat", None, 1), ("chat", None, 2),
+                     ("anthropic", "simulated_user", 3), ("chat", None, 3),
+                     ("anthropic", "simulated_user", 4), ("chat", None, 4),
+                     ("anthropic", "simulated_user", 5)]  # fmt: skip
+    spent = [u for u in played.usage if u.get("role") == "simulated_user"]
+    assert simulation["usage"]["total_tokens"] == sum(u["total_tokens"] for u in spent)
+    assert [t["simulated_user"]["usage"] for t in record["turns"][3:]] == [
+        {k: u[k] for k in t["simulated_user"]["usage"]} for u, t in
+        zip(spent, record["turns"][3:], strict=False)
+    ]  # fmt: skip
+    assert [t["name"] for t in played.manifest["simulators"]] == ["anthropic"]
+
+
+def test_max_turns_bounds_a_simulated_user_that_never_stops(tmp_path, mock_server):
+    scenario = SUPPORT.replace(" stop-after=5", "")
+    played = play(tmp_path, scenario, server=mock_server)
+    [record] = played.transcripts
+    assert record["status"] == "ok"
+    assert len(record["turns"]) == 3 + 6
+    assert record["simulation"]["ended"] == "max_turns"
+    assert record["simulation"]["stop_message"] is None
+    assistant, simulator = sides(mock_server)
+    assert (len(assistant), len(simulator)) == (9, 6)  # not asked a seventh time
+    assert record["turns"][-1]["user"].startswith("user message 9")
+
+
+@pytest.mark.parametrize("target", ["mock", "mock-responses", "mock-gemini", "mock-anthropic"])
+def test_a_simulated_user_alone_opens_the_conversation(tmp_path: Path, target: str) -> None:
+    scenario = f"""
+id: alone
+simulate: {{user: {target}, persona: "[[mock-user stop-after=2]]", max_turns: 5, stop: "###STOP###"}}
+"""
+    played = play(tmp_path, scenario, targets=(target,))
+    assert played.result.exit_code == 0, played.result.output
+    [record] = played.transcripts
+    assert [t["user"][:14] for t in record["turns"]] == ["user message 1", "user message 2"]
+    assert "after #" in record["turns"][0]["user"]  # it quoted the opening it was sent
+    assert record["simulation"]["ended"] == "stop"
+
+
+def test_repeat_samples_send_the_simulated_user_its_own_seed(tmp_path, mock_server) -> None:
+    scenario = SUPPORT.replace("user: anthropic", "user: chat").replace(
+        "max_turns: 6", "max_turns: 1"
+    )
+    first = play(tmp_path, scenario, "--repeat", "3", server=mock_server)
+    again = play(tmp_path, scenario, "--repeat", "3", server=mock_server)
+    written = [
+        [t["user"] for t in r["turns"] if t.get("simulated")]
+        for played in (first, again) for r in played.transcripts
+    ]  # fmt: skip
+    ends = [w[0].rsplit(" ", 1)[1] for w in written]
+    assert ends == ["seed=0", "seed=1", "seed=2"] * 2  # samples differ, a rerun repeats
+    assert written[:3] == written[3:]
+
+
+def test_the_simulated_users_cost_counts_with_the_conversation(tmp_path: Path) -> None:
+    models = """
+targets:
+  agent: {provider: openai-chat, model: a, mock: {}, price: {input_per_mtok: 1, output_per_mtok: 2}}
+  customer: {provider: gemini, model: c, mock: {}, price: {input_per_mtok: 1000000}}
+"""
+    scenario = SUPPORT.replace("user: anthropic", "user: customer")
+    played = play(tmp_path, scenario, targets=("agent",), models=models)
+    [record] = played.transcripts
+    spent = [u for u in played.usage if u.get("role") == "simulated_user"]
+    simulated = sum(u["input_tokens"] for u in spent) * 1.0  # $1 a token
+    own = [u for u in played.usage if u.get("role") is None]
+    agent = sum(u["input_tokens"] * 1 + u["output_tokens"] * 2 for u in own) / 1e6
+    assert record["simulation"]["cost_usd"] == pytest.approx(simulated)
+    assert record["cost_usd"] == pytest.approx(agent + simulated)
+    [row] = json.loads(played.report("json").stdout)
+    assert row["cost_usd"] == pytest.approx(agent + simulated)
+    assert row["requests"] == len(own)  # the simulated user's are not the agent's requests
+    assert row["simulator_tokens"] == sum(u["total_tokens"] for u in spent)
+    assert played.manifest["cost_usd"] == pytest.approx(agent + simulated, abs=1e-6)
+
+
+def test_an_unknown_simulated_user_target_is_refused_with_file_and_line(tmp_path: Path) -> None:
+    scenario = "id: s\nturns: [hi]\nsimulate:\n  user: mock-gemeni\n  persona: p\n  max_turns: 2\n"
+    path = write_scenario(tmp_path / "s.yaml", scenario)
+    for args in (["validate", path], ["run", path, "-m", "mock", "-o", tmp_path / "runs"]):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert f"{path}:4: simulate.user: unknown target 'mock-gemeni'" in result.stderr
+        assert "did you mean 'mock-gemini'" in result.stderr
+    assert not list((tmp_path / "runs").rglob("*.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("scenario", "problem"),
+    [
+        ("id: s\nsimulate: {user: mock, persona: p}\n",
+         "2: 'simulate' needs max_turns (the target that plays the user, its persona, how many "
+         "turns it may write)"),
+        ("id: s\nsimulate: {user: mock, persona: p, max_turns: 0}\n",
+         "2: 'max_turns' must be an integer >= 1 and <= 1000, got 0"),
+        ("id: s\nsimulate: {user: mock, persona: p, max_turns: 2, stop: ''}\n",
+         "2: 'stop' must not be empty"),
+        ("id: s\nturns: [hi, {assistant: ok}]\n",
+         "2: the last turn is an assistant turn; a conversation must end with a user turn (or be "
+         "followed by 'simulate')"),
+        ("id: s\nsimulate: {user: mock, persona: 'hi {{name}}', max_turns: 2}\n",
+         "2: unknown var 'name' in template (the scenario has no vars)"),
+    ],
+)  # fmt: skip
+def test_bad_simulate_blocks_are_refused(tmp_path: Path, scenario: str, problem: str) -> None:
+    path = write_scenario(tmp_path / "s.yaml", scenario)
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    assert result.stderr.strip().removeprefix("error: ") == f"{path}:{problem}"
+
+
+def test_a_server_playing_both_sides_as_openai_documents(tmp_path: Path, serve_app) -> None:
+    """One OpenAI Chat server plays the assistant and (by its persona) the simulated user,
+    answering chat.completion objects as OpenAI documents them; what each side is sent."""
+    seen: list[tuple[str, list[dict]]] = []
+    lines = iter(["I want a refund.", "Order 123, please.", "Thanks! ###STOP###"])
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        is_user = body["messages"][0]["content"].startswith("You are a customer")
+        seen.append(("user" if is_user else "agent", body["messages"]))
+        content = next(lines) if is_user else f"Agent reply {len(seen)}."
+        return web.json_response({
+            "id": f"chatcmpl-{len(seen)}", "object": "chat.completion", "created": 1,
+            "model": body["model"], "system_fingerprint": None,
+            "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content, "refusal": None}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+        })  # fmt: skip
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    served = serve_app(app)
+    models = "targets:\n" + "".join(
+        f"  {name}:\n    provider: openai-chat\n    model: {name}-model\n"
+        f"    base_url: {served.base_url}/v1\n    api_key_env: TEST_API_KEY\n"
+        for name in ("agent", "customer")
+    )
+    scenario = """
+id: raw
+system: Be helpful.
+turns:
+  - user: Hello.
+  - assistant: How can I help?
+simulate: {user: customer, persona: You are a customer., max_turns: 5, stop: "###STOP###"}
+"""
+    played = play(tmp_path, scenario, targets=("agent",), models=models)
+    assert played.result.exit_code == 0, played.result.output
+
+    def m(role: str, content: str) -> dict:
+        return {"role": role, "content": content}
+
+    persona = m("system", "You are a customer.")
+    assert seen == [
+        ("agent", [m("system", "Be helpful."), m("user", "Hello.")]),
+        ("user", [persona, m("user", OPENING), m("assistant", "Hello."),
+                  m("user", "Agent reply 1."), m("user", "How can I help?")]),
+        ("agent", [m("system", "Be helpful."), m("user", "Hello."),
+                   m("assistant", "Agent reply 1."), m("assistant", "How can I help?"),
+                   m("user", "I want a refund.")]),
+        ("user", [persona, m("user", OPENING), m("assistant", "Hello."),
+                  m("user", "Agent reply 1."), m("user", "How can I help?"),
+                  m("assistant", "I want a refund."), m("user", "Agent reply 3.")]),
+        ("agent", [m("system", "Be helpful."), m("user", "Hello."),
+                   m("assistant", "Agent reply 1."), m("assistant", "How can I help?"),
+                   m("user", "I want a refund."), m("assistant", "Agent reply 3."),
+                   m("user", "Order 123, please.")]),
+        ("user", [persona, m("user", OPENING), m("assistant", "Hello."),
+                  m("user", "Agent reply 1."), m("user", "How can I help?"),
+                  m("assistant", "I want a refund."), m("user", "Agent reply 3."),
+                  m("assistant", "Order 123, please."), m("user", "Agent reply 5.")]),
+    ]  # fmt: skip
+    [record] = played.transcripts
+    assert record["simulation"]["stop_message"] == "Thanks! ###STOP###"
+    assert record["messages"][-1] == m("assistant", "Agent reply 5.")
