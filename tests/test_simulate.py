@@ -114,7 +114,8 @@ def test_max_turns_bounds_a_simulated_user_that_never_stops(tmp_path, mock_serve
 def test_a_simulated_user_alone_opens_the_conversation(tmp_path: Path, target: str) -> None:
     scenario = f"""
 id: alone
-simulate: {{user: {target}, persona: "[[mock-user stop-after=2]]", max_turns: 5, stop: "###STOP###"}}
+simulate:
+  {{user: {target}, persona: "[[mock-user stop-after=2]]", max_turns: 5, stop: "###STOP###"}}
 """
     played = play(tmp_path, scenario, targets=(target,))
     assert played.result.exit_code == 0, played.result.output
