@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from runner.engine.simulate import OPENING
-from tests.conftest import cli, play, write_scenario
+from tests.conftest import cli, holding_one, play, spawn, write_scenario
 
 PERSONA = "A customer whose order #123 arrived broken. [[mock-user stop-after=5]]"
 SUPPORT = f"""
@@ -261,3 +262,47 @@ simulate: {user: customer, persona: You are a customer., max_turns: 5, stop: "##
     [record] = played.transcripts
     assert record["simulation"]["stop_message"] == "Thanks! ###STOP###"
     assert record["messages"][-1] == m("assistant", "Agent reply 5.")
+
+
+def test_diff_compares_simulated_conversations_by_outcome_and_turns(tmp_path, mock_server):
+    scenario = SUPPORT.replace('"user message 5"', '"user message"')
+    base = play(tmp_path, scenario, server=mock_server)
+    new = play(tmp_path, scenario.replace("stop-after=5", "stop-after=4"), server=mock_server)
+    result = cli("diff", base.run_dir, new.run_dir)
+    assert result.exit_code == 0, result.output  # same outcome: pass -> pass
+    assert "0 conversations with changed replies" in result.stdout  # text is not compared
+    assert (
+        "SIMULATED: 1 conversation with a simulated user compared by outcome and number of "
+        "turns, not by text (a simulated user's text is not expected to repeat); 1 changed "
+        "their number of turns\n  refund@chat  5 -> 4 turns"
+    ) in result.stdout
+    data = json.loads(cli("diff", base.run_dir, new.run_dir, "--format", "json").stdout)
+    assert data["simulated"] == 1
+    assert data["turns_changed"] == [{"conversation_id": "refund@chat", "before": 5, "after": 4}]
+    markdown = cli("diff", base.run_dir, new.run_dir, "--format", "markdown").stdout
+    assert "Number of turns changed (1)" in markdown
+
+
+def test_killed_simulated_runs_resume_from_the_start(tmp_path, make_mock) -> None:
+    # one of the mock's first six requests is held for an hour, no later one: the run cannot
+    # finish before its kill, and its resumes never wait
+    server = make_mock(**holding_one(within=6, among=3000))
+    scenario = SUPPORT.replace(
+        "id: refund", "id: refund\nvars: {n: [" + ", ".join(str(i) for i in range(100)) + "]}"
+    ).replace("Can you help?", "Can you help {{n}}?")
+    running = spawn(tmp_path, scenario, "-c", "20", server=server)
+    running.wait_for_records(30)
+    running.proc.send_signal(signal.SIGKILL)
+    killed = running.finish()
+    assert killed.result.exit_code == -signal.SIGKILL
+    assert 30 <= running.written() < 100
+    result = killed.resume().result
+    assert result.exit_code == 0, result.output + result.stderr
+    records = killed.transcripts
+    ids = [r["conversation_id"] for r in records]
+    assert len(ids) == len(set(ids)) == 100
+    assert all(r["status"] == "ok" and r["simulation"]["ended"] == "stop" for r in records)
+    assert all(len(r["turns"]) == 5 and len(r["messages"]) == 11 for r in records)
+    again = killed.resume()
+    assert again.result.exit_code == 0
+    assert killed.transcripts == records  # nothing more was played
