@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
+import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +309,40 @@ def test_killed_simulated_runs_resume_from_the_start(tmp_path, make_mock) -> Non
     again = killed.resume()
     assert again.result.exit_code == 0
     assert killed.transcripts == records  # nothing more was played
+
+
+MANY = """
+id: many
+vars_file: rows.csv
+system: You are ACME's support agent.
+turns:
+  - "Hi, my order {{n}} arrived broken."
+simulate: {user: mock, persona: "[[mock-user stop-after=2]]", max_turns: 6, stop: "###STOP###"}
+"""
+
+
+def test_a_thousand_simulated_conversations_at_once_keep_nothing_each(tmp_path: Path) -> None:
+    """1,000 simulated conversations in flight together (-c 1000): every one is played to its
+    marker, and a run of them holds nothing per conversation once it ended (traced Python
+    memory before and after, the first run's imports paid by a small run first)."""
+    (tmp_path / "rows.csv").write_text("n\n" + "".join(f"{i}\n" for i in range(1000)))
+    (tmp_path / "few.csv").write_text("n\n1\n2\n")
+    write_scenario(tmp_path / "few.yaml", MANY.replace("rows.csv", "few.csv"))
+    tracemalloc.start()
+    try:
+        warm = play(tmp_path, tmp_path / "few.yaml", "-c", "1000", targets=("mock",))
+        assert warm.result.exit_code == 0, warm.result.output
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        played = play(tmp_path, MANY, "-c", "1000", targets=("mock",))
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert played.result.exit_code == 0, played.result.output
+    records = played.transcripts
+    assert len(records) == 1000
+    assert all(r["simulation"]["ended"] == "stop" and len(r["turns"]) == 2 for r in records)
+    roles = Counter(u.get("role") for u in played.usage)
+    assert roles == {None: 2000, "simulated_user": 2000}
+    assert after - before < 1_000_000  # under 1 kB a conversation: none is held
