@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from runner.engine.simulate import OPENING
-from tests.conftest import cli, holding_one, play, spawn, write_scenario
+from tests.conftest import cli, holding_one, play, read_jsonl, spawn, write_scenario
 
 PERSONA = "A customer whose order #123 arrived broken. [[mock-user stop-after=5]]"
 SUPPORT = f"""
@@ -346,3 +346,20 @@ def test_a_thousand_simulated_conversations_at_once_keep_nothing_each(tmp_path: 
     roles = Counter(u.get("role") for u in played.usage)
     assert roles == {None: 2000, "simulated_user": 2000}
     assert after - before < 1_000_000  # under 1 kB a conversation: none is held
+
+
+def test_exports_carry_simulated_turns_as_user_turns(tmp_path, mock_server) -> None:
+    scenario = SUPPORT.replace("id: refund", "id: refund\nrepeat: 2").replace(
+        "max_turns: 6", "max_turns: 1"
+    )  # one simulated turn, then max_turns: expect_final fails on the last reply
+    played = play(tmp_path, scenario, server=mock_server)
+    assert played.result.exit_code == 1
+    out = tmp_path / "chat.jsonl"
+    result = cli("export", played.run_dir, "--format", "openai", "-o", out)
+    assert result.exit_code == 0, result.output
+    [first, second] = [r["messages"] for r in read_jsonl(out)]
+    record = played.transcripts[0]
+    assert first == record["messages"]  # simulated turns are plain user messages
+    assert [m["role"] for m in first] == ["system"] + ["user", "assistant"] * 4
+    result = cli("export", played.run_dir, "--format", "openai", "-o", out, "--only-passed")
+    assert result.exit_code == 0 and read_jsonl(out) == []  # the final check failed
