@@ -363,3 +363,19 @@ def test_exports_carry_simulated_turns_as_user_turns(tmp_path, mock_server) -> N
     assert [m["role"] for m in first] == ["system"] + ["user", "assistant"] * 4
     result = cli("export", played.run_dir, "--format", "openai", "-o", out, "--only-passed")
     assert result.exit_code == 0 and read_jsonl(out) == []  # the final check failed
+
+
+def test_an_expect_final_judge_sees_the_whole_conversation(tmp_path, mock_server) -> None:
+    scenario = SUPPORT.replace(
+        'expect_final: {contains: "user message 5"}',
+        "expect_final: {judge: {rubric: 'quotes \"user message 5\"', target: gemini}}",
+    )
+    played = play(tmp_path, scenario, server=mock_server)
+    assert played.result.exit_code == 0, played.result.output
+    [record] = played.transcripts
+    [check] = record["turns"][-1]["checks"]
+    assert (check["kind"], check["passed"], check["final"]) == ("judge", True, True)
+    [asked] = [r["json"] for r in mock_server.requests if ":generateContent" in r["path"]]
+    material = json.loads(asked["contents"][0]["parts"][0]["text"].splitlines()[-1])
+    assert material["conversation"] == record["messages"][:-1]  # all but the judged reply
+    assert material["reply"] == record["messages"][-1]["content"]
