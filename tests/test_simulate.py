@@ -379,3 +379,20 @@ def test_an_expect_final_judge_sees_the_whole_conversation(tmp_path, mock_server
     material = json.loads(asked["contents"][0]["parts"][0]["text"].splitlines()[-1])
     assert material["conversation"] == record["messages"][:-1]  # all but the judged reply
     assert material["reply"] == record["messages"][-1]["content"]
+
+
+def test_context_server_chains_the_simulated_turns(tmp_path: Path) -> None:
+    scenario = """
+id: chained
+context: server
+turns: [hello]
+simulate: {user: mock, persona: "[[mock-user stop-after=3]]", max_turns: 4, stop: "###STOP###"}
+"""
+    played = play(tmp_path, scenario, targets=("mock-responses",))
+    assert played.result.exit_code == 0, played.result.output
+    [record] = played.transcripts
+    assert [t["sent_messages"] for t in record["turns"]] == [1, 1, 1]  # each new message alone
+    # the server kept the history: each reply counts every message before it
+    assert [t["assistant"].split(";")[0] for t in record["turns"]] == [
+        "mock: 1 messages", "mock: 3 messages", "mock: 5 messages",
+    ]  # fmt: skip

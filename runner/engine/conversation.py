@@ -80,8 +80,8 @@ async def run_conversation(
         record = turn_record(len(turns), history[-2].text, reply, attempts, n_sent)
         users.mark(turn, record)
         turns.append(record)
-        asked = Asked(conv, system, history, values, judges)
-        await _checks(turn.expect, record, asked)
+        if turn.expect is not None:
+            await _checks(turn.expect, record, Asked(conv, system, history, values, judges))
         error = await _captured(turn, record, values)
         if error is not None:
             break
@@ -105,12 +105,10 @@ class Asked:
 
 
 async def _checks(
-    expect: Expect | None, record: dict[str, Any], asked: Asked, final: bool = False
+    expect: Expect, record: dict[str, Any], asked: Asked, final: bool = False
 ) -> None:
     """Run EXPECT's checks on the reply of RECORD (a turn record) and add their results to
     it; FINAL: they are expect_final's (each result says so)."""
-    if expect is None:
-        return
     text, history = record["assistant"], asked.history
     about = None
     if expect.python:
