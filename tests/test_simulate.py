@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import html
 import json
 import signal
 import tracemalloc
@@ -396,3 +397,21 @@ simulate: {user: mock, persona: "[[mock-user stop-after=3]]", max_turns: 4, stop
     assert [t["assistant"].split(";")[0] for t in record["turns"]] == [
         "mock: 1 messages", "mock: 3 messages", "mock: 5 messages",
     ]  # fmt: skip
+
+
+def test_the_compare_page_shows_each_sides_own_simulated_message(tmp_path: Path) -> None:
+    scenario = """
+id: page
+turns: [hello]
+simulate: {user: mock, persona: "[[mock-user stop-after=2]]", max_turns: 3, stop: "###STOP###"}
+"""
+    seeded = play(tmp_path, scenario, "--repeat", "2", targets=("mock",))  # seed=0 and 1
+    plain = play(tmp_path, scenario, targets=("mock",))  # no seed sent
+    page = tmp_path / "page.html"
+    result = cli("compare", seeded.run_dir, plain.run_dir, "--html", page)
+    assert result.exit_code == 0, result.output
+    text = page.read_text(encoding="utf-8")
+    [own] = [t["user"] for t in plain.transcripts[0]["turns"] if t.get("simulated")]
+    assert '<span class="role">user (simulated)</span>' in text
+    assert html.escape(own) in text  # beside the first run's, which says seed=0
+    assert html.escape(own + " seed=0") in text

@@ -318,22 +318,29 @@ def _turn_cells(
     sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str]
 ) -> str:
     index, user = row
-    cells = [f'<div class="full user"><span class="role">user</span>{text_block(user)}</div>']
     turns = [
         next((t for t in record["turns"] if t["index"] == index), None) if record else None
         for record in records
     ]
+    role = "user (simulated)" if any(t and t.get("simulated") for t in turns) else "user"
+    cells = [f'<div class="full user"><span class="role">{role}</span>{text_block(user)}</div>']
     shown = marked([turn["assistant"] if turn else None for turn in turns])
     for side, record, turn, text in zip(sides, records, turns, shown, strict=True):
         if turn is None and record is not None and failed_turn(record) == index:
             tries = side.tries.get(record["conversation_id"], [])
             cells.append(attempts_block(record.get("error") or {}, tries))
+        elif turn is not None and turn["user"] != user:  # a simulated user wrote it another way
+            cells.append(_reply_cell(turn, text, asked=(role, turn["user"])))
         else:
             cells.append(_reply_cell(turn, text))
     return "".join(cells)
 
 
-def _reply_cell(turn: dict[str, Any] | None, text: str | None = None) -> str:
+def _reply_cell(
+    turn: dict[str, Any] | None, text: str | None = None, asked: tuple[str, str] | None = None
+) -> str:
+    """A reply with its figures and checks; ASKED: (role, text) of the user message this
+    side was sent, when it differs from the one shown across the page."""
     if turn is None:
         return '<div class="reply missing">not reached</div>'
     usage = turn.get("usage") or {}
@@ -352,8 +359,12 @@ def _reply_cell(turn: dict[str, Any] | None, text: str | None = None) -> str:
     if turn.get("finish_reason"):
         meta.append(esc(turn["finish_reason"]))
     checks = "".join(check_item(c) for c in turn.get("checks") or [])
+    own = ""
+    if asked is not None:
+        role, said = asked
+        own = f'<div class="user"><span class="role">{esc(role)}</span>{text_block(said)}</div>'
     return (
-        f'<div class="reply">{text_block(turn.get("assistant") or "", text)}'
+        f'<div class="reply">{own}{text_block(turn.get("assistant") or "", text)}'
         f'<div class="meta">{" · ".join(meta)}</div>'
         + (f'<ul class="checks">{checks}</ul>' if checks else "")
         + "</div>"
