@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import cli, play, write_scenario
+from tests.conftest import chat_completion, chat_models, cli, play, write_scenario
 
 BUILTINS = ["mock", "mock-responses", "mock-gemini", "mock-anthropic"]
 
@@ -108,17 +108,11 @@ def test_openai_chat_replies_as_documented_feed_captures(tmp_path: Path, serve_a
         body = await request.json()
         bodies.append(body)
         content = "```json\n" + json.dumps(order) + "\n```" if len(bodies) == 1 else "Done."
-        return web.json_response({
-            "id": f"chatcmpl-{len(bodies)}", "object": "chat.completion", "created": 1,
-            "model": "m", "system_fingerprint": None,
-            "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content, "refusal": None}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
-        })  # fmt: skip
+        return web.json_response(chat_completion(len(bodies), body["model"], content))
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
-    served = serve_app(app)
+    models = chat_models(serve_app(app).base_url, "shop")
     scenario = """
 id: order
 turns:
@@ -129,10 +123,6 @@ turns:
       item: {json: '$.order.items[0]'}
   - user: "Total {{total}}, unit price {{price}}, item {{item}}"
 """
-    models = (
-        f"targets:\n  shop:\n    provider: openai-chat\n    model: m\n"
-        f"    base_url: {served.base_url}/v1\n    api_key_env: TEST_API_KEY\n"
-    )
     played = play(tmp_path, scenario, targets=("shop",), models=models)
     assert played.result.exit_code == 0, played.result.output
     assert bodies[1]["messages"][-1] == {

@@ -16,7 +16,16 @@ import pytest
 from aiohttp import web
 
 from runner.engine.simulate import OPENING
-from tests.conftest import cli, holding_one, play, read_jsonl, spawn, write_scenario
+from tests.conftest import (
+    chat_completion,
+    chat_models,
+    cli,
+    holding_one,
+    play,
+    read_jsonl,
+    spawn,
+    write_scenario,
+)
 
 PERSONA = "A customer whose order #123 arrived broken. [[mock-user stop-after=5]]"
 SUPPORT = f"""
@@ -213,22 +222,11 @@ def test_a_server_playing_both_sides_as_openai_documents(tmp_path: Path, serve_a
         is_user = body["messages"][0]["content"].startswith("You are a customer")
         seen.append(("user" if is_user else "agent", body["messages"]))
         content = next(lines) if is_user else f"Agent reply {len(seen)}."
-        return web.json_response({
-            "id": f"chatcmpl-{len(seen)}", "object": "chat.completion", "created": 1,
-            "model": body["model"], "system_fingerprint": None,
-            "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content, "refusal": None}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
-        })  # fmt: skip
+        return web.json_response(chat_completion(len(seen), body["model"], content))
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
-    served = serve_app(app)
-    models = "targets:\n" + "".join(
-        f"  {name}:\n    provider: openai-chat\n    model: {name}-model\n"
-        f"    base_url: {served.base_url}/v1\n    api_key_env: TEST_API_KEY\n"
-        for name in ("agent", "customer")
-    )
+    models = chat_models(serve_app(app).base_url, "agent", "customer")
     scenario = """
 id: raw
 system: Be helpful.
@@ -415,3 +413,40 @@ simulate: {user: mock, persona: "[[mock-user stop-after=2]]", max_turns: 3, stop
     assert '<span class="role">user (simulated)</span>' in text
     assert html.escape(own) in text  # beside the first run's, which says seed=0
     assert html.escape(own + " seed=0") in text
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (web.json_response(chat_completion(1, "customer-model", "")), {
+            "kind": "empty", "status": None,
+            "message": "the simulated user (customer) returned no text",
+        }),
+        (web.json_response({"error": {"message": "bad persona", "type": "invalid_request_error",
+                                      "param": None, "code": None}}, status=400), {
+            "kind": "http", "status": 400,
+            "message": "the simulated user (customer): bad persona",
+        }),
+    ],
+)  # fmt: skip
+def test_a_simulated_user_that_cannot_answer_fails_the_conversation(
+    tmp_path: Path, serve_app, answer: web.Response, error: dict
+) -> None:
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["model"] == "customer-model":
+            return answer
+        return web.json_response(chat_completion(1, body["model"], "Agent reply."))
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    models = chat_models(serve_app(app).base_url, "agent", "customer")
+    scenario = "id: f\nturns: [Hello.]\nsimulate: {user: customer, persona: p, max_turns: 3}\n"
+    played = play(tmp_path, scenario, targets=("agent",), models=models)
+    assert played.result.exit_code == 3, played.result.output
+    [record] = played.transcripts
+    assert record["error"] == error
+    assert len(record["turns"]) == 1  # the scripted turn's reply is kept
+    assert record["simulation"]["ended"] is None
+    failed = [u for u in played.usage if u.get("role") == "simulated_user"]
+    assert [u["status"] for u in failed] == [200 if error["kind"] == "empty" else 400]
