@@ -39,6 +39,10 @@ class Kind(StrEnum):
     )
     CHECK_ERROR = "check_error"  # a python check raised, or returned no verdict (an error)
     CAPTURE = "capture"  # a turn's capture found nothing in its reply: later turns not sent
+    TOOL_UNSCRIPTED = (
+        "tool_unscripted"  # the model called a tool the scenario scripts no result for
+    )
+    TOOL_LOOP = "tool_loop"  # the model still called tools after max_tool_rounds in one turn
     CACHE_MISS = "cache_miss"  # --cache-only: no reply cached for this request, none was sent
 
 

@@ -138,8 +138,9 @@ turns:
         (
             "id: a\nsystem: 'hi {{code}}'\nturns:\n  - user: x\n    capture: {code: 'BK'}\n"
             "  - y {{code}}\n",
-            ["2: 'code' is used before it is captured (at line 5) (the system prompt and "
-             "persona are filled first); a captured value can be used from the next turn on"],
+            ["2: 'code' is used before it is captured (at line 5) (the system prompt, persona "
+             "and tool_results are filled with vars only); a captured value can be used from "
+             "the next turn on"],
         ),
         (
             "id: a\nturns:\n  - user: 'x {{code}}'\n    capture: {code: 'BK'}\n",

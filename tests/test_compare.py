@@ -103,7 +103,7 @@ def test_the_page_is_self_contained_and_escapes_every_transcript_text(runs) -> N
     page = Elements(markup)
     csp = [a for a in page.having("meta") if a.get("http-equiv") == "Content-Security-Policy"]
     assert csp[0]["content"] == (
-        "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
     )
     links = [a["href"] for _, a in page.elements if "href" in a]
     assert not [t for t, a in page.elements if "src" in a]  # nothing to fetch

@@ -445,3 +445,30 @@ def test_a_run_is_charged_the_max_tokens_of_each_request(tmp_path, make_mock):
                   models={"params": {"max_tokens": 700}})  # fmt: skip
     assert played.result.exit_code == 0, played.result.output
     assert server.state.limits.tokens_admitted == 3 * 700
+
+
+def test_a_burst_decided_out_of_order_measures_no_rate_from_its_refusals():
+    # 20 sent at once to a server that takes 10 a second in a bucket of 10: it decided them
+    # in another order than sent (a network's), taking every other one; the refusals come
+    # back a millisecond apart, and each taken one's next turn goes out as it is answered,
+    # into an empty bucket. Counted in the order they came back, the refusals measured
+    # thousands a second; nothing was admitted between them but the burst itself
+    async def scenario() -> Pacer:
+        clock = FakeClock()
+        pacer = Pacer(clock, clock.sleep)
+        burst = [await pacer.acquire(1) for _ in range(20)]
+        rate_limited = CIMultiDict({"retry-after": "1"})
+        for i in [19, 1, 17, 3, 15, 5, 13, 7, 11, 9, 18, 0, 16, 2, 14, 4, 12, 6, 10, 8]:
+            clock.now += 0.001
+            if i % 2:
+                pacer.refused(rate_limited, "rate limited", burst[i], 1)
+            else:
+                pacer.answered(CIMultiDict(), burst[i], 1)
+                nxt = await pacer.acquire(1)
+                clock.now += 0.001
+                pacer.refused(rate_limited, "rate limited", nxt, 1)
+        return pacer
+
+    pacer = asyncio.run(scenario())
+    assert not pacer.requests.measured
+    assert pacer.requests.rate < 50  # paced, not let through

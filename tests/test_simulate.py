@@ -147,7 +147,8 @@ def test_repeat_samples_send_the_simulated_user_its_own_seed(tmp_path, mock_serv
     again = play(tmp_path, scenario, "--repeat", "3", server=mock_server)
     written = [
         [t["user"] for t in r["turns"] if t.get("simulated")]
-        for played in (first, again) for r in played.transcripts
+        for played in (first, again)
+        for r in sorted(played.transcripts, key=lambda r: r["sample"])  # written as they end
     ]  # fmt: skip
     ends = [w[0].rsplit(" ", 1)[1] for w in written]
     assert ends == ["seed=0", "seed=1", "seed=2"] * 2  # samples differ, a rerun repeats
@@ -198,8 +199,8 @@ def test_an_unknown_simulated_user_target_is_refused_with_file_and_line(tmp_path
         ("id: s\nsimulate: {user: mock, persona: p, max_turns: 2, stop: ''}\n",
          "2: 'stop' must not be empty"),
         ("id: s\nturns: [hi, {assistant: ok}]\n",
-         "2: the last turn is an assistant turn; a conversation must end with a user turn (or be "
-         "followed by 'simulate')"),
+         "2: the last turn is an assistant turn; a conversation must end with a user turn (or an "
+         "assistant's text followed by 'simulate')"),
         ("id: s\nsimulate: {user: mock, persona: 'hi {{name}}', max_turns: 2}\n",
          "2: unknown var 'name' in template (the scenario has no vars)"),
     ],

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from runner.client.providers import Call, Provider, Reply
 from runner.encoding import to_json
 from runner.errors import ApiError, InputError, Kind
+from runner.messages import ToolCall
 from runner.results.records import attempt_record, utc_now
 from runner.results.store import open_own, read_at, scan_jsonl, write_error
 from runner.spec.targets import Target
@@ -119,21 +120,25 @@ class Lookup:
 
     def store(self, reply: Reply, provider: Provider) -> None:
         """Keep a reply that was sent (not an empty one: a failure, better asked again)."""
-        if not reply.text:
+        if not reply.text and not reply.tool_calls:
             return
-        kept = {
+        kept: dict[str, Any] = {
             "text": reply.text, "finish_reason_raw": reply.finish_reason_raw,
             "usage": reply.usage, "raw_usage": reply.raw_usage,
             "response_id": reply.response_id, "latency_ms": round(reply.latency_ms, 2),
             "ttft_ms": round(reply.ttft_ms, 2) if reply.ttft_ms is not None else None,
         }  # fmt: skip
+        if reply.tool_calls:
+            kept["tool_calls"] = [dataclasses.astuple(call) for call in reply.tool_calls]
         entry = {
             "version": VERSION, "key": self.key.hex(), "provider": provider.name,
             "model": provider.model, **self.about, "reply": kept, "stored_at": utc_now(),
         }  # fmt: skip
         self.cache.append(self.path, self.key, entry)
 
-    def usage_record(self, cid: str, turn: int, target: Target, judge: bool) -> dict[str, Any]:
+    def usage_record(
+        self, cid: str, turn: int | tuple[int, int], target: Target, judge: bool
+    ) -> dict[str, Any]:
         """The usage record of a replayed reply: no tokens spent (cost 0), not a request;
         latency and TTFT are those measured when it was sent, marked `cached_reply`."""
         assert self.reply is not None
@@ -150,7 +155,10 @@ def _reply(entry: dict[str, Any]) -> Reply | None:
     """The Reply an entry holds, as the provider gave it; None for an entry of another
     shape (an edited line)."""
     kept = entry.get("reply")
-    if not isinstance(kept, dict) or not isinstance(kept.get("text"), str) or not kept["text"]:
+    if not isinstance(kept, dict) or not isinstance(kept.get("text"), str):
+        return None
+    calls = _calls(kept.get("tool_calls", []))
+    if calls is None or not (kept["text"] or calls):
         return None
     usage = kept.get("usage")
     if not isinstance(usage, dict) or any(
@@ -164,7 +172,21 @@ def _reply(entry: dict[str, Any]) -> Reply | None:
     if not (_text(finish) and (raw is None or isinstance(raw, dict)) and _text(rid)):
         return None
     tokens = cast(Usage, {k: usage.get(k, 0) for k in TOKEN_KEYS})  # older entries: 0
-    return Reply(kept["text"], finish, tokens, raw, rid, float(kept["latency_ms"]), ttft)
+    latency = float(kept["latency_ms"])
+    return Reply(kept["text"], finish, tokens, raw, rid, latency, ttft, tool_calls=calls)
+
+
+def _calls(kept: Any) -> tuple[ToolCall, ...] | None:
+    """The tool calls an entry holds ([id, name, arguments, wire_id, signature] each)."""
+    shape: tuple[Any, ...] = (str, str, str, bool, (str, type(None)))
+    if not isinstance(kept, list) or not all(
+        isinstance(c, list)
+        and len(c) == 5
+        and all(isinstance(v, t) for v, t in zip(c, shape, strict=True))
+        for c in kept
+    ):
+        return None
+    return tuple(ToolCall(*c) for c in kept)
 
 
 def _number(value: Any) -> bool:

@@ -19,12 +19,14 @@ from runner.client.providers.transport import Http, Transport
 from runner.client.retry import Breaker, RetryPolicy, retrying
 from runner.encoding import clean_text
 from runner.errors import ApiError, Kind, internal
-from runner.messages import Message
+from runner.messages import Message, Tool
 from runner.results.records import attempt_record
 from runner.spec.targets import Target, provider_for
 
 USER_AGENT = f"dialogue-runner/{runner.__version__}"
 AttemptSink = Callable[[dict[str, Any]], None]
+Where = int | tuple[int, int]  # a turn, or a turn and the request of its tool loop
+At = tuple[str, Where, str | None]  # a conversation, where in it, and a role marking the record
 Verdict = Callable[[str], object]  # raises a retryable ApiError when a reply is no verdict
 
 
@@ -92,6 +94,8 @@ class TargetClient:
         judge: Verdict | None = None,
         sample: int = 0,
         cache_marks: bool | None = None,
+        tools: tuple[Tool, ...] = (),
+        request: int = 0,
         role: str | None = None,
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts).
@@ -100,23 +104,26 @@ class TargetClient:
         reply that `judge` refuses is retried like a malformed body. With a cache, a reply
         cached for this request (and SAMPLE) is replayed with 0 attempts. `cache_marks`
         (None: the target's `cache`) asks a provider with cache marks to mark the prompt for
-        the server's prompt cache (not the reply cache). ROLE, when given, marks every usage
-        record of this call (a simulated user's: "simulated_user")."""
+        the server's prompt cache (not the reply cache). TOOLS are the tools the model may
+        call; REQUEST numbers the requests of one turn's tool loop (usage records say it
+        when there are tools). ROLE, when given, marks every usage record of this call (a
+        simulated user's: "simulated_user")."""
         marks = self.target.cache if cache_marks is None else cache_marks
-        call = Call(system, messages, params, self.stream, previous_id, marks)
-        request = self.provider.build(call)
+        call = Call(system, messages, params, self.stream, previous_id, marks, tools)
+        where = (turn, request) if tools else turn
+        sent = self.provider.build(call)
 
         # -- the reply cache (runner/client/cache.py): a hit is replayed, a miss stored once sent
         cached = self.cache.lookup(self.provider, call, sample) if self.cache else None
         if cached is not None and cached.reply is not None:
-            record = cached.usage_record(conversation_id, turn, self.target, bool(judge))
+            record = cached.usage_record(conversation_id, where, self.target, bool(judge))
             self.on_attempt({**record, "role": role} if role else record)
             return cached.reply, 0
 
-        tokens = self.provider.admission_tokens(request, params)
+        tokens = self.provider.admission_tokens(sent, params)
 
         def attempt(n: int) -> Any:
-            return self._attempt(request, tokens, (conversation_id, turn, role), n, judge)
+            return self._attempt(sent, tokens, (conversation_id, where, role), n, judge)
 
         try:
             reply, attempts = await retrying(attempt, self.policy)
@@ -131,7 +138,7 @@ class TargetClient:
         self,
         request: Request,
         estimate: float,
-        where: tuple[str, int, str | None],
+        at: At,
         n: int,
         judge: Verdict | None,
     ) -> Reply:
@@ -153,30 +160,35 @@ class TargetClient:
             reply = await self.transport.send(request)  # the one place a request is sent
         except Exception as exc:  # anything but an ApiError is our bug: final, said where
             err = exc if isinstance(exc, ApiError) else internal(exc)
-            self._failed(err, ticket, marks, estimate)
-            self._record(where, n, err.label, None, start, judge is not None)
+            self._failed(err, ticket, marks, estimate, n + 1)
+            self._record(at, n, err.label, None, start, judge is not None)
             raise err from None
         self.limit.release(ticket, ok=True)
         self.breaker.succeeded()
         self.pacer.answered(reply.headers, marks, estimate)
-        self._record(where, n, 200, reply, start, judge is not None)
+        self._record(at, n, 200, reply, start, judge is not None)
         if judge is not None:
             judge(reply.text)
         return reply
 
     def _failed(
-        self, err: ApiError, ticket: tuple[int, int], marks: tuple[Mark, Mark], cost: float
+        self,
+        err: ApiError,
+        ticket: tuple[int, int],
+        marks: tuple[Mark, Mark],
+        cost: float,
+        attempts: int = 1,
     ) -> None:
-        """A refused attempt: a rate limit paces the target; an answer the provider calls an
-        overload (503, or a 429 the pacer finds no empty budget behind: too many in flight)
-        lowers the requests in flight."""
+        """A refused attempt (the request's `attempts`-th): a rate limit paces the
+        target; an answer the provider calls an overload (503, or a 429 the pacer finds no
+        empty budget behind: too many in flight) lowers the requests in flight."""
         err.message = cut_message(clean_text(mask(err.message, self.target.key)))
         empty = None
         if err.kind is Kind.RATE_LIMIT:
             empty = self.pacer.refused(err.headers, err.message, marks, cost)
             if empty is not None and err.retry_after is not None:
                 whole = whole_second_wait(err.headers, err.retry_after)
-                err.retry_after = empty.retry_after(err.retry_after, whole)
+                err.retry_after = empty.retry_after(err.retry_after, whole, attempts)
         else:
             self.pacer.failed()
         overloaded = err.retryable and err.status in self.provider.overloaded and empty is None
@@ -185,7 +197,7 @@ class TargetClient:
 
     def _record(
         self,
-        where: tuple[str, int, str | None],
+        at: At,
         n: int,
         status: int | str,
         reply: Reply | None,
@@ -193,7 +205,7 @@ class TargetClient:
         judge: bool,
     ) -> None:
         latency_ms = (time.perf_counter() - start) * 1000
-        t, (cid, turn, role) = self.target, where
+        t, (cid, turn, role) = self.target, at
         record = attempt_record(cid, turn, n + 1, t.name, t.model, status, reply, latency_ms)
         if judge:
             record["judge"] = True

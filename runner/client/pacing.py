@@ -18,6 +18,7 @@ wait their turn like any other, so retries go out spread at the rate, not as a h
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import time
 from collections import deque
@@ -31,12 +32,14 @@ from runner.client.providers.ratelimits import X_RATELIMIT, RateHeaders, reset_s
 
 @dataclass(slots=True, frozen=True)
 class Mark:
-    """A request as it left: when, what had been sent and refused before it, and (set by
-    the Pacer) how many requests were on the wire with it, itself included."""
+    """A request as it left: when, what had been sent before it (its place in the order the
+    server decides in), what was sent within NEAR_S before it, itself included (what the
+    server may have decided in another order), and (set by the Pacer) how many requests
+    were on the wire with it, itself included."""
 
     at: float
     sent: float
-    refused: float
+    near: float = 0.0
     flying: int = 0
 
 
@@ -46,6 +49,9 @@ class Budget:
     MIN_UNITS = 4.0  # requests admitted between two empty moments before their rate counts
     LOW_UNITS = 400.0  # requests admitted between them before the estimate leans low
     KEEP_S = 60.0  # empty moments older than this no longer anchor the rate
+    KEEP = 256  # nor those past the newest 256
+    KEEP_REFUSALS = 2048  # refusals kept to count what was admitted between empty moments
+    NEAR_S = 0.05  # requests sent this close together may be decided in either order
     MIN_BURST_S = 0.1  # the learned bucket holds at least this long of its rate
     GUESS_GROWTH = 2.0  # a guessed rate doubles each second until an empty moment measures it
 
@@ -67,11 +73,13 @@ class Budget:
         self.basis = 0.0  # the used amount the stated rate was taken from
         self.capacity = math.inf  # the bucket's size, once a rate is measured
         self.burst = 0.0  # what the server took at once before its bucket first emptied
+        self.took = math.inf  # ... as first seen, before its rate is measured (no refill)
         self.level, self._stamp = 0.0, clock()
         self.began: float | None = None  # the first send
         self.sent = 0.0  # units sent so far
-        self.refused = 0.0  # units refused so far
-        self.empties: deque[Mark] = deque(maxlen=256)  # moments the bucket was empty
+        self.refusals: list[tuple[float, float]] = []  # (sent before, cost) of each refused
+        self.empties: list[Mark] = []  # moments the bucket was empty, in the order sent
+        self._recent: deque[tuple[float, float]] = deque()  # (at, sent) of the last NEAR_S
         self._lock = asyncio.Lock()
 
     async def take(self, cost: float) -> Mark:
@@ -83,7 +91,11 @@ class Budget:
                     await self._sleep(min(self.max_wait_s, (cost - self.level) / self.rate))
                     self._refill()
                 self.level -= cost
-        mark = Mark(self._clock(), self.sent, self.refused)
+        at, recent = self._clock(), self._recent
+        recent.append((at, self.sent))
+        while recent[0][0] < at - self.NEAR_S:
+            recent.popleft()
+        mark = Mark(at, self.sent, self.sent + cost - recent[0][1])
         if self.began is None:
             self.began = mark.at
         self.sent += cost
@@ -94,84 +106,127 @@ class Budget:
         if self.guessed:  # a guess may be low, and only a refusal would say: it grows until one
             self.rate *= self.GUESS_GROWTH ** (now - self._stamp)
         full = self.level + (now - self._stamp) * self.rate
-        if full >= self.capacity:  # it filled up: what came before says nothing of the rate
+        if full >= self.capacity and self.measured:  # it filled up: what came before says
+            # nothing of the rate
             self.empties.clear()
         self.level, self._stamp = min(self.capacity, full), now
 
+    def not_taken(self, mark: Mark, cost: float) -> None:
+        """A request sent at `mark` was refused (for this budget or another reason): the
+        server took nothing of this budget for it."""
+        bisect.insort(self.refusals, (mark.sent, cost))
+        if len(self.refusals) > self.KEEP_REFUSALS:  # the oldest no longer count
+            del self.refusals[: self.KEEP_REFUSALS // 4]
+
     def refused_at(self, mark: Mark, cost: float) -> None:
         """A request sent at `mark` was refused for this budget: the bucket was empty when
-        the server decided, just before the refusal came back (a refusal is immediate; the
-        send itself may have waited behind others, so its mark is earlier than the decision)."""
-        self.refused += cost
-        self._empty(Mark(self._clock(), mark.sent + cost, self.refused), cost)
+        the server decided (a refusal is immediate: as the request arrived)."""
+        self.not_taken(mark, cost)
+        self._empty(self._moment(mark, cost, self.sent - mark.sent - cost), cost)
 
     def emptied_at(self, mark: Mark, cost: float) -> None:
         """The request sent at `mark` was admitted, and its answer says the bucket cannot
-        hold another like it."""
-        self._empty(Mark(mark.at, mark.sent + cost, self.refused), cost)
+        hold another like it (decided as it arrived: what was sent after it while it was
+        answered is no more likely to be decided before it than what went just before)."""
+        self._empty(self._moment(mark, cost, min(mark.near, self.sent - mark.sent - cost)), cost)
+
+    @staticmethod
+    def _moment(mark: Mark, cost: float, after: float) -> Mark:
+        """The empty moment of the request sent at `mark`, in the order sent: what was sent
+        up to it, and what the server may have decided on the other side of it: what was
+        on the wire with it when it left, and `after` it, before it was decided (for a
+        refusal, all sent before it came back: it was decided just before)."""
+        return Mark(mark.at, mark.sent + cost, mark.near + after)
 
     def _empty(self, moment: Mark, cost: float) -> None:
-        if self.empties and moment.at <= self.empties[-1].at:
-            return  # older news than the last empty moment
+        """An empty moment, kept in the order its request was sent (the order the server
+        decided in; answers may come back in another)."""
         now = self._clock()
-        while self.empties and now - self.empties[0].at > self.KEEP_S:
-            self.empties.popleft()
-        self.empties.append(moment)
+        bisect.insort(self.empties, moment, key=_sent)
+        while len(self.empties) > self.KEEP or now - self.empties[0].at > self.KEEP_S:
+            del self.empties[0]
         measured = self._measured(cost)
         self.measured |= bool(measured)
         rate = measured or self.rate or self.stated_rate
         self.guessed = not rate or (self.guessed and not measured)
+        if not self.measured:
+            self.took = min(self.took, self._burst(0.0))
         rate = rate or self._half_sent(moment)
         self._set_rate(rate, cost)
         if measured and not self.burst:
             self.burst = self._burst(measured)
         # empty then; refilled since, and charged with what left after it
-        self.level = min(self.capacity, (now - moment.at) * self.rate) - (self.sent - moment.sent)
+        last = self.empties[-1]
+        self.level = min(self.capacity, (now - last.at) * self.rate) - (self.sent - last.sent)
         self._stamp = now
 
     def _set_rate(self, rate: float, cost: float) -> None:
         """Pace at `rate` (no slower than one request per max_wait_s: no wait a server
         causes is endless), in a bucket of the burst learned, and of at least MIN_BURST_S of
         the rate: a smaller one would lose to the event loop's late wake-ups what the
-        server's bucket keeps."""
+        server's bucket keeps. Until the rate is measured, the bucket is what the server took
+        before it first refused (so a wait's refill, the guess's growth included, lets through
+        no more than it took then: refused requests retried together are not a herd)."""
         self.rate = max(rate, cost / self.max_wait_s)
         if self.measured:
             self.capacity = max(cost, self.burst, self.rate * self.MIN_BURST_S)
+        elif self.took < math.inf:  # what it took at once, again at once: no more
+            self.capacity = max(cost, self.took, self.rate * self.MIN_BURST_S)
 
     def _measured(self, unit: float) -> float:
-        """The refill rate between the oldest kept empty moment and the newest; 0 when too
-        little was admitted between them to tell. The count is exact within one request's
-        cost (`unit`) either way (at each end the bucket could not hold one more): over a
-        short span the estimate leans high by that, so an error shows as a refusal that
-        lengthens the span; over a long one (LOW_UNITS requests) it leans low, by at most
-        2 / LOW_UNITS, and refusals stop."""
+        """The refill rate between the first kept empty moment and the last, in the order
+        sent; 0 when too little was admitted between them to tell. What was admitted between
+        is what was sent between less what was refused of it, exact within one request's
+        cost (`unit`) at each end (the bucket could not hold one more) when the server
+        decides in the order sent. It may not, for requests on the wire together (a burst
+        sent at once): what may have been decided on the other side of either end (see
+        _moment) must not outnumber what was admitted, or a burst's refusals, milliseconds
+        apart, would measure a rate of thousands a second. Over a short
+        span the estimate leans high, so an error shows as a refusal that lengthens the span;
+        over a long one (LOW_UNITS requests) it leans low, by at most 2 / LOW_UNITS, and
+        refusals stop."""
         first, last = self.empties[0], self.empties[-1]
-        admitted = (last.sent - first.sent) - (last.refused - first.refused)
+        admitted = self._admitted(last.sent) - self._admitted(first.sent)
         span, requests = last.at - first.at, admitted / unit
-        if span <= 0 or requests < self.MIN_UNITS:
+        unsure = first.near + last.near  # decided on the other side of either end
+        if span <= 0 or requests < self.MIN_UNITS or admitted < unsure:
             return 0.0
         return (admitted + unit * (1.0 - min(2.0, 2.0 * requests / self.LOW_UNITS))) / span
 
     def _half_sent(self, moment: Mark) -> float:
         """Before any measure or statement: half the rate things were sent at until the first
         empty moment (more than the server takes, as it emptied; less refuses less while the
-        next moments measure it)."""
+        next moments measure it), over a second at least: a burst sent at once says how big
+        the bucket is, not how fast it refills, and its refusals, paced at the burst's own
+        speed, would come back as a herd: it counts as sent over a second."""
         began = self.began if self.began is not None else moment.at
-        return moment.sent / max(moment.at - began, 1e-3) / 2
+        span = moment.at - began
+        if moment.near * 2 >= self._admitted(moment.sent):  # taken on the wire together
+            span = max(span, 1.0)
+        return moment.sent / max(span, 1e-3) / 2
 
     def _burst(self, rate: float) -> float:
         """The bucket's size: what was admitted before the first empty moment, less what the
         rate refilled meanwhile."""
         first = self.empties[0]
         began = self.began if self.began is not None else first.at
-        return max(1.0, first.sent - first.refused - rate * (first.at - began))
+        return max(1.0, self._admitted(first.sent) - rate * (first.at - began))
 
-    def retry_after(self, given: float, whole_second: bool) -> float:
+    def _admitted(self, sent: float) -> float:
+        """What the server took of the first `sent` units sent (of those still counted)."""
+        refused = self.refusals[: bisect.bisect_left(self.refusals, (sent,))]
+        return sent - sum(cost for _, cost in refused)
+
+    def retry_after(self, given: float, whole_second: bool, refusals: int) -> float:
         """The wait a 429 of this budget asks for, to be trusted to the second it is given in:
         a wait said in whole seconds alone (`whole_second`) cannot say less than 1 s, so once
         this budget's rate is measured, the learned bucket decides within its last second
-        (the retry waits its turn in take(), as every other request does)."""
-        return given - 1.0 if self.measured and whole_second and given >= 1 else given
+        (the retry waits its turn in take(), as every other request does). For a request's
+        first two `refusals`: a third says the learned rate keeps letting it through too
+        soon, and it waits the server's word, so that no learning gone wrong spends its
+        retries in a moment."""
+        shorten = self.measured and whole_second and given >= 1 and refusals <= 2
+        return given - 1.0 if shorten else given
 
     def stated(self, headers: Any, remaining: float) -> None:
         """The rate the headers imply: the used part of the stated limit over its reset.
@@ -231,7 +286,11 @@ class Pacer:
         """Wait until both budgets hold this request, charge it, and mark its sending."""
         req, tok = await self.requests.take(1.0), await self.tokens.take(tokens)
         self.flying += 1
-        return Mark(req.at, req.sent, req.refused, self.flying), tok
+        flying = self.flying  # only what is on the wire together can be decided out of order
+        return (
+            Mark(req.at, req.sent, min(req.near, flying), flying),
+            Mark(tok.at, tok.sent, min(tok.near, flying * tokens)),
+        )
 
     def answered(self, headers: Any, marks: tuple[Mark, Mark], tokens: float) -> None:
         """An admitted request's answer: the rates its headers imply (when it has headers),
@@ -259,26 +318,31 @@ class Pacer:
         class). Returns the budget found empty, if any."""
         self.flying -= 1
         req, tok = self._stated(headers) if headers is not None else (None, None)
+        empty: Budget | None = self.requests
         if req is not None and req < 1:
-            on_tokens = False
+            pass
         elif (tok is not None and tok < tokens) or "token" in message.lower():
-            on_tokens = True
+            empty = self.tokens
         elif self._crowded(marks[0].flying):
-            return None
-        else:
-            on_tokens = False
-        if on_tokens:
-            self.tokens.refused_at(marks[1], tokens)
-            return self.tokens
-        self.requests.refused_at(marks[0], 1.0)
-        return self.requests
+            empty = None
+        # the server took nothing of either budget; the one it says is empty was, then
+        for budget, mark, cost in ((self.requests, marks[0], 1.0), (self.tokens, marks[1], tokens)):
+            if budget is empty:
+                budget.refused_at(mark, cost)
+            else:
+                budget.not_taken(mark, cost)
+        return empty
 
     def _crowded(self, flying: int) -> bool:
-        """Whether a refusal that names no budget came of too many requests in flight."""
+        """Whether a refusal that names no budget came of too many requests in flight. Before
+        anything was answered as taken, it is taken so (the in-flight limit lowered), but
+        the level it came at is no level the server refuses at: it may have decided the
+        first burst in another order than sent."""
         if flying >= self.crowd:
             return True
         if flying > self.taken:
-            self.crowd = flying
+            if self.taken:
+                self.crowd = flying
             return True
         return False
 
@@ -291,3 +355,7 @@ class Pacer:
                 budget.stated(headers, left)
             lefts.append(left)
         return lefts[0], lefts[1]
+
+
+def _sent(mark: Mark) -> float:
+    return mark.sent

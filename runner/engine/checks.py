@@ -9,9 +9,11 @@ from typing import Any
 
 import regex
 
+from runner.encoding import from_json
 from runner.errors import ApiError, Kind
+from runner.messages import ToolCall
 from runner.spec import pycheck
-from runner.spec.expects import Schema, Similar
+from runner.spec.expects import Called, Schema, Similar
 from runner.spec.scenarios import Expect, fill
 
 REGEX_TIMEOUT_S = 1.0  # a regex check that takes longer is an error of kind check_timeout
@@ -24,11 +26,13 @@ async def evaluate(
     latency_ms: float,
     values: dict[str, Any],
     about: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    calls: tuple[ToolCall, ...] = (),
 ) -> list[dict[str, Any]]:
     """Run every check of `expect`; each result has kind, passed and a reason. A regex is
     searched in a worker thread (the `regex` package lets go of the GIL), so that the event
     loop goes on (requests, their timers, signals) while it runs, for REGEX_TIMEOUT_S at most;
-    python checks run in threads too (runner/spec/pycheck.py), given ABOUT: (turn, conversation)."""
+    python checks run in threads too (runner/spec/pycheck.py), given ABOUT: (turn, conversation).
+    CALLS are the tool calls the model made in the turn (tool_called, no_tool_called)."""
     found_regex = None
     if expect.regex is not None:
         found_regex = await asyncio.to_thread(_regex, expect, text, values)
@@ -67,9 +71,47 @@ async def evaluate(
     if expect.finish_reason is not None:
         ok = finish_reason == expect.finish_reason.lower()  # both normalised: runner/finish.py
         add("finish_reason", ok, f"finish reason {finish_reason!r}")
+    results += _tool_checks(expect, calls)
     for check in expect.python:
         results.append(await _python(check, text, about))
     return results
+
+
+def _tool_checks(expect: Expect, calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    """tool_called and no_tool_called on the calls of the turn."""
+    out = [
+        dict(zip(("kind", "passed", "reason"), ("tool_called", *_called(c, calls)), strict=True))
+        for c in expect.tool_called
+    ]
+    if expect.no_tool_called is not None:
+        names = expect.no_tool_called
+        made = [c.name for c in calls if not names or c.name in names]
+        reason = f"called {made}" if made else "no such call"
+        out.append({"kind": "no_tool_called", "passed": not made, "reason": reason})
+    return out
+
+
+def _called(called: Called, calls: tuple[ToolCall, ...]) -> tuple[bool, str]:
+    """Whether the turn called the tool (with those arguments among its own), as often as
+    asked (at least once when not said)."""
+    named = [c for c in calls if c.name == called.name]
+    given = called.args or {}
+    matching = [c for c in named if all(_args(c).get(k) == v for k, v in given.items())]
+    n = len(matching)
+    ok = n > 0 if called.times is None else n == called.times
+    with_args = f" with {given}" if given else ""
+    said = f"{called.name}{with_args} called {n} time{'s' if n != 1 else ''}"
+    if not ok and len(named) > n:
+        said += f" (other calls of it: {[c.arguments for c in named if c not in matching][:3]})"
+    return ok, said
+
+
+def _args(call: ToolCall) -> dict[str, Any]:
+    try:
+        value = from_json(call.arguments)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 async def _python(

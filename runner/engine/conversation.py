@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +14,9 @@ from runner.engine.captures import take
 from runner.engine.checks import evaluate
 from runner.engine.judge import Judges, grade
 from runner.engine.simulate import UserSide
+from runner.engine.tooluse import calls_record, named, result_of
 from runner.errors import ApiError, Kind
-from runner.messages import Message, as_records
+from runner.messages import Message, Text, ToolCall, as_records
 from runner.results.records import transcript_record, turn_record, utc_now
 from runner.spec.plan import Conversation
 from runner.spec.scenarios import Expect, Scenario, Server, Turn, Window, fill
@@ -25,10 +27,14 @@ def sent_messages(scenario: Scenario, history: list[Message], since_reply: int) 
     """The messages a turn sends (system apart), following the scenario's context mode.
 
     history holds every message so far, ending with the new user message;
-    since_reply is the index just after the last generated reply (server mode).
+    since_reply is the index just after the last generated reply (server mode). A window
+    never starts between a tool call and its results: it grows back to the call.
     """
     if isinstance(scenario.context, Window):
-        return history[-scenario.context.n :]
+        start = max(0, len(history) - scenario.context.n)
+        while start > 0 and history[start].role == "tool":
+            start -= 1
+        return history[start:]
     if isinstance(scenario.context, Server):
         return history[since_reply:]
     return history
@@ -44,53 +50,49 @@ async def run_conversation(
     system, base_params = _setup(conv, client.params())
     history: list[Message] = []
     turns: list[dict[str, Any]] = []
-    total = no_usage()
+    total, made = no_usage(), tuple[ToolCall, ...]()  # made: every call the model made
     users = UserSide(conv, values, _simulator(conv, judges))
-    previous_id, since_reply, error = None, 0, None
+    chain, error = Chain(), None
     while True:
         try:
             step = await users.next(history, len(turns))
             if step is None:
                 break
-            turn, text = step
-            history.append(Message.of_text(turn.role, text))
-            if turn.role == "assistant":
+            turn, message = step
+            history.append(message)
+            if turn.role != "user":
                 continue
             params = {**base_params, **turn.params} if turn.params else base_params
-            sent = sent_messages(scenario, history, since_reply)
-            n_sent = len(sent) + (system is not None)
-            reply, attempts = await client.complete(
-                system,
-                sent,
-                params,
-                previous_id,
-                conv.id,
-                len(turns),
-                sample=conv.sample,
-                cache_marks=scenario.cache,
-            )
-            _check_reply(reply, scenario)
+            played = await _exchange(conv, client, system, history, params, chain, len(turns))
         except ApiError as err:
             error = err
             break
-        history.append(Message.of_text("assistant", reply.text))
-        since_reply = len(history)
-        previous_id = reply.response_id if isinstance(scenario.context, Server) else None
-        add_usage(total, reply.usage)
-        record = turn_record(len(turns), history[-2].text, reply, attempts, n_sent)
+        add_usage(total, played.reply.usage)
+        record = _turn_record(len(turns), message.text, played, history)
         users.mark(turn, record)
         turns.append(record)
+        made += played.calls
         if turn.expect is not None:
-            await _checks(turn.expect, record, Asked(conv, system, history, values, judges))
-        error = await _captured(turn, record, values)
+            asked = Asked(conv, system, history, values, judges, played.calls)
+            await _checks(turn.expect, record, asked)
+        error = await _captured(turn, record, values)  # from the reply after the tool loop
         if error is not None:
             break
     if error is None and turns and scenario.expect_final is not None:  # the last reply's
-        asked = Asked(conv, system, history[:since_reply], values, judges)
+        asked = Asked(conv, system, history[: chain.since_reply], values, judges, made)
         await _checks(scenario.expect_final, turns[-1], asked, final=True)
     done = transcript_record(conv, as_records(system, history), turns, total, error, started)
     users.finish(done)
     return done
+
+
+def _turn_record(index: int, user: str, played: Played, history: list[Message]) -> dict[str, Any]:
+    """The record of a user turn played: its final reply, and the calls of its tool loop."""
+    record = turn_record(index, user, played.reply, played.attempts, played.sent)
+    if played.calls:
+        record["tool_calls"] = calls_record(played.calls, history)
+        record["request_attempts"] = played.request_attempts
+    return record
 
 
 @dataclass(slots=True)
@@ -102,6 +104,7 @@ class Asked:
     history: list[Message]  # ends with the reply
     values: dict[str, Any]  # vars and the values captured so far
     judges: Judges | None
+    calls: tuple[ToolCall, ...] = ()  # the calls the model made that its checks count
 
 
 async def _checks(
@@ -114,8 +117,9 @@ async def _checks(
     if expect.python:
         about = _about(asked.conv, record, as_records(asked.system, history))
     results = await evaluate(
-        expect, text, record["finish_reason"], record["latency_ms"], asked.values, about
-    )
+        expect, text, record["finish_reason"], record["latency_ms"], asked.values, about,
+        asked.calls,
+    )  # fmt: skip
     if expect.judge:
         conversation, where = (
             as_records(asked.system, history[:-1]),
@@ -148,6 +152,74 @@ def _simulator(conv: Conversation, judges: Judges | None) -> TargetClient | None
     if sim is None or judges is None:
         return None
     return judges.clients.get(sim.user)
+
+
+@dataclass(slots=True)
+class Chain:
+    """Where the server's history stands (context: server): the response to chain to, and
+    the index just after the last generated reply."""
+
+    previous_id: str | None = None
+    since_reply: int = 0
+
+
+@dataclass(slots=True)
+class Played:
+    """One user turn played: its final reply (usage and latency of every request of the
+    turn summed), attempts in all and per request, the calls the model made."""
+
+    reply: Reply
+    attempts: int
+    sent: int
+    calls: tuple[ToolCall, ...] = ()
+    request_attempts: list[int] = dataclasses.field(default_factory=list)
+
+
+async def _exchange(
+    conv: Conversation,
+    client: TargetClient,
+    system: str | None,
+    history: list[Message],
+    params: dict[str, Any],
+    chain: Chain,
+    index: int,
+) -> Played:
+    """Send the turn; while the reply calls tools, answer each call with its scripted
+    result (in order) and send again; the reply without calls ends the turn."""
+    scenario = conv.scenario
+    usage, latency, calls = no_usage(), 0.0, tuple[ToolCall, ...]()
+    tries: list[int] = []  # attempts of each request
+    ttft: float | None = None  # of the turn's first request
+    for request in range(scenario.max_tool_rounds + 1):
+        sent = sent_messages(scenario, history, chain.since_reply)
+        n_sent = len(sent) + (system is not None)
+        reply, attempts = await client.complete(
+            system, sent, params, chain.previous_id, conv.id, index, sample=conv.sample,
+            cache_marks=scenario.cache, tools=scenario.tools, request=request,
+        )  # fmt: skip
+        _check_reply(reply, scenario)
+        made = named(reply.tool_calls, index, request)
+        text = (Text(reply.text),) if reply.text or not made else ()
+        history.append(Message("assistant", text + made))
+        chain.since_reply = len(history)
+        chain.previous_id = reply.response_id if isinstance(scenario.context, Server) else None
+        add_usage(usage, reply.usage)
+        latency += reply.latency_ms
+        ttft = reply.ttft_ms if not tries else ttft
+        tries.append(attempts)
+        calls += made
+        if not made:
+            total = dataclasses.replace(reply, usage=usage, latency_ms=latency, ttft_ms=ttft)
+            return Played(total, sum(tries), n_sent, calls, tries)
+        if request == scenario.max_tool_rounds:
+            break
+        for call in made:
+            history.append(Message("tool", (await result_of(call, scenario, conv.vars),)))
+    raise ApiError(
+        Kind.TOOL_LOOP,
+        f"the model still called tools after {scenario.max_tool_rounds} rounds in this turn "
+        f"(max_tool_rounds); last: {', '.join(c.name for c in calls[-3:])}",
+    )
 
 
 def _about(
@@ -183,7 +255,7 @@ def failed_record(conv: Conversation, kind: Kind, message: str) -> dict[str, Any
 
 def _check_reply(reply: Reply, scenario: Scenario) -> None:
     """Never record an empty reply as if it were one; server context needs an id to chain."""
-    if not reply.text:
+    if not reply.text and not reply.tool_calls:
         raise ApiError(Kind.EMPTY, f"the model returned no text (finish reason: {_finish(reply)})")
     if isinstance(scenario.context, Server) and not reply.response_id:
         raise ApiError(

@@ -3,8 +3,9 @@ turns a second target writes playing the user.
 
 The simulated user sees the conversation from its side: its persona as the system prompt,
 the assistant's replies as user messages and the user's messages (scripted ones too) as its
-own, assistant messages. It is asked through its target's client (the same retry loop,
-limits and reply cache as any turn); its attempts are usage records with
+own, assistant messages. It sees text only: images, tool calls and tool results are left
+out (an assistant message of calls only too). It is asked through its target's client (the
+same retry loop, limits and reply cache as any turn); its attempts are usage records with
 `"role": "simulated_user"`, and what it spent is counted with the conversation.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from runner.client.client import TargetClient
 from runner.cost import cost
+from runner.engine.tooluse import turn_message
 from runner.errors import ApiError, Kind
 from runner.messages import Message
 from runner.spec.plan import Conversation, seed_of
@@ -28,9 +30,10 @@ SIMULATED = Turn("user", "")  # stands for each turn the simulated user writes
 
 
 def swapped(history: list[Message]) -> list[Message]:
-    """The conversation as the simulated user sees it: roles swapped, starting with a user
-    message (OPENING when the assistant has not spoken first)."""
-    view = [Message(SWAP.get(m.role, m.role), m.parts) for m in history]
+    """The conversation as the simulated user sees it: its text only (tool messages and
+    messages without text left out), roles swapped, starting with a user message (OPENING
+    when the assistant has not spoken first)."""
+    view = [Message.of_text(SWAP[m.role], m.text) for m in history if m.role in SWAP and m.text]
     if not view or view[0].role != "user":
         view.insert(0, Message.of_text("user", OPENING))
     return view
@@ -43,7 +46,7 @@ class UserSide:
         self, conv: Conversation, values: dict[str, Any], client: TargetClient | None
     ) -> None:
         self.conv, self.values = conv, values
-        self.script = iter(conv.scenario.turns)
+        self.script = enumerate(conv.scenario.turns)
         self.sim = conv.scenario.simulate
         self.client = client if self.sim is not None else None  # a dry run has none
         self.written = 0  # turns the simulated user wrote that were sent
@@ -52,12 +55,14 @@ class UserSide:
         self.stop_message: str | None = None  # the message with the marker, not sent
         self.last: dict[str, Any] | None = None  # the last simulated turn's request
 
-    async def next(self, history: list[Message], index: int) -> tuple[Turn, str] | None:
-        """The next turn and its text (vars and captures filled in); None when the user
-        side is done. ApiError when the simulated user could not answer."""
-        turn = next(self.script, None)
-        if turn is not None:
-            return turn, fill(turn.content, self.values)
+    async def next(self, history: list[Message], index: int) -> tuple[Turn, Message] | None:
+        """The next turn and its message (vars and captures filled in: a scripted turn's
+        with its images or tool calls, a simulated one's text); None when the user side is
+        done. ApiError when the simulated user could not answer."""
+        scripted = next(self.script, None)
+        if scripted is not None:
+            i, turn = scripted
+            return turn, turn_message(turn, i, self.values, history)
         self.last = None
         if self.sim is None or self.client is None:
             return None
@@ -69,7 +74,7 @@ class UserSide:
             self.ended, self.stop_message = "stop", text
             return None
         self.written += 1
-        return SIMULATED, text
+        return SIMULATED, Message.of_text("user", text)
 
     async def _ask(self, client: TargetClient, history: list[Message], index: int) -> str:
         assert self.sim is not None

@@ -10,6 +10,7 @@ messages from each of its breakpoints. Any length is cacheable (no minimum).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,8 @@ def blocks_turn(role: str, content: Any, where: str) -> Turn:
             if not isinstance(text, str) or not text:
                 raise MockError(400, f"{where}.content.{i}: text blocks must be non-empty")
             texts.append(text)
+        elif block["type"] == "image":
+            texts.append(rp.IMAGE)
         ttl = cache_ttl(block, f"{where}.content.{i}") or ttl
     return Turn(role, "".join(texts), ttl)
 
@@ -111,11 +114,50 @@ def parse_turns(body: dict[str, Any]) -> list[Turn]:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("user", "assistant"):
             raise MockError(400, f"messages.{i}.role: must be 'user' or 'assistant'")
-        turns.append(blocks_turn(role, message.get("content"), f"messages.{i}"))
+        content = message.get("content")
+        check_results(messages, i)
+        results = _blocks(content, "tool_result")
+        turns += [Turn("tool", result_text(b.get("content"))) for b in results]
+        rest = [b for b in content if b not in results] if results else content
+        if rest or not results:
+            turns.append(blocks_turn(role, rest, f"messages.{i}"))
     if body.get("cache_control") is not None:  # automatic caching: the last message
         last = turns.pop()
         turns.append(Turn(last.role, last.text, cache_ttl(body, "request")))
     return parse_system(body) + turns
+
+
+def _blocks(content: Any, kind: str) -> list[dict[str, Any]]:
+    blocks = content if isinstance(content, list) else []
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") == kind]
+
+
+def check_results(messages: list[Any], i: int) -> None:
+    """A message after one with tool_use blocks must be a user message that starts with a
+    tool_result for each of them (the API's 400 otherwise)."""
+    before = messages[i - 1].get("content") if i else None
+    uses = [b.get("id") for b in _blocks(before, "tool_use")]
+    if not uses:
+        return
+    content = messages[i].get("content")
+    head: list[Any] = []
+    for block in content if isinstance(content, list) else []:
+        if not isinstance(block, dict) or block.get("type") != "tool_result":
+            break
+        head.append(block.get("tool_use_id"))
+    if messages[i].get("role") != "user" or set(uses) - set(head):
+        message = (
+            f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+            f"immediately after: {', '.join(map(str, set(uses) - set(head)))}"
+        )
+        raise MockError(400, message)
+
+
+def result_text(content: Any) -> str:
+    """A tool_result's content (a string or text blocks) as text."""
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return content if isinstance(content, str) else ""
 
 
 def prefix_keys(model: str, turns: list[Turn]) -> list[bytes]:
@@ -190,7 +232,10 @@ def make_answer(body: dict[str, Any], model: str, state: MockState) -> Answer:
     if limit is None or limit < 0:
         raise MockError(400, "max_tokens: Field required (an integer ≥ 0)")
     turns = parse_turns(body)
-    reply = rp.make_reply([(t.role, t.text) for t in turns], thinking_tokens(body), limit)
+    tools = wire.tool_names(body.get("tools"))
+    reply = rp.make_reply(
+        [(t.role, t.text) for t in turns], thinking_tokens(body), limit, None, tools
+    )
     text, seq = reply.text, None
     if reply.finish == rp.STOP:
         text, seq = stop_at(text, body)
@@ -200,6 +245,7 @@ def make_answer(body: dict[str, Any], model: str, state: MockState) -> Answer:
     if reply.reasoning_tokens:  # thinking is part of output_tokens
         usage["output_tokens_details"] = {"thinking_tokens": reply.reasoning_tokens}
     reason = "stop_sequence" if seq is not None else STOP_REASON.get(reply.finish, "end_turn")
+    reason = "tool_use" if reply.calls else reason
     return Answer(reply, text, reason, seq, usage)
 
 
@@ -215,6 +261,8 @@ def message(mid: str, model: str, ans: Answer) -> dict[str, Any]:
         content.append({"type": "thinking", "thinking": thought(ans.reply), "signature": "mock"})
     if ans.text:
         content.append({"type": "text", "text": ans.text})
+    content += [{**use_block(ans.reply, k), "input": json.loads(args)}
+                for k, (_, args) in enumerate(ans.reply.calls)]  # fmt: skip
     refused = ans.stop_reason == "refusal"
     details = {"type": "refusal", "category": None, "explanation": REFUSAL} if refused else None
     return {
@@ -228,6 +276,12 @@ def message(mid: str, model: str, ans: Answer) -> dict[str, Any]:
         "stop_details": details,
         "usage": ans.usage,
     }
+
+
+def use_block(reply: Reply, k: int) -> dict[str, Any]:
+    """Call K as a tool_use block, its input empty (as a stream starts it)."""
+    return {"type": "tool_use", "id": f"toolu_{reply.call_id(k)}", "name": reply.calls[k][0],
+            "input": {}}  # fmt: skip
 
 
 def frame(event: dict[str, Any]) -> bytes:
@@ -266,6 +320,9 @@ def stream_frames(mid: str, model: str, ans: Answer, rid: str) -> list[bytes]:
     if failed:
         error = anthropic_error_body(MockError(500, FAIL_MESSAGE), rid)
         return [*frames, frame(error)]
+    for k, (_, args) in enumerate(ans.reply.calls):  # input in pieces: input_json_delta
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in rp.pieces(args)]
+        frames += block_frames(index + bool(ans.text) + k, use_block(ans.reply, k), deltas)
     delta = {"stop_reason": ans.stop_reason, "stop_sequence": ans.stop_sequence}
     usage = {k: v for k, v in ans.usage.items() if k not in ("cache_creation", "service_tier")}
     frames.append(frame({"type": "message_delta", "delta": delta, "usage": usage}))

@@ -41,7 +41,8 @@ def make_chat_reply(body: dict[str, Any]) -> Reply:
     limit = wire.int_or_none(body.get("max_completion_tokens"), "max_completion_tokens")
     if limit is None:
         limit = wire.int_or_none(body.get("max_tokens"), "max_tokens")
-    return rp.make_reply(parse_messages(body), reasoning, limit, body.get("seed"))
+    tools = wire.tool_names(body.get("tools"), "function")
+    return rp.make_reply(parse_messages(body), reasoning, limit, body.get("seed"), tools)
 
 
 def usage(reply: Reply) -> dict[str, Any]:
@@ -62,14 +63,20 @@ def usage(reply: Reply) -> dict[str, Any]:
 
 def completion(cid: str, created: int, model: str, reply: Reply) -> dict[str, Any]:
     """The non-streaming chat.completion object."""
-    content = None if reply.finish == rp.BLOCKED else reply.text
+    content = None if reply.finish == rp.BLOCKED or reply.calls else reply.text
     message: dict[str, Any] = {
         "role": "assistant",
         "content": content,
         "refusal": None,
         "annotations": [],
     }
-    finish = FINISH[reply.finish]
+    if reply.calls:
+        message["tool_calls"] = [
+            {"id": f"call_{reply.call_id(k)}", "type": "function",
+             "function": {"name": name, "arguments": args}}
+            for k, (name, args) in enumerate(reply.calls)
+        ]  # fmt: skip
+    finish = "tool_calls" if reply.calls else FINISH[reply.finish]
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     head = {"id": cid, "object": "chat.completion", "created": created, "model": model}
     return {**head, "choices": [choice], "usage": usage(reply), "service_tier": "default"}
@@ -93,13 +100,26 @@ def chunk_frames(
 
     frames = [frame(_choice('{"role":"assistant","content":""}'))]
     frames += [frame(_choice(f'{{"content":{wire.json_str(p)}}}')) for p in rp.stream_pieces(reply)]
+    frames += [frame(_choice(dumps({"tool_calls": [d]}))) for d in call_deltas(reply)]
     if reply.finish == rp.FAILED:
         error = openai_error_body(MockError(500, FAIL_MESSAGE))
         return [*frames, f"data: {dumps(error)}\n\n".encode()]
-    frames.append(frame(_choice("{}", FINISH[reply.finish])))
+    frames.append(frame(_choice("{}", "tool_calls" if reply.calls else FINISH[reply.finish])))
     if include_usage:
         frames.append(f'data: {head}[],"usage":{dumps(usage(reply))}}}\n\n'.encode())
     return [*frames, DONE]
+
+
+def call_deltas(reply: Reply) -> list[dict[str, Any]]:
+    """The tool-call deltas of a stream: per call, its id, type and name (arguments ""),
+    then its arguments in pieces, each fragment carrying only the call's index."""
+    deltas: list[dict[str, Any]] = []
+    for k, (name, args) in enumerate(reply.calls):
+        function = {"name": name, "arguments": ""}
+        deltas.append({"index": k, "id": f"call_{reply.call_id(k)}", "type": "function",
+                       "function": function})  # fmt: skip
+        deltas += [{"index": k, "function": {"arguments": p}} for p in rp.pieces(args)]
+    return deltas
 
 
 def is_stream(request: web.Request, body: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from runner.mock import reply as rp
 from runner.mock.faults import MockError, gemini_authorized, gemini_error, gemini_error_body
 from runner.mock.reply import Message, Reply
 from runner.mock.state import MockState
-from runner.mock.wire import Out, Protocol, dumps, int_or_none, json_str
+from runner.mock.wire import Out, Protocol, dumps, int_or_none, json_str, tool_names
 
 FINISH = {rp.STOP: "STOP", rp.LENGTH: "MAX_TOKENS", rp.FAILED: "STOP"}
 METHODS = ("generateContent", "streamGenerateContent")
@@ -32,18 +33,32 @@ def parts_text(parts: Any) -> str:
         parts = [parts]
     if not isinstance(parts, list):
         return ""
-    texts = (p.get("text") for p in parts if isinstance(p, dict) and p.get("thought") is not True)
+    texts = (
+        rp.IMAGE if pick(p, "inlineData", "inline_data") or pick(p, "fileData", "file_data")
+        else p.get("text")
+        for p in parts
+        if isinstance(p, dict) and p.get("thought") is not True
+    )  # fmt: skip
     return "".join(t for t in texts if isinstance(t, str))
 
 
-def content_message(content: Any) -> Message:
-    """One Content as (role, text): role model → assistant, missing → user."""
+def content_messages(content: Any) -> list[Message]:
+    """One Content as (role, text): role model → assistant, missing → user; each
+    functionResponse part a tool result (role user or function) of its own."""
     if isinstance(content, str):
-        return ("user", content)
+        return [("user", content)]
     if not isinstance(content, dict):
         raise MockError(400, "Each content must be an object with parts.")
     role = content.get("role") or "user"
-    return ("assistant" if role == "model" else role, parts_text(content.get("parts")))
+    parts = content.get("parts")
+    parts = [parts] if isinstance(parts, dict) else parts if isinstance(parts, list) else []
+    results = [pick(p, "functionResponse", "function_response") for p in parts]
+    out: list[Message] = [
+        ("tool", dumps(r.get("response"))) for r in results if isinstance(r, dict)
+    ]
+    if not out or parts_text(parts):
+        out.append(("assistant" if role == "model" else role, parts_text(parts)))
+    return out
 
 
 def system_message(body: dict[str, Any]) -> list[Message]:
@@ -64,7 +79,7 @@ def parse_messages(body: Any) -> list[Message]:
         contents = [contents]
     if not isinstance(contents, list) or not contents:
         raise MockError(400, "* GenerateContentRequest.contents: contents is not specified")
-    return system_message(body) + [content_message(c) for c in contents]
+    return system_message(body) + [m for c in contents for m in content_messages(c)]
 
 
 def thinking(config: Any) -> tuple[int, bool]:
@@ -125,11 +140,17 @@ def thought_part(reply: Reply) -> str:
     return dumps({"text": f"mock thought: reading {reply.messages} messages.", "thought": True})
 
 
+def call_parts(reply: Reply) -> list[str]:
+    """Each call as a functionCall part (args an object; no id, as Gemini often gives)."""
+    return [dumps({"functionCall": {"name": n, "args": json.loads(a)}}) for n, a in reply.calls]
+
+
 def whole(chunks: Chunks, reply: Reply, include: bool) -> None:
     """The non-streaming answer as one chunk."""
     parts = [thought_part(reply)] if include and reply.reasoning_tokens else []
     if reply.text:
         parts.append(dumps({"text": reply.text}))
+    parts += call_parts(reply)
     array = f"[{','.join(parts)}]" if parts else None
     chunks.add(array, usage_json(reply, reply.text_tokens, True), FINISH[reply.finish])
 
@@ -148,6 +169,8 @@ def streamed(chunks: Chunks, reply: Reply, include: bool) -> None:
         chunks.items.append(dumps(gemini_error_body(MockError(500, FAIL_MESSAGE), 0)))
         return
     last = text_parts(pieces[-1]) if pieces else None
+    if reply.calls:  # a functionCall part arrives whole
+        last = f"[{','.join(call_parts(reply))}]"
     chunks.add(last, usage_json(reply, reply.text_tokens, True), FINISH[reply.finish])
 
 
@@ -172,7 +195,10 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     config = pick(body, "generationConfig", "generation_config")
     thoughts, include = thinking(config)
     limit = int_or_none(pick(config, "maxOutputTokens", "max_output_tokens"), "maxOutputTokens")
-    reply = rp.make_reply(messages, thoughts, limit, pick(config, "seed", "seed"))
+    tools = tool_names(body.get("tools"), "functionDeclarations") | tool_names(
+        body.get("tools"), "function_declarations"
+    )
+    reply = rp.make_reply(messages, thoughts, limit, pick(config, "seed", "seed"), tools)
     stream = method == "streamGenerateContent"
     if reply.finish == rp.FAILED and not stream:
         raise MockError(500, FAIL_MESSAGE)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from runner.mock.judge import verdict_text
 from runner.mock.user import user_text
 
-Message = tuple[str, str]  # (role, text); role is system | user | assistant (others pass through)
+Message = tuple[str, str]  # (role, text); role is system | user | assistant | tool (a result)
 
 BLOCK_MARKER = "[[block]]"  # last user text containing it: the prompt is blocked / filtered
 ERROR_MARKER = "[[error]]"  # last user text containing it: 500, or an in-stream error midway
 SEED_MARKER = "[[seed]]"  # last user text containing it: the reply ends with " seed=N" as sent
+LOOP_MARKER = "[[tool-loop]]"  # last user text containing it: calls its tools again and again
+IMAGE = "[image]"  # what an image part reads as to the mock model (counted in the reply)
+CALL = re.compile(r"\bcall ([A-Za-z0-9_-]+) ")  # `call NAME {json args}` in the last user text
 
 STOP, LENGTH, BLOCKED, FAILED = "stop", "length", "content_filter", "error"
 
@@ -73,13 +78,43 @@ def _quotable(role: str, text: str) -> bool:
 
 
 def reply_text(messages: Sequence[Message]) -> str:
-    """The full deterministic reply for a conversation (see SPEC "Mock server")."""
+    """The full deterministic reply for a conversation (see SPEC "Mock server"); the tool
+    results that follow the last user message are echoed, images received counted."""
     i = last_user_index(messages)
     last = messages[i][1] if i >= 0 else ""
     head = f'mock: {len(messages)} messages; last user #{digest(last)}: "{clip(last)}"'
+    images = sum(text.count(IMAGE) for role, text in messages if role == "user")
+    if images:
+        head += f"; images: {images}"
+    results = [text for role, text in messages[i + 1 :] if role == "tool"] if i >= 0 else []
+    if results:
+        head += " | tool results: " + "; ".join(clip(text) for text in results)
     before = messages[:i] if i >= 0 else messages
     earlier = [f'{role} "{clip(text)}"' for role, text in before if _quotable(role, text)]
     return head + " | earlier: " + "; ".join(earlier) if earlier else head
+
+
+def tool_calls(messages: Sequence[Message], tools: Collection[str]) -> tuple[Call, ...]:
+    """The calls the mock model makes: each `call NAME {json args}` of the last user text
+    naming a declared tool, in order; none once results follow that message (unless it
+    holds LOOP_MARKER: then it calls again every time)."""
+    i = last_user_index(messages)
+    if i < 0 or not tools:
+        return ()
+    last = messages[i][1]
+    if LOOP_MARKER not in last and any(role == "tool" for role, _ in messages[i + 1 :]):
+        return ()
+    calls = []
+    for match in CALL.finditer(last):
+        try:
+            args, _ = json.JSONDecoder().raw_decode(last, match.end())
+        except ValueError:
+            continue
+        if match.group(1) in tools and isinstance(args, dict):
+            calls.append(
+                (match.group(1), json.dumps(args, ensure_ascii=False, separators=(",", ":")))
+            )
+    return tuple(calls)
 
 
 def prompt_usage(messages: Sequence[Message]) -> tuple[int, int]:
@@ -123,9 +158,13 @@ def stream_pieces(reply: Reply) -> list[str]:
     return parts[: len(parts) // 2] if reply.finish == FAILED else parts
 
 
+Call = tuple[str, str]  # a tool call the mock makes: (tool name, arguments as JSON text)
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What the mock model answers, with its usage; finish is STOP/LENGTH/BLOCKED/FAILED."""
+    """What the mock model answers, with its usage; finish is STOP/LENGTH/BLOCKED/FAILED.
+    A reply with calls has no text (its finish is STOP: each protocol says "tool calls")."""
 
     text: str
     finish: str
@@ -134,6 +173,11 @@ class Reply:
     cached_tokens: int
     text_tokens: int
     reasoning_tokens: int
+    calls: tuple[Call, ...] = ()
+
+    def call_id(self, k: int) -> str:
+        """The id of call K: the same for the same conversation (a digest of the calls)."""
+        return f"{digest(repr(self.calls))}{self.input_tokens:04x}{k}"
 
     @property
     def output_tokens(self) -> int:
@@ -157,15 +201,20 @@ def make_reply(
     reasoning: int = 0,
     max_tokens: int | None = None,
     seed: object = None,
+    tools: Collection[str] = (),
 ) -> Reply:
     """Answer a conversation; max_tokens (reasoning included) truncates to finish LENGTH.
     SEED_MARKER in the last user text: the reply says the request's seed (each sample of a
-    repeated conversation is sent its own), so a check can pass on some samples only."""
+    repeated conversation is sent its own), so a check can pass on some samples only.
+    TOOLS are the names of the tools the request declares (tool_calls says which it calls)."""
     last = last_user_text(messages)
     finish = _finish(last)
     usage = (len(messages), *prompt_usage(messages))
     if finish == BLOCKED:
         return Reply("", BLOCKED, *usage, 0, 0)
+    calls = tool_calls(messages, tools)
+    if calls and finish == STOP:
+        return Reply("", STOP, *usage, tokens("".join(a for _, a in calls)), reasoning, calls)
     said = lambda: f'#{digest(last)}: "{clip(last)}"'  # noqa: E731
     played = user_text(messages, said, seed)  # the mock as a simulated user: runner/mock/user.py
     text = played or verdict_text(last) or reply_text(messages)

@@ -43,9 +43,14 @@ def parse_input(value: Any) -> list[Message]:
     for item in value:
         if not isinstance(item, dict):
             raise MockError(400, "Each input item must be an object.", "input")
-        if item.get("type", "message") == "message" and isinstance(item.get("role"), str):
+        kind = item.get("type", "message")
+        if kind == "message" and isinstance(item.get("role"), str):
             role: str = item["role"]
             out.append((ROLES.get(role, role), wire.content_text(item.get("content"))))
+        elif kind == "function_call":
+            out.append(("assistant", ""))
+        elif kind == "function_call_output":
+            out.append(("tool", wire.content_text(item.get("output"))))
     return out
 
 
@@ -82,7 +87,7 @@ def echo_fields(body: dict[str, Any], model: str) -> dict[str, Any]:
         "temperature": body.get("temperature", 1.0),
         "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": "auto",
-        "tools": [],
+        "tools": body.get("tools") if isinstance(body.get("tools"), list) else [],
         "top_p": body.get("top_p", 1.0),
         "truncation": "disabled",
         "metadata": body.get("metadata") or {},
@@ -125,11 +130,33 @@ def message_status(reply: Reply) -> str:
 
 
 def output_items(ctx: Ctx, reply: Reply) -> list[dict[str, Any]]:
-    """Final output: a reasoning item first (when reasoning), then the message (if any text)."""
+    """Final output: a reasoning item first (when reasoning), then the message (if any
+    text), then a function_call item per call."""
     items = [{"id": ctx.rs_id, "type": "reasoning", "summary": []}] if ctx.rs_id else []
     if reply.text:
         items.append(message_item(ctx, message_status(reply), reply.text))
-    return items
+    return items + [call_item(reply, k, "completed") for k in range(len(reply.calls))]
+
+
+def call_item(reply: Reply, k: int, status: str) -> dict[str, Any]:
+    """Call K as a function_call output item (arguments empty while in progress)."""
+    name, args = reply.calls[k]
+    return {"id": f"fc_{reply.call_id(k)}", "type": "function_call", "status": status,
+            "call_id": f"call_{reply.call_id(k)}", "name": name,
+            "arguments": args if status == "completed" else ""}  # fmt: skip
+
+
+def _call_events(ev: Events, reply: Reply, first: int) -> None:
+    """Each call: output_item.added, its arguments' deltas, .done, output_item.done."""
+    for k in range(len(reply.calls)):
+        index, item = first + k, call_item(reply, k, "completed")
+        added = {"output_index": index, "item": call_item(reply, k, "in_progress")}
+        ev.obj("response.output_item.added", added)
+        at = {"item_id": item["id"], "output_index": index}
+        for piece in rp.pieces(item["arguments"]):
+            ev.obj("response.function_call_arguments.delta", {**at, "delta": piece})
+        ev.obj("response.function_call_arguments.done", {**at, "arguments": item["arguments"]})
+        ev.obj("response.output_item.done", {"output_index": index, "item": item})
 
 
 def final_object(ctx: Ctx, reply: Reply) -> dict[str, Any]:
@@ -189,6 +216,7 @@ def stream_frames(ctx: Ctx, reply: Reply, final: dict[str, Any]) -> list[bytes]:
         ev.obj("response.output_item.done", {"output_index": 0, "item": item})
     if reply.text:
         _message_events(ev, ctx, reply, 1 if ctx.rs_id else 0)
+    _call_events(ev, reply, bool(ctx.rs_id) + bool(reply.text))
     if reply.finish == rp.FAILED:
         error = {"code": "server_error", "message": FAIL_MESSAGE}
         ev.obj("response.failed", {"response": response_object(ctx, "failed", error=error)})
@@ -208,7 +236,7 @@ def remember(
     """Store the conversation plus this reply under the response id (unless store is false)."""
     if body.get("store") is False or reply.finish == rp.FAILED:
         return
-    history = seen + ((("assistant", reply.text),) if reply.text else ())
+    history = seen + ((("assistant", reply.text),) if reply.text or reply.calls else ())
     state.store.put(final["id"], Stored(history, final))
 
 
@@ -236,7 +264,8 @@ def render(request: web.Request, body: Any, state: MockState) -> Out:
     carried = conversation(body, state)
     limit = wire.int_or_none(body.get("max_output_tokens"), "max_output_tokens")
     effort = reasoning_tokens(body)
-    reply = rp.make_reply(system_prompt(body) + carried, effort, limit)
+    tools = wire.tool_names(body.get("tools"))
+    reply = rp.make_reply(system_prompt(body) + carried, effort, limit, tools=tools)
     stream = is_stream(request, body)
     if reply.finish == rp.FAILED and not stream:
         raise MockError(500, FAIL_MESSAGE)

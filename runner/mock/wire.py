@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from runner.mock.faults import MockError
+from runner.mock.reply import IMAGE
 from runner.mock.state import MockState
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
@@ -115,8 +116,30 @@ def content_text(content: Any) -> str:
         return ""
     if not isinstance(content, list):
         raise MockError(400, "Message content must be a string or a list of parts.")
-    texts = (p.get("text") for p in content if isinstance(p, dict))
+    texts = (
+        IMAGE if p.get("type") in IMAGE_PARTS else p.get("text")
+        for p in content
+        if isinstance(p, dict)
+    )
     return "".join(t for t in texts if isinstance(t, str))
+
+
+IMAGE_PARTS = ("image_url", "input_image", "image")  # an image part of each protocol
+
+
+def tool_names(tools: Any, *path: str) -> set[str]:
+    """The names of the declared tools: each tool's `name` under PATH (Chat's `function`,
+    Gemini's `functionDeclarations` list)."""
+    names: set[str] = set()
+    for tool in tools if isinstance(tools, list) else ():
+        found: Any = [tool]
+        for key in path:
+            found = [f.get(key) for f in found if isinstance(f, dict)]
+            found = [x for f in found for x in (f if isinstance(f, list) else [f])]
+        names |= {
+            f["name"] for f in found if isinstance(f, dict) and isinstance(f.get("name"), str)
+        }
+    return names
 
 
 def int_or_none(value: Any, param: str) -> int | None:

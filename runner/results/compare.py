@@ -25,16 +25,18 @@ from runner.results.compare_html import (
     Key,
     Side,
     attempts_block,
+    calls_block,
     check_item,
     esc,
     histogram,
     number,
     text_block,
+    thumbnails,
 )
 from runner.results.compare_usage import failed_turn, spent
 from runner.results.diff import held_rows
 from runner.results.reader import latest_transcripts
-from runner.results.records import outcome
+from runner.results.records import message_text, outcome
 from runner.results.report import cells, money
 from runner.results.store import read_manifest
 
@@ -280,7 +282,8 @@ def _side_head(side: Side, record: dict[str, Any] | None) -> str:
     return f'<div class="side">{esc(side.label)} {badge}<div class="sub">{sub}</div>{note}</div>'
 
 
-Row = tuple[int, str] | str  # a generated turn (index, user text), or a full-width row's HTML
+Row = tuple[int, str, str] | str  # a generated turn (index, user text, its images' HTML), or
+# a full-width row's HTML
 
 
 def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
@@ -290,23 +293,38 @@ def _rows(records: list[dict[str, Any] | None]) -> list[Row]:
     if longest is None:
         return []
     rows: list[Row] = []
-    turns, k, previous = longest["turns"], 0, None
+    turns, k, skip = longest["turns"], 0, 0
     for message in longest["messages"]:
-        role, content = message["role"], message["content"]
-        if role == "system":
+        role, content = message["role"], message_text(message)
+        if skip:  # a generated message: shown in the turn's cells
+            skip -= 1
+        elif role == "system":
             rows.append(_full("system", content))
         elif role == "user":
-            if k < len(turns) and turns[k]["user"] == content or k == failed_turn(longest):
-                rows.append((k, content))  # answered, or the turn the conversation failed at
+            said = message_text(
+                {"content": [p for p in _parts(message) if p.get("type") == "text"]}
+            )
+            if k < len(turns) and turns[k]["user"] == said or k == failed_turn(longest):
+                shown = thumbnails(_parts(message), longest.get("scenario_file"))
+                rows.append((k, content, shown))  # answered, or the turn it failed at
+                skip = _generated(turns[k]) if k < len(turns) else 0
                 k += 1
             else:
                 rows.append(_full("user", content))  # one no turn answered (scenarios differ)
-        elif previous == "user" and k and rows and rows[-1] == (k - 1, turns[k - 1]["user"]):
-            pass  # the generated reply: shown in the turn's cells
         else:
-            rows.append(_full("script", content, "assistant (scripted)"))
-        previous = role
+            rows.append(_full("script", content, f"{role} (scripted)"))
     return rows
+
+
+def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message["content"]
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+
+
+def _generated(turn: dict[str, Any]) -> int:
+    """How many messages a turn's replies put in the history: one per request of its tool
+    loop, and one per result sent."""
+    return len(turn.get("request_attempts") or [1]) + len(turn.get("tool_calls") or ())
 
 
 def _full(cls: str, text: str, role: str = "") -> str:
@@ -315,15 +333,16 @@ def _full(cls: str, text: str, role: str = "") -> str:
 
 
 def _turn_cells(
-    sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str]
+    sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str, str]
 ) -> str:
-    index, user = row
+    index, user, images = row
     turns = [
         next((t for t in record["turns"] if t["index"] == index), None) if record else None
         for record in records
     ]
     role = "user (simulated)" if any(t and t.get("simulated") for t in turns) else "user"
-    cells = [f'<div class="full user"><span class="role">{role}</span>{text_block(user)}</div>']
+    said = f'<span class="role">{role}</span>{text_block(user)}{images}'
+    cells = [f'<div class="full user">{said}</div>']
     shown = marked([turn["assistant"] if turn else None for turn in turns])
     for side, record, turn, text in zip(sides, records, turns, shown, strict=True):
         if turn is None and record is not None and failed_turn(record) == index:
@@ -354,7 +373,10 @@ def _reply_cell(
             meta.insert(2, f"{number(usage[key])} {label}")
     if turn.get("ttft_ms") is not None:
         meta.append("ttft " + number(turn["ttft_ms"], " ms"))
-    if (turn.get("attempts") or 1) > 1:
+    requests = len(turn.get("request_attempts") or [1])
+    if requests > 1:
+        meta.append(f"{requests} requests")
+    if (turn.get("attempts") or 1) > requests:
         meta.append(f"{turn['attempts']} attempts")
     if turn.get("finish_reason"):
         meta.append(esc(turn["finish_reason"]))
@@ -364,7 +386,8 @@ def _reply_cell(
         role, said = asked
         own = f'<div class="user"><span class="role">{esc(role)}</span>{text_block(said)}</div>'
     return (
-        f'<div class="reply">{own}{text_block(turn.get("assistant") or "", text)}'
+        f'<div class="reply">{own}{calls_block(turn)}'
+        f"{text_block(turn.get('assistant') or '', text)}"
         f'<div class="meta">{" · ".join(meta)}</div>'
         + (f'<ul class="checks">{checks}</ul>' if checks else "")
         + "</div>"

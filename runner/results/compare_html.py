@@ -1,5 +1,5 @@
 """The pieces of the compare page: style, filter script, inline SVG charts, escaped text,
-a failed turn's attempts.
+a failed turn's attempts, a turn's tool calls.
 
 Everything that comes from a record goes through `esc` (text and attribute values alike);
 the page fetches nothing (its CSP forbids it) and needs no network to render.
@@ -7,8 +7,12 @@ the page fetches nothing (its CSP forbids it) and needs no network to render.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import html
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runner.results.stats import percentile
@@ -28,7 +32,10 @@ class Side:
     tries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # of a failed turn
 
 
-CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+CSP = (  # data: images only (thumbnails inlined), nothing fetched
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+)
+THUMB_BYTES = 512 * 1024  # an image file larger than this is named, not inlined
 LONG_CHARS = 600  # replies longer than this (or of more lines) start collapsed
 LONG_LINES = 12
 PREVIEW_CHARS = 240
@@ -59,6 +66,7 @@ svg text{font-size:10px;fill:#57606a}svg .bar{fill:#54aeff}svg .mark{stroke:var(
 .conv{margin:10px 0 18px}
 .grid{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:6px}
 .full{grid-column:1/-1}
+.thumb{max-width:160px;max-height:160px;margin:4px 4px 0 0;border:1px solid #ccc}
 .side,.reply{border:1px solid var(--line);border-radius:6px;padding:6px 8px;min-width:0}
 .side{background:var(--soft);font-weight:600}
 .side .sub{font-weight:400;font-size:12px;color:#57606a}
@@ -132,6 +140,35 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def thumbnails(parts: list[dict[str, Any]], scenario_file: Any) -> str:
+    """The image parts of a user message as thumbnails: a file beside the scenario, still as
+    the run read it (its sha256) and at most THUMB_BYTES, inlined as a data URL; any other
+    (a URL, a data URL the record does not hold, a changed or large file) is named only."""
+    out = []
+    for part in parts:
+        image = part.get("image_url") if part.get("type") == "image_url" else None
+        if not isinstance(image, dict):
+            continue
+        ref, data = str(image.get("url")), None
+        if isinstance(scenario_file, str) and "://" not in ref and not ref.startswith("data:"):
+            path = Path(scenario_file).parent / ref
+            with contextlib.suppress(OSError):
+                if path.stat().st_size <= THUMB_BYTES:
+                    data = path.read_bytes()
+        media = image.get("media_type")
+        if data is not None and media in IMAGE_TYPES and _digest(data) == image.get("sha256"):
+            src = f"data:{media};base64,{base64.b64encode(data).decode()}"
+            out.append(f'<img class="thumb" alt="{esc(ref)}" src="{esc(src)}">')
+    return f'<div class="thumbs">{"".join(out)}</div>' if out else ""
+
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def text_block(text: str, shown: str | None = None) -> str:
     """A reply or message: wrapped, and collapsed behind a preview when long. `shown` is
     the text as HTML already escaped (with its differences marked), when given."""
@@ -164,6 +201,18 @@ def attempts_block(error: dict[str, Any], tries: list[dict[str, Any]]) -> str:
         f'<div class="text">{esc(error.get("message", ""))}</div>'
         + (f'<ol class="attempts">{items}</ol>' if items else "")
         + "</div>"
+    )
+
+
+def calls_block(turn: dict[str, Any]) -> str:
+    """A turn's tool calls and the results sent, folded."""
+    calls = turn.get("tool_calls") or []
+    if not calls:
+        return ""
+    lines = [f"-> {c.get('name')}({c.get('arguments')})\n<- {c.get('result')}" for c in calls]
+    return (
+        f'<details class="calls"><summary>{len(calls)} tool call{"s" * (len(calls) > 1)}'
+        f'</summary><div class="text">{esc(chr(10).join(lines))}</div></details>'
     )
 
 

@@ -258,14 +258,21 @@ def _simulated(result: Diff, before: dict[str, Any], after: dict[str, Any]) -> N
 
 
 def _text_changes(cid: str, before: dict[str, Any], after: dict[str, Any]) -> list[TextChange]:
-    old = {t["index"]: t["assistant"] for t in before["turns"]}
+    old = {t["index"]: _reply(t) for t in before["turns"]}
     changes = []
     for turn in after["turns"]:
-        reply = old.pop(turn["index"], None)
-        if reply != turn["assistant"]:
-            changes.append(TextChange(cid, turn["index"], reply or "", turn["assistant"]))
+        reply, now = old.pop(turn["index"], None), _reply(turn)
+        if reply != now:
+            changes.append(TextChange(cid, turn["index"], reply or "", now))
     changes += [TextChange(cid, i, reply, "") for i, reply in old.items()]  # turns now missing
     return changes
+
+
+def _reply(turn: dict[str, Any]) -> str:
+    """A turn's reply as diff compares it: the tool calls it made (name and arguments,
+    in order; ids differ from run to run), then its text."""
+    calls = [f"-> {c.get('name')}({c.get('arguments')})\n" for c in turn.get("tool_calls") or ()]
+    return "".join(calls) + str(turn["assistant"])
 
 
 def target_deltas(base: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """Exports of a run's transcripts to what fine-tuning and evaluation tools read.
 
 - openai:   {"messages": [...]}, the chat fine-tuning format (system first, then user and
-            assistant in turn, string contents, no other keys)
-- sharegpt: {"conversations": [{"from": "system" | "human" | "gpt", "value": ...}]}
+            assistant in turn, string contents, no other keys); with tools, assistant
+            `tool_calls`, `tool` messages (`tool_call_id`) and the `tools` list
+- sharegpt: {"conversations": [{"from": "system" | "human" | "gpt", "value": ...}]}; with
+            tools, `function_call` and `observation` turns and `tools` (JSON text)
 - mtbench:  FastChat's model-answer files, one `<model_id>.jsonl` per target in a folder
 - jsonl:    the transcript records themselves
 
@@ -21,9 +23,11 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from runner.encoding import from_json, to_json
 from runner.errors import InputError
 from runner.outfile import is_stdout
 from runner.results.reader import RunRecords, Skipped
+from runner.results.records import message_text
 from runner.results.store import TRANSCRIPTS, read_at, read_manifest, write_jsonl
 
 FORMATS = ("openai", "sharegpt", "mtbench", "jsonl")
@@ -190,34 +194,71 @@ def _ready(folder: Path) -> None:
 # ---------------------------------------------------------------- chat formats
 
 
-def dialogue(record: dict[str, Any]) -> list[dict[str, str]] | None:
-    """The conversation as role/content messages: system first, no two of one role in a
-    row (scripted turns of one role are joined), ending on a reply; None without one.
+def dialogue(record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The conversation as role/content messages: system first, no two text messages of
+    one role in a row (scripted turns of one role are joined), ending on a reply (not a
+    tool call); None without one. Tool calls and results are kept as the record has them
+    (a result without its `name`).
 
     A failed conversation keeps the exchanges it completed."""
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     for message in record["messages"]:
-        role, content = message["role"], str(message["content"])
-        if out and out[-1]["role"] == role:
+        role, content = message["role"], message.get("content")
+        if role == "tool":
+            out.append({k: message[k] for k in ("role", "tool_call_id", "content")})
+        elif message.get("tool_calls"):
+            out.append({"role": role, "content": content, "tool_calls": message["tool_calls"]})
+        elif out and out[-1]["role"] == role and _joinable(out[-1]) and isinstance(content, str):
             out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + content}
         else:
             out.append({"role": role, "content": content})
-    while out and out[-1]["role"] != "assistant":
+    while out and (out[-1]["role"] != "assistant" or out[-1].get("tool_calls")):
         out.pop()
     return out if out else None
 
 
+def _joinable(message: dict[str, Any]) -> bool:
+    return isinstance(message["content"], str) and not message.get("tool_calls")
+
+
 def _openai(record: dict[str, Any]) -> dict[str, Any] | None:
     messages = dialogue(record)
-    return {"messages": messages} if messages else None
+    if not messages:
+        return None
+    tools = record.get("tools")
+    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
 
 
 def _sharegpt(record: dict[str, Any]) -> dict[str, Any] | None:
     messages = dialogue(record)
     if not messages:
         return None
-    turns = [{"from": SHAREGPT_ROLES[m["role"]], "value": m["content"]} for m in messages]
-    return {"conversations": turns}
+    turns: list[dict[str, str]] = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = [_sharegpt_call(c) for c in m["tool_calls"]]
+            value = calls[0] if len(calls) == 1 else calls
+            turns.append({"from": "function_call", "value": to_json(value).decode()})
+        elif m["role"] == "tool" and turns and turns[-1]["from"] == "observation":
+            turns[-1]["value"] += "\n" + str(m["content"])  # parallel results: one turn
+        elif m["role"] == "tool":
+            turns.append({"from": "observation", "value": str(m["content"])})
+        else:
+            turns.append({"from": SHAREGPT_ROLES[m["role"]], "value": message_text(m)})
+    out: dict[str, Any] = {"conversations": turns}
+    if record.get("tools"):
+        out["tools"] = to_json([t["function"] for t in record["tools"]]).decode()
+    return out
+
+
+def _sharegpt_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A call as LLaMA-Factory's ShareGPT takes it: {"name", "arguments": {...}}."""
+    function = call["function"]
+    try:
+        arguments = from_json(function["arguments"])
+    except ValueError:
+        arguments = function["arguments"]
+    return {"name": function["name"], "arguments": arguments}
 
 
 # ---------------------------------------------------------------- FastChat model answers

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from runner.spec.plan import Conversation
 
 VERSION = 1
+TOOLS_VERSION = 2  # a transcript whose messages hold tool calls, tool results or images
 
 
 def utc_now() -> str:
@@ -58,8 +59,10 @@ def transcript_record(
 ) -> dict[str, Any]:
     """One conversation, ok or failed: the full history (system first) and every turn."""
     passed = None if error else all(c["passed"] for t in turns for c in t["checks"])
+    tools = [tool.record() for tool in conv.scenario.tools]
+    plain = not tools and all(type(m["content"]) is str and len(m) == 2 for m in messages)
     return {
-        "version": VERSION,
+        "version": VERSION if plain else TOOLS_VERSION,
         "conversation_id": conv.id,
         "scenario_id": conv.scenario.id,
         "scenario_file": conv.scenario.file,
@@ -76,6 +79,7 @@ def transcript_record(
         "status": "failed" if error else "ok",
         "error": error.as_record() if error else None,
         "messages": messages,
+        **({"tools": tools} if tools else {}),  # as OpenAI's chat shape declares them
         "turns": turns,
         "usage": usage,
         "cost_usd": cost(usage, conv.target.price),
@@ -112,7 +116,7 @@ def why(record: dict[str, Any]) -> str:
 
 def attempt_record(
     conversation_id: str,
-    turn: int,
+    turn: int | tuple[int, int],
     attempt: int,
     target: str,
     model: str,
@@ -120,13 +124,16 @@ def attempt_record(
     reply: Reply | None,
     latency_ms: float,
 ) -> dict[str, Any]:
-    """One HTTP attempt (usage.jsonl): status is 200 or the error's status (else its kind)."""
+    """One HTTP attempt (usage.jsonl): status is 200 or the error's status (else its kind).
+    TURN with tools is (turn, request): which request of the turn's tool loop it was."""
     usage = reply.usage if reply else NO_TOKENS
     ttft = reply.ttft_ms if reply else None
+    turn, request = turn if isinstance(turn, tuple) else (turn, None)
     return {
         "version": VERSION,
         "conversation_id": conversation_id,
         "turn": turn,
+        **({"request": request} if request is not None else {}),
         "attempt": attempt,
         "target": target,
         "model": model,
@@ -163,7 +170,7 @@ def manifest_record(
 
 # ---------------------------------------------------------------- what readers accept
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 Fields = dict[str, tuple[tuple[type, ...], bool]]  # key -> (its types, whether null is allowed)
 NUMBER = (int, float)
 
@@ -187,7 +194,7 @@ TURN_FIELDS = _shape(
     ttft_ms=(*NUMBER, None), checks=list,
 )  # fmt: skip
 CHECK_FIELDS = _shape(kind=str, passed=bool, reason=str)
-MESSAGE_FIELDS = _shape(role=str, content=str)
+MESSAGE_FIELDS = _shape(role=str, content=(str, list, None))
 ATTEMPT_FIELDS = _shape(
     conversation_id=str,
     target=str,
@@ -217,6 +224,26 @@ def transcript_problem(record: dict[str, Any]) -> str | None:
         if problem:
             return problem
     return problem
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message of a transcript as text for people: its text; an image as `[image: REF]`;
+    each tool call as `-> name(arguments)`; a tool result as `<- name: result`."""
+    content = message.get("content")
+    if message.get("role") == "tool":
+        return f"<- {message.get('name') or message.get('tool_call_id')}: {content}"
+    if isinstance(content, list):
+        content = "".join(
+            str(p.get("text", "")) if p.get("type") == "text"
+            else f" [image: {(p.get('image_url') or {}).get('url')}]"
+            for p in content if isinstance(p, dict)
+        ).strip()  # fmt: skip
+    calls = [
+        f"-> {c['function']['name']}({c['function']['arguments']})"
+        for c in message.get("tool_calls") or ()
+        if isinstance(c, dict) and isinstance(c.get("function"), dict)
+    ]
+    return "\n".join([content, *calls] if content else calls) if calls else str(content or "")
 
 
 def attempt_problem(record: dict[str, Any]) -> str | None:

@@ -126,8 +126,9 @@ def check_captures(
     r: ScenarioReader, uses: Uses, var_names: set[str], captured: dict[str, int]
 ) -> None:
     """A turn may use the names captured by the turns before it; expect_final every one; the
-    system prompt and persona none. A capture named like a var or like an earlier capture is
-    refused, and so is a captured name in a regex check (regexes are checked at load time)."""
+    system prompt, persona and tool results none. A capture named like a var or like an
+    earlier capture is refused, and so is a captured name in a regex check (regexes are
+    checked at load time)."""
     made: set[str] = set()
     seen: set[int] = set()
     for captures, expect, span in uses.turns:
@@ -145,7 +146,8 @@ def check_captures(
     _used(r, uses.final, made, captured, "")
     seen.update(uses.final)
     rest = [i for i in range(len(r.templated)) if i not in seen]
-    _used(r, rest, set(), captured, " (the system prompt and persona are filled first)")
+    why = " (the system prompt, persona and tool_results are filled with vars only)"
+    _used(r, rest, set(), captured, why)
 
 
 def _used(

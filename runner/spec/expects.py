@@ -24,6 +24,7 @@ from runner.spec.yamlnodes import (
     Reader,
     boolean,
     checked,
+    json_mapping,
     json_only,
     node_line,
     positive_number,
@@ -60,6 +61,16 @@ class Similar:
 
 
 @dataclass(frozen=True, slots=True)
+class Called:
+    """A tool_called check: the turn called NAME (with ARGS among its arguments, when
+    given), TIMES times when given, else at least once."""
+
+    name: str
+    args: dict[str, Any] | None = None
+    times: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Expect:
     """Checks on one generated reply. Strings may hold {{var}} templates."""
 
@@ -76,6 +87,8 @@ class Expect:
     finish_reason: str | None = None
     ignore_case: bool = False
     judge: Judge | None = None
+    tool_called: tuple[Called, ...] = ()
+    no_tool_called: tuple[str, ...] | None = None  # (): no tool at all; else these tools
 
 
 EXPECT_KEYS = tuple(f.name for f in fields(Expect))
@@ -170,6 +183,41 @@ def _similar(r: ScenarioReader, node: Node, key: str) -> Similar:
     return Similar(v.get("to", ""), v.get("min", SIMILAR_MIN))
 
 
+def _tool_called(r: Reader, node: Node, key: str) -> tuple[Called, ...]:
+    """{name, args, times}, or a list of them."""
+    out = []
+    for item in node.value if isinstance(node, SequenceNode) else [node]:
+        if not isinstance(item, MappingNode):
+            raise Bad(item, f"'tool_called' must be {{name, args, times}}, got {r.shown(item)}")
+        entries = r.entries(item, "tool_called", ("name", "args", "times"))
+        if "name" not in entries:
+            raise Bad(item, "'tool_called' needs 'name' (the tool)")
+        args = json_mapping(r, entries["args"][1], "args") if "args" in entries else None
+        times = non_negative_int(r, entries["times"][1], "times") if "times" in entries else None
+        out.append(Called(string(r, entries["name"][1], "name"), args, times))
+    return tuple(out)
+
+
+def _no_tool_called(r: Reader, node: Node, key: str) -> tuple[str, ...]:
+    """true (no tool at all), or a tool's name or a list of them."""
+    value = r.value(node)
+    if value is True:
+        return ()
+    if isinstance(value, str) or (
+        isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+    ):
+        return (value,) if isinstance(value, str) else tuple(value)
+    raise Bad(node, f"'{key}' must be true, a tool's name or a list of them, got {show(value)}")
+
+
+def non_negative_int(r: Reader, node: Node, key: str) -> int:
+    return checked(r, node, key, "a whole number of at least 0", _count)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def fraction(r: Reader, node: Node, key: str) -> float:
     """A number from 0 to 1 (similar's min, a scenario's min_pass_rate)."""
     return checked(r, node, key, "a number from 0 to 1", FRACTION.holds)
@@ -236,4 +284,6 @@ EXPECT_FIELDS: dict[str, Parser] = {
     "finish_reason": _finish_reason,
     "ignore_case": boolean,
     "judge": _judge,
+    "tool_called": _tool_called,
+    "no_tool_called": _no_tool_called,
 }

@@ -11,6 +11,7 @@ from typing import Any
 
 from runner.client.providers import PROVIDERS
 from runner.errors import InputError
+from runner.messages import Image
 from runner.spec.scenarios import Scenario, Server
 from runner.spec.targets import Target
 
@@ -128,7 +129,8 @@ def seed_of(params: dict[str, Any], target: Target, sample: int, samples: int) -
 
 
 def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:
-    """`context: server` needs a protocol that keeps history on the server."""
+    """`context: server` needs a protocol that keeps history on the server; tools and
+    images a protocol that takes them (and images of a type it takes)."""
     able = " or ".join(n for n, cls in PROVIDERS.items() if cls.capabilities.server_context)
     problems = [
         f"{s.file}:{s.line}: scenario '{s.id}' uses context: server, which needs a target "
@@ -138,5 +140,23 @@ def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:
         for t in targets
         if not PROVIDERS[t.provider].capabilities.server_context
     ]
+    problems += [p for s in scenarios for t in targets for p in _parts_problems(s, t)]
     if problems:
         raise InputError(problems)
+
+
+def _parts_problems(scenario: Scenario, target: Target) -> list[str]:
+    """Tools or images the target's provider cannot take, said at the scenario or turn."""
+    able = PROVIDERS[target.provider].capabilities
+    said = f"target '{target.name}' ({target.provider})"
+    out = []
+    if scenario.tools and not able.tools:
+        out.append(f"{scenario.file}:{scenario.line}: {said} takes no tools")
+    for turn in scenario.turns:
+        for part in turn.parts:
+            if not isinstance(part, Image) or part.media_type is None:
+                continue
+            if not able.images or part.media_type not in able.image_types:
+                why = "no images" if not able.images else f"no {part.media_type} images"
+                out.append(f"{scenario.file}:{turn.line}: {said} takes {why} ({part.ref})")
+    return out

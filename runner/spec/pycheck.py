@@ -40,9 +40,14 @@ class PythonCheck:
 _modules: dict[Path, tuple[Any, threading.Lock]] = {}
 
 
-def load(spec: str, scenario_file: str) -> PythonCheck:
-    """The function SPEC names, its file beside SCENARIO_FILE; ValueError saying what is
-    wrong (no such file, an import that fails, no such function, the wrong parameters)."""
+CHECK_PARAMS = ("reply", "turn", "conversation")
+WORDS = {1: "one", 2: "two", 3: "three"}
+
+
+def load(spec: str, scenario_file: str, params: tuple[str, ...] = CHECK_PARAMS) -> PythonCheck:
+    """The function SPEC names, its file beside SCENARIO_FILE, callable with PARAMS (a
+    check's, or a tool result's: args, vars); ValueError saying what is wrong (no such
+    file, an import that fails, no such function, the wrong parameters)."""
     module_name, sep, function_name = spec.partition(":")
     if not sep or not module_name.strip() or not function_name.isidentifier():
         raise ValueError(f"'python' must be {NAME}, got {spec!r}")
@@ -58,10 +63,11 @@ def load(spec: str, scenario_file: str) -> PythonCheck:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"'python': {relative} has no function '{function_name}'{hint}")
     try:
-        inspect.signature(function).bind("reply", {}, {})
+        inspect.signature(function).bind(*params)
     except TypeError:
+        said = ", ".join(params)
         raise ValueError(
-            f"'python': {spec} must take three arguments (reply, turn, conversation)"
+            f"'python': {spec} must take {WORDS[len(params)]} arguments ({said})"
         ) from None
     except ValueError:  # a callable whose signature cannot be read: trust it
         pass
@@ -106,6 +112,12 @@ async def run(check: PythonCheck, reply: str, turn: Any, conversation: Any) -> t
     (check_timeout): an error, never a pass."""
     value = await _in_thread(check, (reply, turn, conversation))
     return _verdict(check.name, value)
+
+
+async def call(check: PythonCheck, *args: Any) -> Any:
+    """What the function returns for ARGS, in a worker thread as a check is called;
+    ApiError (check_error, check_timeout) when it raises or does not return in time."""
+    return await _in_thread(check, args)
 
 
 def _verdict(name: str, value: Any) -> tuple[bool, str]:

@@ -10,16 +10,27 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from runner.messages import Image, Tool
 from runner.spec.captures import Capture, Uses, captured_names, check_captures, read_captures
-from runner.spec.expects import Expect, fraction, read_expect, regex_problem, strings, text
+from runner.spec.expects import Expect, fraction, read_expect, strings, text
+from runner.spec.filled import check_filled
 from runner.spec.rows import RowsFile, open_table
 from runner.spec.simulation import Simulate, read_simulate
+from runner.spec.tools import (
+    Result,
+    ScriptedCall,
+    check_history,
+    check_results,
+    read_calls,
+    read_parts,
+    read_results,
+    read_tool_turn,
+    read_tools,
+)
 from runner.spec.variables import (
-    TEMPLATE,
     ScenarioReader,
     Vars,
     check_templates,
-    fill,
     read_vars,
     var_combinations,
     var_count,
@@ -30,7 +41,6 @@ from runner.spec.yamlnodes import (
     Bad,
     Pair,
     Parser,
-    Reader,
     boolean,
     json_mapping,
     mapping_keys,
@@ -63,13 +73,18 @@ Context = Full | Window | Server  # what each turn sends: `context: full | {wind
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One scripted turn: a user message to send, or a fixed assistant reply."""
+    """One scripted turn: a user message to send, a fixed assistant reply (text, tool
+    calls or both), or a tool's result to an earlier scripted call."""
 
-    role: str  # "user" | "assistant"
-    content: str
+    role: str  # "user" | "assistant" | "tool"
+    content: str  # the text (a tool turn: none)
     expect: Expect | None = None
     params: dict[str, Any] = field(default_factory=dict)
     line: int = 0
+    parts: tuple[str | Image, ...] = ()  # a user turn with images: its texts and images in order
+    calls: tuple[ScriptedCall, ...] = ()  # a scripted assistant turn's tool calls
+    tool: str = ""  # a tool turn: the tool's name
+    result: Any = None  # a tool turn: the result (JSON)
     capture: tuple[Capture, ...] = ()  # values taken from the reply for later turns
 
 
@@ -92,8 +107,15 @@ class Scenario:
     metadata: dict[str, Any] = field(default_factory=dict)  # carried into the records
     min_pass_rate: float | None = None  # passes when this share of samples pass (verdicts.py)
     cache: bool | None = None  # prompt cache marks (None: as the target says)
+    tools: tuple[Tool, ...] = ()  # the tools the model may call
+    tool_results: dict[str, Result] = field(default_factory=dict)  # tool name -> its result
+    max_tool_rounds: int = 5  # model requests with tool calls per user turn before tool_loop
     simulate: Simulate | None = None  # a target plays the user after the scripted turns
     expect_final: Expect | None = None  # checks on the conversation's last reply
+
+    def image_files(self) -> set[str]:
+        """The image files its turns read (hashed into the manifest like the scenario)."""
+        return {p.path for t in self.turns for p in t.parts if isinstance(p, Image) and p.path}
 
     def var_count(self) -> int:
         """Number of var combinations (1 when there are no vars), times the file's rows."""
@@ -118,6 +140,9 @@ SCENARIO_KEYS = (
     "metadata",
     "min_pass_rate",
     "cache",
+    "tools",
+    "tool_results",
+    "max_tool_rounds",
     "simulate",
     "expect_final",
 )
@@ -191,6 +216,7 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
             line = node_line(merged["vars_file"][0])
             names = var_names(given) | set(captured)  # a column may be neither
             values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
+    check_results(r, values.get("tools", ()), values.get("tool_results", {}))
     if r.count() > start:
         return None
     values.setdefault("turns", ())  # with `simulate`, the simulated user may open it
@@ -213,16 +239,23 @@ def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
         made = turns[-1]
         if made is not None:  # where its templates are: captures are used from the next turn
             r.turn_uses.append((made.capture, made.expect, range(start, len(r.templated))))
-    return tuple(t for t in turns if t is not None)
+    kept = tuple(t for t in turns if t is not None)
+    check_history(r, kept)
+    return kept
 
 
 def _ends_with_user(r: ScenarioReader, values: dict[str, Any], merged: dict[str, Pair]) -> None:
     """Without a simulated user, the last scripted turn must be a user turn (its reply is
-    the conversation's last); with one, the simulated user may follow a scripted reply."""
-    turns = values.get("turns") or ()
-    if turns and turns[-1].role == "assistant" and "simulate" not in merged:
-        r.report(turns[-1].line, "the last turn is an assistant turn; a conversation must end "
-                                 "with a user turn (or be followed by 'simulate')")  # fmt: skip
+    the conversation's last); with one, the simulated user may follow a scripted reply of
+    text (not a call, nor a tool's result: the model answers those)."""
+    last = (values.get("turns") or (None,))[-1]
+    if last is None or last.role == "user":
+        return
+    if last.role == "assistant" and not last.calls and "simulate" in merged:
+        return
+    a = "an" if last.role == "assistant" else "a"
+    r.report(last.line, f"the last turn is {a} {last.role} turn; a conversation must end with a "
+                        "user turn (or an assistant's text followed by 'simulate')")  # fmt: skip
 
 
 def _turn(r: ScenarioReader, node: Node) -> Turn | None:
@@ -239,14 +272,40 @@ def _turn(r: ScenarioReader, node: Node) -> Turn | None:
         return Turn("user", r.text(node, value), line=line)
     if "assistant" in mapping_keys(node):
         entries = r.entries(node, "assistant turn", ("assistant",))
-        return Turn("assistant", text(r, entries["assistant"][1], "assistant"), line=line)
-    entries = r.entries(node, "turn", USER_TURN_KEYS, hints=("assistant",))
+        return _assistant(r, entries["assistant"][1], line)
+    if "tool" in mapping_keys(node):
+        entries = r.entries(node, "tool turn", ("tool",))
+        name, result = read_tool_turn(r, entries["tool"][1])
+        return Turn("tool", "", line=line, tool=name, result=result)
+    entries = r.entries(node, "turn", USER_TURN_KEYS, hints=("assistant", "tool"))
     if "user" not in entries:
-        raise Bad(node, "a turn mapping needs 'user' (or 'assistant')")
+        raise Bad(node, "a turn mapping needs 'user' (or 'assistant' or 'tool')")
     v = r.fields(entries, TURN_FIELDS)
     if "user" not in v:
         return None
-    return Turn("user", v["user"], v.get("expect"), v.get("params", {}), line, v.get("capture", ()))
+    parts, content = (), v["user"]
+    if isinstance(content, tuple):
+        parts, content = content, "".join(p for p in content if isinstance(p, str))
+    expect, params = v.get("expect"), v.get("params", {})
+    return Turn("user", content, expect, params, line, parts, capture=v.get("capture", ()))
+
+
+def _assistant(r: ScenarioReader, node: Node, line: int) -> Turn:
+    """A scripted reply: its text, or {content: TEXT, tool_calls: [{name, args}, ...]}."""
+    if not isinstance(node, MappingNode):
+        return Turn("assistant", text(r, node, "assistant"), line=line)
+    entries = r.entries(node, "assistant turn", ("content", "tool_calls"))
+    if "tool_calls" not in entries:
+        raise Bad(node, "a scripted assistant mapping needs 'tool_calls' (or write its text)")
+    content = text(r, entries["content"][1], "content") if "content" in entries else ""
+    return Turn("assistant", content, line=line, calls=read_calls(r, entries["tool_calls"][1]))
+
+
+def _user(r: ScenarioReader, node: Node, key: str) -> str | tuple[str | Image, ...]:
+    """The user's text, or a list of {text: ...} and {image: ...} parts."""
+    if isinstance(node, SequenceNode) and node.value:
+        return read_parts(r, node)
+    return text(r, node, key)
 
 
 def _context(r: ScenarioReader, node: Node, key: str) -> Context:
@@ -300,67 +359,12 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "metadata": json_mapping,
     "min_pass_rate": fraction,
     "cache": boolean,
+    "tools": read_tools,
+    "tool_results": read_results,
+    "max_tool_rounds": positive_int,
     "simulate": read_simulate,
     "expect_final": _expect_final,
 }
 TURN_FIELDS: dict[str, Parser] = {
-    "user": text, "expect": read_expect, "params": json_mapping, "capture": read_captures,
+    "user": _user, "expect": read_expect, "params": json_mapping, "capture": read_captures,
 }  # fmt: skip
-
-
-def check_filled(r: Reader, scenario: Scenario) -> None:
-    """A regex with {{var}} templates must still be one when filled with each of the
-    scenario's var combinations: else the problem is reported at its turn, with the values
-    of the first combination that breaks it, before anything is sent. A vars_file's rows are
-    read once more for all the regexes that name its columns together."""
-    templated = [
-        (turn.line, pattern, sorted(set(TEMPLATE.findall(pattern))))
-        for turn in scenario.turns
-        for pattern in [turn.expect.regex if turn.expect else None]
-        if pattern is not None and "{{" in pattern
-    ]
-    own = var_names(scenario.vars)
-    found: dict[int, str] = {}
-    for from_file in (False, True):  # the file is read only for regexes that need it
-        group = [
-            i for i, (_, _, names) in enumerate(templated) if bool(set(names) - own) == from_file
-        ]
-        found.update(_first_problems(scenario, templated, group))
-    for i, (line, _, _) in enumerate(templated):
-        if i in found:
-            r.report(line, found[i])
-
-
-def _first_problems(
-    scenario: Scenario, templated: list[tuple[int, str, list[str]]], group: list[int]
-) -> dict[int, str]:
-    """Index -> problem of the regexes of GROUP (indexes into TEMPLATED) that some var
-    combination breaks, found in one pass over the combinations of the names they use."""
-    found: dict[int, str] = {}
-    last: dict[int, str] = {}  # each regex's last filling: not compiled twice in a row
-    names = {n for i in group for n in templated[i][2]}
-    for values in _combinations_of(scenario, names) if group else ():
-        for i in group:
-            _, pattern, used = templated[i]
-            filled = fill(pattern, values)
-            if i in found or last.get(i) == filled:
-                continue
-            last[i] = filled
-            problem = regex_problem(filled)
-            if problem:
-                given = ", ".join(f"{n}={show(values[n])}" for n in used)
-                found[i] = f"regex {show(pattern)} filled with {given}: {problem}"
-        if len(found) == len(group):
-            break
-    return found
-
-
-def _combinations_of(scenario: Scenario, names: set[str]) -> Iterator[dict[str, Any]]:
-    """The combinations of the values of NAMES only (a vars_file's rows when it gives any)."""
-    own = scenario.vars
-    if isinstance(own, dict):
-        used: Vars = {n: v for n, v in own.items() if n in names}
-    else:
-        used = tuple({n: v for n, v in row.items() if n in names} for row in own)
-    from_file = scenario.vars_file if names - var_names(own) else None
-    return var_combinations(used, from_file)

@@ -21,7 +21,7 @@ from runner.client.providers.base import Call, Capabilities, Provider, Reply, Re
 from runner.client.providers.ratelimits import RateHeaders
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
-from runner.messages import Message
+from runner.messages import Image, Message, Part, Text, Tool, ToolCall, ToolResult
 from runner.usage import Usage, no_usage
 
 VERSION = "2023-06-01"
@@ -80,13 +80,76 @@ def text_blocks(blocks: list[Any]) -> str:
 
 
 def wire_message(message: Message, mark: bool) -> dict[str, Any]:
-    """A message as Anthropic takes it: text as a string, or as text blocks whose last
-    carries the cache mark (an empty text cannot be a block: it goes unmarked)."""
-    if not mark or not message.text:
-        return {"role": message.role, "content": message.text}
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": p.text} for p in message.parts]
-    blocks[-1]["cache_control"] = dict(EPHEMERAL)
-    return {"role": message.role, "content": blocks}
+    """A message as Anthropic takes it: text as a string, or as blocks whose last carries
+    the cache mark (an empty text cannot be a block: it goes unmarked); a result is a
+    `tool_result` block of a user message."""
+    role = "user" if message.role == "tool" else message.role
+    if message.plain and (not mark or not message.text):
+        return {"role": role, "content": message.text}
+    blocks = [block(p) for p in message.parts if not (type(p) is Text and not p.text)]
+    if mark and blocks:
+        blocks[-1]["cache_control"] = dict(EPHEMERAL)
+    return {"role": role, "content": blocks}
+
+
+def block(part: Part) -> dict[str, Any]:
+    """One content block: text, image (base64 source, or url source for an https URL),
+    tool_use or tool_result."""
+    if isinstance(part, ToolCall):
+        return {"type": "tool_use", "id": part.id, "name": part.name,
+                "input": base.arguments_object(part)}  # fmt: skip
+    if isinstance(part, ToolResult):
+        return {"type": "tool_result", "tool_use_id": part.call_id, "content": part.content}
+    if isinstance(part, Image):
+        source: dict[str, Any] = {"type": "url", "url": part.url}
+        if part.data is not None:
+            source = {"type": "base64", "media_type": part.media_type, "data": part.data}
+        return {"type": "image", "source": source}
+    return {"type": "text", "text": part.text}
+
+
+def wire_messages(messages: list[Message], cache: bool) -> list[dict[str, Any]]:
+    """The messages, each result joined to the user message before it when that holds
+    results only (parallel results go in one user message, before any text of it)."""
+    out: list[dict[str, Any]] = []
+    last = len(messages) - 1
+    for i, message in enumerate(messages):
+        wired = wire_message(message, cache and i == last)
+        before = out[-1] if out else None
+        if before is not None and _results_only(before) and message.role in ("tool", "user"):
+            content = wired["content"]
+            more = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            before["content"] = before["content"] + [b for b in more if b.get("text") != ""]
+            continue
+        out.append(wired)
+    return out
+
+
+def _results_only(message: dict[str, Any]) -> bool:
+    content = message["content"]
+    return isinstance(content, list) and all(b["type"] == "tool_result" for b in content)
+
+
+def tool_uses(blocks: list[Any]) -> tuple[ToolCall, ...]:
+    """The tool_use blocks of a reply as calls (input an object)."""
+    return tuple(
+        ToolCall(
+            base.want(b.get("id"), str, "a tool_use id"),
+            base.want(b.get("name"), str, "a tool_use name"),
+            to_json(base.fields(b.get("input"), "a tool_use input")).decode(),
+        )
+        for b in blocks
+        if b.get("type") == "tool_use"
+    )
+
+
+def anthropic_tool(tool: Tool) -> dict[str, Any]:
+    """A tool as Anthropic declares it: its schema as `input_schema`."""
+    out: dict[str, Any] = {"name": tool.name, "description": tool.description,
+                           "input_schema": tool.parameters}  # fmt: skip
+    if tool.strict is not None:
+        out["strict"] = tool.strict
+    return out
 
 
 def stream_error(payload: dict[str, Any]) -> ApiError:
@@ -126,9 +189,10 @@ class Anthropic(Provider):
         headers, params = self.headers, call.params
         if any(k in params for k in HEADER_PARAMS):
             headers = {**headers, **header_params(params)}
-        last = len(call.messages) - 1
-        messages = [wire_message(m, call.cache and i == last) for i, m in enumerate(call.messages)]
+        messages = wire_messages(call.messages, call.cache)
         body: dict[str, Any] = {"model": self.model, "messages": messages}
+        if call.tools:
+            body["tools"] = [anthropic_tool(t) for t in call.tools]
         if call.system is not None:
             system = {"type": "text", "text": call.system, "cache_control": dict(EPHEMERAL)}
             body["system"] = [system] if call.cache and call.system else call.system
@@ -143,14 +207,15 @@ class Anthropic(Provider):
             raise stream_error(body)
         if "content" not in body:
             raise base.malformed("the body is not a Message object (it has no content)")
-        text = text_blocks(base.items(body.get("content"), "content"))
+        blocks = base.items(body.get("content"), "content")
         raw = body.get("usage")
         return Reply(
-            text,
+            text_blocks(blocks),
             base.text_or_none(body.get("stop_reason"), "stop_reason"),
             anthropic_usage(raw),
             raw,
             base.text_or_none(body.get("id"), "the message id"),
+            tool_calls=tool_uses(blocks),
         )
 
     def stream_state(self) -> StreamState:
@@ -194,13 +259,16 @@ def wire_params(params: dict[str, Any]) -> dict[str, Any]:
 
 class AnthropicStream(StreamState):
     """Named events: message_start (id, input usage), text deltas, message_delta (stop
-    reason, cumulative usage: the last value of each key counts), message_stop."""
+    reason, cumulative usage: the last value of each key counts), message_stop. A tool_use
+    block's input arrives as input_json_delta fragments, parsed at its content_block_stop."""
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "uses", "calls")
 
     def __init__(self) -> None:
         super().__init__()
         self.done = False
+        self.uses: dict[Any, list[str]] = {}  # block index -> [id, name, input so far]
+        self.calls: list[ToolCall] = []
 
     def feed(self, event: str, data: str) -> bool:
         payload = base.want(base.loads(data, "stream event"), dict, "a stream event")
@@ -209,10 +277,14 @@ class AnthropicStream(StreamState):
             delta = base.fields(payload.get("delta"), "a delta")
             if delta.get("type") == "text_delta":
                 self._text(base.text_or_none(delta.get("text"), "a text delta"))
+            elif delta.get("type") == "input_json_delta" and payload.get("index") in self.uses:
+                part = base.text_or_none(delta.get("partial_json"), "an input_json_delta")
+                self.uses[payload.get("index")][2] += part or ""
         elif kind == "content_block_start":
-            block = base.fields(payload.get("content_block"), "a content block")
-            if block.get("type") == "text":
-                self._text(base.text_or_none(block.get("text"), "a text block's text"))
+            self._start(payload)
+        elif kind == "content_block_stop" and payload.get("index") in self.uses:
+            uid, name, given = self.uses.pop(payload.get("index"))
+            self.calls.append(ToolCall(uid, name, base.arguments(given, "a tool_use input")))
         elif kind == "message_start":
             message = base.fields(payload.get("message"), "message_start's message")
             self.response_id = base.text_or_none(message.get("id"), "the message id")
@@ -229,6 +301,17 @@ class AnthropicStream(StreamState):
             raise stream_error(payload)
         return False  # ping, thinking and tool deltas, and event types yet to come
 
+    def _start(self, payload: dict[str, Any]) -> None:
+        started = base.fields(payload.get("content_block"), "a content block")
+        if started.get("type") == "text":
+            self._text(base.text_or_none(started.get("text"), "a text block's text"))
+        elif started.get("type") == "tool_use":
+            uid = base.want(started.get("id"), str, "a tool_use id")
+            name = base.want(started.get("name"), str, "a tool_use name")
+            given = base.fields(started.get("input"), "a tool_use input")
+            self.uses[payload.get("index")] = [uid, name, to_json(given).decode() if given else ""]
+            self.started = True
+
     def _text(self, text: str | None) -> None:
         if text:
             self.parts.append(text)
@@ -243,5 +326,7 @@ class AnthropicStream(StreamState):
         if not self.done:
             raise ApiError(Kind.STREAM, "the stream ended before message_stop", retryable=True)
         usage = anthropic_usage(self.raw_usage)
-        text = "".join(self.parts)
-        return Reply(text, self.finish_reason, usage, self.raw_usage, self.response_id)
+        text, calls = "".join(self.parts), tuple(self.calls)
+        return Reply(
+            text, self.finish_reason, usage, self.raw_usage, self.response_id, tool_calls=calls
+        )

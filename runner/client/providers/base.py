@@ -22,7 +22,7 @@ from runner.client.providers.ratelimits import X_RATELIMIT, RateHeaders
 from runner.encoding import from_json
 from runner.errors import ApiError, Kind
 from runner.finish import normalise
-from runner.messages import Message
+from runner.messages import Message, Tool, ToolCall
 from runner.usage import Usage, no_usage
 
 
@@ -38,6 +38,7 @@ class Reply:
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     headers: Any = None  # the response's headers (rate-limit pacing reads them)
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls the reply makes, in order
 
     @property
     def finish_reason(self) -> str | None:
@@ -57,6 +58,7 @@ class Call:
     stream: bool
     previous_id: str | None = None
     cache: bool = False
+    tools: tuple[Tool, ...] = ()  # the tools the model may call
 
 
 @dataclass(slots=True)
@@ -75,13 +77,27 @@ class Request:
         self.body = memoryview(self.body).tobytes()
 
     def masked(self, key: str | None, hidden: str = "***") -> str:
-        """The request as text for people: credentials replaced by `hidden`."""
+        """The request as text for people: credentials replaced by `hidden`; an image's
+        base64 (a data URL, Gemini's or Anthropic's `data`) cut to its length."""
         lines = [f"POST {mask(self.url, key, hidden)}"]
         for name, value in self.headers.items():
             secret = name.lower() in SECRET_HEADERS
             lines.append(f"{name}: {hidden if secret else mask(value, key, hidden)}")
-        body = json.dumps(json.loads(self.body), ensure_ascii=False, indent=2)
+        shown = json.loads(self.body, object_hook=_short_images)
+        body = json.dumps(shown, ensure_ascii=False, indent=2)
         return "\n".join([*lines, "", mask(body, key, hidden)])
+
+
+IMAGE_DATA = re.compile(r"^(data:[\w/+.-]+;base64,)?[A-Za-z0-9+/=]{200,}$")
+
+
+def _short_images(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object of a body with each long base64 value (an image) said by its length."""
+    for k, v in obj.items():
+        if isinstance(v, str) and len(v) >= 200 and IMAGE_DATA.match(v):
+            head = v.split(",", 1)[0] + "," if v.startswith("data:") else ""
+            obj[k] = f"{head}<{len(v) - len(head):,} characters of base64>"
+    return obj
 
 
 SECRET_HEADERS = {"authorization", "x-goog-api-key", "api-key", "x-api-key"}
@@ -145,6 +161,7 @@ class Capabilities:
     stream_usage: bool = False  # a stream reports token usage
     batch: bool = False  # a batch API takes many requests at once
     images: bool = False  # image parts in messages
+    image_types: tuple[str, ...] = ("image/png", "image/jpeg", "image/gif", "image/webp")
     tools: bool = False  # tool calls and tool results
     cache_marks: bool = False  # `cache: true` marks the prompt's prefix for the server's cache
 
@@ -224,6 +241,32 @@ def items(value: Any, what: str) -> list[Any]:
 def fields(value: Any, what: str) -> dict[str, Any]:
     """An object the protocol defines (absent or null: empty)."""
     return {} if value is None else want(value, dict, what)
+
+
+def arguments(text: Any, what: str) -> str:
+    """A call's arguments as the protocol sends them (JSON text of an object); anything else
+    is a malformed reply."""
+    text = want(text, str, what)
+    try:
+        value = from_json(text) if text.strip() else {}
+    except ValueError:
+        raise malformed(f"{what} is not valid JSON: {text[:200]!r}") from None
+    want(value, dict, what)
+    return text
+
+
+def arguments_object(call: ToolCall) -> dict[str, Any]:
+    """A call's arguments as an object (Gemini's args, Anthropic's input)."""
+    value = from_json(call.arguments) if call.arguments.strip() else {}
+    return value if isinstance(value, dict) else {}
+
+
+def result_value(content: str) -> Any:
+    """A tool result's text as JSON when it is JSON, else the text."""
+    try:
+        return from_json(content)
+    except ValueError:
+        return content
 
 
 def text_or_none(value: Any, what: str) -> str | None:

@@ -10,7 +10,7 @@ from runner.client.providers import base
 from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
-from runner.messages import Message
+from runner.messages import Image, Message, Part, Tool, ToolCall, ToolResult
 from runner.usage import Usage, no_usage
 
 # scenario params (OpenAI-style or Gemini-style names) -> generationConfig keys
@@ -59,10 +59,53 @@ def gemini_usage(raw: Any) -> Usage:
     )
 
 
-def gemini_content(message: Message) -> dict[str, Any]:
-    """A message as a Gemini content: the assistant is the "model"; each part a part."""
-    role = "model" if message.role == "assistant" else "user"
-    return {"role": role, "parts": [{"text": part.text} for part in message.parts]}
+def gemini_contents(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages as Gemini contents: the assistant is the "model"; each part a part; the
+    results of one reply's calls go together in one user content (functionResponse parts)."""
+    contents: list[dict[str, Any]] = []
+    for message in messages:
+        role = "model" if message.role == "assistant" else "user"
+        parts = [gemini_part(part) for part in message.parts]
+        if message.role == "tool" and contents and contents[-1].get("tool"):
+            contents[-1]["parts"].extend(parts)
+            continue
+        contents.append({"role": role, "parts": parts, "tool": message.role == "tool"})
+    for content in contents:
+        del content["tool"]
+    return contents
+
+
+def gemini_part(part: Part) -> dict[str, Any]:
+    """One part: text, inlineData (fileData for an https image), functionCall (its id and
+    thoughtSignature only when the server gave them) or functionResponse (a result that is
+    not a JSON object is wrapped as {"output": ...}, as the SDK does)."""
+    if isinstance(part, ToolCall):
+        call: dict[str, Any] = {"name": part.name, "args": base.arguments_object(part)}
+        if part.wire_id:
+            call["id"] = part.id
+        out: dict[str, Any] = {"functionCall": call}
+        if part.signature:
+            out["thoughtSignature"] = part.signature
+        return out
+    if isinstance(part, ToolResult):
+        value = base.result_value(part.content)
+        response = value if isinstance(value, dict) else {"output": value}
+        result: dict[str, Any] = {"name": part.name, "response": response}
+        if part.wire_id:
+            result["id"] = part.call_id
+        return {"functionResponse": result}
+    if isinstance(part, Image):
+        if part.data is None:
+            return {"fileData": {"mimeType": part.media_type or "", "fileUri": part.url}}
+        return {"inlineData": {"mimeType": part.media_type, "data": part.data}}
+    return {"text": part.text}
+
+
+def gemini_tools(tools: tuple[Tool, ...]) -> list[dict[str, Any]]:
+    """The tools as one functionDeclarations list."""
+    return [{"functionDeclarations": [
+        {"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools
+    ]}]  # fmt: skip
 
 
 class Gemini(Provider):
@@ -70,14 +113,20 @@ class Gemini(Provider):
     default_base_url = "https://generativelanguage.googleapis.com"
     key_env = "GEMINI_API_KEY"
     auth_modes = ("x-goog-api-key", "query", "bearer", "raw")
-    capabilities = Capabilities(  # seed: generationConfig.seed
-        seed=True, stream_usage=True, batch=True, images=True, tools=True
+    capabilities = Capabilities(  # seed: generationConfig.seed; no GIF images
+        seed=True,
+        stream_usage=True,
+        batch=True,
+        images=True,
+        tools=True,
+        image_types=("image/png", "image/jpeg", "image/webp"),
     )
     mock_target = ("mock-gemini", "mock-gemini")
 
     def build(self, call: Call) -> Request:
-        contents = [gemini_content(m) for m in call.messages]
-        body: dict[str, Any] = {"contents": contents}
+        body: dict[str, Any] = {"contents": gemini_contents(call.messages)}
+        if call.tools:
+            body["tools"] = gemini_tools(call.tools)
         if call.system is not None:
             body["systemInstruction"] = {"parts": [{"text": call.system}]}
         config: dict[str, Any] = {}
@@ -152,11 +201,12 @@ def retry_delay(details: list[Any]) -> float | None:
 class GeminiStream(StreamState):
     """Chunks carry incremental text of candidate 0; usage is a running total (keep the last)."""
 
-    __slots__ = ("block_reason",)
+    __slots__ = ("block_reason", "calls")
 
     def __init__(self) -> None:
         super().__init__()
         self.block_reason: str | None = None
+        self.calls: list[ToolCall] = []  # functionCall parts arrive whole
 
     def feed(self, event: str, data: str) -> bool:
         self.take(base.loads(data, "stream chunk"))
@@ -181,6 +231,9 @@ class GeminiStream(StreamState):
                 if text and not part.get("thought"):
                     self.parts.append(text)
                     self.started = True
+                if part.get("functionCall") is not None:
+                    self.calls.append(function_call(part))
+                    self.started = True
             if cand.get("finishReason"):
                 self.finish_reason = base.want(cand["finishReason"], str, "finishReason")
 
@@ -194,4 +247,20 @@ class GeminiStream(StreamState):
         if self.block_reason and not self.parts:
             finish = f"blocked:{self.block_reason}"
         usage = gemini_usage(self.raw_usage)
-        return Reply("".join(self.parts), finish, usage, self.raw_usage, self.response_id)
+        text, calls = "".join(self.parts), tuple(self.calls)
+        return Reply(text, finish, usage, self.raw_usage, self.response_id, tool_calls=calls)
+
+
+def function_call(part: dict[str, Any]) -> ToolCall:
+    """A functionCall part (args an object); without an id, the call's id is left for the
+    conversation to give (and is not sent back)."""
+    call = base.want(part["functionCall"], dict, "a functionCall")
+    given = base.text_or_none(call.get("id"), "a functionCall's id")
+    args = base.fields(call.get("args"), "a functionCall's args")
+    return ToolCall(
+        given or "",
+        base.want(call.get("name"), str, "a functionCall's name"),
+        to_json(args).decode(),
+        wire_id=bool(given),
+        signature=base.text_or_none(part.get("thoughtSignature"), "a thoughtSignature"),
+    )

@@ -9,7 +9,7 @@ from runner.client.providers import base
 from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
-from runner.messages import Message
+from runner.messages import Image, Message, Tool, ToolCall, ToolResult, call_record
 from runner.usage import Usage, no_usage
 
 
@@ -79,9 +79,46 @@ def first_choice(choices: list[Any]) -> dict[str, Any]:
     raise base.malformed("the response has no choice of index 0")
 
 
-def openai_message(message: Message) -> dict[str, str]:
-    """A message as both OpenAI protocols take it: text content as a string."""
-    return {"role": message.role, "content": message.text}
+def chat_message(message: Message) -> dict[str, Any]:
+    """A message as Chat takes it: text as a string; an assistant's calls as `tool_calls`
+    (content null when there is no text); a result as `role: tool` with its
+    `tool_call_id`; a user turn with images as text and `image_url` parts."""
+    if message.plain:
+        return {"role": message.role, "content": message.text}
+    first = message.parts[0]
+    if isinstance(first, ToolResult):
+        return {"role": "tool", "tool_call_id": first.call_id, "content": first.content}
+    calls = message.calls
+    if calls:
+        return {"role": message.role, "content": message.text or None,
+                "tool_calls": [call_record(c) for c in calls]}  # fmt: skip
+    parts = [
+        {"type": "image_url", "image_url": {"url": p.url}}
+        if isinstance(p, Image)
+        else {"type": "text", "text": p.text}
+        for p in message.parts
+    ]
+    return {"role": message.role, "content": parts}
+
+
+def chat_tool(tool: Tool) -> dict[str, Any]:
+    """A tool as Chat declares it: {"type": "function", "function": {...}}."""
+    return tool.record()
+
+
+def chat_calls(message: dict[str, Any]) -> tuple[ToolCall, ...]:
+    """The `tool_calls` of a Chat reply message; arguments that are not JSON: malformed."""
+    calls = []
+    for call in base.items(message.get("tool_calls"), "tool_calls"):
+        function = base.fields(base.want(call, dict, "a tool call").get("function"), "a call")
+        calls.append(
+            ToolCall(
+                base.want(call.get("id"), str, "a tool call's id"),
+                base.want(function.get("name"), str, "a tool call's name"),
+                base.arguments(function.get("arguments", ""), "a tool call's arguments"),
+            )
+        )
+    return tuple(calls)
 
 
 class OpenAIProvider(Provider):
@@ -110,10 +147,12 @@ class OpenAIChat(OpenAIProvider):
     mock_target = ("mock", "mock-chat")
 
     def build(self, call: Call) -> Request:
-        messages = [openai_message(m) for m in call.messages]
+        messages = [chat_message(m) for m in call.messages]
         if call.system is not None:
             messages.insert(0, {"role": "system", "content": call.system})
         body = {"model": self.model, "messages": messages, **call.params}
+        if call.tools:
+            body["tools"] = [chat_tool(t) for t in call.tools]
         if call.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -134,6 +173,7 @@ class OpenAIChat(OpenAIProvider):
             openai_usage(raw, "prompt_tokens", "completion_tokens"),
             raw,
             base.text_or_none(body.get("id"), "the response id"),
+            tool_calls=chat_calls(message),
         )
 
     def stream_state(self) -> StreamState:
@@ -141,11 +181,16 @@ class OpenAIChat(OpenAIProvider):
 
 
 class ChatStream(StreamState):
-    __slots__ = ("done",)
+    """Text deltas joined; tool-call fragments joined by `index` (a fragment with another
+    `id` at a used index starts a new call: some servers give every call index 0)."""
+
+    __slots__ = ("done", "calls", "slots")
 
     def __init__(self) -> None:
         super().__init__()
         self.done = False
+        self.calls: list[list[str]] = []  # [id, name, arguments so far], in order
+        self.slots: dict[Any, int] = {}  # a fragment's index -> its call in self.calls
 
     def feed(self, event: str, data: str) -> bool:
         if data == "[DONE]":
@@ -171,14 +216,33 @@ class ChatStream(StreamState):
             if text:
                 self.parts.append(text)
                 self.started = True
+            for position, fragment in enumerate(base.items(delta.get("tool_calls"), "tool_calls")):
+                self._fragment(base.want(fragment, dict, "a tool call delta"), position)
         if choice.get("finish_reason"):
             self.finish_reason = base.want(choice["finish_reason"], str, "finish_reason")
+
+    def _fragment(self, fragment: dict[str, Any], position: int) -> None:
+        index, given = fragment.get("index", position), fragment.get("id")
+        slot = self.slots.get(index)
+        if slot is None or (given and self.calls[slot][0] and given != self.calls[slot][0]):
+            slot = self.slots[index] = len(self.calls)
+            self.calls.append(["", "", ""])
+            self.started = True
+        call = self.calls[slot]
+        function = base.fields(fragment.get("function"), "a tool call delta's function")
+        call[0] = call[0] or base.text_or_none(given, "a tool call's id") or ""
+        call[1] += base.text_or_none(function.get("name"), "a tool call's name") or ""
+        call[2] += base.text_or_none(function.get("arguments"), "arguments") or ""
 
     def reply(self) -> Reply:
         # some gateways omit [DONE]; a finish reason plus the usage chunk is complete too
         if not self.done and not (self.finish_reason and self.raw_usage):
             raise ApiError(Kind.STREAM, "the stream ended before [DONE]", retryable=True)
         usage = openai_usage(self.raw_usage, "prompt_tokens", "completion_tokens")
+        calls = tuple(
+            ToolCall(i, n, base.arguments(a, "a tool call's arguments")) for i, n, a in self.calls
+        )
+        text = "".join(self.parts)
         return Reply(
-            "".join(self.parts), self.finish_reason, usage, self.raw_usage, self.response_id
+            text, self.finish_reason, usage, self.raw_usage, self.response_id, tool_calls=calls
         )

@@ -11,15 +11,17 @@ from runner.client.providers.base import (
     Reply,
     Request,
     StreamState,
+    arguments,
     fields,
     items,
     loads,
     text_or_none,
     want,
 )
-from runner.client.providers.openai_chat import OpenAIProvider, openai_message, openai_usage
+from runner.client.providers.openai_chat import OpenAIProvider, openai_usage
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
+from runner.messages import Image, Message, Tool, ToolCall, ToolResult
 
 # scenario params that belong in the `reasoning` object
 REASONING_KEYS = {"reasoning_effort": "effort", "reasoning_summary": "summary"}
@@ -44,7 +46,54 @@ def response_reply(response: Any) -> Reply:
         finish = text_or_none(details.get("reason"), "the incomplete reason") or "incomplete"
     raw = response.get("usage")
     usage = openai_usage(raw, "input_tokens", "output_tokens")
-    return Reply(text, finish, usage, raw, text_or_none(response.get("id"), "the response id"))
+    rid = text_or_none(response.get("id"), "the response id")
+    calls = function_calls(items(response.get("output"), "output"))
+    return Reply(text, finish, usage, raw, rid, tool_calls=calls)
+
+
+def function_calls(output: list[Any]) -> tuple[ToolCall, ...]:
+    """The `function_call` output items as calls (their `call_id` is the call's id)."""
+    return tuple(
+        ToolCall(
+            want(item.get("call_id"), str, "a function call's call_id"),
+            want(item.get("name"), str, "a function call's name"),
+            arguments(item.get("arguments", ""), "a function call's arguments"),
+        )
+        for item in output
+        if want(item, dict, "an output item").get("type") == "function_call"
+    )
+
+
+def input_items(message: Message) -> list[dict[str, Any]]:
+    """A message as Responses input items: text as a string; an assistant's calls as
+    `function_call` items after its text; a result as a `function_call_output` item; a
+    user turn with images as `input_text` and `input_image` parts."""
+    if message.plain:
+        return [{"role": message.role, "content": message.text}]
+    first = message.parts[0]
+    if isinstance(first, ToolResult):
+        return [{"type": "function_call_output", "call_id": first.call_id, "output": first.content}]
+    calls = message.calls
+    if calls:
+        said = [{"role": message.role, "content": message.text}] if message.text else []
+        return said + [
+            {"type": "function_call", "call_id": c.id, "name": c.name, "arguments": c.arguments}
+            for c in calls
+        ]
+    parts = [
+        {"type": "input_image", "image_url": p.url, "detail": "auto"}
+        if isinstance(p, Image)
+        else {"type": "input_text", "text": p.text}
+        for p in message.parts
+    ]
+    return [{"role": message.role, "content": parts}]
+
+
+def responses_tool(tool: Tool) -> dict[str, Any]:
+    """A tool as Responses declares it: flat, no `function` wrapper; strict as given, else
+    off (the schema is sent as written)."""
+    return {"type": "function", "name": tool.name, "description": tool.description,
+            "parameters": tool.parameters, "strict": bool(tool.strict)}  # fmt: skip
 
 
 def output_text(output: list[Any]) -> str:
@@ -71,8 +120,10 @@ class OpenAIResponses(OpenAIProvider):
     def build(self, call: Call) -> Request:
         # the system prompt goes in `instructions`: it is not carried over by
         # previous_response_id, so it is sent again on every turn
-        messages = [openai_message(m) for m in call.messages]
+        messages = [item for m in call.messages for item in input_items(m)]
         body: dict[str, Any] = {"model": self.model, "input": messages}
+        if call.tools:
+            body["tools"] = [responses_tool(t) for t in call.tools]
         if call.system is not None:
             body["instructions"] = call.system
         body.update(self._params(call.params))
