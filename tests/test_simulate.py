@@ -451,3 +451,60 @@ def test_a_simulated_user_that_cannot_answer_fails_the_conversation(
     assert record["simulation"]["ended"] is None
     failed = [u for u in played.usage if u.get("role") == "simulated_user"]
     assert [u["status"] for u in failed] == [200 if error["kind"] == "empty" else 400]
+
+
+TOGETHER = """
+id: together
+system: You are ACME's support agent.
+tools:
+  - {name: w, description: an order's code, parameters: {type: object, properties: {}}}
+tool_results: {w: {code: BK-42}}
+turns:
+  - user: 'call w {} please'
+    capture: {code: 'BK-\\d+'}
+  - user: 'call w {} and refund {{code}}'
+    expect: {contains: "{{code}}", tool_called: {name: w, times: 1}}
+simulate:
+  user: TARGET
+  persona: "A customer. [[mock-user stop-after=4]]"
+  max_turns: 5
+  stop: "###STOP###"
+expect_final: {contains: "user message 4", tool_called: {name: w, times: 3}}
+"""
+TOOL_SHAPES = ("tool_calls", '"tool"', "function_call", "functionCall", "functionResponse",
+               "tool_use", "tool_result", '"tools"')  # fmt: skip
+
+
+@pytest.mark.parametrize("target", ["chat", "responses", "gemini", "anthropic"])
+def test_tools_captures_and_a_simulated_user_together(tmp_path, mock_server, target) -> None:
+    """A capture from a turn's final reply (after its tool loop) feeds the next turn; the
+    simulated user, quoting `call w {}` from a reply, makes the model call the tool in a
+    turn it wrote; it sees text only; expect_final counts every call of the conversation."""
+    played = play(tmp_path, TOGETHER.replace("TARGET", target), server=mock_server,
+                  targets=(target,))  # fmt: skip
+    assert played.result.exit_code == 0, played.result.output
+    [record] = played.transcripts
+    assert record["status"] == "ok" and record["version"] == 2  # tools: version 2
+    turns = record["turns"]
+    assert [t.get("simulated", False) for t in turns] == [False, False, True, True]
+    assert turns[0]["captures"] == {"code": "BK-42"}  # only in the reply after the tool loop
+    assert turns[1]["user"] == "call w {} and refund BK-42"
+    assert [t["user"][:16] for t in turns[2:]] == ["user message 3, ", "user message 4, "]
+    assert [[c["name"] for c in t.get("tool_calls", [])] for t in turns] == [["w"]] * 3 + [[]]
+    assert turns[0]["tool_calls"][0]["result"] == '{"code":"BK-42"}'
+    assert [t.get("request_attempts") for t in turns] == [[1, 1]] * 3 + [None]
+    assert all(c["passed"] for t in turns for c in t["checks"])
+    final = [(c["kind"], c["reason"]) for c in turns[-1]["checks"] if c.get("final")]
+    assert final == [("contains", "all found"), ("tool_called", "w called 3 times")]
+    simulation = record["simulation"]
+    assert (simulation["turns"], simulation["ended"]) == (2, "stop")
+    # usage: the model's requests of each tool loop, and the simulated user's, marked so
+    used = [(u.get("role"), u["turn"], u.get("request")) for u in played.usage]
+    sim = "simulated_user"
+    assert used == [(None, 0, 0), (None, 0, 1), (None, 1, 0), (None, 1, 1),
+                    (sim, 2, None), (None, 2, 0), (None, 2, 1),
+                    (sim, 3, None), (None, 3, 0), (sim, 4, None)]  # fmt: skip
+    # the simulated user was sent text only: no tools, no calls, no results
+    asked = [json.dumps(r["json"]) for r in mock_server.requests if "mock-user" in json.dumps(r)]
+    assert len(asked) == 3
+    assert not [s for s in TOOL_SHAPES for body in asked if s in body]
