@@ -103,11 +103,11 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
     """Check scenario files and the models file (file, line and problem for each error), as
     `run` does before it sends anything; send nothing."""
     from runner.engine.judge import judge_names
-    from runner.engine.run import default_models_file
+    from runner.engine.run import default_models_file, simulator_problems
     from runner.spec.scenarios import load_paths
     from runner.spec.targets import load_models
 
-    problems, models_file = [], default_models_file(models_file)
+    problems, models_file, scenarios = [], default_models_file(models_file), []
     try:
         scenarios = load_paths(list(paths))
         judge_names(scenarios, judge)
@@ -115,6 +115,7 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
         problems += exc.problems
     try:
         targets = load_models(models_file) if models_file else {}
+        problems += simulator_problems(scenarios, targets)
     except InputError as exc:
         problems += exc.problems
     if problems:

@@ -112,15 +112,26 @@ def diff(base_run: str, new_run: str, fmt: str, show_text: bool, match: str) -> 
 @click.option("--only-ok", is_flag=True, help="Leave out failed conversations.")
 @click.option("--only-passed", is_flag=True, help="Only conversations whose checks all passed.")
 @click.option("--target", "targets", multiple=True, help="Only this target's (repeatable).")
+@click.option("--split", help="NAME=FRACTION: that share (by conversation id, the same in every "
+              "export) to OUT.NAME, the rest to OUT.train (validation=0.1).")  # fmt: skip
+@click.option("--with-ids", is_flag=True, help="Each line carries its conversation id (`id`).")
 def export(
-    run_dir: str, fmt: str, out: str, only_ok: bool, only_passed: bool, targets: tuple[str, ...]
+    run_dir: str,
+    fmt: str,
+    out: str,
+    only_ok: bool,
+    only_passed: bool,
+    targets: tuple[str, ...],
+    split: str | None,
+    with_ids: bool,
 ) -> None:
     """Export the newest record of each conversation of RUN_DIR as a dataset: openai
     (chat fine-tuning), sharegpt, mtbench (FastChat answer files) or jsonl (the records)."""
-    from runner.results.export import Filters
+    from runner.results.export import Filters, parse_split
     from runner.results.export import export as write
 
-    done = write(Path(run_dir), fmt, Path(out), Filters(only_ok, only_passed, targets))
+    filters = Filters(only_ok, only_passed, targets)
+    done = write(Path(run_dir), fmt, Path(out), filters, parse_split(split), with_ids)
     click.echo(done.line(), err=True)
 
 

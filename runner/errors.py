@@ -38,6 +38,7 @@ class Kind(StrEnum):
         "check_timeout"  # a regex or python check ran past its time bound (an error, not a pass)
     )
     CHECK_ERROR = "check_error"  # a python check raised, or returned no verdict (an error)
+    CAPTURE = "capture"  # a turn's capture found nothing in its reply: later turns not sent
     TOOL_UNSCRIPTED = (
         "tool_unscripted"  # the model called a tool the scenario scripts no result for
     )

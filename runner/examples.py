@@ -41,6 +41,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "export": (
         "dialogue-runner export outputs/RUN_ID --format openai -o train.jsonl --only-passed",
+        "dialogue-runner export outputs/RUN_ID --format sharegpt -o data.jsonl "
+        "--split validation=0.1 --with-ids",
         "dialogue-runner export outputs/RUN_ID --format jsonl -o - | jq .status",
     ),
     "import": ("dialogue-runner import mtbench question.jsonl -o mt_bench.yaml",),

@@ -239,6 +239,27 @@ def holding_one(within: int, among: int, **options: Any) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def chat_completion(number: int, model: str, content: str | None) -> dict[str, Any]:
+    """A chat.completion object exactly as OpenAI documents it (non-streamed)."""
+    return {
+        "id": f"chatcmpl-{number}", "object": "chat.completion", "created": 1, "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content, "refusal": None}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+    }  # fmt: skip
+
+
+def chat_models(base_url: str, *names: str) -> str:
+    """A models file's text: one openai-chat target per name, all at the server."""
+    return "targets:\n" + "".join(
+        f"  {name}:\n    provider: openai-chat\n    model: {name}-model\n"
+        f"    base_url: {base_url}/v1\n    api_key_env: TEST_API_KEY\n    max_retries: 1\n"
+        f"    max_wait_s: 0.01\n"
+        for name in names
+    )
+
+
 # ---------------------------------------------------------------- files
 
 

@@ -195,3 +195,39 @@ def test_finding_the_newest_records_holds_a_few_bytes_per_conversation(run: Play
         line = len(json.dumps({"conversation_id": "c00000000@chat"}))  # lower bound of a line
         assert all(offset > n * line for offset in offsets)  # each its second, newer, record
     assert (big[2] - small[2]) / 40_000 < 60  # bytes per conversation more
+
+
+def test_split_is_by_conversation_id_the_same_in_every_export(tmp_path: Path) -> None:
+    scenario = (
+        "id: many\nmetadata: {source: unit}\nturns: ['{{n}}']\nvars: {n: ["
+        + ", ".join(str(i) for i in range(200))
+        + "]}\n"
+    )
+    played = play(tmp_path, scenario, targets=("mock",))
+    out = tmp_path / "data.jsonl"
+    args = ("export", played.run_dir, "--format", "sharegpt", "-o", out, "--with-ids")
+    result = cli(*args, "--split", "validation=0.1")
+    assert result.exit_code == 0, result.output
+    train, held = (
+        read_jsonl(tmp_path / "data.train.jsonl"),
+        read_jsonl(tmp_path / "data.validation.jsonl"),
+    )
+    assert not out.exists()
+    assert len(train) + len(held) == 200 and 5 <= len(held) <= 40  # about a tenth
+    ids = {r["conversation_id"] for r in played.transcripts}
+    assert {r["id"] for r in train} | {r["id"] for r in held} == ids
+    assert all(list(r) == ["id", "conversations", "metadata"] for r in train + held)
+    assert held[0]["metadata"] == {"source": "unit"}
+    # the same conversation lands on the same side in another export, of another format
+    openai = tmp_path / "chat.jsonl"
+    cli("export", played.run_dir, "--format", "openai", "-o", openai, "--split",
+        "validation=0.1", "--with-ids")  # fmt: skip
+    assert [r["id"] for r in read_jsonl(tmp_path / "chat.validation.jsonl")] == [
+        r["id"] for r in held
+    ]
+    assert list(read_jsonl(tmp_path / "chat.train.jsonl")[0]) == ["id", "messages"]
+    for bad in ("validation", "train=0.1", "validation=1", "x=abc"):
+        result = cli(*args, "--split", bad)
+        assert result.exit_code == 2 and "--split must be NAME=FRACTION" in result.output
+    result = cli("export", played.run_dir, "--format", "openai", "-o", "-", "--split", "v=0.5")
+    assert result.exit_code == 2 and "not with -o -" in result.output

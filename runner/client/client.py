@@ -26,6 +26,7 @@ from runner.spec.targets import Target, provider_for
 USER_AGENT = f"dialogue-runner/{runner.__version__}"
 AttemptSink = Callable[[dict[str, Any]], None]
 Where = int | tuple[int, int]  # a turn, or a turn and the request of its tool loop
+At = tuple[str, Where, str | None]  # a conversation, where in it, and a role marking the record
 Verdict = Callable[[str], object]  # raises a retryable ApiError when a reply is no verdict
 
 
@@ -95,6 +96,7 @@ class TargetClient:
         cache_marks: bool | None = None,
         tools: tuple[Tool, ...] = (),
         request: int = 0,
+        role: str | None = None,
     ) -> tuple[Reply, int]:
         """A reply for this turn, retried as the policy allows; returns (reply, attempts).
 
@@ -104,7 +106,8 @@ class TargetClient:
         (None: the target's `cache`) asks a provider with cache marks to mark the prompt for
         the server's prompt cache (not the reply cache). TOOLS are the tools the model may
         call; REQUEST numbers the requests of one turn's tool loop (usage records say it
-        when there are tools)."""
+        when there are tools). ROLE, when given, marks every usage record of this call (a
+        simulated user's: "simulated_user")."""
         marks = self.target.cache if cache_marks is None else cache_marks
         call = Call(system, messages, params, self.stream, previous_id, marks, tools)
         where = (turn, request) if tools else turn
@@ -113,13 +116,14 @@ class TargetClient:
         # -- the reply cache (runner/client/cache.py): a hit is replayed, a miss stored once sent
         cached = self.cache.lookup(self.provider, call, sample) if self.cache else None
         if cached is not None and cached.reply is not None:
-            self.on_attempt(cached.usage_record(conversation_id, where, self.target, bool(judge)))
+            record = cached.usage_record(conversation_id, where, self.target, bool(judge))
+            self.on_attempt({**record, "role": role} if role else record)
             return cached.reply, 0
 
         tokens = self.provider.admission_tokens(sent, params)
 
         def attempt(n: int) -> Any:
-            return self._attempt(sent, tokens, conversation_id, where, n, judge)
+            return self._attempt(sent, tokens, (conversation_id, where, role), n, judge)
 
         try:
             reply, attempts = await retrying(attempt, self.policy)
@@ -134,8 +138,7 @@ class TargetClient:
         self,
         request: Request,
         estimate: float,
-        cid: str,
-        turn: Where,
+        at: At,
         n: int,
         judge: Verdict | None,
     ) -> Reply:
@@ -158,12 +161,12 @@ class TargetClient:
         except Exception as exc:  # anything but an ApiError is our bug: final, said where
             err = exc if isinstance(exc, ApiError) else internal(exc)
             self._failed(err, ticket, marks, estimate)
-            self._record(cid, turn, n, err.label, None, start, judge is not None)
+            self._record(at, n, err.label, None, start, judge is not None)
             raise err from None
         self.limit.release(ticket, ok=True)
         self.breaker.succeeded()
         self.pacer.answered(reply.headers, marks, estimate)
-        self._record(cid, turn, n, 200, reply, start, judge is not None)
+        self._record(at, n, 200, reply, start, judge is not None)
         if judge is not None:
             judge(reply.text)
         return reply
@@ -193,8 +196,7 @@ class TargetClient:
 
     def _record(
         self,
-        cid: str,
-        turn: Where,
+        at: At,
         n: int,
         status: int | str,
         reply: Reply | None,
@@ -202,8 +204,10 @@ class TargetClient:
         judge: bool,
     ) -> None:
         latency_ms = (time.perf_counter() - start) * 1000
-        t = self.target
+        t, (cid, turn, role) = self.target, at
         record = attempt_record(cid, turn, n + 1, t.name, t.model, status, reply, latency_ms)
         if judge:
             record["judge"] = True
+        if role:
+            record["role"] = role
         self.on_attempt(record)

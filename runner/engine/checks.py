@@ -60,7 +60,7 @@ async def evaluate(
         ok = fold(text.strip()) == fold(want.strip())
         add("equals", ok, "equal" if ok else f"expected {want!r}")
     if expect.json:
-        add("json", *_parses(text)[:2])
+        add("json", *parsed_json(text)[:2])
     if expect.json_schema is not None:
         add("json_schema", *_validates(expect.json_schema, text))
     if expect.similar is not None:  # quadratic in the lengths: beside the event loop
@@ -162,7 +162,7 @@ def _all(items: tuple[str, ...], values: dict[str, Any]) -> list[str]:
     return [fill(s, values) for s in items]
 
 
-def _parses(text: str) -> tuple[bool, str, Any]:
+def parsed_json(text: str) -> tuple[bool, str, Any]:
     """(whether the reply is JSON, the reason, the parsed value)."""
     body = text.strip()
     if body.startswith("```"):  # a fenced block is still JSON to a reader
@@ -177,7 +177,7 @@ def _parses(text: str) -> tuple[bool, str, Any]:
 def _validates(schema: Schema, text: str) -> tuple[bool, str]:
     """The reply parses as JSON (a fenced block too) and is valid against the schema; the
     reason names the most relevant error (jsonschema's best_match) and how many there are."""
-    ok, reason, value = _parses(text)
+    ok, reason, value = parsed_json(text)
     if not ok:
         return False, reason
     errors = list(schema.validator.iter_errors(value))

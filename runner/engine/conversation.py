@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -9,14 +10,16 @@ from typing import Any
 
 from runner.client.client import TargetClient
 from runner.client.providers import Reply
+from runner.engine.captures import take
 from runner.engine.checks import evaluate
 from runner.engine.judge import Judges, grade
-from runner.engine.tooluse import calls_record, named, result_of, turn_message
+from runner.engine.simulate import UserSide
+from runner.engine.tooluse import calls_record, named, result_of
 from runner.errors import ApiError, Kind
 from runner.messages import Message, Text, ToolCall, as_records
 from runner.results.records import transcript_record, turn_record, utc_now
 from runner.spec.plan import Conversation
-from runner.spec.scenarios import Scenario, Server, Window, fill
+from runner.spec.scenarios import Expect, Scenario, Server, Turn, Window, fill
 from runner.usage import add_usage, no_usage
 
 
@@ -40,48 +43,115 @@ def sent_messages(scenario: Scenario, history: list[Message], since_reply: int) 
 async def run_conversation(
     conv: Conversation, client: TargetClient, judges: Judges | None = None
 ) -> dict[str, Any]:
-    """Play every turn in order; the transcript record, ok or failed."""
-    scenario, values = conv.scenario, conv.vars
+    """Play every turn in order (the scripted ones, then a simulated user's); the transcript
+    record, ok or failed."""
+    scenario, values = conv.scenario, dict(conv.vars)  # captured values join the vars
     started = utc_now()
     system, base_params = _setup(conv, client.params())
     history: list[Message] = []
     turns: list[dict[str, Any]] = []
-    total = no_usage()
+    total, made = no_usage(), tuple[ToolCall, ...]()  # made: every call the model made
+    users = UserSide(conv, values, _simulator(conv, judges))
     chain, error = Chain(), None
-    for i, turn in enumerate(scenario.turns):
-        history.append(turn_message(turn, i, values, history))
-        if turn.role != "user":
-            continue
-        user = history[-1].text
-        params = {**base_params, **turn.params} if turn.params else base_params
+    while True:
         try:
+            step = await users.next(history, len(turns))
+            if step is None:
+                break
+            turn, message = step
+            history.append(message)
+            if turn.role != "user":
+                continue
+            params = {**base_params, **turn.params} if turn.params else base_params
             played = await _exchange(conv, client, system, history, params, chain, len(turns))
         except ApiError as err:
             error = err
             break
-        reply = played.reply
-        add_usage(total, reply.usage)
-        record = turn_record(len(turns), user, reply, played.attempts, played.sent)
-        if played.calls:
-            record["tool_calls"] = calls_record(played.calls, history)
-            record["request_attempts"] = played.request_attempts
-        if turn.expect:
-            about = (
-                _about(conv, record, as_records(system, history)) if turn.expect.python else None
-            )
-            record["checks"] = await evaluate(
-                turn.expect, reply.text, reply.finish_reason, reply.latency_ms, values, about,
-                played.calls,
-            )  # fmt: skip
-            if turn.expect.judge:
-                asked, where = as_records(system, history[:-1]), (conv.id, len(turns))
-                record["checks"].append(
-                    await grade(
-                        turn.expect.judge, judges or Judges({}), asked, reply.text, values, where
-                    )
-                )
+        add_usage(total, played.reply.usage)
+        record = _turn_record(len(turns), message.text, played, history)
+        users.mark(turn, record)
         turns.append(record)
-    return transcript_record(conv, as_records(system, history), turns, total, error, started)
+        made += played.calls
+        if turn.expect is not None:
+            asked = Asked(conv, system, history, values, judges, played.calls)
+            await _checks(turn.expect, record, asked)
+        error = await _captured(turn, record, values)  # from the reply after the tool loop
+        if error is not None:
+            break
+    if error is None and turns and scenario.expect_final is not None:  # the last reply's
+        asked = Asked(conv, system, history[: chain.since_reply], values, judges, made)
+        await _checks(scenario.expect_final, turns[-1], asked, final=True)
+    done = transcript_record(conv, as_records(system, history), turns, total, error, started)
+    users.finish(done)
+    return done
+
+
+def _turn_record(index: int, user: str, played: Played, history: list[Message]) -> dict[str, Any]:
+    """The record of a user turn played: its final reply, and the calls of its tool loop."""
+    record = turn_record(index, user, played.reply, played.attempts, played.sent)
+    if played.calls:
+        record["tool_calls"] = calls_record(played.calls, history)
+        record["request_attempts"] = played.request_attempts
+    return record
+
+
+@dataclass(slots=True)
+class Asked:
+    """What a reply's checks are given beside it: the conversation up to the reply."""
+
+    conv: Conversation
+    system: str | None
+    history: list[Message]  # ends with the reply
+    values: dict[str, Any]  # vars and the values captured so far
+    judges: Judges | None
+    calls: tuple[ToolCall, ...] = ()  # the calls the model made that its checks count
+
+
+async def _checks(
+    expect: Expect, record: dict[str, Any], asked: Asked, final: bool = False
+) -> None:
+    """Run EXPECT's checks on the reply of RECORD (a turn record) and add their results to
+    it; FINAL: they are expect_final's (each result says so)."""
+    text, history = record["assistant"], asked.history
+    about = None
+    if expect.python:
+        about = _about(asked.conv, record, as_records(asked.system, history))
+    results = await evaluate(
+        expect, text, record["finish_reason"], record["latency_ms"], asked.values, about,
+        asked.calls,
+    )  # fmt: skip
+    if expect.judge:
+        conversation, where = (
+            as_records(asked.system, history[:-1]),
+            (asked.conv.id, record["index"]),
+        )
+        judges = asked.judges or Judges({})
+        results.append(await grade(expect.judge, judges, conversation, text, asked.values, where))
+    for result in results if final else ():
+        result["final"] = True
+    record["checks"].extend(results)
+
+
+async def _captured(turn: Turn, record: dict[str, Any], values: dict[str, Any]) -> ApiError | None:
+    """The turn's captures from its reply, kept in its record and added to VALUES for the
+    turns after it; the error (kind capture) when one found nothing."""
+    if not turn.capture:
+        return None
+    try:
+        taken = await asyncio.to_thread(take, turn.capture, record["assistant"])
+    except ApiError as err:
+        return err
+    record["captures"] = taken
+    values.update(taken)
+    return None
+
+
+def _simulator(conv: Conversation, judges: Judges | None) -> TargetClient | None:
+    """The client of the target that plays the user (None without one, or in a dry run)."""
+    sim = conv.scenario.simulate
+    if sim is None or judges is None:
+        return None
+    return judges.clients.get(sim.user)
 
 
 @dataclass(slots=True)

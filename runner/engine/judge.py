@@ -106,8 +106,8 @@ def judge_names(scenarios: list[Scenario], default: str | None) -> dict[str, str
     InputError for a judge check that names no target when there is no --judge."""
     names, problems = {default: "--judge"} if default else {}, []
     for scenario in scenarios:
-        for turn in scenario.turns:
-            judge = turn.expect.judge if turn.expect else None
+        for expect in [*(turn.expect for turn in scenario.turns), scenario.expect_final]:
+            judge = expect.judge if expect else None
             if judge is None:
                 continue
             name = judge.target or default

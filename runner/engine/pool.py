@@ -98,7 +98,8 @@ async def execute(
         stack.callback(transcripts.close)
         stack.callback(usage.close)
         planned = {t.name for t in plan.targets}
-        extra = [t for t in judges[0] if t.name not in planned]
+        helpers = {t.name: t for t in [*judges[0], *plan.simulators] if t.name not in planned}
+        extra = list(helpers.values())
         targets = [await _reachable(t, stack) for t in [*plan.targets, *extra]]
         sink = _sink(usage, outcome.summary)
         if plan.cache is not None:

@@ -34,6 +34,7 @@ from runner.results.store import (
 from runner.results.verdicts import Group, shown
 from runner.spec.plan import Plan, parse_shard, select
 from runner.spec.scenarios import Scenario, load_paths
+from runner.spec.simulation import simulator_names
 from runner.spec.targets import BUILTIN, Target, load_models_file, resolve
 
 
@@ -84,20 +85,22 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
                 "(give it `price: {input_per_mtok: ..., output_per_mtok: ...}` in the models file)"
             )
     plan = RunPlan(scenarios, targets, inv.repeat, parse_shard(inv.shard))
-    judges = _judges(judge_names(scenarios, inv.judge), targets, models, inv, need_keys)
+    judges = _helpers(judge_names(scenarios, inv.judge), targets, models, inv, need_keys)
     plan.judges = (judges, inv.judge)
+    plan.simulators = _helpers(simulator_names(scenarios), targets, models, inv, need_keys)
     plan.cache = reply_cache(inv.cache, inv.cache_only, cache)
     return scenarios, targets, plan
 
 
-def _judges(
+def _helpers(
     wanted: dict[str, str],
     targets: list[Target],
     models: dict[str, Target],
     inv: Invocation,
     need_keys: bool,
 ) -> list[Target]:
-    """The judge targets: a planned target by its name, else resolved like -m (keys too)."""
+    """The judge targets, or those that play the user: a planned target by its name, else
+    resolved like -m (keys too); a name none is refused with where it is named."""
     named, problems = {t.name: t for t in targets}, []
     for name, where in wanted.items():
         if name not in named:
@@ -109,6 +112,18 @@ def _judges(
     if problems:
         raise InputError(problems)
     return [named[n] for n in wanted]
+
+
+def simulator_problems(scenarios: list[Scenario], models: dict[str, Target]) -> list[str]:
+    """`validate`: each simulate.user must name a target of the models file, a built-in or
+    PROVIDER:MODEL (its key is not needed); file:line problems."""
+    problems = []
+    for name, where in simulator_names(scenarios).items():
+        try:
+            resolve([name], models, None, need_keys=False)
+        except InputError as exc:
+            problems += [f"{where}: {p}" for p in exc.problems]
+    return problems
 
 
 def _override(target: Target, inv: Invocation) -> Target:
@@ -217,6 +232,7 @@ def start(inv: Invocation, run_dir: Path, progress: bool) -> Finished:
     files = file_hashes(scenarios, inv.models_file)
     manifest = manifest_record(run_dir.name, asdict(inv), files, [t.public() for t in targets])
     manifest["judges"] = [t.public() for t in plan.judges[0]]
+    manifest["simulators"] = [t.public() for t in plan.simulators]
     with RunLock(run_dir):
         _unused(run_dir)  # another process may have started it meanwhile
         return play(plan, run_dir, manifest, inv, progress, set(), Summary())

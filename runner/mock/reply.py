@@ -9,6 +9,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from runner.mock.judge import verdict_text
+from runner.mock.user import user_text
 
 Message = tuple[str, str]  # (role, text); role is system | user | assistant | tool (a result)
 
@@ -214,8 +215,10 @@ def make_reply(
     calls = tool_calls(messages, tools)
     if calls and finish == STOP:
         return Reply("", STOP, *usage, tokens("".join(a for _, a in calls)), reasoning, calls)
-    text = verdict_text(last) or reply_text(messages)
-    if SEED_MARKER in last:
+    said = lambda: f'#{digest(last)}: "{clip(last)}"'  # noqa: E731
+    played = user_text(messages, said, seed)  # the mock as a simulated user: runner/mock/user.py
+    text = played or verdict_text(last) or reply_text(messages)
+    if SEED_MARKER in last and played is None:
         text += f" seed={'none' if seed is None else seed}"
     out = tokens(text)
     if max_tokens is None or finish == FAILED or reasoning + out <= max_tokens:

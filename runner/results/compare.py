@@ -25,6 +25,7 @@ from runner.results.compare_html import (
     Key,
     Side,
     attempts_block,
+    calls_block,
     check_item,
     esc,
     histogram,
@@ -326,18 +327,6 @@ def _generated(turn: dict[str, Any]) -> int:
     return len(turn.get("request_attempts") or [1]) + len(turn.get("tool_calls") or ())
 
 
-def _calls_block(turn: dict[str, Any]) -> str:
-    """A turn's tool calls and the results sent, folded."""
-    calls = turn.get("tool_calls") or []
-    if not calls:
-        return ""
-    lines = [f"-> {c.get('name')}({c.get('arguments')})\n<- {c.get('result')}" for c in calls]
-    return (
-        f'<details class="calls"><summary>{len(calls)} tool call{"s" * (len(calls) > 1)}'
-        f'</summary><div class="text">{esc(chr(10).join(lines))}</div></details>'
-    )
-
-
 def _full(cls: str, text: str, role: str = "") -> str:
     role_label = f'<span class="role">{esc(role or cls)}</span>'
     return f'<div class="full {cls}">{role_label}{text_block(text)}</div>'
@@ -347,23 +336,30 @@ def _turn_cells(
     sides: list[Side], records: list[dict[str, Any] | None], row: tuple[int, str, str]
 ) -> str:
     index, user, images = row
-    said = f'<span class="role">user</span>{text_block(user)}{images}'
-    cells = [f'<div class="full user">{said}</div>']
     turns = [
         next((t for t in record["turns"] if t["index"] == index), None) if record else None
         for record in records
     ]
+    role = "user (simulated)" if any(t and t.get("simulated") for t in turns) else "user"
+    said = f'<span class="role">{role}</span>{text_block(user)}{images}'
+    cells = [f'<div class="full user">{said}</div>']
     shown = marked([turn["assistant"] if turn else None for turn in turns])
     for side, record, turn, text in zip(sides, records, turns, shown, strict=True):
         if turn is None and record is not None and failed_turn(record) == index:
             tries = side.tries.get(record["conversation_id"], [])
             cells.append(attempts_block(record.get("error") or {}, tries))
+        elif turn is not None and turn["user"] != user:  # a simulated user wrote it another way
+            cells.append(_reply_cell(turn, text, asked=(role, turn["user"])))
         else:
             cells.append(_reply_cell(turn, text))
     return "".join(cells)
 
 
-def _reply_cell(turn: dict[str, Any] | None, text: str | None = None) -> str:
+def _reply_cell(
+    turn: dict[str, Any] | None, text: str | None = None, asked: tuple[str, str] | None = None
+) -> str:
+    """A reply with its figures and checks; ASKED: (role, text) of the user message this
+    side was sent, when it differs from the one shown across the page."""
     if turn is None:
         return '<div class="reply missing">not reached</div>'
     usage = turn.get("usage") or {}
@@ -385,8 +381,13 @@ def _reply_cell(turn: dict[str, Any] | None, text: str | None = None) -> str:
     if turn.get("finish_reason"):
         meta.append(esc(turn["finish_reason"]))
     checks = "".join(check_item(c) for c in turn.get("checks") or [])
+    own = ""
+    if asked is not None:
+        role, said = asked
+        own = f'<div class="user"><span class="role">{esc(role)}</span>{text_block(said)}</div>'
     return (
-        f'<div class="reply">{_calls_block(turn)}{text_block(turn.get("assistant") or "", text)}'
+        f'<div class="reply">{own}{calls_block(turn)}'
+        f"{text_block(turn.get('assistant') or '', text)}"
         f'<div class="meta">{" · ".join(meta)}</div>'
         + (f'<ul class="checks">{checks}</ul>' if checks else "")
         + "</div>"

@@ -1,5 +1,5 @@
 """The pieces of the compare page: style, filter script, inline SVG charts, escaped text,
-a failed turn's attempts.
+a failed turn's attempts, a turn's tool calls.
 
 Everything that comes from a record goes through `esc` (text and attribute values alike);
 the page fetches nothing (its CSP forbids it) and needs no network to render.
@@ -201,6 +201,18 @@ def attempts_block(error: dict[str, Any], tries: list[dict[str, Any]]) -> str:
         f'<div class="text">{esc(error.get("message", ""))}</div>'
         + (f'<ol class="attempts">{items}</ol>' if items else "")
         + "</div>"
+    )
+
+
+def calls_block(turn: dict[str, Any]) -> str:
+    """A turn's tool calls and the results sent, folded."""
+    calls = turn.get("tool_calls") or []
+    if not calls:
+        return ""
+    lines = [f"-> {c.get('name')}({c.get('arguments')})\n<- {c.get('result')}" for c in calls]
+    return (
+        f'<details class="calls"><summary>{len(calls)} tool call{"s" * (len(calls) > 1)}'
+        f'</summary><div class="text">{esc(chr(10).join(lines))}</div></details>'
     )
 
 

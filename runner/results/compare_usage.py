@@ -18,14 +18,15 @@ if TYPE_CHECKING:
 
 def spent(run_dir: Path, manifest: dict[str, Any], sides: list[Side]) -> None:
     """From the run's usage records: each conversation's cost (every attempt's tokens at its
-    target's price, as the report counts them, plus its judges' cost from its checks), and
+    target's price, as the report counts them, plus its judges' cost from its checks and
+    its simulated user's from its record), and
     the attempts of the turn a failed conversation stopped at (those of its newest play)."""
     prices = target_prices(manifest)
     by_id = {r["conversation_id"]: (side, r) for side in sides for r in side.records.values()}
     tokens: dict[str, Usage] = {}
     for attempt in RunRecords(run_dir, manifest).attempts():
         found = by_id.get(attempt["conversation_id"])
-        if found is None or attempt.get("judge"):
+        if found is None or attempt.get("judge") or attempt.get("role") == "simulated_user":
             continue
         side, record = found
         add_usage(tokens.setdefault(record["conversation_id"], no_usage()), cast(Usage, attempt))
@@ -33,8 +34,9 @@ def spent(run_dir: Path, manifest: dict[str, Any], sides: list[Side]) -> None:
             side.tries.setdefault(record["conversation_id"], []).append(attempt)
     for cid, (side, record) in by_id.items():
         judges = [c.get("cost_usd") for t in record["turns"] for c in t["checks"]]
+        simulated = (record.get("simulation") or {}).get("cost_usd")
         own = cost(tokens.get(cid, no_usage()), prices.get(side.target))
-        side.costs[cid] = total([own, *judges])
+        side.costs[cid] = total([own, *judges, simulated])
 
 
 def failed_turn(record: dict[str, Any]) -> int | None:

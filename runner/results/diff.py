@@ -57,6 +57,15 @@ class TextChange:
 
 
 @dataclass
+class TurnsChange:
+    """A conversation with a simulated user whose number of turns changed between the runs."""
+
+    conversation_id: str
+    before: int
+    after: int
+
+
+@dataclass
 class Diff:
     base: str
     new: str
@@ -72,6 +81,9 @@ class Diff:
     incomplete: str | None = None  # why the new run did not complete
     match: str = "id"
     pass_rates: list[RateChange] = field(default_factory=list)  # repeated scenarios' rates
+    # with a simulated user (in either run): compared by outcome and number of turns, not text
+    simulated: int = 0
+    turns_changed: list[TurnsChange] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,6 +125,9 @@ def diff_runs(base_dir: Path, new_dir: Path, text: bool = False, match: str = "i
             result.missing.append(before["conversation_id"])
             continue
         _classify(result, before, after)
+        if "simulation" in before or "simulation" in after:  # its text is not expected to repeat
+            _simulated(result, before, after)
+            continue
         changes = _text_changes(after["conversation_id"], before, after)
         result.replies_changed += bool(changes)
         if text:
@@ -233,6 +248,13 @@ def _classify(result: Diff, before: dict[str, Any], after: dict[str, Any]) -> No
 def _change(record: dict[str, Any], before: str, after: str, reason: str) -> Change:
     return Change(record["conversation_id"], record["scenario_id"], record["target"], before,
                   after, reason)  # fmt: skip
+
+
+def _simulated(result: Diff, before: dict[str, Any], after: dict[str, Any]) -> None:
+    result.simulated += 1
+    was, now = len(before["turns"]), len(after["turns"])
+    if was != now:
+        result.turns_changed.append(TurnsChange(after["conversation_id"], was, now))
 
 
 def _text_changes(cid: str, before: dict[str, Any], after: dict[str, Any]) -> list[TextChange]:

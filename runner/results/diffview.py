@@ -75,6 +75,11 @@ def _text(diff: Diff) -> str:
         if ids:
             lines += ["", title] + [f"  {cid}" for cid in ids]
     lines += _rate_lines(diff)
+    if diff.simulated:
+        lines += ["", f"SIMULATED: {simulated_note(diff)}"]
+        lines += [
+            f"  {t.conversation_id}  {t.before} -> {t.after} turns" for t in diff.turns_changed
+        ]
     if diff.text_changes:
         lines += ["", "CHANGED REPLIES"]
         for t in diff.text_changes:
@@ -123,6 +128,15 @@ def _rate_lines(diff: Diff) -> list[str]:
     return lines
 
 
+def simulated_note(diff: Diff) -> str:
+    """What the diff says of conversations with a simulated user."""
+    return (
+        f"{_count(diff.simulated, 'conversation')} with a simulated user compared by outcome and "
+        "number of turns, not by text (a simulated user's text is not expected to repeat); "
+        f"{len(diff.turns_changed)} changed their number of turns"
+    )
+
+
 def _rate_markdown(diff: Diff) -> list[str]:
     lines = []
     for verdict, title in RATE_LISTS:
@@ -160,6 +174,15 @@ def _markdown(diff: Diff) -> str:
         items = [f"- `{_md(cid)}`" for cid in ids]
         lines += _details(f"{title} ({len(ids)})", items, open_=title == "Missing")
     lines += _rate_markdown(diff)
+    if diff.simulated:
+        lines += ["", _md(simulated_note(diff))]
+        lines += _details(
+            f"Number of turns changed ({len(diff.turns_changed)})",
+            [
+                f"- `{_md(t.conversation_id)}` {t.before} → {t.after} turns"
+                for t in diff.turns_changed
+            ],
+        )
     lines += _details(
         f"Changed replies ({len(diff.text_changes)})",
         [_md_text_change(t) for t in diff.text_changes],

@@ -50,6 +50,41 @@ class Filters:
         return not self.targets or record["target"] in self.targets
 
 
+@dataclass(frozen=True)
+class Split:
+    """--split NAME=FRACTION: that share of the conversations goes to a second file, picked
+    by a hash of the conversation id (the same conversation lands on the same side in every
+    export); the rest is `train`."""
+
+    name: str
+    fraction: float
+
+    def side(self, record: dict[str, Any]) -> str:
+        digest = hashlib.sha256(record["conversation_id"].encode("utf-8")).digest()
+        return self.name if int.from_bytes(digest[:8]) / 2**64 < self.fraction else "train"
+
+    def path(self, out: Path, side: str) -> Path:
+        """data.jsonl -> data.train.jsonl, data.validation.jsonl."""
+        return out.with_name(f"{out.stem}.{side}{out.suffix}")
+
+
+def parse_split(text: str | None) -> Split | None:
+    """NAME=FRACTION (0 < FRACTION < 1, NAME not train); InputError otherwise."""
+    if text is None:
+        return None
+    name, sep, value = text.partition("=")
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not sep or not name.isidentifier() or name == "train" or not 0 < fraction < 1:
+        raise InputError(
+            f"--split must be NAME=FRACTION with 0 < FRACTION < 1 and NAME not 'train' "
+            f"(validation=0.1), got {text!r}"
+        )
+    return Split(name, fraction)
+
+
 @dataclass
 class Exported:
     """What an export wrote: conversations, files, and how many were left out and why."""
@@ -68,8 +103,16 @@ class Exported:
         return out + (f"\n{self.skipped.note()}" if self.skipped.count else "")
 
 
-def export(run_dir: Path, fmt: str, out: Path, filters: Filters) -> Exported:
-    """Write the run's conversations in format FMT to OUT (a folder for mtbench)."""
+def export(
+    run_dir: Path,
+    fmt: str,
+    out: Path,
+    filters: Filters,
+    split: Split | None = None,
+    with_ids: bool = False,
+) -> Exported:
+    """Write the run's conversations in format FMT to OUT (a folder for mtbench); SPLIT:
+    into two files beside OUT; WITH_IDS: each line carries its conversation id."""
     manifest = read_manifest(run_dir)
     known = [t["name"] for t in manifest.get("targets", [])]
     unknown = [t for t in filters.targets if t not in known]
@@ -80,27 +123,38 @@ def export(run_dir: Path, fmt: str, out: Path, filters: Filters) -> Exported:
         )
     if fmt != "mtbench" and out.is_dir():
         raise InputError(f"-o {out} is a folder; --format {fmt} writes one file")
+    if split is not None and (fmt == "mtbench" or is_stdout(out)):
+        raise InputError("--split writes two files beside -o: not with -o - or --format mtbench")
     done = Exported()
-    kept = _kept(RunRecords(run_dir, manifest), filters, done)
     try:
         if fmt == "mtbench":
-            _mtbench(run_dir, kept, out, done)
+            _mtbench(run_dir, _kept(RunRecords(run_dir, manifest), filters, done), out, done)
             return done
         convert = {"openai": _openai, "sharegpt": _sharegpt, "jsonl": lambda r: r}[fmt]
         _ready(out.parent)
-        done.written = write_jsonl(out, _converted(kept, convert, done))
+        for side in ("train", split.name) if split is not None else ("",):
+            path = split.path(out, side) if split is not None else out
+            kept = _kept(RunRecords(run_dir, manifest), filters, done, split, side)
+            done.written += write_jsonl(path, _converted(kept, convert, done, with_ids))
+            done.files.append(path)
     except BrokenPipeError:  # the reader of stdout went away: the CLI ends quietly
         raise
     except OSError as exc:  # the export's own file: a full disk, a folder without rights
         raise InputError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
-    done.files.append(out)
     return done
 
 
 def _kept(
-    records: RunRecords, filters: Filters, done: Exported
+    records: RunRecords,
+    filters: Filters,
+    done: Exported,
+    split: Split | None = None,
+    side: str = "",
 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The records FILTERS keep; with SPLIT, of SIDE alone (each side's pass counts its own)."""
     for offset, record in records.newest():
+        if split is not None and split.side(record) != side:
+            continue
         if filters.keep(record):
             yield offset, record
         else:
@@ -109,14 +163,25 @@ def _kept(
 
 
 def _converted(
-    records: Iterable[tuple[int, dict[str, Any]]], convert: Any, done: Exported
+    records: Iterable[tuple[int, dict[str, Any]]], convert: Any, done: Exported, with_ids: bool
 ) -> Iterator[dict[str, Any]]:
     for _, record in records:
         row = convert(record)
         if row is None:
             done.unusable += 1
+        elif with_ids and row is not record:
+            yield _with_id(row, record)
         else:
             yield row
+
+
+def _with_id(row: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """--with-ids: the conversation id first (ShareGPT's own `id`), and in ShareGPT, whose
+    lines have room for it, the scenario's metadata when it has any."""
+    out = {"id": record["conversation_id"], **row}
+    if "conversations" in row and record.get("metadata"):
+        out["metadata"] = record["metadata"]
+    return out
 
 
 def _ready(folder: Path) -> None:

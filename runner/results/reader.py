@@ -128,6 +128,11 @@ class RunRecords:
         run = record.get("run_id")
         if run is not None and run not in self.runs:
             return f"a record of another run ({str(run)[:40]!r})"
-        if record["target"] not in self.targets and not record.get("judge"):
+        if record["target"] not in self.targets and not _helper(record):
             return f"target {record['target'][:40]!r} is not one of the run's"
         return None
+
+
+def _helper(record: dict[str, Any]) -> bool:
+    """A usage record of a target the run asks beside its own: a judge, a simulated user."""
+    return bool(record.get("judge")) or record.get("role") == "simulated_user"

@@ -41,6 +41,8 @@ class TargetStats:
     retries: int = 0  # attempts after the first of a turn
     judge_tokens: int = 0  # tokens the judges of this target's replies spent
     judge_cost: float | None = None  # their cost, each at its judge's price
+    simulator_tokens: int = 0  # tokens the simulated users of its conversations spent
+    simulator_cost: float | None = None  # their cost, each at its simulated user's price
     failures: Counter[FailureKey] = field(default_factory=Counter)  # runner/results/failures.py
     replies: int = 0
     replies_with_usage: int = 0
@@ -84,12 +86,15 @@ class Summary:
                     stats.failed_checks.add(record, turn["index"], check)
                     failing = True
         stats.conversations_failing_checks += failing
+        if record.get("simulation"):
+            _add_simulator(stats, record["simulation"])
         stats.passed += record["status"] == "ok" and not failing
 
     def add_attempt(self, record: dict[str, Any]) -> None:
         """One usage record (one HTTP attempt). A judge's attempts are counted with the
-        replies they judged (their checks carry tokens and cost), not as the judge's own."""
-        if record.get("judge"):
+        replies they judged (their checks carry tokens and cost), not as the judge's own; a
+        simulated user's with its conversation (its record's `simulation`)."""
+        if record.get("judge") or record.get("role") == "simulated_user":
             return
         stats = self.targets.get(record["target"]) or self.targets.setdefault(
             record["target"], TargetStats()
@@ -140,10 +145,20 @@ def _add_judge(stats: TargetStats, check: dict[str, Any]) -> None:
         stats.judge_cost = (stats.judge_cost or 0.0) + check["cost_usd"]
 
 
+def _add_simulator(stats: TargetStats, simulation: dict[str, Any]) -> None:
+    usage = simulation.get("usage")
+    stats.simulator_tokens += usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
+    spent = simulation.get("cost_usd")
+    if isinstance(spent, int | float):
+        stats.simulator_cost = (stats.simulator_cost or 0.0) + spent
+
+
 def _cost(s: TargetStats, price: dict[str, float] | None) -> float | None:
-    """A target's cost: its own tokens at its price, plus what its judges cost."""
-    own = cost(s.tokens, price)
-    return s.judge_cost if own is None else own + (s.judge_cost or 0.0)
+    """A target's cost: its own tokens at its price, plus what its judges and simulated
+    users cost."""
+    parts = [cost(s.tokens, price), s.judge_cost, s.simulator_cost]
+    known = [p for p in parts if p is not None]
+    return sum(known) if known else None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -172,6 +187,7 @@ def _row(name: str, s: TargetStats, price: dict[str, float] | None) -> dict[str,
         "ttft_p50_ms": s.ttfts.quantile(0.5),
         "cost_usd": _cost(s, price),
         "judge_tokens": s.judge_tokens,
+        "simulator_tokens": s.simulator_tokens,
         "errors": s.errors,
         "failures": top_failures(s.failures),
         "failed_checks": s.failed_checks.first,  # the first few; checks_failed counts them all

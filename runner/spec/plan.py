@@ -81,6 +81,7 @@ class Plan:
         self.repeat = repeat
         self.shard = shard
         self.judges: tuple[list[Target], str | None] = ([], None)  # grading targets, default
+        self.simulators: list[Target] = []  # the targets that play the user (simulate.user)
         check_context(scenarios, targets)
 
     def samples(self, scenario: Scenario) -> int:
@@ -116,9 +117,14 @@ class Plan:
 def sample_seed(scenario: Scenario, target: Target, sample: int, samples: int) -> int | None:
     """With repeat > 1, sample i sends seed (the given seed, else 0) + i, where the
     provider accepts one: samples differ, and a rerun sends the same seeds."""
+    return seed_of({**target.params, **scenario.params}, target, sample, samples)
+
+
+def seed_of(params: dict[str, Any], target: Target, sample: int, samples: int) -> int | None:
+    """sample_seed from PARAMS' seed (a simulated user's: its target's params alone)."""
     if samples < 2 or not PROVIDERS[target.provider].capabilities.seed:
         return None
-    base = {**target.params, **scenario.params}.get("seed", 0)
+    base = params.get("seed", 0)
     return (base if isinstance(base, int) and not isinstance(base, bool) else 0) + sample
 
 

@@ -11,8 +11,11 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.messages import Image, Tool
-from runner.spec.expects import Expect, fraction, read_expect, regex_problem, strings, text
+from runner.spec.captures import Capture, Uses, captured_names, check_captures, read_captures
+from runner.spec.expects import Expect, fraction, read_expect, strings, text
+from runner.spec.filled import check_filled
 from runner.spec.rows import RowsFile, open_table
+from runner.spec.simulation import Simulate, read_simulate
 from runner.spec.tools import (
     Result,
     ScriptedCall,
@@ -25,11 +28,9 @@ from runner.spec.tools import (
     read_tools,
 )
 from runner.spec.variables import (
-    TEMPLATE,
     ScenarioReader,
     Vars,
     check_templates,
-    fill,
     read_vars,
     var_combinations,
     var_count,
@@ -40,7 +41,6 @@ from runner.spec.yamlnodes import (
     Bad,
     Pair,
     Parser,
-    Reader,
     boolean,
     json_mapping,
     mapping_keys,
@@ -85,6 +85,7 @@ class Turn:
     calls: tuple[ScriptedCall, ...] = ()  # a scripted assistant turn's tool calls
     tool: str = ""  # a tool turn: the tool's name
     result: Any = None  # a tool turn: the result (JSON)
+    capture: tuple[Capture, ...] = ()  # values taken from the reply for later turns
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,8 @@ class Scenario:
     tools: tuple[Tool, ...] = ()  # the tools the model may call
     tool_results: dict[str, Result] = field(default_factory=dict)  # tool name -> its result
     max_tool_rounds: int = 5  # model requests with tool calls per user turn before tool_loop
+    simulate: Simulate | None = None  # a target plays the user after the scripted turns
+    expect_final: Expect | None = None  # checks on the conversation's last reply
 
     def image_files(self) -> set[str]:
         """The image files its turns read (hashed into the manifest like the scenario)."""
@@ -140,9 +143,11 @@ SCENARIO_KEYS = (
     "tools",
     "tool_results",
     "max_tool_rounds",
+    "simulate",
+    "expect_final",
 )
 DOCUMENT_KEYS = ("scenarios", "defaults")
-USER_TURN_KEYS = ("user", "expect", "params")
+USER_TURN_KEYS = ("user", "expect", "params", "capture")
 
 
 # ---------------------------------------------------------------- documents, scenarios, turns
@@ -190,25 +195,31 @@ def _scenario(r: ScenarioReader, node: Node, defaults: dict[str, Pair]) -> Scena
     start = r.count()
     own = r.entries(node, "scenario", SCENARIO_KEYS)
     merged = {**defaults, **own}
-    for key in ("id", "turns"):
+    for key in ("id", "turns") if "simulate" not in merged else ("id",):
         if key not in merged:
             r.report(node_line(node), f"scenario is missing '{key}'")
     values = r.fields({k: p for k, p in merged.items() if k != "params"}, SCENARIO_FIELDS)
+    _ends_with_user(r, values, merged)
     params = [
         r.fields({"params": e["params"]}, {"params": json_mapping})
         for e in (defaults, own)
         if "params" in e
     ]  # merged shallowly, the scenario's own over the defaults
     values["params"] = {k: v for p in params for k, v in p.get("params", {}).items()}
+    uses = Uses(tuple(r.turn_uses), r.final_span)
+    captured = captured_names(uses)
     if "vars" in values or "vars" not in merged:  # else vars were bad: names unknown
-        left = check_templates(r, r.templated, values.get("vars", {}), "vars_file" in merged)
+        given = values.get("vars", {})
+        left = check_templates(r, r.templated, given, "vars_file" in merged, set(captured))
+        check_captures(r, uses, var_names(given), captured)
         if "vars_file" in values:
             line = node_line(merged["vars_file"][0])
-            names = var_names(values.get("vars", {}))
+            names = var_names(given) | set(captured)  # a column may be neither
             values["vars_file"] = open_table(r, line, values["vars_file"], left, names)
     check_results(r, values.get("tools", ()), values.get("tool_results", {}))
     if r.count() > start:
         return None
+    values.setdefault("turns", ())  # with `simulate`, the simulated user may open it
     scenario = Scenario(**values, file=r.path, line=node_line(node))
     check_filled(r, scenario)
     return scenario if r.count() == start else None
@@ -219,20 +230,32 @@ def _turns(r: ScenarioReader, node: Node, key: str) -> tuple[Turn, ...]:
         raise Bad(node, f"'turns' must be a non-empty list, got {r.shown(node)}")
     turns: list[Turn | None] = []
     for item in node.value:
+        start = len(r.templated)
         try:
             turns.append(_turn(r, item))
         except Bad as e:
             r.report(e.line, e.message)
             turns.append(None)
-    if turns[-1] is not None and turns[-1].role != "user":
-        raise Bad(
-            node.value[-1],
-            f"the last turn is a{'n' * (turns[-1].role == 'assistant')} {turns[-1].role} turn; "
-            "a conversation must end with a user turn",
-        )
+        made = turns[-1]
+        if made is not None:  # where its templates are: captures are used from the next turn
+            r.turn_uses.append((made.capture, made.expect, range(start, len(r.templated))))
     kept = tuple(t for t in turns if t is not None)
     check_history(r, kept)
     return kept
+
+
+def _ends_with_user(r: ScenarioReader, values: dict[str, Any], merged: dict[str, Pair]) -> None:
+    """Without a simulated user, the last scripted turn must be a user turn (its reply is
+    the conversation's last); with one, the simulated user may follow a scripted reply of
+    text (not a call, nor a tool's result: the model answers those)."""
+    last = (values.get("turns") or (None,))[-1]
+    if last is None or last.role == "user":
+        return
+    if last.role == "assistant" and not last.calls and "simulate" in merged:
+        return
+    a = "an" if last.role == "assistant" else "a"
+    r.report(last.line, f"the last turn is {a} {last.role} turn; a conversation must end with a "
+                        "user turn (or an assistant's text followed by 'simulate')")  # fmt: skip
 
 
 def _turn(r: ScenarioReader, node: Node) -> Turn | None:
@@ -263,7 +286,8 @@ def _turn(r: ScenarioReader, node: Node) -> Turn | None:
     parts, content = (), v["user"]
     if isinstance(content, tuple):
         parts, content = content, "".join(p for p in content if isinstance(p, str))
-    return Turn("user", content, v.get("expect"), v.get("params", {}), line, parts)
+    expect, params = v.get("expect"), v.get("params", {})
+    return Turn("user", content, expect, params, line, parts, capture=v.get("capture", ()))
 
 
 def _assistant(r: ScenarioReader, node: Node, line: int) -> Turn:
@@ -299,6 +323,14 @@ def _context(r: ScenarioReader, node: Node, key: str) -> Context:
     raise Bad(node, f"'context' must be full, server or {{window: N}}, got {show(value)}")
 
 
+def _expect_final(r: ScenarioReader, node: Node, key: str) -> Expect:
+    """expect_final: checks on the last reply; its templates may use every captured name."""
+    start = len(r.templated)
+    expect = read_expect(r, node, key)
+    r.final_span = range(start, len(r.templated))
+    return expect
+
+
 def _keep(scenarios: list[Scenario | None]) -> list[Scenario]:
     return [s for s in scenarios if s is not None]
 
@@ -330,63 +362,9 @@ SCENARIO_FIELDS: dict[str, Parser] = {
     "tools": read_tools,
     "tool_results": read_results,
     "max_tool_rounds": positive_int,
+    "simulate": read_simulate,
+    "expect_final": _expect_final,
 }
-TURN_FIELDS: dict[str, Parser] = {"user": _user, "expect": read_expect, "params": json_mapping}
-
-
-def check_filled(r: Reader, scenario: Scenario) -> None:
-    """A regex with {{var}} templates must still be one when filled with each of the
-    scenario's var combinations: else the problem is reported at its turn, with the values
-    of the first combination that breaks it, before anything is sent. A vars_file's rows are
-    read once more for all the regexes that name its columns together."""
-    templated = [
-        (turn.line, pattern, sorted(set(TEMPLATE.findall(pattern))))
-        for turn in scenario.turns
-        for pattern in [turn.expect.regex if turn.expect else None]
-        if pattern is not None and "{{" in pattern
-    ]
-    own = var_names(scenario.vars)
-    found: dict[int, str] = {}
-    for from_file in (False, True):  # the file is read only for regexes that need it
-        group = [
-            i for i, (_, _, names) in enumerate(templated) if bool(set(names) - own) == from_file
-        ]
-        found.update(_first_problems(scenario, templated, group))
-    for i, (line, _, _) in enumerate(templated):
-        if i in found:
-            r.report(line, found[i])
-
-
-def _first_problems(
-    scenario: Scenario, templated: list[tuple[int, str, list[str]]], group: list[int]
-) -> dict[int, str]:
-    """Index -> problem of the regexes of GROUP (indexes into TEMPLATED) that some var
-    combination breaks, found in one pass over the combinations of the names they use."""
-    found: dict[int, str] = {}
-    last: dict[int, str] = {}  # each regex's last filling: not compiled twice in a row
-    names = {n for i in group for n in templated[i][2]}
-    for values in _combinations_of(scenario, names) if group else ():
-        for i in group:
-            _, pattern, used = templated[i]
-            filled = fill(pattern, values)
-            if i in found or last.get(i) == filled:
-                continue
-            last[i] = filled
-            problem = regex_problem(filled)
-            if problem:
-                given = ", ".join(f"{n}={show(values[n])}" for n in used)
-                found[i] = f"regex {show(pattern)} filled with {given}: {problem}"
-        if len(found) == len(group):
-            break
-    return found
-
-
-def _combinations_of(scenario: Scenario, names: set[str]) -> Iterator[dict[str, Any]]:
-    """The combinations of the values of NAMES only (a vars_file's rows when it gives any)."""
-    own = scenario.vars
-    if isinstance(own, dict):
-        used: Vars = {n: v for n, v in own.items() if n in names}
-    else:
-        used = tuple({n: v for n, v in row.items() if n in names} for row in own)
-    from_file = scenario.vars_file if names - var_names(own) else None
-    return var_combinations(used, from_file)
+TURN_FIELDS: dict[str, Parser] = {
+    "user": _user, "expect": read_expect, "params": json_mapping, "capture": read_captures,
+}  # fmt: skip

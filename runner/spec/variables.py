@@ -11,7 +11,7 @@ import difflib
 import itertools
 import math
 import re
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Collection, Iterable, Iterator, Sized
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, SequenceNode
@@ -169,16 +169,21 @@ def _names(row: dict[str, Any]) -> str:
 
 
 def check_templates(
-    r: Reader, templated: list[tuple[int, str]], scenario_vars: Vars, from_file: bool = False
+    r: Reader,
+    templated: list[tuple[int, str]],
+    scenario_vars: Vars,
+    from_file: bool = False,
+    captured: Collection[str] = (),
 ) -> dict[str, int]:
-    """Every {{name}} in TEMPLATED (line, text) must name one of the scenario's vars.
+    """Every {{name}} in TEMPLATED (line, text) must name one of the scenario's vars (or a
+    CAPTURED name: where it may be used is checked by runner/spec/captures.py).
 
     With FROM_FILE the others are left for the vars_file's rows: returned, name -> line."""
     names = var_names(scenario_vars)
     left: dict[str, int] = {}
     for line, text in templated:
         for name in TEMPLATE.findall(text):
-            if name in names:
+            if name in names or name in captured:
                 continue
             if from_file:
                 left.setdefault(name, line)
@@ -213,6 +218,9 @@ class ScenarioReader(Reader):
         super().__init__(problems, path)
         self.ids = ids  # scenario id -> "file:line" where it was first defined, for all files
         self.templated: list[tuple[int, str]] = []  # (line, text) of strings with {{var}}
+        # each turn's captures, checks and its span of `templated`; expect_final's span
+        self.turn_uses: list[tuple[Any, Any, range]] = []
+        self.final_span = range(0)
 
     def next_scenario(self) -> ScenarioReader:
         """A reader for another scenario of the same file: its own templates."""
