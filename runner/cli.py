@@ -165,6 +165,14 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
 @click.option("--no-cache", is_flag=True, help="No reply cache, whatever the models file says.")
 @click.option("--cache-only/--no-cache-only", default=False, help="Send nothing: a reply not "
               "in the cache fails (cache_miss); no key is needed.")  # fmt: skip
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="Send turns in rounds through the Batch API of "
+    "every target whose provider has one (half price; each round may take hours).",
+)
+@click.option("--cancel-batches", is_flag=True, help="With --resume: cancel the run's batches "
+              "still out and send their requests again in new rounds.")  # fmt: skip
 @click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True,
@@ -197,6 +205,8 @@ def run(
     cache: str | None,
     no_cache: bool,
     cache_only: bool,
+    batch: bool,
+    cancel_batches: bool,
     idle_timeout: float | None,
     no_progress: bool,
     dry_run: bool,
@@ -266,6 +276,7 @@ def _invocation(params: dict[str, Any]) -> Invocation:
         idle_timeout_s=params["idle_timeout"],
         cache=NO_CACHE if params["no_cache"] else params["cache"],
         cache_only=params["cache_only"],
+        batch=params["batch"],
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from runner.client.batch import BatchLog
 from runner.client.cache import Cache
 from runner.client.client import TargetClient
 from runner.encoding import strict
@@ -43,6 +44,7 @@ class Outcome:
     skipped: int = 0
     over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
     write_error: WriteError | None = None  # the first failed write: the run stopped there
+    batches: BatchLog | None = None  # batch mode: the run's batches (run.json lists them)
 
 
 @dataclass
@@ -82,6 +84,7 @@ async def execute(
     judges: tuple[list[Target], str | None] = ([], None),
     budget: Budget | None = None,
     run_id: str | None = None,
+    cancel_batches: bool = False,
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish.
 
@@ -103,10 +106,14 @@ async def execute(
         sink = _sink(usage, outcome.summary)
         if plan.cache is not None:
             stack.callback(plan.cache.close)
-        clients = {t.name: TargetClient(t, stream, sink, plan.cache) for t in targets}
+        batches = _batch_log(targets, run_dir, run_id, stack, outcome)
+        clients = {t.name: TargetClient(t, stream, sink, plan.cache, batches=batches)
+                   for t in targets}  # fmt: skip
         for client in clients.values():
             await client.start()
             stack.push_async_callback(client.close)
+            if client.batcher is not None and cancel_batches:
+                await client.batcher.cancel_open()
         began, tokens = time.monotonic(), outcome.summary.tokens
         before = tokens()["total_tokens"]  # a resume's earlier runs: not this run's rate
         progress = Progress(
@@ -125,6 +132,21 @@ async def execute(
                 progress,
             )
     return outcome
+
+
+def _batch_log(
+    targets: list[Target],
+    run_dir: Path,
+    run_id: str | None,
+    stack: contextlib.AsyncExitStack,
+    outcome: Outcome,
+) -> BatchLog | None:
+    """The run's batch file, read again and appended to, when a target is in batch mode."""
+    if not any(t.batch for t in targets):
+        return None
+    outcome.batches = BatchLog(run_dir, run_id)
+    stack.callback(outcome.batches.close)
+    return outcome.batches
 
 
 def _sink(usage: JsonlWriter, summary: Summary) -> Callable[[dict[str, Any]], None]:
@@ -212,8 +234,10 @@ async def _pool(
 
 async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
     """The conversation's record; a bug fails this conversation, not the run."""
+    client = judges.clients[conv.target.name]
     try:
-        return await run_conversation(conv, judges.clients[conv.target.name], judges)
+        with client.holding():
+            return await run_conversation(conv, client, judges)
     except WriteError:
         raise
     except Exception as exc:

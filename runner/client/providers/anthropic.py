@@ -167,9 +167,7 @@ class Anthropic(Provider):
     key_env = "ANTHROPIC_API_KEY"
     auth_modes = ("x-api-key", "bearer")
     default_params = MappingProxyType({"max_tokens": 4096})  # the API requires one
-    capabilities = Capabilities(
-        stream_usage=True, batch=True, images=True, tools=True, cache_marks=True
-    )
+    capabilities = Capabilities(stream_usage=True, images=True, tools=True, cache_marks=True)
     overloaded = frozenset({429, 503, 529})  # 529 overloaded_error
     rate_headers = RateHeaders("anthropic-ratelimit-{budget}-{field}", rfc3339_seconds)
     reserves_max_tokens = False  # output tokens count as generated: max_tokens reserves none

@@ -116,7 +116,6 @@ class Gemini(Provider):
     capabilities = Capabilities(  # seed: generationConfig.seed; no GIF images
         seed=True,
         stream_usage=True,
-        batch=True,
         images=True,
         tools=True,
         image_types=("image/png", "image/jpeg", "image/webp"),
