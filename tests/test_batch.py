@@ -1,0 +1,397 @@
+"""Batch mode: rounds of turns through the OpenAI Batch API (chat and responses), against
+the mock (driven by the official SDK too) and a raw server answering as documented."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import HOUR_MS, count_lines, play, read_jsonl, spawn, wait_until
+
+# three conversations (vars) of three user turns and a scripted assistant turn
+THREE = """
+id: three
+system: Be brief.
+context: full
+turns:
+  - hello {{who}}
+  - assistant: a scripted answer
+  - second question for {{who}}
+  - user: third question
+    expect: {contains: mock}
+vars:
+  who: [ann, bob, cy]
+"""
+FAST = {"batch_poll_s": 0.02, "max_wait_s": 0.2}
+PRICE = {"input_per_mtok": 2.0, "output_per_mtok": 8.0}
+
+
+def batch_models(**extra: Any) -> dict[str, Any]:
+    return {"batch": True, **FAST, **extra}
+
+
+def models_text(server: Any, **extra: Any) -> str:
+    """A models file of the two OpenAI targets (the protocols with a Batch API here)."""
+    common = {"api_key_env": "TEST_API_KEY", "base_url": server.base_url + "/v1", **extra}
+    return json.dumps({"targets": {
+        "chat": {"provider": "openai-chat", "model": "m-chat", **common},
+        "responses": {"provider": "openai-responses", "model": "m-resp", **common},
+    }})  # fmt: skip
+
+
+def turns(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each conversation's messages and turns, timings left out."""
+    timing = ("latency_ms", "ttft_ms", "started_at", "ended_at")
+    return {
+        r["conversation_id"]: (
+            r["messages"],
+            [{k: v for k, v in t.items() if k not in timing} for t in r["turns"]],
+        )
+        for r in records
+    }
+
+
+def created(run_dir: Path) -> list[dict[str, Any]]:
+    return [e for e in read_jsonl(run_dir / "batches.jsonl") if e["event"] == "created"]
+
+
+# ---------------------------------------------------------------- the official SDK
+
+
+def test_openai_sdk_drives_the_mock_batch_api(make_mock):
+    openai = pytest.importorskip("openai")
+    server = make_mock(batch_fail_rate=0.0)
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="k")
+    lines = [
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}}
+        for i in range(5)
+    ]  # fmt: skip
+    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    uploaded = client.files.create(file=("in.jsonl", data), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.01)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 5
+    assert batch.output_file_id is not None
+    out = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    by_id = {x["custom_id"]: x["response"]["body"] for x in out}
+    assert set(by_id) == {f"c{i}" for i in range(5)}
+    for i in range(5):  # each line answered by its own request
+        reply = openai.types.chat.ChatCompletion.model_validate(by_id[f"c{i}"])
+        assert f'"q{i}"' in reply.choices[0].message.content
+    # cancel: a batch still running ends cancelled
+    server.state.options.batch_delay_ms = HOUR_MS
+    held = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert client.batches.cancel(held.id).status in ("cancelling", "cancelled")
+    assert client.batches.retrieve(held.id).status == "cancelled"
+
+
+# ---------------------------------------------------------------- through the runner
+
+
+@pytest.mark.parametrize("target", ["chat", "responses"])
+def test_batch_mode_gives_the_direct_transcripts_one_batch_per_round(tmp_path, make_mock, target):
+    server = make_mock()
+    direct, batched = (
+        play(tmp_path, THREE, "-c", "10", targets=[target], models=models_text(server, **extra))
+        for extra in (FAST, batch_models())
+    )
+    assert batched.result.exit_code == 0, batched.result.output
+    assert turns(batched.transcripts) == turns(direct.transcripts)
+    assert len(batched.transcripts) == 3
+    rounds = created(batched.run_dir)
+    assert [(b["round"], b["lines"]) for b in rounds] == [(1, 3), (2, 3), (3, 3)]
+    assert server.state.batches_created == 3
+    listed = batched.manifest["batches"]
+    assert [b["state"] for b in listed] == ["completed"] * 3
+    ids = {b["batch_id"] for b in listed}
+    assert all(u["batch"] is True and u["batch_id"] in ids for u in batched.usage)
+    assert len(batched.usage) == 9
+
+
+def test_streaming_is_dropped_in_batch_mode(tmp_path, make_mock):
+    server = make_mock()
+    batched = play(
+        tmp_path, THREE, "--stream", server=server, models=models_text(server, **batch_models())
+    )
+    assert batched.result.exit_code == 0, batched.result.output
+    (line,) = read_jsonl(batched.run_dir / "batches.jsonl")[:1]
+    assert line["lines"] == 3
+    sent = [r for r in server.requests if r["path"] == "/v1/chat/completions"]
+    assert sent and not any(r["json"].get("stream") for r in sent)
+
+
+def test_failed_and_expired_lines_are_retried_in_the_next_round(tmp_path, make_mock):
+    server = make_mock(batch_fail_rate=0.3, batch_expire=1, seed=3)
+    batched = play(
+        tmp_path, THREE, server=server, models=models_text(server, **batch_models(max_retries=8))
+    )
+    assert batched.result.exit_code == 0, batched.result.output
+    assert all(r["status"] == "ok" for r in batched.transcripts)
+    states = [b["state"] for b in batched.manifest["batches"]]
+    assert states[0] == "expired" and states.count("expired") == 1
+    failed = [u for u in batched.usage if u["status"] != 200]
+    assert any(u["status"] == 500 for u in failed)  # lines of the error file
+    assert all(u["batch"] for u in batched.usage)
+    assert len(states) > 3  # retry rounds beside the three
+    ok = [u for u in batched.usage if u["status"] == 200]
+    assert len(ok) == 9
+
+
+def test_cost_and_max_cost_reflect_the_batch_price_factor(tmp_path, make_mock):
+    server = make_mock()
+    direct = play(tmp_path, THREE, server=server, models=models_text(server, **FAST, price=PRICE))
+    batched = play(
+        tmp_path, THREE, server=server, models=models_text(server, **batch_models(price=PRICE))
+    )
+    third = play(
+        tmp_path,
+        THREE,
+        server=server,
+        models=models_text(server, **batch_models(price=PRICE, batch_price_factor=0.25)),
+    )
+    full = direct.manifest["cost_usd"]
+    assert full > 0
+    assert batched.manifest["cost_usd"] == pytest.approx(full * 0.5, abs=2e-6)
+    assert third.manifest["cost_usd"] == pytest.approx(full * 0.25, abs=2e-6)
+    # --max-cost between the batch price and the full price: every conversation runs
+    capped = play(
+        tmp_path, THREE, "-c", "1", "--max-cost", str(full * 0.6), server=server,
+        models=models_text(server, **batch_models(price=PRICE)),
+    )  # fmt: skip
+    assert capped.manifest["counts"]["not_run"] == 0
+    over = play(
+        tmp_path, THREE, "-c", "1", "--max-cost", str(full * 0.2), server=server,
+        models=models_text(server, **batch_models(price=PRICE)),
+    )  # fmt: skip
+    assert over.manifest["counts"]["not_run"] > 0
+
+
+def test_kill_while_a_batch_is_out_then_resume_polls_it(tmp_path, make_mock):
+    server = make_mock(batch_delay_ms=HOUR_MS)  # the first batch is held
+    running = spawn(
+        tmp_path, THREE, "-c", "10", server=server, models=models_text(server, **batch_models())
+    )
+    wait_until(lambda: count_lines(running.run_dir / "batches.jsonl") >= 1, running.proc)
+    running.proc.send_signal(signal.SIGKILL)
+    killed = running.finish()
+    assert killed.result.exit_code == -signal.SIGKILL
+    assert server.state.batches_created == 1
+    server.state.options.batch_delay_ms = 0  # the held batch ends now
+    resumed = killed.resume()
+    assert resumed.result.exit_code == 0, resumed.result.output
+    assert server.state.batches_created == 3  # round 1 polled, not sent again
+    ids = [r["conversation_id"] for r in resumed.transcripts]
+    assert len(ids) == len(set(ids)) == 3
+    keys = [u["batch_key"] for u in resumed.usage]
+    assert len(keys) == len(set(keys)) == 9  # each attempt recorded once
+    assert [b["round"] for b in created(resumed.run_dir)] == [1, 2, 3]
+
+
+def test_resume_after_a_kill_is_answered_from_batches_already_read(tmp_path, make_mock):
+    # killed during round 2: round 1's answers come from its batch again, unpaid, unrecorded
+    server = make_mock()
+    running = spawn(
+        tmp_path, THREE, "-c", "10", server=server, models=models_text(server, **batch_models())
+    )
+    wait_until(lambda: count_lines(running.run_dir / "batches.jsonl") >= 2, running.proc)
+    server.state.options.batch_delay_ms = HOUR_MS
+    wait_until(lambda: server.state.batches_created >= 2, running.proc)
+    wait_until(lambda: count_lines(running.run_dir / "batches.jsonl") >= 3, running.proc)
+    running.proc.send_signal(signal.SIGKILL)
+    killed = running.finish()
+    before = server.state.batches_created
+    server.state.options.batch_delay_ms = 0
+    resumed = killed.resume()
+    assert resumed.result.exit_code == 0, resumed.result.output
+    assert before >= 2 and server.state.batches_created == 3  # nothing sent twice
+    keys = [u["batch_key"] for u in resumed.usage]
+    assert len(keys) == len(set(keys)) == 9
+    assert len(resumed.transcripts) == 3
+
+
+def test_cancel_batches_on_resume_sends_their_rounds_again(tmp_path, make_mock):
+    server = make_mock(batch_delay_ms=HOUR_MS)
+    running = spawn(
+        tmp_path, THREE, "-c", "10", server=server, models=models_text(server, **batch_models())
+    )
+    wait_until(lambda: count_lines(running.run_dir / "batches.jsonl") >= 1, running.proc)
+    running.proc.send_signal(signal.SIGKILL)
+    killed = running.finish()
+    (first,) = created(killed.run_dir)
+    server.state.options.batch_delay_ms = 0
+    resumed = killed.resume("--cancel-batches")
+    assert resumed.result.exit_code == 0, resumed.result.output
+    assert server.state.batches_created == 4  # round 1 sent again
+    listed = {b["batch_id"]: b["state"] for b in resumed.manifest["batches"]}
+    assert listed[first["batch_id"]] == "cancelled"
+    assert len(resumed.transcripts) == 3
+    assert "cancel_batches" not in resumed.manifest["invocation"]
+
+
+# ---------------------------------------------------------------- refused at start
+
+
+def test_a_provider_without_a_batch_api_is_refused_with_its_line(tmp_path, make_mock):
+    server = make_mock()
+    models = f"""
+targets:
+  g:
+    provider: gemini
+    model: m
+    base_url: {server.base_url}
+    api_key_env: TEST_API_KEY
+    batch: true
+"""
+    refused = play(tmp_path, THREE, targets=["g"], models=models)
+    assert refused.result.exit_code == 2
+    assert "models.yaml:8:" in refused.result.output and "Batch API" in refused.result.output
+    assert server.state.answered == 0
+
+
+def test_context_server_cannot_ride_a_batch(tmp_path, make_mock):
+    server = make_mock()
+    chained = THREE.replace("context: full", "context: server")
+    refused = play(tmp_path, chained, "--batch", targets=["responses"], models=models_text(server))
+    assert refused.result.exit_code == 2
+    assert "s.yaml:" in refused.result.output and "batch" in refused.result.output
+    assert server.state.answered == 0
+
+
+# ---------------------------------------------------------------- a raw server, as documented
+
+
+class DocumentedBatches:
+    """The OpenAI Batch API as documented: multipart upload, a batch polled through
+    in_progress, output lines in reverse order, the first line of round 1 failed in the
+    error file (`response: null`, `error: {code, message}`) and the second missing."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.lines: list[list[dict[str, Any]]] = []
+        self.creates: list[dict[str, Any]] = []
+        self.uploads: list[dict[str, Any]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/files", self.upload)
+        app.router.add_post("/v1/batches", self.create)
+        app.router.add_get("/v1/batches/{id}", self.get)
+        app.router.add_get("/v1/files/{id}/content", self.content)
+        return app
+
+    async def upload(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        file = form["file"]
+        assert isinstance(file, web.FileField)
+        data = file.file.read()
+        self.uploads.append({"purpose": form["purpose"], "auth": request.headers["Authorization"]})
+        file_id = f"file-{len(self.files)}"
+        self.files[file_id] = data
+        return web.json_response({"id": file_id, "object": "file", "bytes": len(data),
+                                  "created_at": 1, "filename": file.filename,
+                                  "purpose": "batch"})  # fmt: skip
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.creates.append(body)
+        lines = [json.loads(x) for x in self.files[body["input_file_id"]].splitlines()]
+        self.lines.append(lines)
+        batch_id = f"batch_{len(self.batches)}"
+        self.batches[batch_id] = {"id": batch_id, "object": "batch", "status": "validating",
+                                  "polls": 0, "output_file_id": None, "error_file_id": None,
+                                  "request_counts": {"total": len(lines), "completed": 0,
+                                                     "failed": 0}}  # fmt: skip
+        return web.json_response(self._shown(batch_id))
+
+    def _shown(self, batch_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self.batches[batch_id].items() if k != "polls"}
+
+    async def get(self, request: web.Request) -> web.Response:
+        batch = self.batches[request.match_info["id"]]
+        batch["polls"] += 1
+        if batch["polls"] == 1:
+            batch["status"] = "in_progress"
+        elif batch["status"] == "in_progress":
+            self._complete(batch)
+        return web.json_response(self._shown(batch["id"]))
+
+    def _complete(self, batch: dict[str, Any]) -> None:
+        lines = self.lines[int(batch["id"].split("_")[1])]
+        first_round = batch["id"] == "batch_0"
+        out, errors = [], []
+        for i, line in enumerate(lines):
+            if first_round and i == 0:
+                errors.append({"id": "batch_req_e", "custom_id": line["custom_id"],
+                               "response": None, "error": {"code": "batch_expired",
+                               "message": "This request could not be executed before the "
+                               "completion window expired."}})  # fmt: skip
+                continue
+            if first_round and i == 1:
+                continue  # missing from both files
+            text = "reply to " + line["body"]["messages"][-1]["content"]
+            body = {"id": f"chatcmpl-{i}", "object": "chat.completion", "created": 1,
+                    "model": "m", "choices": [{"index": 0, "message": {"role": "assistant",
+                    "content": text, "refusal": None}, "logprobs": None,
+                    "finish_reason": "stop"}], "usage": {"prompt_tokens": 5,
+                    "completion_tokens": 3, "total_tokens": 8}}  # fmt: skip
+            out.append({"id": f"batch_req_{i}", "custom_id": line["custom_id"],
+                        "response": {"status_code": 200, "request_id": f"req_{i}",
+                                     "body": body}, "error": None})  # fmt: skip
+        out.reverse()  # any order
+        batch["status"] = "completed"
+        for key, part in (("output_file_id", out), ("error_file_id", errors)):
+            if part:
+                file_id = f"file-{len(self.files)}"
+                self.files[file_id] = b"".join(json.dumps(x).encode() + b"\n" for x in part)
+                batch[key] = file_id
+        batch["request_counts"].update(completed=len(out), failed=len(errors))
+
+    async def content(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.files[request.match_info["id"]])
+
+
+ONE_TURN = """
+id: one
+turns:
+  - question {{n}}
+vars:
+  n: [a, b, c, d]
+"""
+
+
+def test_a_raw_server_answers_the_batch_endpoints_as_documented(tmp_path, serve_app):
+    documented = DocumentedBatches()
+    served = serve_app(documented.app())
+    batched = play(
+        tmp_path, ONE_TURN, server=served, models=models_text(served, **batch_models(stream=True))
+    )
+    assert batched.result.exit_code == 0, batched.result.output
+    replies = {r["vars"]["n"]: r["turns"][0]["assistant"] for r in batched.transcripts}
+    assert replies == {n: f"reply to question {n}" for n in "abcd"}  # matched by custom_id
+    assert [len(x) for x in documented.lines] == [4, 2]  # the failed and the missing line again
+    for line in documented.lines[0]:
+        assert set(line) == {"custom_id", "method", "url", "body"}
+        assert line["method"] == "POST" and line["url"] == "/v1/chat/completions"
+        assert "stream" not in line["body"] and "stream_options" not in line["body"]
+        assert line["body"]["model"] == "m-chat"
+    assert len({x["custom_id"] for x in documented.lines[0]}) == 4
+    assert documented.creates[0]["endpoint"] == "/v1/chat/completions"
+    assert documented.creates[0]["completion_window"] == "24h"
+    assert documented.uploads[0]["purpose"] == "batch"
+    assert documented.uploads[0]["auth"].startswith("Bearer ")
+    failed = [u for u in batched.usage if u["status"] != 200]
+    assert len(failed) == 2 and all(u["attempt"] == 1 for u in failed)
