@@ -26,7 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from runner.client.providers.base import BatchOutcome, BatchStatus, Provider, Reply, Request
+from runner.client.providers.base import Provider, Reply, Request
+from runner.client.providers.batchwire import BatchOutcome, BatchStatus, BatchWire
 from runner.client.providers.transport import checked
 from runner.errors import ApiError, Kind
 from runner.results.records import utc_now
@@ -111,7 +112,7 @@ class Batcher:
         settle_s: float = SETTLE_S,
     ) -> None:
         self.session, self.provider, self.target, self.log = session, provider, target, log
-        self.wire = provider.batch_wire()
+        self.wire: BatchWire = provider.batch_wire()
         self.poll_s, self.settle_s = poll_s, settle_s
         self.holders = 0  # conversations in flight with this target
         self.pending: list[Waiting] = []

@@ -170,20 +170,6 @@ class Capabilities:
 MAX_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
-@dataclass(slots=True)
-class BatchStatus:
-    """A batch as its provider's poll answered: its own state word, whether it has ended,
-    and its counts of lines (the provider's names)."""
-
-    state: str
-    ended: bool
-    counts: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)  # the poll's body, for reading results
-
-
-BatchOutcome = dict[str, "Reply | ApiError"]  # custom id -> its reply, or why it has none
-
-
 class Provider:
     """A protocol adapter: its declarations (below), then building requests, reading
     replies and classifying errors. Register a subclass in runner/client/providers/__init__.py."""
@@ -236,8 +222,8 @@ class Provider:
         raise NotImplementedError
 
     def batch_wire(self) -> Any:
-        """The protocol's Batch API (create, poll, results, cancel; see
-        runner/client/batch.py), or None when it has none (capabilities.batch)."""
+        """The protocol's Batch API (a providers/batchwire.BatchWire), or None when it has
+        none (capabilities.batch)."""
         return None
 
 

@@ -9,6 +9,7 @@ import aiohttp
 
 from runner.client.providers import base, transport
 from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
+from runner.client.providers.batchwire import BatchOutcome, BatchStatus
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
 from runner.messages import Image, Message, Tool, ToolCall, ToolResult, call_record
@@ -181,15 +182,15 @@ class OpenAIBatch:
         made = await self._json(session, "POST", "/batches", data=to_json(body))
         return str(base.want(made.get("id"), str, "a batch id"))
 
-    async def poll(self, session: Any, batch_id: str) -> base.BatchStatus:
+    async def poll(self, session: Any, batch_id: str) -> BatchStatus:
         got = await self._json(session, "GET", f"/batches/{batch_id}")
         state = base.want(got.get("status"), str, "a batch status")
         counts = base.fields(got.get("request_counts"), "request_counts")
-        return base.BatchStatus(state, state in self.ended, counts, got)
+        return BatchStatus(state, state in self.ended, counts, got)
 
-    async def results(self, session: Any, status: base.BatchStatus) -> base.BatchOutcome:
+    async def results(self, session: Any, status: BatchStatus) -> BatchOutcome:
         """Each line of the output and error files by its custom id (any order)."""
-        out: base.BatchOutcome = {}
+        out: BatchOutcome = {}
         for key in ("output_file_id", "error_file_id"):
             file_id = status.raw.get(key)
             if not file_id:
