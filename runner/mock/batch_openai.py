@@ -13,15 +13,14 @@ import json
 import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
+from runner.mock.batches import Lines, delayed, expires, fails
 from runner.mock.state import STATE_KEY
 
 FILES = web.AppKey("batch_files", dict)
 BATCHES = web.AppKey("batch_batches", dict)
 ENDED = ("completed", "failed", "expired", "cancelled")
-LINES_AT_ONCE = 64
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
@@ -69,13 +68,10 @@ async def create(request: web.Request) -> web.Response:
     if body.get("completion_window") != "24h":
         return error(400, "completion_window must be 24h")
     state = request.app[STATE_KEY]
-    state.batches_created += 1
+    expire = expires(state)
     batch = _batch(f"batch_{state.next_id()}", body, len(data.splitlines()))
     request.app[BATCHES][batch["id"]] = batch
-    expire = state.batches_created <= state.options.batch_expire
-    origin = f"{request.scheme}://{request.host}"
-    auth = request.headers.get("Authorization")
-    batch["task"] = asyncio.create_task(_process(request.app, batch, data, origin, auth, expire))
+    batch["task"] = asyncio.create_task(_process(request, batch, data, expire))
     return web.json_response(_shown(batch))
 
 
@@ -117,24 +113,22 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response(_shown(batch))
 
 
-async def _process(
-    app: web.Application, batch: dict[str, Any], data: bytes, origin: str, auth: str | None,
-    expire: bool,
-) -> None:  # fmt: skip
+async def _process(request: web.Request, batch: dict[str, Any], data: bytes, expire: bool) -> None:
     """Answer every line after the delay; write the output and error files."""
-    state = app[STATE_KEY]
+    app, state = request.app, request.app[STATE_KEY]
     batch.update(status="in_progress", in_progress_at=int(time.time()))
-    began = time.monotonic()  # the delay is read as it passes: a test may change it
-    while time.monotonic() - began < state.options.batch_delay_ms / 1000:
-        await asyncio.sleep(min(0.01, state.options.batch_delay_ms / 1000))
+    await delayed(state)
     if expire:
         batch.update(status="expired", expired_at=int(time.time()))
         return
     lines = [json.loads(x) for x in data.splitlines() if x.strip()]
-    gate = asyncio.Semaphore(LINES_AT_ONCE)
-    headers = {"Authorization": auth} if auth else {}
-    async with aiohttp.ClientSession(origin, headers=headers) as session:
-        answers = await asyncio.gather(*(_line(session, gate, line, state) for line in lines))
+    failing = [fails(state) for _ in lines]
+    asked = [(x["url"], x.get("body")) for x, f in zip(lines, failing, strict=True) if not f]
+    answered = iter(await Lines(request).answer(asked))
+    answers = [
+        _line(x, next(answered) if not f else None, state)
+        for x, f in zip(lines, failing, strict=True)
+    ]
     state.rng.shuffle(answers)
     out = [a for ok, a in answers if ok]
     failed = [a for ok, a in answers if not ok]
@@ -148,22 +142,17 @@ async def _process(
             batch[key] = file_id
 
 
-async def _line(
-    session: aiohttp.ClientSession, gate: asyncio.Semaphore, line: dict[str, Any], state: Any
+def _line(
+    line: dict[str, Any], answer: tuple[int, Any] | None, state: Any
 ) -> tuple[bool, dict[str, Any]]:
-    """One line answered: (it succeeded, its output line)."""
-    out: dict[str, Any] = {"id": f"batch_req_{state.next_id()}",
-                           "custom_id": line.get("custom_id"), "error": None}  # fmt: skip
-    if state.options.batch_fail_rate and state.rng.random() < state.options.batch_fail_rate:
-        body = {"error": {"message": "The server had an error processing your request.",
-                          "type": "server_error", "param": None, "code": None}}  # fmt: skip
-        out["response"] = {"status_code": 500, "request_id": state.next_id(), "body": body}
-        return False, out
-    async with gate, session.post(line["url"], json=line.get("body")) as resp:
-        body = await resp.json(content_type=None)
-        out["response"] = {"status_code": resp.status, "request_id": state.next_id(),
-                           "body": body}  # fmt: skip
-        return resp.status == 200, out
+    """One line's output: (it succeeded, the line); no answer: a drawn failure (a 500)."""
+    status, body = answer or (500, {"error": {
+        "message": "The server had an error processing your request.",
+        "type": "server_error", "param": None, "code": None}})  # fmt: skip
+    response = {"status_code": status, "request_id": state.next_id(), "body": body}
+    out = {"id": f"batch_req_{state.next_id()}", "custom_id": line.get("custom_id"),
+           "response": response, "error": None}  # fmt: skip
+    return status == 200, out
 
 
 def add_routes(app: web.Application) -> None:
