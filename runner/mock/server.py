@@ -10,7 +10,15 @@ from typing import Any
 
 from aiohttp import web
 
-from runner.mock import anthropic, batch_anthropic, batch_openai, chat, gemini, responses
+from runner.mock import (
+    anthropic,
+    batch_anthropic,
+    batch_gemini,
+    batch_openai,
+    chat,
+    gemini,
+    responses,
+)
 from runner.mock.faults import MockError
 from runner.mock.limits import Limits, admission_tokens
 from runner.mock.state import STATE_KEY, MockOptions, MockState, Plan
@@ -157,6 +165,7 @@ def make_app(options: MockOptions) -> web.Application:
     app.router.add_get("/mock/stats", stats)
     batch_openai.add_routes(app)
     batch_anthropic.add_routes(app)
+    batch_gemini.add_routes(app)  # its routes first: more specific than /models/{target}
     for version in ("v1beta", "v1"):
         app.router.add_post(f"/{version}/models/{{target}}", handler(gemini.PROTOCOL))
     return app
