@@ -37,12 +37,23 @@ def batch_models(**extra: Any) -> dict[str, Any]:
 
 
 def models_text(server: Any, **extra: Any) -> str:
-    """A models file of the two OpenAI targets (the protocols with a Batch API here)."""
-    common = {"api_key_env": "TEST_API_KEY", "base_url": server.base_url + "/v1", **extra}
+    """A models file of one target per protocol, each with EXTRA."""
+    common = {"api_key_env": "TEST_API_KEY", **extra}
+    v1 = server.base_url + "/v1"
     return json.dumps({"targets": {
-        "chat": {"provider": "openai-chat", "model": "m-chat", **common},
-        "responses": {"provider": "openai-responses", "model": "m-resp", **common},
+        "chat": {"provider": "openai-chat", "model": "m-chat", "base_url": v1, **common},
+        "responses": {"provider": "openai-responses", "model": "m-resp", "base_url": v1,
+                      **common},
+        "gemini": {"provider": "gemini", "model": "m-gem", "base_url": server.base_url,
+                   **common},
+        "anthropic": {"provider": "anthropic", "model": "m-claude",
+                      "base_url": server.base_url, **common},
     }})  # fmt: skip
+
+
+PROTOCOLS = ["chat", "responses", "gemini", "anthropic"]
+# a batch that ended with its lines answered, in each provider's words
+DONE = {"chat": "completed", "responses": "completed", "gemini": "SUCCEEDED", "anthropic": "ended"}
 
 
 def turns(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,7 +112,7 @@ def test_openai_sdk_drives_the_mock_batch_api(make_mock):
 # ---------------------------------------------------------------- through the runner
 
 
-@pytest.mark.parametrize("target", ["chat", "responses"])
+@pytest.mark.parametrize("target", PROTOCOLS)
 def test_batch_mode_gives_the_direct_transcripts_one_batch_per_round(tmp_path, make_mock, target):
     server = make_mock()
     direct, batched = (
@@ -115,7 +126,7 @@ def test_batch_mode_gives_the_direct_transcripts_one_batch_per_round(tmp_path, m
     assert [(b["round"], b["lines"]) for b in rounds] == [(1, 3), (2, 3), (3, 3)]
     assert server.state.batches_created == 3
     listed = batched.manifest["batches"]
-    assert [b["state"] for b in listed] == ["completed"] * 3
+    assert [b["state"] for b in listed] == [DONE[target]] * 3
     ids = {b["batch_id"] for b in listed}
     assert all(u["batch"] is True and u["batch_id"] in ids for u in batched.usage)
     assert len(batched.usage) == 9
@@ -133,17 +144,20 @@ def test_streaming_is_dropped_in_batch_mode(tmp_path, make_mock):
     assert sent and not any(r["json"].get("stream") for r in sent)
 
 
-def test_failed_and_expired_lines_are_retried_in_the_next_round(tmp_path, make_mock):
-    server = make_mock(batch_fail_rate=0.3, batch_expire=1, seed=3)
-    batched = play(
-        tmp_path, THREE, server=server, models=models_text(server, **batch_models(max_retries=8))
-    )
+@pytest.mark.parametrize("target", PROTOCOLS)
+def test_failed_and_expired_lines_are_retried_in_the_next_round(tmp_path, make_mock, target):
+    server = make_mock(batch_fail_rate=0.4, batch_expire=1, seed=3)
+    models = models_text(server, **batch_models(max_retries=8))
+    batched = play(tmp_path, THREE, targets=[target], models=models)
     assert batched.result.exit_code == 0, batched.result.output
     assert all(r["status"] == "ok" for r in batched.transcripts)
     states = [b["state"] for b in batched.manifest["batches"]]
-    assert states[0] == "expired" and states.count("expired") == 1
+    assert states[0] in ("expired", "EXPIRED", "ended")  # Anthropic: ended, each line expired
+    expired = set(created(batched.run_dir)[0]["keys"])
+    assert {u["batch_key"]: u["status"] != 200 for u in batched.usage
+            if u["batch_key"] in expired} == dict.fromkeys(expired, True)  # fmt: skip
     failed = [u for u in batched.usage if u["status"] != 200]
-    assert any(u["status"] == 500 for u in failed)  # lines of the error file
+    assert len(failed) > 3  # the expired batch's three lines, and failed lines
     assert all(u["batch"] for u in batched.usage)
     assert len(states) > 3  # retry rounds beside the three
     ok = [u for u in batched.usage if u["status"] == 200]
@@ -179,11 +193,11 @@ def test_cost_and_max_cost_reflect_the_batch_price_factor(tmp_path, make_mock):
     assert over.manifest["counts"]["not_run"] > 0
 
 
-def test_kill_while_a_batch_is_out_then_resume_polls_it(tmp_path, make_mock):
+@pytest.mark.parametrize("target", PROTOCOLS)
+def test_kill_while_a_batch_is_out_then_resume_polls_it(tmp_path, make_mock, target):
     server = make_mock(batch_delay_ms=HOUR_MS)  # the first batch is held
-    running = spawn(
-        tmp_path, THREE, "-c", "10", server=server, models=models_text(server, **batch_models())
-    )
+    models = models_text(server, **batch_models())
+    running = spawn(tmp_path, THREE, "-c", "10", targets=[target], models=models)
     wait_until(lambda: count_lines(running.run_dir / "batches.jsonl") >= 1, running.proc)
     running.proc.send_signal(signal.SIGKILL)
     killed = running.finish()
@@ -244,7 +258,11 @@ def test_cancel_batches_on_resume_sends_their_rounds_again(tmp_path, make_mock):
 # ---------------------------------------------------------------- refused at start
 
 
-def test_a_provider_without_a_batch_api_is_refused_with_its_line(tmp_path, make_mock):
+def test_a_provider_without_a_batch_api_is_refused_with_its_line(tmp_path, make_mock, monkeypatch):
+    from runner.client.providers.base import Capabilities
+    from runner.client.providers.gemini import Gemini
+
+    monkeypatch.setattr(Gemini, "capabilities", Capabilities(tools=True))  # as if it had none
     server = make_mock()
     models = f"""
 targets:

@@ -18,6 +18,7 @@ from runner.mock.batches import Lines, delayed, expires, fails
 from runner.mock.state import STATE_KEY
 
 OPERATIONS = web.AppKey("gemini_batches", dict)
+OTHER = web.AppKey("gemini_batches_other", object)
 TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main."
 INTERNAL = {"code": 13, "message": "An internal error has occurred.", "status": "INTERNAL"}
 
@@ -72,7 +73,8 @@ async def _process(
         operation["done"] = True
         return
     failing = [fails(state) for _ in items]
-    path = f"/v1beta/models/{model}:generateContent" + (
+    version = request.path.split("/")[1]
+    path = f"/{version}/models/{model}:generateContent" + (
         f"?{request.query_string}" if request.query_string else ""
     )
     asked = [(path, i.get("request")) for i, f in zip(items, failing, strict=True) if not f]
@@ -91,8 +93,11 @@ async def _process(
 
 
 async def get(request: web.Request) -> web.Response:
-    """GET /v1beta/batches/{id}: the operation."""
+    """GET /v1beta/batches/{id}: the operation (under /v1, an OpenAI batch's id is passed
+    on: the two APIs share the path)."""
     found = request.app[OPERATIONS].get(request.match_info["batch_id"])
+    if found is None and request.path.startswith("/v1/"):
+        return await request.app[OTHER](request)
     if found is None:
         return error(404, "Requested entity was not found.", "NOT_FOUND")
     return web.json_response(found[0])
@@ -111,9 +116,11 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-def add_routes(app: web.Application) -> None:
-    """Before the generic /models/{target} route: this one is more specific."""
-    app[OPERATIONS] = {}
-    app.router.add_post("/v1beta/models/{model}:batchGenerateContent", create)
-    app.router.add_get("/v1beta/batches/{batch_id}", get)
-    app.router.add_post("/v1beta/batches/{batch_id}:cancel", cancel)
+def add_routes(app: web.Application, other: Any) -> None:
+    """Before the generic /models/{target} route: this one is more specific. OTHER answers
+    GET /v1/batches/{id} of an id that is not Gemini's."""
+    app[OPERATIONS], app[OTHER] = {}, other
+    for version in ("v1beta", "v1"):
+        app.router.add_post(f"/{version}/models/{{model}}:batchGenerateContent", create)
+        app.router.add_get(f"/{version}/batches/{{batch_id}}", get)
+        app.router.add_post(f"/{version}/batches/{{batch_id}}:cancel", cancel)

@@ -163,9 +163,11 @@ def make_app(options: MockOptions) -> web.Application:
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
     app.router.add_post("/v1/messages", handler(anthropic.PROTOCOL))
     app.router.add_get("/mock/stats", stats)
+    # Gemini's batch routes first: more specific than /models/{target}, and GET
+    # /v1/batches/{id} of an OpenAI batch is passed on to the OpenAI Batch API
+    batch_gemini.add_routes(app, batch_openai.get)
     batch_openai.add_routes(app)
     batch_anthropic.add_routes(app)
-    batch_gemini.add_routes(app)  # its routes first: more specific than /models/{target}
     for version in ("v1beta", "v1"):
         app.router.add_post(f"/{version}/models/{{target}}", handler(gemini.PROTOCOL))
     return app
