@@ -9,6 +9,7 @@ an INTERNAL error, the first `batch_expire` batches end EXPIRED with no output.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,8 @@ from runner.mock.batches import Lines, delayed, expires, fails
 from runner.mock.state import STATE_KEY
 
 OPERATIONS = web.AppKey("gemini_batches", dict)
-OTHER = web.AppKey("gemini_batches_other", object)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OTHER: web.AppKey[Handler] = web.AppKey("gemini_batches_other")
 TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main."
 INTERNAL = {"code": 13, "message": "An internal error has occurred.", "status": "INTERNAL"}
 
@@ -92,7 +94,7 @@ async def _process(
     operation.update(done=True, response={"@type": TYPE + "GenerateContentBatchOutput", **output})
 
 
-async def get(request: web.Request) -> web.Response:
+async def get(request: web.Request) -> web.StreamResponse:
     """GET /v1beta/batches/{id}: the operation (under /v1, an OpenAI batch's id is passed
     on: the two APIs share the path)."""
     found = request.app[OPERATIONS].get(request.match_info["batch_id"])
@@ -116,7 +118,7 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-def add_routes(app: web.Application, other: Any) -> None:
+def add_routes(app: web.Application, other: Handler) -> None:
     """Before the generic /models/{target} route: this one is more specific. OTHER answers
     GET /v1/batches/{id} of an id that is not Gemini's."""
     app[OPERATIONS], app[OTHER] = {}, other
