@@ -4,6 +4,7 @@ the mock (driven by the official SDK too) and a raw server answering as document
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -413,3 +414,210 @@ def test_a_raw_server_answers_the_batch_endpoints_as_documented(tmp_path, serve_
     assert documented.uploads[0]["auth"].startswith("Bearer ")
     failed = [u for u in batched.usage if u["status"] != 200]
     assert len(failed) == 2 and all(u["attempt"] == 1 for u in failed)
+
+
+def test_anthropic_sdk_drives_the_mock_message_batches(make_mock):
+    anthropic = pytest.importorskip("anthropic")
+    server = make_mock(batch_fail_rate=0.0)
+    client = anthropic.Anthropic(base_url=server.base_url, api_key="k", max_retries=0)
+    asked = [
+        {"custom_id": f"c_{i}", "params": {"model": "m", "max_tokens": 20,
+                                           "messages": [{"role": "user", "content": f"q{i}"}]}}
+        for i in range(4)
+    ]  # fmt: skip
+    batch = client.messages.batches.create(requests=asked)  # type: ignore[arg-type]
+    while batch.processing_status != "ended":
+        time.sleep(0.01)
+        batch = client.messages.batches.retrieve(batch.id)
+    assert batch.request_counts.succeeded == 4 and batch.results_url
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert set(results) == {f"c_{i}" for i in range(4)}
+    for i in range(4):
+        assert results[f"c_{i}"].type == "succeeded"
+        assert f'"q{i}"' in results[f"c_{i}"].message.content[0].text  # type: ignore[union-attr]
+    with pytest.raises(anthropic.BadRequestError):  # custom_id outside ^[a-zA-Z0-9_-]{1,64}$
+        client.messages.batches.create(requests=[{**asked[0], "custom_id": "a|b"}])  # type: ignore[list-item]
+    server.state.options.batch_delay_ms = HOUR_MS
+    held = client.messages.batches.create(requests=asked)  # type: ignore[arg-type]
+    assert client.messages.batches.cancel(held.id).processing_status in ("canceling", "ended")
+    wait_until(lambda: client.messages.batches.retrieve(held.id).processing_status == "ended")
+    kinds = {r.result.type for r in client.messages.batches.results(held.id)}
+    assert kinds == {"canceled"}
+
+
+def test_google_genai_sdk_drives_the_mock_batch_api(make_mock):
+    genai = pytest.importorskip("google.genai")
+    from google.genai import types
+
+    server = make_mock()
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=server.base_url))
+    src = [{"contents": [{"parts": [{"text": f"q{i}"}], "role": "user"}]} for i in range(3)]
+    job = client.batches.create(model="mock-gemini", src=src)  # type: ignore[arg-type]
+    assert job.name and job.name.startswith("batches/")
+    while not job.done:
+        time.sleep(0.01)
+        job = client.batches.get(name=job.name)
+    assert job.state == types.JobState.JOB_STATE_SUCCEEDED
+    assert job.dest and job.dest.inlined_responses
+    texts = [r.response.text for r in job.dest.inlined_responses if r.response]
+    assert len(texts) == 3 and all(f'"q{i}"' in t for i, t in enumerate(texts))  # input order
+    server.state.options.batch_delay_ms = HOUR_MS
+    held = client.batches.create(model="mock-gemini", src=src)  # type: ignore[arg-type]
+    assert held.name
+    client.batches.cancel(name=held.name)
+    assert client.batches.get(name=held.name).state == types.JobState.JOB_STATE_CANCELLED
+
+
+def _last_text(messages: list[dict[str, Any]], key: str = "content") -> str:
+    content = messages[-1][key]
+    return content if isinstance(content, str) else content[0]["text"]
+
+
+class DocumentedMessageBatches:
+    """Anthropic Message Batches as documented: the batch in_progress, then ended with a
+    results_url; results in reverse order; round 1's first line errored (the whole error
+    envelope), its second expired, its third errored as the docs' TypeScript sample reads it
+    (one level)."""
+
+    def __init__(self) -> None:
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/messages/batches", self.create)
+        app.router.add_get("/v1/messages/batches/{id}", self.get)
+        app.router.add_get("/results/{id}", self.results)
+        return app
+
+    async def create(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        self.headers.append(dict(request.headers))
+        batch_id = f"msgbatch_{len(self.batches)}"
+        self.batches[batch_id] = {"id": batch_id, "type": "message_batch",
+                                  "processing_status": "in_progress", "results_url": None,
+                                  "request_counts": {"processing": 1, "succeeded": 0,
+                                                     "errored": 0, "canceled": 0,
+                                                     "expired": 0}}  # fmt: skip
+        return web.json_response(self.batches[batch_id])
+
+    async def get(self, request: web.Request) -> web.Response:
+        batch = self.batches[request.match_info["id"]]
+        if batch["results_url"] is None and batch.get("polled"):
+            base = f"{request.scheme}://{request.host}"
+            batch.update(processing_status="ended", results_url=f"{base}/results/{batch['id']}")
+        batch["polled"] = True
+        return web.json_response({k: v for k, v in batch.items() if k != "polled"})
+
+    async def results(self, request: web.Request) -> web.Response:
+        index = int(request.match_info["id"].split("_")[1])
+        out = []
+        for i, item in enumerate(self.bodies[index]["requests"]):
+            result: dict[str, Any]
+            if index == 0 and i == 0:
+                result = {"type": "errored", "error": {"type": "error", "error": {
+                    "type": "api_error", "message": "Internal server error"}}}  # fmt: skip
+            elif index == 0 and i == 1:
+                result = {"type": "expired"}
+            elif index == 0 and i == 2:
+                result = {"type": "errored", "error": {"type": "overloaded_error",
+                                                       "message": "Overloaded"}}  # fmt: skip
+            else:
+                text = "reply to " + _last_text(item["params"]["messages"])
+                result = {"type": "succeeded", "message": {
+                    "id": f"msg_{i}", "type": "message", "role": "assistant", "model": "m",
+                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 5, "output_tokens": 3}}}  # fmt: skip
+            out.append({"custom_id": item["custom_id"], "result": result})
+        out.reverse()
+        return web.Response(body=b"".join(json.dumps(x).encode() + b"\n" for x in out))
+
+
+def test_a_raw_server_answers_message_batches_as_documented(tmp_path, serve_app):
+    documented = DocumentedMessageBatches()
+    served = serve_app(documented.app())
+    models = models_text(served, **batch_models(stream=True))
+    batched = play(tmp_path, ONE_TURN, targets=["anthropic"], models=models)
+    assert batched.result.exit_code == 0, batched.result.output
+    replies = {r["vars"]["n"]: r["turns"][0]["assistant"] for r in batched.transcripts}
+    assert replies == {n: f"reply to question {n}" for n in "abcd"}  # matched by custom_id
+    assert [len(b["requests"]) for b in documented.bodies] == [4, 3]  # three lines again
+    for item in documented.bodies[0]["requests"]:
+        assert set(item) == {"custom_id", "params"}
+        assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", item["custom_id"])
+        assert "stream" not in item["params"] and item["params"]["max_tokens"] >= 1
+    assert documented.headers[0]["x-api-key"] and documented.headers[0]["anthropic-version"]
+    failed = sorted(str(u["status"]) for u in batched.usage if u["status"] != 200)
+    assert failed == ["500", "529", "http"]  # api_error, overloaded_error, expired
+
+
+class DocumentedGeminiBatches:
+    """The Gemini Batch API as documented: an operation named batches/…, polled through
+    JOB_STATE_RUNNING (the docs' curl names), then done with `response` (where the docs'
+    curl reads it); inline responses in input order without their metadata, round 1's
+    second one an error status."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.polls: dict[str, int] = {}
+        self.headers: list[dict[str, str]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1beta/models/{model}:batchGenerateContent", self.create)
+        app.router.add_get("/v1beta/batches/{id}", self.get)
+        return app
+
+    async def create(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        self.headers.append(dict(request.headers))
+        name = f"batches/b{len(self.bodies) - 1}"
+        meta = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main."
+                "GenerateContentBatch", "model": "models/m-gem", "state": "BATCH_STATE_PENDING",
+                "batchStats": {"requestCount": "1", "pendingRequestCount": "1"}}  # fmt: skip
+        return web.json_response({"name": name, "metadata": meta})
+
+    async def get(self, request: web.Request) -> web.Response:
+        batch_id = request.match_info["id"]
+        self.polls[batch_id] = self.polls.get(batch_id, 0) + 1
+        if self.polls[batch_id] == 1:
+            return web.json_response({"name": f"batches/{batch_id}",
+                                      "metadata": {"state": "JOB_STATE_RUNNING"}})  # fmt: skip
+        index = int(batch_id[1:])
+        out = []
+        for i, item in enumerate(
+            self.bodies[index]["batch"]["input_config"]["requests"]["requests"]
+        ):
+            if index == 0 and i == 1:
+                out.append({"error": {"code": 13, "message": "internal", "status": "INTERNAL"}})
+                continue
+            text = "reply to " + item["request"]["contents"][-1]["parts"][0]["text"]
+            out.append({"response": {"candidates": [{"content": {"parts": [{"text": text}],
+                        "role": "model"}, "finishReason": "STOP", "index": 0}],
+                        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3,
+                                          "totalTokenCount": 8}}})  # fmt: skip
+        return web.json_response({
+            "name": f"batches/{batch_id}", "done": True,
+            "metadata": {"state": "JOB_STATE_SUCCEEDED"},
+            "response": {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main."
+                         "GenerateContentBatchOutput",
+                         "inlinedResponses": {"inlinedResponses": out}},
+        })  # fmt: skip
+
+
+def test_a_raw_server_answers_gemini_batches_as_documented(tmp_path, serve_app):
+    documented = DocumentedGeminiBatches()
+    served = serve_app(documented.app())
+    models = models_text(served, **batch_models())
+    batched = play(tmp_path, ONE_TURN, targets=["gemini"], models=models)
+    assert batched.result.exit_code == 0, batched.result.output
+    replies = {r["vars"]["n"]: r["turns"][0]["assistant"] for r in batched.transcripts}
+    assert replies == {n: f"reply to question {n}" for n in "abcd"}  # by position
+    requests = documented.bodies[0]["batch"]["input_config"]["requests"]["requests"]
+    assert [set(r) for r in requests] == [{"request", "metadata"}] * 4
+    assert len({r["metadata"]["key"] for r in requests}) == 4
+    assert len(documented.bodies) == 2  # the failed line once more
+    assert documented.headers[0]["x-goog-api-key"]
+    assert len([u for u in batched.usage if u["status"] != 200]) == 1
