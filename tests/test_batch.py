@@ -621,3 +621,23 @@ def test_a_raw_server_answers_gemini_batches_as_documented(tmp_path, serve_app):
     assert len(documented.bodies) == 2  # the failed line once more
     assert documented.headers[0]["x-goog-api-key"]
     assert len([u for u in batched.usage if u["status"] != 200]) == 1
+
+
+def test_ctrl_c_leaves_batches_running_and_says_how_to_resume(tmp_path, make_mock):
+    server = make_mock(batch_delay_ms=HOUR_MS)
+    models = models_text(server, **batch_models())
+    running = spawn(tmp_path, THREE, targets=["chat"], models=models)
+    wait_until(lambda: count_lines(running.run_dir / "batches.jsonl") >= 1, running.proc)
+    running.proc.send_signal(signal.SIGINT)
+    stopped = running.finish()
+    assert stopped.result.exit_code == 130, stopped.result.stderr
+    assert "1 batch(es) left running" in stopped.result.stderr
+    assert f"--resume {running.run_dir}" in stopped.result.stderr
+    assert "--cancel-batches" in stopped.result.stderr
+    (listed,) = stopped.manifest["batches"]
+    assert listed["ended_at"] is None and listed["lines"] == 3
+    assert listed["state"] == "in_progress"  # as last polled
+    server.state.options.batch_delay_ms = 0
+    resumed = stopped.resume()
+    assert resumed.result.exit_code == 0, resumed.result.output
+    assert server.state.batches_created == 3 and len(resumed.transcripts) == 3

@@ -72,7 +72,10 @@ class BatchLog:
             self.open[batch_id] = target
             self.rounds[target] = max(self.rounds.get(target, 0), entry.get("round", 0))
             self.batches[batch_id] = {
-                k: entry.get(k) for k in ("batch_id", "target", "round", "lines", "created_at")
+                **{k: entry.get(k) for k in ("batch_id", "target", "round", "lines")},
+                "state": "created",
+                "created_at": entry.get("created_at"),
+                "ended_at": None,
             }
         elif entry.get("event") == "ended":
             self.open.pop(batch_id, None)
@@ -81,7 +84,7 @@ class BatchLog:
         elif entry.get("event") == "dropped":
             self.open.pop(batch_id, None)
             self.tickets = {k: t for k, t in self.tickets.items() if t[0] != batch_id}
-            self.batches.get(batch_id, {}).update(state="cancelled")
+            self.batches.get(batch_id, {}).update(state="cancelled", ended_at=entry.get("ended_at"))
 
     def write(self, entry: dict[str, Any]) -> None:
         """Append (and flush) one entry, and take it in."""
@@ -122,7 +125,9 @@ class Batcher:
         self.outcomes: dict[str, asyncio.Task[BatchOutcome]] = {}
         self.states: dict[str, BatchStatus] = {}  # the batches out, as last polled
         self.rounds: asyncio.Task[None] | None = None
-        self.on_state: Callable[[], None] = lambda: None
+        self.on_state: Callable[[], None] = lambda: None  # a batch was polled (progress)
+        self.current: list[str] = []  # the batches of the round out
+        self.round_began = time.monotonic()
 
     def hold(self, n: int) -> None:
         """A conversation of the target starts (1) or ends (-1)."""
@@ -159,6 +164,15 @@ class Batcher:
         if self.rounds is not None:
             self.rounds.cancel()
 
+    def describe(self) -> str:
+        """The round out: its batches' states and line counts, and the time it has waited."""
+        if not self.current:
+            return f"round {self.round}" if self.round else "gathering"
+        states = [self.states[b] for b in self.current if b in self.states]
+        shown = ", ".join(f"{s.state} {_counts(s.counts)}".strip() for s in states)
+        waited = time.monotonic() - self.round_began
+        return f"round {self.round}: {len(self.current)} batch(es) {shown} {waited:.0f}s"
+
     def _ready(self) -> bool:
         return len(self.pending) >= self.holders or time.monotonic() - self.last >= self.settle_s
 
@@ -173,7 +187,9 @@ class Batcher:
                 continue
             lines, self.pending = self.pending, []
             self.round += 1
+            self.round_began = time.monotonic()
             made = await asyncio.gather(*(self._create(c) for c in self._chunks(lines)))
+            self.current = [b for b in made if b]
             await asyncio.gather(*(self._outcome(b) for b in made if b), return_exceptions=True)
 
     def _chunks(self, lines: list[Waiting]) -> list[list[Waiting]]:
@@ -227,6 +243,8 @@ class Batcher:
                 await asyncio.sleep(self.poll_s)
                 continue
             self.states[batch_id] = status
+            if batch_id in self.log.batches:  # run.json shows it as last polled
+                self.log.batches[batch_id]["state"] = status.state
             self.on_state()
             if status.ended:
                 break
@@ -255,8 +273,14 @@ class Batcher:
             except ApiError as err:
                 if err.status != 404:
                     raise
-            self.log.write({"event": "dropped", "batch_id": batch_id, "target": self.target})
+            self.log.write({"event": "dropped", "batch_id": batch_id, "target": self.target,
+                            "ended_at": utc_now()})  # fmt: skip
         return ids
+
+
+def _counts(counts: dict[str, Any]) -> str:
+    """A batch's line counts as the provider names them, those not zero."""
+    return " ".join(f"{k}={v}" for k, v in counts.items() if v not in (0, "0", None))
 
 
 def retried(message: str) -> ApiError:

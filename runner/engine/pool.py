@@ -122,6 +122,9 @@ async def execute(
             lambda: _stats(clients, tokens()["total_tokens"] - before, began),
         )
         stack.callback(progress.close)
+        for client in clients.values():
+            if client.batcher is not None:
+                client.batcher.on_state = progress.tick
         with _quiet_gc():
             outcome.interrupted = await _pool(
                 todo if budget is None else _within(todo, budget, outcome),
@@ -308,4 +311,8 @@ def _stats(clients: dict[str, TargetClient], tokens: int, began: float) -> str:
         for name, c in clients.items()
         if c.limit.limit < c.limit.maximum
     )
-    return f"retries={retries} tok/s={rate:.0f}" + (f" limit {limits}" if limits else "")
+    batches = " ".join(
+        f"{name} {c.batcher.describe()}" for name, c in clients.items() if c.batcher is not None
+    )
+    shown = f"retries={retries} tok/s={rate:.0f}" + (f" limit {limits}" if limits else "")
+    return shown + (f" | {batches}" if batches else "")

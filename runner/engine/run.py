@@ -204,6 +204,14 @@ class Finished:
                 f"\ninterrupted: {c['not_run']} conversations were not run; run them with: "
                 f"dialogue-runner run --resume {shlex.quote(str(self.run_dir))}"
             )
+        out = [b for b in self.manifest.get("batches", ()) if not b.get("ended_at")]
+        if self.manifest["status"] == "interrupted" and out:
+            where = shlex.quote(str(self.run_dir))
+            text += (
+                f"\n{len(out)} batch(es) left running (their answers are kept for you): collect "
+                f"them with: dialogue-runner run --resume {where}  (add --cancel-batches to "
+                "cancel them and send their requests again)"
+            )
         if self.groups:
             passing = sum(g.clears for g in self.groups)
             flaky = sum(g.flaky for g in self.groups)
