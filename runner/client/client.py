@@ -210,6 +210,10 @@ class TargetClient:
         target; an answer the provider calls an overload (503, or a 429 the pacer finds no
         empty budget behind: too many in flight) lowers the requests in flight."""
         err.message = cut_message(clean_text(mask(err.message, self.target.key)))
+        if self.batcher is not None:  # a batch line's failure says nothing of the rates
+            self.limit.release(ticket)
+            self.breaker.observe(err)
+            return
         empty = None
         if err.kind is Kind.RATE_LIMIT:
             empty = self.pacer.refused(err.headers, err.message, marks, cost)

@@ -109,11 +109,7 @@ async def execute(
         batches = _batch_log(targets, run_dir, run_id, stack, outcome)
         clients = {t.name: TargetClient(t, stream, sink, plan.cache, batches=batches)
                    for t in targets}  # fmt: skip
-        for client in clients.values():
-            await client.start()
-            stack.push_async_callback(client.close)
-            if client.batcher is not None and cancel_batches:
-                await client.batcher.cancel_open()
+        await _start(clients, stack, cancel_batches)
         began, tokens = time.monotonic(), outcome.summary.tokens
         before = tokens()["total_tokens"]  # a resume's earlier runs: not this run's rate
         progress = Progress(
@@ -123,7 +119,7 @@ async def execute(
         )
         stack.callback(progress.close)
         for client in clients.values():
-            if client.batcher is not None:
+            if client.batcher is not None:  # a polled batch may show a new state
                 client.batcher.on_state = progress.tick
         with _quiet_gc():
             outcome.interrupted = await _pool(
@@ -135,6 +131,18 @@ async def execute(
                 progress,
             )
     return outcome
+
+
+async def _start(
+    clients: dict[str, TargetClient], stack: contextlib.AsyncExitStack, cancel_batches: bool
+) -> None:
+    """Start every client (closed when the run ends); --cancel-batches cancels the batches
+    a batch target left out."""
+    for client in clients.values():
+        await client.start()
+        stack.push_async_callback(client.close)
+        if client.batcher is not None and cancel_batches:
+            await client.batcher.cancel_open()
 
 
 def _batch_log(
