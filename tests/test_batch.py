@@ -204,6 +204,8 @@ def test_kill_while_a_batch_is_out_then_resume_polls_it(tmp_path, make_mock, tar
     killed = running.finish()
     assert killed.result.exit_code == -signal.SIGKILL
     assert server.state.batches_created == 1
+    (out,) = killed.manifest["batches"]  # run.json listed it as soon as it existed
+    assert out["batch_id"] == created(killed.run_dir)[0]["batch_id"] and out["ended_at"] is None
     server.state.options.batch_delay_ms = 0  # the held batch ends now
     resumed = killed.resume()
     assert resumed.result.exit_code == 0, resumed.result.output

@@ -50,7 +50,13 @@ class BatchLog:
     """The run folder's batch file: each batch as it is created (id, target, round, the
     keys of its lines in order) and as it ends (state, counts); read again on resume."""
 
-    def __init__(self, run_dir: Path, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        run_id: str | None = None,
+        on_change: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.on_change = on_change  # told the batches (run.json lists them) as they change
         self.tickets: dict[str, Ticket] = {}  # key -> the batch line that answers it
         self.open: dict[str, str] = {}  # batch id -> target, batches not seen ending
         self.rounds: dict[str, int] = {}  # target -> its last round
@@ -90,6 +96,8 @@ class BatchLog:
         """Append (and flush) one entry, and take it in."""
         self.writer.write(entry)
         self._read(entry)
+        if self.on_change is not None:
+            self.on_change(list(self.batches.values()))
 
     def close(self) -> None:
         self.writer.close()

@@ -85,6 +85,7 @@ async def execute(
     budget: Budget | None = None,
     run_id: str | None = None,
     cancel_batches: bool = False,
+    on_batches: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish.
 
@@ -106,7 +107,7 @@ async def execute(
         sink = _sink(usage, outcome.summary)
         if plan.cache is not None:
             stack.callback(plan.cache.close)
-        batches = _batch_log(targets, run_dir, run_id, stack, outcome)
+        batches = _batch_log(targets, run_dir, run_id, stack, outcome, on_batches)
         clients = {t.name: TargetClient(t, stream, sink, plan.cache, batches=batches)
                    for t in targets}  # fmt: skip
         await _start(clients, stack, cancel_batches)
@@ -151,11 +152,13 @@ def _batch_log(
     run_id: str | None,
     stack: contextlib.AsyncExitStack,
     outcome: Outcome,
+    on_batches: Callable[[list[dict[str, Any]]], None] | None,
 ) -> BatchLog | None:
-    """The run's batch file, read again and appended to, when a target is in batch mode."""
+    """The run's batch file, read again and appended to, when a target is in batch mode;
+    ON_BATCHES is told the run's batches whenever one is created or ends."""
     if not any(t.batch for t in targets):
         return None
-    outcome.batches = BatchLog(run_dir, run_id)
+    outcome.batches = BatchLog(run_dir, run_id, on_batches)
     stack.callback(outcome.batches.close)
     return outcome.batches
 

@@ -263,6 +263,7 @@ def play(
                 budget=budget,
                 run_id=manifest["run_id"],
                 cancel_batches=inv.cancel_batches,
+                on_batches=lambda batches: _listed(run_dir, manifest, batches),
             )
         )
     except WriteError as exc:  # the record files could not even be opened
@@ -275,6 +276,12 @@ def play(
     write_manifest(run_dir, manifest)
     groups = _verdicts(plan, outcome.summary)
     return Finished(run_dir, manifest, rows, plan, groups=groups)
+
+
+def _listed(run_dir: Path, manifest: dict[str, Any], batches: list[dict[str, Any]]) -> None:
+    """run.json lists every batch as soon as it exists, and as it ends."""
+    manifest["batches"] = batches
+    write_manifest(run_dir, manifest)
 
 
 def _verdicts(plan: Plan, summary: Summary) -> list[Group]:
