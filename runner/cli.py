@@ -361,6 +361,16 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
               "only).")  # fmt: skip
 @click.option("--limit-concurrency", type=_mock("limit_concurrency"), default=0,
               help="Requests in progress at once; past it, 429.")  # fmt: skip
+@click.option(
+    "--batch-delay-ms",
+    type=_mock("batch_delay_ms"),
+    default=0.0,
+    help="How long a batch of the Batch APIs runs before its lines are answered.",
+)
+@click.option("--batch-fail-rate", type=_mock("batch_fail_rate"), default=0.0,
+              help="Share of a batch's lines (0..1) that fail.")  # fmt: skip
+@click.option("--batch-expire", type=_mock("batch_expire"), default=0,
+              help="This many first batches expire, with no answers.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip
 def mock_server(host: str, port: int, **opts: Any) -> None:

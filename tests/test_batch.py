@@ -643,3 +643,23 @@ def test_ctrl_c_leaves_batches_running_and_says_how_to_resume(tmp_path, make_moc
     resumed = stopped.resume()
     assert resumed.result.exit_code == 0, resumed.result.output
     assert server.state.batches_created == 3 and len(resumed.transcripts) == 3
+
+
+@pytest.mark.parametrize("target", PROTOCOLS)
+def test_a_round_is_split_at_the_providers_line_limit(tmp_path, make_mock, monkeypatch, target):
+    from runner.client.providers.anthropic import AnthropicBatch
+    from runner.client.providers.gemini import GeminiBatch
+    from runner.client.providers.openai_chat import OpenAIBatch
+
+    for wire in (OpenAIBatch, GeminiBatch, AnthropicBatch):
+        monkeypatch.setattr(wire, "max_lines", 2)
+    server = make_mock()
+    direct = play(tmp_path, THREE, targets=[target], models=models_text(server, **FAST))
+    models = models_text(server, **batch_models())
+    batched = play(tmp_path, THREE, targets=[target], models=models)
+    assert batched.result.exit_code == 0, batched.result.output
+    rounds = created(batched.run_dir)  # three lines a round, at most two a batch
+    assert sorted((b["round"], b["lines"]) for b in rounds) == [
+        (1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)
+    ]  # fmt: skip
+    assert turns(batched.transcripts) == turns(direct.transcripts)

@@ -154,7 +154,7 @@ class Batcher:
                 self.rounds = asyncio.create_task(self._rounds())
             ticket = await waiting.ticket
         outcome = await asyncio.shield(self._outcome(ticket[0]))
-        answer = outcome.get(ticket[1])
+        answer = outcome.pop(ticket[1], None)  # taken once: a batch's answers are let go
         if answer is None:
             state = self.states[ticket[0]].state if ticket[0] in self.states else "?"
             raise retried(f"batch {ticket[0]} ({state}) has no result for this request")
