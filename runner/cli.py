@@ -166,6 +166,14 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
 @click.option("--no-cache", is_flag=True, help="No reply cache, whatever the models file says.")
 @click.option("--cache-only/--no-cache-only", default=False, help="Send nothing: a reply not "
               "in the cache fails (cache_miss); no key is needed.")  # fmt: skip
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="Send turns in rounds through the Batch API of "
+    "every target whose provider has one (half price; each round may take hours).",
+)
+@click.option("--cancel-batches", is_flag=True, help="With --resume: cancel the run's batches "
+              "still out and send their requests again in new rounds.")  # fmt: skip
 @click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
 @click.option("--no-progress", is_flag=True,
@@ -198,6 +206,8 @@ def run(
     cache: str | None,
     no_cache: bool,
     cache_only: bool,
+    batch: bool,
+    cancel_batches: bool,
     idle_timeout: float | None,
     no_progress: bool,
     dry_run: bool,
@@ -267,6 +277,7 @@ def _invocation(params: dict[str, Any]) -> Invocation:
         idle_timeout_s=params["idle_timeout"],
         cache=NO_CACHE if params["no_cache"] else params["cache"],
         cache_only=params["cache_only"],
+        batch=params["batch"],
     )
 
 
@@ -351,6 +362,16 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
               "only).")  # fmt: skip
 @click.option("--limit-concurrency", type=_mock("limit_concurrency"), default=0,
               help="Requests in progress at once; past it, 429.")  # fmt: skip
+@click.option(
+    "--batch-delay-ms",
+    type=_mock("batch_delay_ms"),
+    default=0.0,
+    help="How long a batch of the Batch APIs runs before its lines are answered.",
+)
+@click.option("--batch-fail-rate", type=_mock("batch_fail_rate"), default=0.0,
+              help="Share of a batch's lines (0..1) that fail.")  # fmt: skip
+@click.option("--batch-expire", type=_mock("batch_expire"), default=0,
+              help="This many first batches expire, with no answers.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip
 def mock_server(host: str, port: int, **opts: Any) -> None:

@@ -41,6 +41,16 @@ def cost(tokens: Mapping[str, Any], price: Price | None) -> float | None:
     ) / 1e6
 
 
+def target_price(target: Mapping[str, Any]) -> dict[str, float] | None:
+    """A target's price as its run pays it (a target as run.json lists it): in batch mode,
+    each figure times its `batch_price_factor`."""
+    price = target.get("price")
+    if not price or not target.get("batch"):
+        return dict(price) if price else None
+    factor = target.get("batch_price_factor", 0.5)
+    return {k: v * factor for k, v in price.items()}
+
+
 def price_problem(price: Mapping[str, object]) -> str | None:
     """What is wrong with a `price` mapping of a models file, or None."""
     unknown = sorted(set(price) - set(PRICE_KEYS))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
 
 import runner
+from runner.client.batch import SENDING, Batcher, BatchLog, request_key
 from runner.client.cache import Cache
 from runner.client.limits import AdaptiveLimit, TokenBucket
 from runner.client.pacing import Mark, Pacer
@@ -27,6 +29,7 @@ USER_AGENT = f"dialogue-runner/{runner.__version__}"
 AttemptSink = Callable[[dict[str, Any]], None]
 Where = int | tuple[int, int]  # a turn, or a turn and the request of its tool loop
 At = tuple[str, Where, str | None]  # a conversation, where in it, and a role marking the record
+BATCH_IN_FLIGHT = 10**9  # batch mode: no limit on the requests waiting for a round
 Verdict = Callable[[str], object]  # raises a retryable ApiError when a reply is no verdict
 
 
@@ -40,15 +43,20 @@ class TargetClient:
         on_attempt: AttemptSink,
         cache: Cache | None = None,
         transport: Transport | None = None,
+        batches: BatchLog | None = None,
     ):
         self.target = target
         self.cache = cache  # replies replayed and stored (runner/client/cache.py); None: off
-        self.stream = target.stream if target.stream is not None else stream
+        # a batch never streams: streaming is dropped
+        self.stream = (
+            False if target.batch else target.stream if target.stream is not None else stream
+        )
         self.on_attempt = on_attempt
         self.policy = RetryPolicy(max_retries=target.max_retries, max_wait_s=target.max_wait_s)
-        self.limit = AdaptiveLimit(target.concurrency)
-        self.rpm = TokenBucket(target.rpm) if target.rpm else None
-        self.tpm = TokenBucket(target.tpm) if target.tpm else None
+        # a batch takes every request of a round: the direct call's limits do not apply
+        self.limit = AdaptiveLimit(BATCH_IN_FLIGHT if target.batch else target.concurrency)
+        self.rpm = TokenBucket(target.rpm) if target.rpm and not target.batch else None
+        self.tpm = TokenBucket(target.tpm) if target.tpm and not target.batch else None
         self.provider = provider_for(target)
         # the server's budgets, learned from its headers as the provider names them
         self.pacer = Pacer(max_wait_s=target.max_wait_s, headers=self.provider.rate_headers)
@@ -59,6 +67,8 @@ class TargetClient:
         )
         self.session: aiohttp.ClientSession | None = None  # opened by start()
         self.transport = transport  # over HTTP once start() opened the session
+        self.batches = batches  # the run's batch file: batch mode's transport needs it
+        self.batcher: Batcher | None = None  # batch mode's transport, once started
 
     async def start(self) -> None:
         """Open the HTTP session (one connection pool sized to the target's concurrency) and
@@ -73,9 +83,27 @@ class TargetClient:
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}
         )
-        self.transport = Http(self.session, self.provider, self.limits)
+        if self.target.batch and self.batches is not None:
+            self.transport = self.batcher = Batcher(
+                self.session, self.provider, t.name, t.batch_poll_s, self.batches
+            )
+        else:
+            self.transport = Http(self.session, self.provider, self.limits)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """A conversation of this target in flight (batch mode waits for all of them)."""
+        if self.batcher is not None:
+            self.batcher.hold(1)
+        try:
+            yield
+        finally:
+            if self.batcher is not None:
+                self.batcher.hold(-1)
 
     async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
         if self.session is not None:
             await self.session.close()
 
@@ -156,17 +184,20 @@ class TargetClient:
         self.retries += n > 0
         start = time.perf_counter()
         assert self.transport is not None, "start() first"
+        cid, where, role = at
+        key = request_key(cid, where, n, judge is not None, role)
+        SENDING.set(key)
         try:
             reply = await self.transport.send(request)  # the one place a request is sent
         except Exception as exc:  # anything but an ApiError is our bug: final, said where
             err = exc if isinstance(exc, ApiError) else internal(exc)
             self._failed(err, ticket, marks, estimate)
-            self._record(at, n, err.label, None, start, judge is not None)
+            self._record(at, n, err.label, None, start, judge is not None, key)
             raise err from None
         self.limit.release(ticket, ok=True)
         self.breaker.succeeded()
         self.pacer.answered(reply.headers, marks, estimate)
-        self._record(at, n, 200, reply, start, judge is not None)
+        self._record(at, n, 200, reply, start, judge is not None, key)
         if judge is not None:
             judge(reply.text)
         return reply
@@ -182,6 +213,10 @@ class TargetClient:
         target; an answer the provider calls an overload (503, or a 429 the pacer finds no
         empty budget behind: too many in flight) lowers the requests in flight."""
         err.message = cut_message(clean_text(mask(err.message, self.target.key)))
+        if self.batcher is not None:  # a batch line's failure says nothing of the rates
+            self.limit.release(ticket)
+            self.breaker.observe(err)
+            return
         empty = None
         if err.kind is Kind.RATE_LIMIT:
             empty = self.pacer.refused(err.headers, err.message, marks, cost)
@@ -202,6 +237,7 @@ class TargetClient:
         reply: Reply | None,
         start: float,
         judge: bool,
+        key: str = "",
     ) -> None:
         latency_ms = (time.perf_counter() - start) * 1000
         t, (cid, turn, role) = self.target, at
@@ -210,4 +246,8 @@ class TargetClient:
             record["judge"] = True
         if role:
             record["role"] = role
+        if self.batcher is not None and (batch_id := self.batcher.batch_of(key)):
+            if key in self.batcher.log.recorded:  # recorded before the run was resumed
+                return
+            record.update(batch_id=batch_id, batch=True, batch_key=key)
         self.on_attempt(record)

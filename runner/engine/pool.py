@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from runner.client.batch import BatchLog
 from runner.client.cache import Cache
 from runner.client.client import TargetClient
 from runner.encoding import strict
@@ -43,6 +44,7 @@ class Outcome:
     skipped: int = 0
     over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
     write_error: WriteError | None = None  # the first failed write: the run stopped there
+    batches: BatchLog | None = None  # batch mode: the run's batches (run.json lists them)
 
 
 @dataclass
@@ -82,6 +84,8 @@ async def execute(
     judges: tuple[list[Target], str | None] = ([], None),
     budget: Budget | None = None,
     run_id: str | None = None,
+    cancel_batches: bool = False,
+    on_batches: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish.
 
@@ -104,10 +108,10 @@ async def execute(
         sink = _sink(usage, outcome.summary)
         if plan.cache is not None:
             stack.callback(plan.cache.close)
-        clients = {t.name: TargetClient(t, stream, sink, plan.cache) for t in targets}
-        for client in clients.values():
-            await client.start()
-            stack.push_async_callback(client.close)
+        batches = _batch_log(targets, run_dir, run_id, stack, outcome, on_batches)
+        clients = {t.name: TargetClient(t, stream, sink, plan.cache, batches=batches)
+                   for t in targets}  # fmt: skip
+        await _start(clients, stack, cancel_batches)
         began, tokens = time.monotonic(), outcome.summary.tokens
         before = tokens()["total_tokens"]  # a resume's earlier runs: not this run's rate
         progress = Progress(
@@ -116,6 +120,9 @@ async def execute(
             lambda: _stats(clients, tokens()["total_tokens"] - before, began),
         )
         stack.callback(progress.close)
+        for client in clients.values():
+            if client.batcher is not None:  # a polled batch may show a new state
+                client.batcher.on_state = progress.tick
         with _quiet_gc():
             outcome.interrupted = await _pool(
                 todo if budget is None else _within(todo, budget, outcome),
@@ -126,6 +133,35 @@ async def execute(
                 progress,
             )
     return outcome
+
+
+async def _start(
+    clients: dict[str, TargetClient], stack: contextlib.AsyncExitStack, cancel_batches: bool
+) -> None:
+    """Start every client (closed when the run ends); --cancel-batches cancels the batches
+    a batch target left out."""
+    for client in clients.values():
+        await client.start()
+        stack.push_async_callback(client.close)
+        if client.batcher is not None and cancel_batches:
+            await client.batcher.cancel_open()
+
+
+def _batch_log(
+    targets: list[Target],
+    run_dir: Path,
+    run_id: str | None,
+    stack: contextlib.AsyncExitStack,
+    outcome: Outcome,
+    on_batches: Callable[[list[dict[str, Any]]], None] | None,
+) -> BatchLog | None:
+    """The run's batch file, read again and appended to, when a target is in batch mode;
+    ON_BATCHES is told the run's batches whenever one is created or ends."""
+    if not any(t.batch for t in targets):
+        return None
+    outcome.batches = BatchLog(run_dir, run_id, on_batches)
+    stack.callback(outcome.batches.close)
+    return outcome.batches
 
 
 def _sink(usage: JsonlWriter, summary: Summary) -> Callable[[dict[str, Any]], None]:
@@ -213,8 +249,10 @@ async def _pool(
 
 async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
     """The conversation's record; a bug fails this conversation, not the run."""
+    client = judges.clients[conv.target.name]
     try:
-        return await run_conversation(conv, judges.clients[conv.target.name], judges)
+        with client.holding():
+            return await run_conversation(conv, client, judges)
     except WriteError:
         raise
     except Exception as exc:
@@ -285,4 +323,8 @@ def _stats(clients: dict[str, TargetClient], tokens: int, began: float) -> str:
         for name, c in clients.items()
         if c.limit.limit < c.limit.maximum
     )
-    return f"retries={retries} tok/s={rate:.0f}" + (f" limit {limits}" if limits else "")
+    batches = " ".join(
+        f"{name} {c.batcher.describe()}" for name, c in clients.items() if c.batcher is not None
+    )
+    shown = f"retries={retries} tok/s={rate:.0f}" + (f" limit {limits}" if limits else "")
+    return shown + (f" | {batches}" if batches else "")

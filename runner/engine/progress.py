@@ -30,6 +30,10 @@ class Progress:
             self.ok += 1
         else:
             self.failed += 1
+        self.tick()
+
+    def tick(self) -> None:
+        """Show the state now if it is due (batch mode: a batch's state changed)."""
         if self.mode != "none" and time.monotonic() >= self._next:
             self._show()
 

@@ -41,6 +41,7 @@ MAY_CHANGE = {
     "max_cost": "max_cost",
     "cache": "cache",
     "cache_only": "cache_only",
+    "cancel_batches": "cancel_batches",
 }
 NEW_RUN = ("output_dir", "run_id")  # they name a new run's folder
 
@@ -71,6 +72,7 @@ FIXED: dict[str, Callable[[Any], Any]] = {
     "filters": _names,
     "shard": parse_shard,
     "judge": _same,
+    "batch": _same,
 }
 
 
@@ -180,6 +182,7 @@ def _prepared(
     inv, base = _recorded(manifest)
     changed = changes(inv, given)
     manifest["invocation"].update(changed)
+    manifest["invocation"].pop("cancel_batches", None)  # this resume's alone
     inv = replace(inv, **changed)
     scenarios, _, plan = load(inv, need_keys)
     hashes = file_hashes(scenarios, inv.models_file)

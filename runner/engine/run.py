@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.client.cache import reply_cache
-from runner.cost import total
+from runner.client.providers import PROVIDERS
+from runner.cost import target_price, total
 from runner.engine.judge import judge_names
 from runner.engine.pool import Budget, Outcome, RunPlan, execute
 from runner.engine.progress import mode_for
@@ -59,6 +60,8 @@ class Invocation:
     idle_timeout_s: float | None = None
     cache: str | None = None  # the reply cache's folder; None: the models file's; "": none
     cache_only: bool = False  # a reply not cached fails (cache_miss); keys are not needed
+    batch: bool = False  # --batch: every target whose provider has a Batch API in batch mode
+    cancel_batches: bool = False  # --cancel-batches (resume): batches out are cancelled, resent
 
 
 def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], RunPlan]:
@@ -134,6 +137,8 @@ def _override(target: Target, inv: Invocation) -> Target:
         "max_wait_s": inv.max_wait_s,
         "idle_timeout_s": inv.idle_timeout_s,
     }
+    if inv.batch and PROVIDERS[target.provider].capabilities.batch:
+        changes["batch"] = True
     return replace(target, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -214,6 +219,14 @@ class Finished:
                 f"\ninterrupted: {c['not_run']} conversations were not run; run them with: "
                 f"dialogue-runner run --resume {shlex.quote(str(self.run_dir))}"
             )
+        out = [b for b in self.manifest.get("batches", ()) if not b.get("ended_at")]
+        if self.manifest["status"] == "interrupted" and out:
+            where = shlex.quote(str(self.run_dir))
+            text += (
+                f"\n{len(out)} batch(es) left running (their answers are kept for you): collect "
+                f"them with: dialogue-runner run --resume {where}  (add --cancel-batches to "
+                "cancel them and send their requests again)"
+            )
         if self.groups:
             passing = sum(g.clears for g in self.groups)
             flaky = sum(g.flaky for g in self.groups)
@@ -250,7 +263,7 @@ def play(
     manifest["status"] = "running"
     write_manifest(run_dir, manifest)
     began = time.monotonic()
-    prices = {t.name: t.price for t in plan.targets}
+    prices = {t.name: target_price(t.public()) for t in plan.targets}
     budget = Budget(inv.max_cost, prices) if inv.max_cost is not None else None
     try:
         outcome = event_loop_runner()(
@@ -265,6 +278,8 @@ def play(
                 judges=plan.judges,
                 budget=budget,
                 run_id=manifest["run_id"],
+                cancel_batches=inv.cancel_batches,
+                on_batches=lambda batches: _listed(run_dir, manifest, batches),
             )
         )
     except WriteError as exc:  # the record files could not even be opened
@@ -277,6 +292,12 @@ def play(
     write_manifest(run_dir, manifest)
     groups = _verdicts(plan, outcome.summary)
     return Finished(run_dir, manifest, rows, plan, groups=groups)
+
+
+def _listed(run_dir: Path, manifest: dict[str, Any], batches: list[dict[str, Any]]) -> None:
+    """run.json lists every batch as soon as it exists, and as it ends."""
+    manifest["batches"] = batches
+    write_manifest(run_dir, manifest)
 
 
 def _verdicts(plan: Plan, summary: Summary) -> list[Group]:
@@ -325,6 +346,8 @@ def _finish(
     manifest["usage"] = summary.tokens()
     manifest["cost_usd"] = total([r["cost_usd"] for r in rows])
     manifest["cost_by_target"] = {r["target"]: r["cost_usd"] for r in rows}
+    if outcome.batches is not None:
+        manifest["batches"] = list(outcome.batches.batches.values())
 
 
 def event_loop_runner() -> Any:

@@ -10,7 +10,15 @@ from typing import Any
 
 from aiohttp import web
 
-from runner.mock import anthropic, chat, gemini, responses
+from runner.mock import (
+    anthropic,
+    batch_anthropic,
+    batch_gemini,
+    batch_openai,
+    chat,
+    gemini,
+    responses,
+)
 from runner.mock.faults import MockError
 from runner.mock.limits import Limits, admission_tokens
 from runner.mock.state import STATE_KEY, MockOptions, MockState, Plan
@@ -126,7 +134,8 @@ async def stats(request: web.Request) -> web.Response:
     """GET /mock/stats: connections accepted and API requests answered since the start."""
     state = request.app[STATE_KEY]
     body = {"connections": state.connections, "requests": state.answered,
-            "tokens_admitted": state.limits.tokens_admitted if state.limits else 0}  # fmt: skip
+            "tokens_admitted": state.limits.tokens_admitted if state.limits else 0,
+            "batches_created": state.batches_created}  # fmt: skip
     return web.Response(text=json.dumps(body), content_type="application/json")
 
 
@@ -154,6 +163,11 @@ def make_app(options: MockOptions) -> web.Application:
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
     app.router.add_post("/v1/messages", handler(anthropic.PROTOCOL))
     app.router.add_get("/mock/stats", stats)
+    # Gemini's batch routes first: more specific than /models/{target}, and GET
+    # /v1/batches/{id} of an OpenAI batch is passed on to the OpenAI Batch API
+    batch_gemini.add_routes(app, batch_openai.get)
+    batch_openai.add_routes(app)
+    batch_anthropic.add_routes(app)
     for version in ("v1beta", "v1"):
         app.router.add_post(f"/{version}/models/{{target}}", handler(gemini.PROTOCOL))
     return app

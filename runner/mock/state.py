@@ -39,6 +39,9 @@ class MockOptions:
     limit_window_s: float = 60.0  # the window the limits are enforced on (its bucket's size)
     limit_headers: str = "openai"  # what answers say of the limits: openai | window | none
     limit_concurrency: int = 0  # requests in progress at once
+    batch_delay_ms: float = 0.0  # Batch APIs: how long a batch runs before its lines are answered
+    batch_fail_rate: float = 0.0  # the share of a batch's lines that fail (500, in the errors)
+    batch_expire: int = 0  # this many first batches expire, with no output
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,7 @@ class MockState:
         self.requests: list[dict[str, Any]] = []
         self.connections = 0  # accepted since start (keep-alive reuse keeps this low)
         self.answered = 0  # requests to the API routes, recorded or not
+        self.batches_created = 0  # by the Batch APIs
         self.store = ResponseStore(options.max_stored_responses)
         self.prefixes = PrefixCache(options.max_stored_responses)
         self._ids = itertools.count(1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.cost import cost
+from runner.cost import cost, target_price
 from runner.results.failures import (
     FailedChecks,
     FailureKey,
@@ -217,7 +217,7 @@ def add_attempts(summary: Summary, records: RunRecords) -> None:
 
 def target_prices(manifest: dict[str, Any]) -> dict[str, dict[str, float] | None]:
     """Each target's price as the manifest recorded it, in the run's order."""
-    return {t["name"]: t.get("price") for t in manifest.get("targets", [])}
+    return {t["name"]: target_price(t) for t in manifest.get("targets", [])}
 
 
 def unstreamed(targets: Iterable[tuple[str, bool | None]], default: bool) -> set[str]:

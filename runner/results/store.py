@@ -31,12 +31,13 @@ from runner.results.records import utc_now
 TRANSCRIPTS = "transcripts.jsonl"
 USAGE = "usage.jsonl"
 MANIFEST = "run.json"
+BATCHES = "batches.jsonl"  # batch mode: each batch as created and as it ended (client/batch.py)
 
 
 LOCK = "run.lock"
 LINK_CHECK_S = 0.05  # how often an appended file is checked to still be in its folder
 # the files a run writes in its folder: none of them may be a symbolic link
-RUN_FILES = (TRANSCRIPTS, USAGE, MANIFEST, MANIFEST + ".tmp", LOCK)
+RUN_FILES = (TRANSCRIPTS, USAGE, BATCHES, MANIFEST, MANIFEST + ".tmp", LOCK)
 # a manifest that cannot be replaced for these reasons is rewritten in place, if it can be:
 # a full disk (no room for a new file), a folder made read-only (no new file allowed in it)
 IN_PLACE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}

@@ -140,6 +140,14 @@ def check_context(scenarios: list[Scenario], targets: list[Target]) -> None:
         for t in targets
         if not PROVIDERS[t.provider].capabilities.server_context
     ]
+    problems += [
+        f"{s.file}:{s.line}: scenario '{s.id}' uses context: server, which cannot ride a "
+        f"batch (each line stands alone); target '{t.name}' is in batch mode"
+        for s in scenarios
+        if isinstance(s.context, Server)
+        for t in targets
+        if t.batch
+    ]
     problems += [p for s in scenarios for t in targets for p in _parts_problems(s, t)]
     if problems:
         raise InputError(problems)

@@ -54,6 +54,8 @@ TARGET = {
     "max_retries": RETRIES,
     "max_wait_s": SECONDS_OR_OFF,
     "fail_fast_after": Range(0, 1_000_000, integer=True),
+    "batch_poll_s": Range(0.001, DAY_S),
+    "batch_price_factor": Range(0, 1),
 }
 
 # the mock server's numeric options (`mock-server`, and `mock:` of a models-file target)
@@ -68,6 +70,9 @@ MOCK = {
     "cut_rate": FRACTION,
     "malformed_rate": FRACTION,
     "slow_rate": FRACTION,
+    "batch_delay_ms": MILLISECONDS,
+    "batch_fail_rate": FRACTION,
+    "batch_expire": Range(0, 1_000_000, integer=True),
     "slow_ms": MILLISECONDS,
     "retry_after_ms": Range(0, DAY_S * 1000, integer=True),
     "max_stored_responses": Range(1, 10_000_000, integer=True),

@@ -52,6 +52,9 @@ class Target:
     max_wait_s: float = 60.0
     fail_fast_after: int = 5  # identical final failures from the start that stop it (0: never)
     price: dict[str, float] | None = None
+    batch: bool = False  # turns go in rounds through the provider's Batch API
+    batch_poll_s: float = 30.0  # how often a batch out is polled
+    batch_price_factor: float = 0.5  # what a batch costs of the price (cost, --max-cost)
     mock: dict[str, Any] | None = None  # options of an in-process mock server
     key: str | None = field(default=None, repr=False)
 
@@ -72,7 +75,8 @@ TYPES: dict[str, tuple[type, ...]] = {
     "connect_timeout_s": (int, float), "first_byte_timeout_s": (int, float),
     "idle_timeout_s": (int, float), "max_response_mb": (int, float),
     "max_retries": (int,), "max_wait_s": (int, float), "price": (dict,), "mock": (dict,),
-    "fail_fast_after": (int,), "cache": (bool,),
+    "fail_fast_after": (int,), "cache": (bool,), "batch": (bool,),
+    "batch_poll_s": (int, float), "batch_price_factor": (int, float),
 }  # fmt: skip
 
 
@@ -90,7 +94,8 @@ def mock_fields() -> set[str]:
 
 def builtin(name: str) -> Target:
     provider, model = BUILTIN[name]
-    return Target(name, provider, model, concurrency=1000, max_wait_s=5.0, mock={})
+    return Target(name, provider, model, concurrency=1000, max_wait_s=5.0, mock={},
+                  batch_poll_s=0.1)  # fmt: skip
 
 
 def load_models(path: str) -> dict[str, Target]:
@@ -171,6 +176,8 @@ def _target(r: Reader, name: str, key_node: Node, node: Node) -> Target | None:
         raise Bad(entries["auth"][1], _auth_problem(name, provider, data["auth"]))
     if data.get("cache") and not provider.capabilities.cache_marks:
         raise Bad(entries["cache"][1], _cache_problem(name, provider))
+    if data.get("batch") and not provider.capabilities.batch:
+        raise Bad(entries["batch"][1], batch_problem(name, provider.name))
     data.setdefault("base_url", provider.default_base_url)
     if data.get("mock") is None:
         data.setdefault("api_key_env", provider.key_env)
@@ -194,6 +201,15 @@ def _cache_problem(target: str, provider: type[Provider]) -> str:
         f"target '{target}': cache: true marks the prompt for providers with cache marks "
         f"({able}); provider {provider.name} has none (it caches long prefixes on its own, "
         "or not at all)"
+    )
+
+
+def batch_problem(target: str, provider: str) -> str:
+    """`batch: true` on a provider without a Batch API here."""
+    able = " or ".join(n for n, cls in PROVIDERS.items() if cls.capabilities.batch)
+    return (
+        f"target '{target}': batch: true sends rounds through a provider's Batch API "
+        f"({able}); provider {provider} has none here, so its turns cannot ride a batch"
     )
 
 

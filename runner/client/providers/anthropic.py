@@ -16,8 +16,9 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
-from runner.client.providers import base
+from runner.client.providers import base, transport
 from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
+from runner.client.providers.batchwire import BatchOutcome, BatchStatus
 from runner.client.providers.ratelimits import RateHeaders
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
@@ -229,6 +230,73 @@ class Anthropic(Provider):
         if isinstance(err, dict):
             message = f"{err.get('type', '')}: {err.get('message', '')}".strip(": ")
         return base.classify(status, message, base.retry_after(headers))
+
+    def batch_wire(self) -> AnthropicBatch:
+        return AnthropicBatch(self)
+
+
+class AnthropicBatch:
+    """Message Batches: {requests: [{custom_id, params}]}, polled until `ended`, results_url
+    read (JSONL, any order): succeeded, errored (the error envelope), canceled or expired."""
+
+    max_lines, max_bytes = 100_000, 256 * 1000 * 1000
+
+    def __init__(self, provider: Anthropic) -> None:
+        self.provider, self.url = provider, f"{provider.base_url}/v1/messages/batches"
+
+    async def create(self, session: Any, lines: list[tuple[str, Request]]) -> str:
+        requests = []
+        for custom_id, request in lines:
+            params = base.loads(request.body, "a request body")
+            params.pop("stream", None)
+            requests.append({"custom_id": custom_id, "params": params})
+        headers = lines[0][1].headers  # the key, the version and any beta header
+        made = await self._json(session, "POST", self.url, headers, to_json({"requests": requests}))
+        return str(base.want(made.get("id"), str, "a batch id"))
+
+    async def poll(self, session: Any, batch_id: str) -> BatchStatus:
+        got = await self._json(session, "GET", f"{self.url}/{batch_id}")
+        state = base.want(got.get("processing_status"), str, "processing_status")
+        counts = base.fields(got.get("request_counts"), "request_counts")
+        return BatchStatus(state, state == "ended", counts, got)
+
+    async def results(self, session: Any, status: BatchStatus) -> BatchOutcome:
+        url = base.text_or_none(status.raw.get("results_url"), "results_url")
+        if not url:
+            return {}
+        head = self.provider.headers
+        text = await transport.call(session, self.provider, "GET", url, headers=head)
+        out: BatchOutcome = {}
+        for raw in text.splitlines():
+            if raw.strip():
+                item = base.want(base.loads(raw, "a result line"), dict, "a result line")
+                result = base.fields(item.get("result"), "a result")
+                out[str(item.get("custom_id"))] = self._answer(result)
+        return out
+
+    def _answer(self, result: dict[str, Any]) -> Reply | ApiError:
+        kind = result.get("type")
+        try:
+            if kind == "succeeded":
+                return self.provider.parse(base.fields(result.get("message"), "a message"))
+            if kind == "errored":  # the whole envelope; the docs' sample reads one level
+                envelope = base.fields(result.get("error"), "a result's error")
+                if envelope.get("type") != "error":
+                    envelope = {"type": "error", "error": envelope}
+                return stream_error(envelope)
+        except ApiError as err:
+            return err
+        return ApiError(Kind.HTTP, f"the batch line was {kind}", retryable=True)
+
+    async def cancel(self, session: Any, batch_id: str) -> None:
+        await self._json(session, "POST", f"{self.url}/{batch_id}/cancel")
+
+    async def _json(
+        self, session: Any, method: str, url: str, head: Any = None, data: Any = None
+    ) -> Any:
+        head = head or self.provider.headers
+        got = await transport.call(session, self.provider, method, url, headers=head, data=data)
+        return base.want(base.loads(got, "a batch object"), dict, "a batch object")
 
 
 def header_params(params: dict[str, Any]) -> dict[str, str]:

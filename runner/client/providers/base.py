@@ -39,6 +39,7 @@ class Reply:
     ttft_ms: float | None = None
     headers: Any = None  # the response's headers (rate-limit pacing reads them)
     tool_calls: tuple[ToolCall, ...] = ()  # the calls the reply makes, in order
+    batch_id: str | None = None  # batch mode: the batch whose line it is
 
     @property
     def finish_reason(self) -> str | None:
@@ -219,6 +220,11 @@ class Provider:
     def error(self, status: int, headers: Any, body: str) -> ApiError:
         """Classify an HTTP error answer."""
         raise NotImplementedError
+
+    def batch_wire(self) -> Any:
+        """The protocol's Batch API (a providers/batchwire.BatchWire), or None when it has
+        none (capabilities.batch)."""
+        return None
 
 
 def malformed(message: str) -> ApiError:

@@ -6,8 +6,9 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from runner.client.providers import base
+from runner.client.providers import base, transport
 from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
+from runner.client.providers.batchwire import BatchOutcome, BatchStatus
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
 from runner.messages import Image, Message, Part, Tool, ToolCall, ToolResult
@@ -184,6 +185,76 @@ class Gemini(Provider):
         return base.classify(
             status, message, delay if delay is not None else base.retry_after(headers), quota
         )
+
+    def batch_wire(self) -> GeminiBatch:
+        return GeminiBatch(self)
+
+
+class GeminiBatch:
+    """batchGenerateContent with inline requests (each with metadata.key), polled as
+    batches/{id} until a terminal state (BATCH_STATE_* or JOB_STATE_*), its
+    inlinedResponses read (by metadata.key, else by position: they keep the input order,
+    and batch mode's custom ids are r0, r1, ...)."""
+
+    max_lines, max_bytes = 1_000_000, 20 * 1000 * 1000  # inline requests: under 20 MB
+    ended = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
+    final_codes = frozenset({3, 5, 7, 16})  # INVALID_ARGUMENT, NOT_FOUND, PERMISSION, AUTH
+
+    def __init__(self, provider: Gemini) -> None:
+        self.provider = provider
+
+    def _url(self, path: str) -> tuple[str, dict[str, str]]:
+        headers = {"Content-Type": "application/json"}
+        return self.provider._authorize(f"{self.provider.base_url}/v1beta/{path}", headers), headers
+
+    async def create(self, session: Any, lines: list[tuple[str, Request]]) -> str:
+        requests = [{"request": base.loads(r.body, "a request body"), "metadata": {"key": c}}
+                    for c, r in lines]  # fmt: skip
+        config = {"requests": {"requests": requests}}
+        body = {"batch": {"display_name": "dialogue-runner round", "input_config": config}}
+        url, headers = self._url(f"models/{self.provider.model}:batchGenerateContent")
+        got = await transport.call(session, self.provider, "POST", url, headers=headers,
+                                   data=to_json(body))  # fmt: skip
+        made = base.want(base.loads(got, "an operation"), dict, "an operation")
+        name = str(base.want(made.get("name"), str, "a batch name")).removeprefix("batches/")
+        return name
+
+    async def poll(self, session: Any, batch_id: str) -> BatchStatus:
+        url, headers = self._url(f"batches/{batch_id}")
+        got = await transport.call(session, self.provider, "GET", url, headers=headers)
+        op = base.want(base.loads(got, "an operation"), dict, "an operation")
+        meta = base.fields(op.get("metadata"), "an operation's metadata")
+        raw = str(meta.get("state") or ("SUCCEEDED" if op.get("done") else "PENDING"))
+        state = raw.removeprefix("BATCH_STATE_").removeprefix("JOB_STATE_")
+        return BatchStatus(state, state in self.ended, base.fields(meta.get("batchStats"), "s"),
+                           op)  # fmt: skip
+
+    async def results(self, session: Any, status: BatchStatus) -> BatchOutcome:
+        raw = status.raw
+        output = raw.get("response") or base.fields(raw.get("metadata"), "metadata").get("output")
+        inlined = base.fields(base.fields(output, "output").get("inlinedResponses"), "responses")
+        out: BatchOutcome = {}
+        for i, item in enumerate(base.items(inlined.get("inlinedResponses"), "responses")):
+            item = base.want(item, dict, "an inlined response")
+            key = base.fields(item.get("metadata"), "metadata").get("key")
+            key = key if isinstance(key, str) else f"r{i}"  # batch.py's custom ids, in order
+            out[key] = self._answer(item)
+        return out
+
+    def _answer(self, item: dict[str, Any]) -> Reply | ApiError:
+        if "error" in item and item["error"]:
+            err = base.fields(item["error"], "an inlined error")
+            code = err.get("code")
+            message = f"{err.get('status', '')}: {err.get('message', '')}".strip(": ")
+            return ApiError(Kind.HTTP, message, retryable=code not in self.final_codes)
+        try:
+            return self.provider.parse(base.fields(item.get("response"), "a response"))
+        except ApiError as err:
+            return err
+
+    async def cancel(self, session: Any, batch_id: str) -> None:
+        url, headers = self._url(f"batches/{batch_id}:cancel")
+        await transport.call(session, self.provider, "POST", url, headers=headers, data=b"{}")
 
 
 def retry_delay(details: list[Any]) -> float | None:

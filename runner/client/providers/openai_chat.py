@@ -5,8 +5,11 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, cast
 
-from runner.client.providers import base
+import aiohttp
+
+from runner.client.providers import base, transport
 from runner.client.providers.base import Call, Capabilities, Provider, Reply, Request, StreamState
+from runner.client.providers.batchwire import BatchOutcome, BatchStatus
 from runner.encoding import to_json
 from runner.errors import ApiError, Kind
 from runner.messages import Image, Message, Tool, ToolCall, ToolResult, call_record
@@ -139,6 +142,91 @@ class OpenAIProvider(Provider):
 
     def error(self, status: int, headers: Any, body: str) -> ApiError:
         return openai_error(status, headers, body)
+
+    def batch_wire(self) -> OpenAIBatch:
+        return OpenAIBatch(self)
+
+
+class OpenAIBatch:
+    """The OpenAI Batch API: a JSONL file of {custom_id, method, url, body} uploaded
+    (purpose batch), a batch made of it (window 24h), polled, its output and error files
+    read; each line's body is read by the provider as a direct call's would be."""
+
+    max_lines = 50_000
+    max_bytes = 200 * 1000 * 1000
+    ended = frozenset({"completed", "failed", "expired", "cancelled"})
+
+    def __init__(self, provider: OpenAIProvider) -> None:
+        self.provider = provider
+        self.base = provider.base_url
+
+    def line(self, custom_id: str, request: Request) -> bytes:
+        """One input line: the exact body of a direct call, never streamed."""
+        body = base.loads(request.body, "a request body")
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        url = "/v1/" + request.url.removeprefix(self.base + "/")
+        return to_json({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
+
+    async def create(self, session: Any, lines: list[tuple[str, Request]]) -> str:
+        data = b"\n".join(self.line(c, r) for c, r in lines) + b"\n"
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", data, filename="round.jsonl", content_type="application/jsonl")
+        auth = {k: v for k, v in self.provider.headers.items() if k != "Content-Type"}
+        url = f"{self.base}/files"
+        sent = await transport.call(session, self.provider, "POST", url, data=form, headers=auth)
+        file_id = base.want(base.loads(sent, "a file object").get("id"), str, "a file id")
+        endpoint = "/v1/" + lines[0][1].url.removeprefix(self.base + "/")
+        body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
+        made = await self._json(session, "POST", "/batches", data=to_json(body))
+        return str(base.want(made.get("id"), str, "a batch id"))
+
+    async def poll(self, session: Any, batch_id: str) -> BatchStatus:
+        got = await self._json(session, "GET", f"/batches/{batch_id}")
+        state = base.want(got.get("status"), str, "a batch status")
+        counts = base.fields(got.get("request_counts"), "request_counts")
+        return BatchStatus(state, state in self.ended, counts, got)
+
+    async def results(self, session: Any, status: BatchStatus) -> BatchOutcome:
+        """Each line of the output and error files by its custom id (any order)."""
+        out: BatchOutcome = {}
+        for key in ("output_file_id", "error_file_id"):
+            file_id = status.raw.get(key)
+            if not file_id:
+                continue
+            url = f"{self.base}/files/{file_id}/content"
+            text = await transport.call(
+                session, self.provider, "GET", url, headers=self.provider.headers
+            )
+            for raw in text.splitlines():
+                if raw.strip():
+                    item = base.want(base.loads(raw, "a batch output line"), dict, "a line")
+                    out[str(item.get("custom_id"))] = self._answer(item)
+        return out
+
+    def _answer(self, item: dict[str, Any]) -> Reply | ApiError:
+        response = item.get("response")
+        if isinstance(response, dict):
+            body, status = response.get("body"), response.get("status_code")
+            if status == 200 and isinstance(body, dict):
+                try:
+                    return self.provider.parse(body)
+                except ApiError as err:
+                    return err
+            return self.provider.error(int(status or 500), {}, to_json(body).decode())
+        error = base.fields(item.get("error"), "a line's error")
+        message = f"batch line failed: {error.get('code')}: {error.get('message')}"
+        return ApiError(Kind.HTTP, message, retryable=True)
+
+    async def cancel(self, session: Any, batch_id: str) -> None:
+        await self._json(session, "POST", f"/batches/{batch_id}/cancel")
+
+    async def _json(self, session: Any, method: str, path: str, data: Any = None) -> Any:
+        url = f"{self.base}{path}"
+        headers = self.provider.headers
+        got = await transport.call(session, self.provider, method, url, headers=headers, data=data)
+        return base.want(base.loads(got, "a batch object"), dict, "a batch object")
 
 
 class OpenAIChat(OpenAIProvider):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -46,22 +47,53 @@ class Http:
 
     async def send(self, request: Request) -> Reply:
         """One HTTP attempt; transport failures become retryable ApiErrors."""
-        try:
+        with classified(request.url):
             reply = await _exchange(self.session, self.provider, request, self.limits)
-        except ApiError:
-            raise
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise unreachable(exc, request.url) from None
-        except TimeoutError:
-            raise ApiError(Kind.TIMEOUT, "the request timed out", retryable=True) from None
-        except aiohttp.ClientPayloadError as exc:
-            message = f"the response was cut off: {exc}"
-            raise ApiError(Kind.STREAM, message, retryable=True) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            raise ApiError(Kind.CONNECTION, message, retryable=True) from None
-        reply.text = clean_text(want(reply.text, str, "the reply text"))
-        return reply
+        return checked(reply)
+
+
+def checked(reply: Reply) -> Reply:
+    """A reply as the client takes it: its text a string, cleaned."""
+    reply.text = clean_text(want(reply.text, str, "the reply text"))
+    return reply
+
+
+@contextlib.contextmanager
+def classified(url: str) -> Iterator[None]:
+    """Failures of the transport inside the block become retryable ApiErrors."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise unreachable(exc, url) from None
+    except TimeoutError:
+        raise ApiError(Kind.TIMEOUT, "the request timed out", retryable=True) from None
+    except aiohttp.ClientPayloadError as exc:
+        message = f"the response was cut off: {exc}"
+        raise ApiError(Kind.STREAM, message, retryable=True) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        raise ApiError(Kind.CONNECTION, message, retryable=True) from None
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    provider: Provider,
+    method: str,
+    url: str,
+    limits: Limits = LIMITS,
+    **kwargs: Any,
+) -> bytes:
+    """One call of a provider's other endpoints (a Batch API's): the whole body of a 2xx
+    answer; any other answer or failure is the ApiError a direct call would raise."""
+    with classified(url):
+        async with session.request(method, url, allow_redirects=False, **kwargs) as resp:
+            if resp.status >= 300:
+                err = await answered_error(resp, provider, limits)
+                err.headers = resp.headers
+                raise err
+            return await read_body(resp, limits)
 
 
 class Capture:
@@ -161,5 +193,5 @@ async def answered_error(
     text = (await read_body(resp, limits)).decode("utf-8", "replace")
     err = provider.error(resp.status, resp.headers, text)
     if resp.status in (404, 405):  # most often a wrong base_url or model: say what was called
-        err.message = f"{err.message} (POST {resp.url} answered {resp.status})"
+        err.message = f"{err.message} ({resp.method} {resp.url} answered {resp.status})"
     return err
