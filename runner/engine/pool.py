@@ -120,9 +120,7 @@ async def execute(
             lambda: _stats(clients, tokens()["total_tokens"] - before, began),
         )
         stack.callback(progress.close)
-        for client in clients.values():
-            if client.batcher is not None:  # a polled batch may show a new state
-                client.batcher.on_state = progress.tick
+        _show_batches(clients, progress)
         with _quiet_gc():
             outcome.interrupted = await _pool(
                 todo if budget is None else _within(todo, budget, outcome),
@@ -133,6 +131,13 @@ async def execute(
                 progress,
             )
     return outcome
+
+
+def _show_batches(clients: dict[str, TargetClient], progress: Progress) -> None:
+    """A polled batch may show a new state: the progress line says it."""
+    for client in clients.values():
+        if client.batcher is not None:
+            client.batcher.on_state = progress.tick
 
 
 async def _start(
