@@ -461,3 +461,26 @@ def wait_until(condition: Callable[[], bool], proc: subprocess.Popen | None = No
         if time.monotonic() > deadline:
             raise AssertionError("the condition never came true")
         time.sleep(0.005)
+
+
+TIMEOUT_S = 10  # an SDK client's timeout against the mock
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MockServer]:
+    """One mock server on a background loop for a whole module (the SDK fidelity tests;
+    a module may define its own)."""
+    with MockThread(MockOptions()) as srv:
+        yield srv
+
+
+@pytest.fixture
+def oai(server: MockServer) -> Iterator[Any]:
+    """The official openai SDK's client against `server`, with no retries of its own."""
+    import openai
+
+    client = openai.OpenAI(
+        base_url=server.base_url + "/v1", api_key="k", max_retries=0, timeout=TIMEOUT_S
+    )
+    yield client
+    client.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -12,24 +11,7 @@ from google import genai
 from google.genai import types
 
 from runner.mock import MockOptions, MockServer, MockThread, reply_text, start_mock, tokens
-
-TIMEOUT_S = 10
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[MockServer]:
-    """One mock server on a background loop for the whole module."""
-    with MockThread(MockOptions()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def oai(server: MockServer) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(
-        base_url=server.base_url + "/v1", api_key="k", max_retries=0, timeout=TIMEOUT_S
-    )
-    yield client
-    client.close()
+from tests.conftest import TIMEOUT_S
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ openai, google-genai and anthropic SDKs; the mock echoes the results it is sent 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -13,27 +12,12 @@ import pytest
 from google import genai
 from google.genai import types
 
-from runner.mock import MockOptions, MockServer, MockThread
+from runner.mock import MockServer
+from tests.conftest import TIMEOUT_S
 
-TIMEOUT_S = 10
 ASK = 'Weather? call get_weather {"city": "Paris"} call get_weather {"city": "Oslo"}'
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 PARIS, OSLO = {"city": "Paris"}, {"city": "Oslo"}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[MockServer]:
-    with MockThread(MockOptions()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def oai(server: MockServer) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(
-        base_url=server.base_url + "/v1", api_key="k", max_retries=0, timeout=TIMEOUT_S
-    )
-    yield client
-    client.close()
 
 
 CHAT_TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
