@@ -26,6 +26,7 @@ from runner.spec.ranges import (
     SECONDS,
     SECONDS_OR_OFF,
     USD,
+    WORKERS,
     Range,
 )
 
@@ -167,6 +168,17 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
               "in the cache fails (cache_miss); no key is needed.")  # fmt: skip
 @click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where conversations are played: here, or by Ray workers (the ray extra).",
+)
+@click.option("--workers", type=Number(WORKERS), help="With --executor ray: how many workers "
+              "(default: one per CPU of the Ray cluster).")  # fmt: skip
+@click.option("--ray-address", metavar="ADDR", help="With --executor ray: join this cluster "
+              "(auto, HOST:PORT, ray://HOST:10001); default: start one for the run.")  # fmt: skip
 @click.option("--no-progress", is_flag=True,
               help="No progress bar or lines on stderr (the end table stays).")  # fmt: skip
 @click.option(
@@ -198,6 +210,9 @@ def run(
     no_cache: bool,
     cache_only: bool,
     idle_timeout: float | None,
+    executor: str,
+    workers: int | None,
+    ray_address: str | None,
     no_progress: bool,
     dry_run: bool,
 ) -> None:
@@ -218,6 +233,8 @@ def run(
         if not paths or not targets:
             raise InputError(NOTHING_TO_RUN)
         inv = _invocation(click.get_current_context().params)
+        if inv.executor != "ray" and (inv.workers or inv.ray_address):
+            raise InputError("--workers and --ray-address go with --executor ray")
         if dry_run:
             for text in first_requests(runs.load(inv, need_keys=False)[2], inv.stream):
                 click.echo(text)
@@ -266,6 +283,9 @@ def _invocation(params: dict[str, Any]) -> Invocation:
         idle_timeout_s=params["idle_timeout"],
         cache=NO_CACHE if params["no_cache"] else params["cache"],
         cache_only=params["cache_only"],
+        executor=params["executor"],
+        workers=params["workers"],
+        ray_address=params["ray_address"],
     )
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runner.client.cache import Cache
 from runner.client.client import TargetClient
@@ -30,6 +30,14 @@ from runner.spec.targets import Target, mock_base_url
 GRACE_S = 5.0  # after Ctrl-C, conversations in flight get this long to finish
 
 
+class Writer(Protocol):
+    """Where records go: a run file (JsonlWriter), or a Ray worker's stream to its driver."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class RunPlan(Plan):
     """A plan as the engine runs it: with the reply cache its clients share."""
 
@@ -43,6 +51,7 @@ class Outcome:
     skipped: int = 0
     over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
     write_error: WriteError | None = None  # the first failed write: the run stopped there
+    workers: int = 0  # --executor ray: the Ray workers that played it (0: played here)
 
 
 @dataclass
@@ -82,17 +91,23 @@ async def execute(
     judges: tuple[list[Target], str | None] = ([], None),
     budget: Budget | None = None,
     run_id: str | None = None,
+    writers: tuple[Writer, Writer] | None = None,
+    stopper: signals.Stopper | None = None,
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish.
 
     judges: the targets that grade judge checks (beside the planned ones) and the default;
-    run_id: stamped on every record, so that readers know the run's own."""
+    run_id: stamped on every record, so that readers know the run's own; writers: where
+    transcripts and usage records go instead of run_dir's files (a Ray worker sends them to
+    its driver); stopper: a stop asked from another thread, taken as a first Ctrl-C."""
     skip = skip or set()
     outcome = Outcome(summary or Summary(), skipped=len(skip))
     in_process_mock = any(t.mock is not None for t in plan.targets)  # its sockets count too
     raise_fd_limit(concurrency * (2 if in_process_mock else 1) + 256)
-    transcripts = JsonlWriter(run_dir / TRANSCRIPTS, run_id)
-    usage = JsonlWriter(run_dir / USAGE, run_id)
+    transcripts, usage = writers or (
+        JsonlWriter(run_dir / TRANSCRIPTS, run_id),
+        JsonlWriter(run_dir / USAGE, run_id),
+    )
     todo = (c for c in plan if c.id not in skip)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(transcripts.close)
@@ -123,11 +138,12 @@ async def execute(
                 transcripts,
                 outcome,
                 progress,
+                stopper,
             )
     return outcome
 
 
-def _sink(usage: JsonlWriter, summary: Summary) -> Callable[[dict[str, Any]], None]:
+def _sink(usage: Writer, summary: Summary) -> Callable[[dict[str, Any]], None]:
     """Each usage record is written, then counted (tokens, requests, the running cost)."""
 
     def write(record: dict[str, Any]) -> None:
@@ -178,9 +194,10 @@ async def _pool(
     todo: Iterator[Conversation],
     judges: Judges,
     concurrency: int,
-    transcripts: JsonlWriter,
+    transcripts: Writer,
     outcome: Outcome,
     progress: Progress,
+    stopper: signals.Stopper | None = None,
 ) -> bool:
     """Workers pull conversations from the shared lazy iterator; returns True if interrupted."""
     stopping = asyncio.Event()
@@ -201,7 +218,7 @@ async def _pool(
             progress.finished(record["status"] == "ok")
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
-    with _interrupts(stopping, workers):
+    with _interrupts(stopping, workers, stopper):
         await asyncio.gather(*workers, return_exceptions=True)
     for task in workers:
         error = None if task.cancelled() else task.exception()
@@ -220,7 +237,7 @@ async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
         return failed_record(conv, Kind.INTERNAL, internal(exc).message)
 
 
-def _write(transcripts: JsonlWriter, conv: Conversation, record: dict[str, Any]) -> None:
+def _write(transcripts: Writer, conv: Conversation, record: dict[str, Any]) -> None:
     """Write a transcript record; one that cannot be encoded (a bug) is replaced by a
     failed record saying so, made strict JSON (what it carries of the scenario could be
     the cause), so that no single record can stop the run."""
@@ -244,8 +261,11 @@ def _cancel(workers: list[asyncio.Task[None]]) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> Iterator[None]:
-    """First SIGINT/SIGTERM: start no more, give those in flight GRACE_S; a second: cancel now."""
+def _interrupts(
+    stopping: asyncio.Event, workers: list[asyncio.Task[None]], stopper: signals.Stopper | None
+) -> Iterator[None]:
+    """First SIGINT/SIGTERM (or STOPPER's stop): start no more, give those in flight
+    GRACE_S; a second: cancel now."""
     loop = asyncio.get_running_loop()
 
     def cancel_all() -> None:
@@ -260,6 +280,8 @@ def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> I
 
     if signals.pending():  # a signal during start-up: stop before anything is sent
         on_signal()
+    if stopper is not None:
+        stopper.arm(loop, on_signal)
     saved = signals.handlers()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):

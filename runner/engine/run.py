@@ -58,6 +58,9 @@ class Invocation:
     idle_timeout_s: float | None = None
     cache: str | None = None  # the reply cache's folder; None: the models file's; "": none
     cache_only: bool = False  # a reply not cached fails (cache_miss); keys are not needed
+    executor: str = "local"  # or "ray": the plan split over Ray workers (engine/cluster.py)
+    workers: int | None = None  # Ray workers (None: one per CPU of the cluster)
+    ray_address: str | None = None  # the Ray cluster to join (None: one started for the run)
 
 
 def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], RunPlan]:
@@ -204,6 +207,9 @@ class Finished:
                 f"\n{passing}/{len(self.groups)} scenario × target pass their verdict "
                 f"(pass rate over samples), {flaky} flaky"
             )
+        inv = self.manifest.get("invocation") or {}
+        if inv.get("executor") == "ray":
+            text += f"\nexecutor: ray, {self.manifest.get('workers')} workers"
         if self.skipped.count:
             text += f"\n{self.skipped.note()}"
         return text
@@ -235,20 +241,8 @@ def play(
     prices = {t.name: t.price for t in plan.targets}
     budget = Budget(inv.max_cost, prices) if inv.max_cost is not None else None
     try:
-        outcome = event_loop_runner()(
-            execute(
-                plan,
-                run_dir,
-                concurrency=inv.concurrency,
-                stream=inv.stream,
-                progress_mode=mode_for(not progress),
-                skip=skip,
-                summary=summary,
-                judges=plan.judges,
-                budget=budget,
-                run_id=manifest["run_id"],
-            )
-        )
+        outcome = _execute(plan, run_dir, inv, mode_for(not progress), skip, summary, budget,
+                           manifest["run_id"])  # fmt: skip
     except WriteError as exc:  # the record files could not even be opened
         outcome = Outcome(summary, skipped=len(skip), write_error=exc)
     unstreamed_targets = unstreamed([(t.name, t.stream) for t in plan.targets], inv.stream)
@@ -259,6 +253,32 @@ def play(
     write_manifest(run_dir, manifest)
     groups = _verdicts(plan, outcome.summary)
     return Finished(run_dir, manifest, rows, plan, groups=groups)
+
+
+def _execute(
+    plan: RunPlan,
+    run_dir: Path,
+    inv: Invocation,
+    progress_mode: str,
+    skip: set[str],
+    summary: Summary,
+    budget: Budget | None,
+    run_id: str,
+) -> Outcome:
+    """The plan played here (one asyncio loop), or by Ray workers (--executor ray)."""
+    if inv.executor == "ray":
+        from runner.engine.cluster import Cluster, execute_on_ray  # Ray is an optional extra
+
+        return execute_on_ray(
+            plan, run_dir, Cluster(inv.ray_address, inv.workers), concurrency=inv.concurrency,
+            stream=inv.stream, progress_mode=progress_mode, skip=skip, summary=summary,
+            budget=budget, run_id=run_id,
+        )  # fmt: skip
+    return event_loop_runner()(
+        execute(plan, run_dir, concurrency=inv.concurrency, stream=inv.stream,
+                progress_mode=progress_mode, skip=skip, summary=summary, judges=plan.judges,
+                budget=budget, run_id=run_id)
+    )  # fmt: skip
 
 
 def _verdicts(plan: Plan, summary: Summary) -> list[Group]:
@@ -307,6 +327,8 @@ def _finish(
     manifest["usage"] = summary.tokens()
     manifest["cost_usd"] = total([r["cost_usd"] for r in rows])
     manifest["cost_by_target"] = {r["target"]: r["cost_usd"] for r in rows}
+    if outcome.workers:
+        manifest["workers"] = outcome.workers
 
 
 def event_loop_runner() -> Any:

@@ -1,0 +1,365 @@
+"""`run --executor ray`: the plan split into parts by conversation id (runner/spec/plan.py,
+part_of), each part played by a Ray actor with the same asyncio engine as a local run
+(runner/engine/pool.py), its finished records streamed back to the driver (a Ray generator
+method consumed with ray.wait), which alone writes the run folder, one checked append at a
+time. Ray is an optional extra (`pip install 'dialogue-runner[ray]'`).
+
+Limits are split honestly, not shared: worker P of M gets its share of each target's
+`concurrency`, `rpm` and `tpm` (and of `-c`), and its own adaptive in-flight limit and
+pacing, which each learn from the same server's refusals and headers. Keys never travel:
+a part names each target's key variable, and the worker reads the key from its own
+environment (on a cluster: the environment the node's `ray start` ran in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from runner.client.cache import Cache
+from runner.encoding import to_json
+from runner.engine import signals
+from runner.engine.pool import GRACE_S, Budget, Outcome, RunPlan, execute
+from runner.engine.progress import Progress
+from runner.errors import InputError, WriteError
+from runner.results.stats import Summary
+from runner.results.store import TRANSCRIPTS, USAGE, JsonlWriter
+from runner.spec.scenarios import Scenario
+from runner.spec.targets import Target, with_key
+
+OBJECT_STORE_MB = 128  # a locally started instance's object store: records pass through it
+BATCH = 1000  # records a worker sends at most in one item of its stream
+QUEUED = 20_000  # records a worker holds unsent before its engine waits for the driver
+BACKLOG = 8  # items of a worker's stream not yet read by the driver before the worker waits
+POLL_S = 0.1  # how often the driver looks at signals while waiting for records
+NEEDS_RAY = "--executor ray needs Ray: pip install 'dialogue-runner[ray]'"
+END, FAILED = "end", "failed"  # the last item of a worker's stream: its run ended, or broke
+
+
+@dataclass
+class Cluster:
+    """Where the workers run: ADDRESS (None: a Ray instance started for this run and shut
+    down after it) and how many (None: one per CPU of the cluster)."""
+
+    address: str | None
+    workers: int | None
+
+
+@dataclass
+class Part:
+    """What worker INDEX of PARTS is sent: the plan without keys, its share of the limits."""
+
+    index: int
+    parts: int
+    scenarios: list[Scenario]
+    targets: list[Target]
+    repeat: int | None
+    shard: tuple[int, int] | None
+    judges: list[Target]
+    default_judge: str | None
+    cache: tuple[str, bool] | None  # the reply cache's folder (absolute) and --cache-only
+    stream: bool
+    concurrency: int
+    run_id: str | None
+
+    def plan(self) -> RunPlan:
+        """The part's plan, each target's key read from this process's environment."""
+        need = self.cache is None or not self.cache[1]
+        plan = RunPlan(self.scenarios, [with_key(t, need) for t in self.targets], self.repeat,
+                       self.shard)  # fmt: skip
+        plan.part = (self.index, self.parts)
+        plan.judges = ([with_key(t, need) for t in self.judges], self.default_judge)
+        plan.cache = Cache(Path(self.cache[0]), self.cache[1]) if self.cache else None
+        return plan
+
+
+def share(total: int, index: int, parts: int) -> int:
+    """Part INDEX's share of TOTAL (the shares add up to it)."""
+    return total // parts + (1 if index - 1 < total % parts else 0)
+
+
+def _target_share(target: Target, index: int, parts: int) -> Target:
+    """The target as worker INDEX of PARTS runs it: its share of the limits, no key."""
+    return replace(
+        target,
+        key=None,
+        concurrency=share(target.concurrency, index, parts),
+        rpm=target.rpm / parts if target.rpm else None,
+        tpm=target.tpm / parts if target.tpm else None,
+    )
+
+
+def parts_of(plan: RunPlan, parts: int, stream: bool, concurrency: int, run_id: str | None
+             ) -> list[Part]:  # fmt: skip
+    """The plan split for PARTS workers; InputError for a limit too small to split."""
+    small = [
+        f"target '{t.name}' has concurrency {t.concurrency}, fewer than the {parts} workers"
+        for t in [*plan.targets, *plan.judges[0]]
+        if t.concurrency < parts
+    ]
+    if concurrency < parts:
+        small.append(f"-c {concurrency} is fewer than the {parts} workers")
+    if small:
+        raise InputError([*small, "(each worker gets its share of every limit: use fewer "
+                                  "--workers or raise the limit)"])  # fmt: skip
+    cache = (str(plan.cache.folder.resolve()), plan.cache.only) if plan.cache else None
+    return [
+        Part(
+            index=i,
+            parts=parts,
+            scenarios=plan.scenarios,
+            targets=[_target_share(t, i, parts) for t in plan.targets],
+            repeat=plan.repeat,
+            shard=plan.shard,
+            judges=[_target_share(t, i, parts) for t in plan.judges[0]],
+            default_judge=plan.judges[1],
+            cache=cache,
+            stream=stream,
+            concurrency=share(concurrency, i, parts),
+            run_id=run_id,
+        )
+        for i in range(1, parts + 1)
+    ]
+
+
+class _Sent:
+    """A worker's record writer: each record (checked to encode, as the run file would)
+    is queued for the driver, tagged with KIND."""
+
+    def __init__(self, records: queue.Queue[tuple[str, Any]], kind: str, run_id: str | None):
+        self.records, self.kind, self.run_id = records, kind, run_id
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.run_id is not None:
+            record["run_id"] = self.run_id
+        to_json(record)  # a record that cannot be written fails here, as in a local run
+        self.records.put((self.kind, record))
+
+    def close(self) -> None:
+        pass
+
+
+class PartWorker:
+    """A Ray actor that plays one part (made remote by `_remote`); `stop` comes in on a
+    second thread of the actor while `run` streams."""
+
+    def __init__(self) -> None:
+        self.stopper = signals.Stopper()
+
+    def check(self, part: Part) -> str:
+        """The node's name, once every key of the part is found here (else InputError)."""
+        part.plan()
+        return os.uname().nodename
+
+    def stop(self) -> None:
+        self.stopper.stop()
+
+    def run(self, part: Part, skip: set[str]) -> Iterator[list[tuple[str, Any]]]:
+        """Play the part (but SKIP); yield the records as they finish, in batches."""
+        from runner.engine.run import event_loop_runner
+
+        records: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=QUEUED)
+        plan = part.plan()
+
+        def play() -> None:
+            try:
+                outcome = event_loop_runner()(execute(
+                    plan, Path("."), concurrency=part.concurrency, stream=part.stream,
+                    progress_mode="none", skip=skip, judges=plan.judges,
+                    writers=(_Sent(records, "t", part.run_id), _Sent(records, "u", part.run_id)),
+                    stopper=self.stopper,
+                ))  # fmt: skip
+                records.put((END, outcome.interrupted))
+            except BaseException as exc:  # noqa: BLE001 - the driver reports it
+                records.put((FAILED, f"{type(exc).__name__}: {exc}"))
+
+        threading.Thread(target=play, daemon=True).start()
+        while True:
+            batch = [records.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < BATCH and batch[-1][0] not in (END, FAILED):
+                    batch.append(records.get_nowait())
+            yield batch
+            if batch[-1][0] in (END, FAILED):
+                return
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError(NEEDS_RAY) from None
+    return ray
+
+
+@contextlib.contextmanager
+def connected(cluster: Cluster) -> Iterator[Any]:
+    """Ray, connected: to the cluster at its address (left running), to the instance this
+    process is already connected to, or to one started for the run and shut down after it."""
+    ray = _ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"logging_level": logging.WARNING, "configure_logging": True}
+    if cluster.address:
+        try:
+            ray.init(address=cluster.address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise InputError(f"--ray-address {cluster.address}: {exc}") from None
+    else:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, cluster.workers or 1),
+            object_store_memory=OBJECT_STORE_MB * 2**20,
+            include_dashboard=False,
+            **quiet,
+        )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def workers_of(ray: Any, cluster: Cluster) -> int:
+    """The number of workers: as asked (at most one per CPU of the cluster), else one per CPU."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if cluster.workers is not None and cluster.workers > cpus:
+        raise InputError(f"--workers {cluster.workers}: the Ray cluster has {cpus} CPUs")
+    return cluster.workers or cpus
+
+
+@dataclass
+class _Driver:
+    """The driver's side: the run files, the counts, progress, and the signals seen."""
+
+    transcripts: JsonlWriter
+    usage: JsonlWriter
+    outcome: Outcome
+    progress: Progress
+    budget: Budget | None
+    lost: list[str] = dataclasses.field(default_factory=list)
+
+    def take(self, batch: list[tuple[str, Any]], worker: int) -> None:
+        summary = self.outcome.summary
+        for kind, record in batch:
+            if kind == "u":
+                self.usage.write(record)
+                summary.add_attempt(record)
+            elif kind == "t":
+                self.transcripts.write(record)
+                summary.add(record)
+                self.progress.finished(record["status"] == "ok")
+            elif kind == FAILED:
+                self.lost.append(f"worker {worker} stopped: {record}")
+
+    def over_budget(self) -> bool:
+        if self.budget is None or self.outcome.over_budget:
+            return False
+        self.outcome.over_budget = self.budget.passed(self.outcome.summary)
+        return self.outcome.over_budget
+
+
+def execute_on_ray(
+    plan: RunPlan,
+    run_dir: Path,
+    cluster: Cluster,
+    *,
+    concurrency: int,
+    stream: bool,
+    progress_mode: str,
+    skip: set[str],
+    summary: Summary,
+    budget: Budget | None,
+    run_id: str | None,
+) -> Outcome:
+    """As pool.execute, with the parts played by Ray workers and their records written here."""
+    outcome = Outcome(summary, skipped=len(skip))
+    with connected(cluster) as ray:
+        n = outcome.workers = workers_of(ray, cluster)
+        parts = parts_of(plan, n, stream, concurrency, run_id)
+        remote = ray.remote(num_cpus=1, max_concurrency=2)(PartWorker)
+        actors = [remote.options(scheduling_strategy="SPREAD").remote() for _ in parts]
+        try:
+            ray.get([a.check.remote(p) for a, p in zip(actors, parts, strict=True)])
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            raise InputError(getattr(cause, "problems", None) or str(cause)) from None
+        began, before = time.monotonic(), summary.tokens()["total_tokens"]
+
+        def stats() -> str:
+            rate = (summary.tokens()["total_tokens"] - before) / max(1e-3, time.monotonic() - began)
+            return f"ray workers={n} tok/s={rate:.0f}"
+
+        skipped = ray.put(skip)
+        streams = {
+            a.run.options(_generator_backpressure_num_objects=BACKLOG).remote(p, skipped): p.index
+            for a, p in zip(actors, parts, strict=True)
+        }
+        driver = _Driver(
+            JsonlWriter(run_dir / TRANSCRIPTS),
+            JsonlWriter(run_dir / USAGE),
+            outcome,
+            Progress(len(plan) - len(skip), progress_mode, stats),
+            budget,
+        )
+        try:
+            _collect(ray, streams, actors, driver)
+        finally:
+            driver.progress.close()
+            driver.transcripts.close()
+            driver.usage.close()
+    for line in driver.lost:
+        print(f"warning: {line}; --resume runs what it did not finish", file=sys.stderr)
+    return outcome
+
+
+def _collect(ray: Any, streams: dict[Any, int], actors: list[Any], driver: _Driver) -> None:
+    """Write each worker's records as they come; the first Ctrl-C (or the budget passed)
+    stops the workers (those in flight get GRACE_S), a second kills them, as does a
+    failed write."""
+    stop_at, killed = None, False
+    with signals.counted() as received:
+        while streams:
+            if stop_at is None and (received() or driver.over_budget()):
+                driver.outcome.interrupted = not driver.outcome.over_budget
+                for actor in actors:
+                    actor.stop.remote()
+                stop_at = time.monotonic() + GRACE_S + 1.0
+            late = stop_at is not None and (received() > 1 or time.monotonic() > stop_at)
+            if not killed and (late or driver.outcome.write_error is not None):
+                for actor in actors:
+                    ray.kill(actor)
+                killed = True
+            ready, _ = ray.wait(list(streams), num_returns=1, timeout=POLL_S)
+            for stream in ready:
+                _read(ray, stream, streams, driver, killed)
+
+
+def _read(ray: Any, stream: Any, streams: dict[Any, int], driver: _Driver, killed: bool
+          ) -> None:  # fmt: skip
+    """The next batch of one worker's stream, written; the stream is dropped at its end."""
+    worker = streams[stream]
+    try:
+        batch = ray.get(next(stream))
+    except StopIteration:
+        del streams[stream]
+        return
+    except ray.exceptions.RayError as exc:
+        del streams[stream]
+        if not killed:
+            driver.lost.append(f"worker {worker} was lost: {type(exc).__name__}")
+        driver.outcome.interrupted = True
+        return
+    try:
+        driver.take(batch, worker)
+    except WriteError as exc:
+        driver.outcome.write_error = driver.outcome.write_error or exc
