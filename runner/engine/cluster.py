@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from runner.encoding import to_json
 from runner.engine import signals
 from runner.engine.pool import GRACE_S, Budget, Outcome, RunPlan, execute
 from runner.engine.progress import Progress
+from runner.engine.reaper import watched
 from runner.errors import InputError, WriteError
 from runner.results.stats import Summary
 from runner.results.store import TRANSCRIPTS, USAGE, JsonlWriter
@@ -203,12 +204,14 @@ def _ray() -> Any:
 
 
 @contextlib.contextmanager
-def connected(cluster: Cluster) -> Iterator[Any]:
+def connected(cluster: Cluster) -> Iterator[tuple[Any, Callable[[], None]]]:
     """Ray, connected: to the cluster at its address (left running), to the instance this
-    process is already connected to, or to one started for the run and shut down after it."""
+    process is already connected to, or to one started for the run and shut down after it
+    (its processes watched: runner/engine/reaper.py); and what to call once the workers
+    run (the watchdog learns of them)."""
     ray = _ray()
     if ray.is_initialized():
-        yield ray
+        yield ray, lambda: None
         return
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     if cluster.address:
@@ -216,17 +219,23 @@ def connected(cluster: Cluster) -> Iterator[Any]:
             ray.init(address=cluster.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise InputError(f"--ray-address {cluster.address}: {exc}") from None
-    else:
-        ray.init(
-            num_cpus=max(os.cpu_count() or 1, cluster.workers or 1),
-            object_store_memory=OBJECT_STORE_MB * 2**20,
-            include_dashboard=False,
-            **quiet,
-        )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+        try:
+            yield ray, lambda: None
+        finally:
+            ray.shutdown()
+        return
+    with watched() as dog:
+        try:
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, cluster.workers or 1),
+                object_store_memory=OBJECT_STORE_MB * 2**20,
+                include_dashboard=False,
+                **quiet,
+            )
+            dog.watch()
+            yield ray, dog.watch
+        finally:
+            ray.shutdown()
 
 
 def workers_of(ray: Any, cluster: Cluster) -> int:
@@ -283,7 +292,7 @@ def execute_on_ray(
 ) -> Outcome:
     """As pool.execute, with the parts played by Ray workers and their records written here."""
     outcome = Outcome(summary, skipped=len(skip))
-    with connected(cluster) as ray:
+    with connected(cluster) as (ray, watch):
         n = outcome.workers = workers_of(ray, cluster)
         parts = parts_of(plan, n, stream, concurrency, run_id)
         remote = ray.remote(num_cpus=1, max_concurrency=2)(PartWorker)
@@ -293,6 +302,7 @@ def execute_on_ray(
         except ray.exceptions.RayTaskError as exc:
             cause = exc.as_instanceof_cause()
             raise InputError(getattr(cause, "problems", None) or str(cause)) from None
+        watch()
         began, before = time.monotonic(), summary.tokens()["total_tokens"]
 
         def stats() -> str:
