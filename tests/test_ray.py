@@ -172,7 +172,7 @@ SLOW = "id: t\nturns: ['{{n}}: one', two]\nvars:\n  n: " + str(list(range(60))) 
 
 
 def test_killed_driver_leaves_no_ray_process_and_resume_completes(tmp_path, cluster, make_mock):
-    server = make_mock(latency_ms=150)
+    server = make_mock(latency_ms=100)
     running = spawn(tmp_path, SLOW, "--executor", "ray", "--workers", "2", "-c", "8",
                     server=server)  # fmt: skip
     running.wait_for_records(4)
@@ -182,14 +182,14 @@ def test_killed_driver_leaves_no_ray_process_and_resume_completes(tmp_path, clus
     assert killed.result.exit_code == -signal.SIGKILL
     assert 4 <= len(killed.transcripts) < 60
     _gone(seen)
-    resumed = killed.resume("--executor", "ray", "--ray-address", cluster)
+    resumed = killed.resume("--executor", "ray", "--ray-address", cluster, "-c", "30")
     assert resumed.result.exit_code == 0, resumed.result.output
     ids = [r["conversation_id"] for r in killed.transcripts]
     assert sorted(ids) == sorted({f"t[{_digest(n)}]@chat" for n in range(60)}) == sorted(set(ids))
 
 
 def test_ctrl_c_stops_the_workers_exits_130_and_no_ray_process_stays(tmp_path, cluster, make_mock):
-    server = make_mock(latency_ms=150)
+    server = make_mock(latency_ms=100)
     running = spawn(tmp_path, SLOW, "--executor", "ray", "--workers", "2", "-c", "4",
                     server=server)  # fmt: skip
     running.wait_for_records(2)
@@ -202,7 +202,9 @@ def test_ctrl_c_stops_the_workers_exits_130_and_no_ray_process_stays(tmp_path, c
     first = len(stopped.transcripts)
     assert 2 <= first < 60
     _gone(seen)
-    again = stopped.resume("--executor", "ray", "--ray-address", cluster)  # joins, in-process
+    again = stopped.resume(
+        "--executor", "ray", "--ray-address", cluster, "-c", "30"
+    )  # joins, in-process
     assert again.result.exit_code == 0, again.result.output
     ids = [r["conversation_id"] for r in stopped.transcripts]
     assert len(ids) == len(set(ids)) == 60

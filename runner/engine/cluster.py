@@ -29,7 +29,7 @@ from typing import Any
 from runner.client.cache import Cache
 from runner.encoding import to_json
 from runner.engine import signals
-from runner.engine.pool import GRACE_S, Budget, Outcome, RunPlan, execute
+from runner.engine.pool import GRACE_S, Budget, Outcome, RunPlan, event_loop_runner, execute
 from runner.engine.progress import Progress
 from runner.engine.reaper import watched
 from runner.errors import InputError, WriteError
@@ -167,8 +167,6 @@ class PartWorker:
 
     def run(self, part: Part, skip: set[str]) -> Iterator[list[tuple[str, Any]]]:
         """Play the part (but SKIP); yield the records as they finish, in batches."""
-        from runner.engine.run import event_loop_runner
-
         records: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=QUEUED)
         plan = part.plan()
 

@@ -79,6 +79,15 @@ def raise_fd_limit(wanted: int) -> None:
         )
 
 
+def event_loop_runner() -> Any:
+    """uvloop.run when the optional uvloop is installed (less CPU per request), else asyncio.run."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 async def execute(
     plan: RunPlan,
     run_dir: Path,
@@ -96,18 +105,16 @@ async def execute(
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish.
 
-    judges: the targets that grade judge checks (beside the planned ones) and the default;
-    run_id: stamped on every record, so that readers know the run's own; writers: where
-    transcripts and usage records go instead of run_dir's files (a Ray worker sends them to
-    its driver); stopper: a stop asked from another thread, taken as a first Ctrl-C."""
+    judges: the graders of judge checks (beside the planned targets) and the default; run_id:
+    stamped on every record; writers: where transcripts and usage go instead of run_dir's
+    files (a Ray worker's stream); stopper: a stop from another thread, as a first Ctrl-C."""
     skip = skip or set()
     outcome = Outcome(summary or Summary(), skipped=len(skip))
     in_process_mock = any(t.mock is not None for t in plan.targets)  # its sockets count too
     raise_fd_limit(concurrency * (2 if in_process_mock else 1) + 256)
-    transcripts, usage = writers or (
-        JsonlWriter(run_dir / TRANSCRIPTS, run_id),
-        JsonlWriter(run_dir / USAGE, run_id),
-    )
+    if writers is None:
+        writers = JsonlWriter(run_dir / TRANSCRIPTS, run_id), JsonlWriter(run_dir / USAGE, run_id)
+    transcripts, usage = writers
     todo = (c for c in plan if c.id not in skip)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(transcripts.close)

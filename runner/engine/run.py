@@ -3,7 +3,6 @@ a resume of it: runner/engine/resume.py."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import os
@@ -18,7 +17,7 @@ from typing import Any
 from runner.client.cache import reply_cache
 from runner.cost import total
 from runner.engine.judge import judge_names
-from runner.engine.pool import Budget, Outcome, RunPlan, execute
+from runner.engine.pool import Budget, Outcome, RunPlan, event_loop_runner, execute
 from runner.engine.progress import mode_for
 from runner.errors import Exit, InputError, WriteError
 from runner.results.reader import Skipped
@@ -329,15 +328,6 @@ def _finish(
     manifest["cost_by_target"] = {r["target"]: r["cost_usd"] for r in rows}
     if outcome.workers:
         manifest["workers"] = outcome.workers
-
-
-def event_loop_runner() -> Any:
-    """uvloop.run when the optional uvloop is installed (less CPU per request), else asyncio.run."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
 
 
 def default_models_file(given: str | None) -> str | None:
