@@ -77,7 +77,7 @@ def test_same_ids_and_transcripts_as_a_local_run_and_the_key_is_nowhere(
     assert {r["run_id"] for r in spread.transcripts + spread.usage} == {"ray"}
     assert len(spread.usage) == len(local.usage)
     assert "executor: ray, 2 workers" in spread.result.stderr
-    assert spread.manifest["workers"] == 2
+    assert spread.manifest["executor"]["workers"] == 2
     assert cli("diff", local.run_dir, spread.run_dir).exit_code == 0  # the gate sees no change
     # both workers played: the plan was split
     assert len(server.requests) == len(local.usage)  # the chat target's, as many as locally
@@ -133,6 +133,12 @@ def test_limits_hold_for_the_whole_run_across_workers(tmp_path, cluster, serve_a
     # rpm 1200 is 20 a second, a second's burst: each worker's bucket of 10 refilled at 10/s
     # admits at most 20 in any second, 40 together (the whole 60 at once without the split)
     assert counting.busiest_second() <= 40
+    one = models.replace("concurrency: 4", "concurrency: 1")
+    refused = play(tmp_path, scenario, "--executor", "ray", "--workers", "2", models=one,
+                   targets=("limited",))  # fmt: skip
+    assert refused.result.exit_code == 2
+    assert "target 'limited' has concurrency 1, fewer than the 2 workers" in refused.result.stderr
+    assert len(counting.arrivals) == 60  # nothing more was sent
 
 
 def _alive(seen: list[tuple[int, str]]) -> list[int]:

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import queue
+import resource
 import sys
 import threading
 import time
@@ -265,8 +266,9 @@ class _Driver:
                 self.transcripts.write(record)
                 summary.add(record)
                 self.progress.finished(record["status"] == "ok")
-            elif kind == FAILED:
+            elif kind == FAILED:  # a bug: what the worker did not finish is for --resume
                 self.lost.append(f"worker {worker} stopped: {record}")
+                self.outcome.interrupted = True
 
     def over_budget(self) -> bool:
         if self.budget is None or self.outcome.over_budget:
@@ -289,9 +291,9 @@ def execute_on_ray(
     run_id: str | None,
 ) -> Outcome:
     """As pool.execute, with the parts played by Ray workers and their records written here."""
-    outcome = Outcome(summary, skipped=len(skip))
+    outcome, connecting = Outcome(summary, skipped=len(skip)), time.monotonic()
     with connected(cluster) as (ray, watch):
-        n = outcome.workers = workers_of(ray, cluster)
+        n = workers_of(ray, cluster)
         parts = parts_of(plan, n, stream, concurrency, run_id)
         remote = ray.remote(num_cpus=1, max_concurrency=2)(PartWorker)
         actors = [remote.options(scheduling_strategy="SPREAD").remote() for _ in parts]
@@ -301,6 +303,8 @@ def execute_on_ray(
             cause = exc.as_instanceof_cause()
             raise InputError(getattr(cause, "problems", None) or str(cause)) from None
         watch()
+        outcome.executor = {"name": "ray", "workers": n,
+                            "startup_s": round(time.monotonic() - connecting, 3)}  # fmt: skip
         began, before = time.monotonic(), summary.tokens()["total_tokens"]
 
         def stats() -> str:
@@ -325,6 +329,8 @@ def execute_on_ray(
             driver.progress.close()
             driver.transcripts.close()
             driver.usage.close()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            outcome.executor["driver_peak_rss_mb"] = round(peak, 1)
     for line in driver.lost:
         print(f"warning: {line}; --resume runs what it did not finish", file=sys.stderr)
     return outcome

@@ -51,7 +51,7 @@ class Outcome:
     skipped: int = 0
     over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
     write_error: WriteError | None = None  # the first failed write: the run stopped there
-    workers: int = 0  # --executor ray: the Ray workers that played it (0: played here)
+    executor: dict[str, Any] | None = None  # --executor ray: workers, start-up s, driver RSS
 
 
 @dataclass

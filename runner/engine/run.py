@@ -206,9 +206,8 @@ class Finished:
                 f"\n{passing}/{len(self.groups)} scenario × target pass their verdict "
                 f"(pass rate over samples), {flaky} flaky"
             )
-        inv = self.manifest.get("invocation") or {}
-        if inv.get("executor") == "ray":
-            text += f"\nexecutor: ray, {self.manifest.get('workers')} workers"
+        if executor := self.manifest.get("executor"):
+            text += f"\nexecutor: ray, {executor['workers']} workers"
         if self.skipped.count:
             text += f"\n{self.skipped.note()}"
         return text
@@ -326,8 +325,8 @@ def _finish(
     manifest["usage"] = summary.tokens()
     manifest["cost_usd"] = total([r["cost_usd"] for r in rows])
     manifest["cost_by_target"] = {r["target"]: r["cost_usd"] for r in rows}
-    if outcome.workers:
-        manifest["workers"] = outcome.workers
+    if outcome.executor:
+        manifest["executor"] = outcome.executor
 
 
 def default_models_file(given: str | None) -> str | None:
