@@ -62,14 +62,16 @@ def run_ray(r: RayRun, server: Server, env: dict[str, str], work: Path) -> dict[
     played = manifest["elapsed_s"] - startup
     return {"run": r.__dict__, "wall_s": sample.wall_s, "elapsed_s": manifest["elapsed_s"],
             "startup_s": startup, "conv_per_s": r.n / played, "cpu_s": sample.cpu_s,
-            "driver_rss_mb": executor.get("driver_peak_rss_mb", sample.rss_mb)}  # fmt: skip
+            "driver_rss_mb": executor.get("driver_peak_rss_mb", sample.rss_mb),
+            "driver_cpu_s": executor.get("driver_cpu_s", sample.cpu_s)}  # fmt: skip
 
 
 def print_ray(results: list[dict[str, Any]]) -> None:
-    print("workload  executor     conv  wall s  Ray start s  played s  conv/s  driver RSS MB")
+    print("workload  executor     conv  wall s  Ray start s  played s  conv/s  driver RSS MB"
+          "  driver CPU µs/conv")  # fmt: skip
     for x in results:
         r = x["run"]
         who = r["executor"] + (f" ×{r['workers']}" if r["executor"] == "ray" else "")
         print(f"{r['name']:<9} {who:<9} {r['n']:>7} {x['wall_s']:>7.2f} {x['startup_s']:>12.2f} "
               f"{x['elapsed_s'] - x['startup_s']:>9.2f} {x['conv_per_s']:>7.0f} "
-              f"{x['driver_rss_mb']:>14.1f}")  # fmt: skip
+              f"{x['driver_rss_mb']:>14.1f} {x['driver_cpu_s'] / r['n'] * 1e6:>19.0f}")  # fmt: skip

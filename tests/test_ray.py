@@ -31,7 +31,7 @@ scenarios:
     vars: {name: [ann, bob, cy, dee, eve]}
     repeat: 3
   - id: plain
-    turns: [one, {user: two, expect: {contains: mock}}]
+    turns: [one, {user: two, expect: {contains: mock, judge: 'says "mock"'}}]
 """
 
 
@@ -66,9 +66,10 @@ def test_same_ids_and_transcripts_as_a_local_run_and_the_key_is_nowhere(
 ):
     server = make_mock(require_key=KEY)
     targets = ("chat", "mock-anthropic")
-    local = play(tmp_path, VARIED, server=server, targets=targets, run_id="local")
-    spread = play(tmp_path, VARIED, "--executor", "ray", "--workers", "2", server=server,
-                  targets=targets, run_id="ray")  # fmt: skip
+    judge = ("--judge", "mock-gemini")  # judged in the workers, by their own judge clients
+    local = play(tmp_path, VARIED, *judge, server=server, targets=targets, run_id="local")
+    spread = play(tmp_path, VARIED, *judge, "--executor", "ray", "--workers", "2",
+                  server=server, targets=targets, run_id="ray")  # fmt: skip
     assert local.result.exit_code == spread.result.exit_code == 0, spread.result.output
     mine = {r["conversation_id"]: _essence(r) for r in local.transcripts}
     theirs = {r["conversation_id"]: _essence(r) for r in spread.transcripts}
@@ -76,11 +77,13 @@ def test_same_ids_and_transcripts_as_a_local_run_and_the_key_is_nowhere(
     assert theirs == mine
     assert {r["run_id"] for r in spread.transcripts + spread.usage} == {"ray"}
     assert len(spread.usage) == len(local.usage)
+    judged = [r for r in spread.usage if r.get("judge")]
+    assert len(judged) == 2 and {r["target"] for r in judged} == {"mock-gemini"}
     assert "executor: ray, 2 workers" in spread.result.stderr
     assert spread.manifest["executor"]["workers"] == 2
     assert cli("diff", local.run_dir, spread.run_dir).exit_code == 0  # the gate sees no change
-    # both workers played: the plan was split
-    assert len(server.requests) == len(local.usage)  # the chat target's, as many as locally
+    chat = [r for r in local.usage if r["target"] == "chat"]
+    assert len(server.requests) == 2 * len(chat)  # the same requests as locally, none more
     assert not _files_holding(tmp_path, KEY.encode())
     assert not _files_holding(Path(ray._private.worker._global_node.get_session_dir_path()),
                               KEY.encode())  # fmt: skip
@@ -138,6 +141,12 @@ def test_limits_hold_for_the_whole_run_across_workers(tmp_path, cluster, serve_a
                    targets=("limited",))  # fmt: skip
     assert refused.result.exit_code == 2
     assert "target 'limited' has concurrency 1, fewer than the 2 workers" in refused.result.stderr
+    # a key only the driver has: the workers read their own environment, and stop the run
+    driverside = models.replace("TEST_API_KEY", "ONLY_THE_DRIVER_HAS_IT")
+    unkeyed = play(tmp_path, scenario, "--executor", "ray", "--workers", "2", models=driverside,
+                   targets=("limited",), env={"ONLY_THE_DRIVER_HAS_IT": KEY})  # fmt: skip
+    assert unkeyed.result.exit_code == 2
+    assert "ONLY_THE_DRIVER_HAS_IT, which is not set" in unkeyed.result.stderr
     assert len(counting.arrivals) == 60  # nothing more was sent
 
 

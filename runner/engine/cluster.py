@@ -36,6 +36,7 @@ from runner.engine.reaper import watched
 from runner.errors import InputError, WriteError
 from runner.results.stats import Summary
 from runner.results.store import TRANSCRIPTS, USAGE, JsonlWriter
+from runner.spec.plan import part_of
 from runner.spec.scenarios import Scenario
 from runner.spec.targets import Target, with_key
 
@@ -152,16 +153,15 @@ class _Sent:
 
 
 class PartWorker:
-    """A Ray actor that plays one part (made remote by `_remote`); `stop` comes in on a
+    """A Ray actor that plays one part (made remote by `_started`); `stop` comes in on a
     second thread of the actor while `run` streams."""
 
     def __init__(self) -> None:
         self.stopper = signals.Stopper()
 
-    def check(self, part: Part) -> str:
-        """The node's name, once every key of the part is found here (else InputError)."""
+    def check(self, part: Part) -> None:
+        """Returns once every key of the part is found here (else InputError)."""
         part.plan()
-        return os.uname().nodename
 
     def stop(self) -> None:
         self.stopper.stop()
@@ -295,45 +295,63 @@ def execute_on_ray(
     with connected(cluster) as (ray, watch):
         n = workers_of(ray, cluster)
         parts = parts_of(plan, n, stream, concurrency, run_id)
-        remote = ray.remote(num_cpus=1, max_concurrency=2)(PartWorker)
-        actors = [remote.options(scheduling_strategy="SPREAD").remote() for _ in parts]
-        try:
-            ray.get([a.check.remote(p) for a, p in zip(actors, parts, strict=True)])
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            raise InputError(getattr(cause, "problems", None) or str(cause)) from None
-        watch()
-        outcome.executor = {"name": "ray", "workers": n,
-                            "startup_s": round(time.monotonic() - connecting, 3)}  # fmt: skip
-        began, before = time.monotonic(), summary.tokens()["total_tokens"]
-
-        def stats() -> str:
-            rate = (summary.tokens()["total_tokens"] - before) / max(1e-3, time.monotonic() - began)
-            return f"ray workers={n} tok/s={rate:.0f}"
-
-        skipped = ray.put(skip)
-        streams = {
-            a.run.options(_generator_backpressure_num_objects=BACKLOG).remote(p, skipped): p.index
-            for a, p in zip(actors, parts, strict=True)
-        }
-        driver = _Driver(
-            JsonlWriter(run_dir / TRANSCRIPTS),
-            JsonlWriter(run_dir / USAGE),
-            outcome,
-            Progress(len(plan) - len(skip), progress_mode, stats),
-            budget,
-        )
-        try:
+        files = JsonlWriter(run_dir / TRANSCRIPTS), JsonlWriter(run_dir / USAGE)
+        with contextlib.ExitStack() as stack:
+            for file in files:
+                stack.callback(file.close)
+            actors = _started(ray, PartWorker, parts)
+            watch()
+            outcome.executor = {"name": "ray", "workers": n,
+                                "startup_s": round(time.monotonic() - connecting, 3)}  # fmt: skip
+            progress = Progress(len(plan) - len(skip), progress_mode, _stats(summary, n))
+            stack.callback(progress.close)
+            driver = _Driver(*files, outcome, progress, budget)
+            skips = [ray.put(s) for s in _split(skip, n)]
+            streams = {
+                a.run.options(_generator_backpressure_num_objects=BACKLOG).remote(p, s): p.index
+                for a, p, s in zip(actors, parts, skips, strict=True)
+            }
             _collect(ray, streams, actors, driver)
-        finally:
-            driver.progress.close()
-            driver.transcripts.close()
-            driver.usage.close()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            outcome.executor["driver_peak_rss_mb"] = round(peak, 1)
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    outcome.executor["driver_peak_rss_mb"] = round(used.ru_maxrss / 1024, 1)
+    outcome.executor["driver_cpu_s"] = round(used.ru_utime + used.ru_stime, 2)
     for line in driver.lost:
         print(f"warning: {line}; --resume runs what it did not finish", file=sys.stderr)
     return outcome
+
+
+def _split(skip: set[str], parts: int) -> list[set[str]]:
+    """The recorded ids each part skips: only its own travel to its worker."""
+    split: list[set[str]] = [set() for _ in range(parts)]
+    for cid in skip:
+        split[part_of(cid, parts) - 1].add(cid)
+    return split
+
+
+def _started(ray: Any, worker: type, parts: list[Part]) -> list[Any]:
+    """An actor per part, each once it found the part's keys in its environment (else
+    InputError: nothing was sent)."""
+    remote = ray.remote(num_cpus=1, max_concurrency=2)(worker)
+    actors = [remote.options(scheduling_strategy="SPREAD").remote() for _ in parts]
+    try:
+        ray.get([a.check.remote(p) for a, p in zip(actors, parts, strict=True)])
+    except ray.exceptions.RayTaskError as exc:
+        for actor in actors:
+            ray.kill(actor)
+        cause = exc.as_instanceof_cause()
+        raise InputError(getattr(cause, "problems", None) or str(cause)) from None
+    return actors
+
+
+def _stats(summary: Summary, workers: int) -> Callable[[], str]:
+    """The progress line's tail: the workers, and tokens a second since now."""
+    began, before = time.monotonic(), summary.tokens()["total_tokens"]
+
+    def stats() -> str:
+        rate = (summary.tokens()["total_tokens"] - before) / max(1e-3, time.monotonic() - began)
+        return f"ray workers={workers} tok/s={rate:.0f}"
+
+    return stats
 
 
 def _collect(ray: Any, streams: dict[Any, int], actors: list[Any], driver: _Driver) -> None:
