@@ -236,3 +236,24 @@ def test_the_key_never_reached_rays_session_folder(cluster):
 
 def _digest(n: int) -> str:
     return hashlib.sha1(json.dumps({"n": n}).encode()).hexdigest()[:10]
+
+
+def test_a_vars_file_a_node_lacks_travels_with_the_work(tmp_path, cluster):
+    from runner.engine.cluster_part import Part, tables
+    from runner.spec.scenarios import load_file
+
+    table = tmp_path / "people.csv"
+    table.write_text("name\nann\nbob\n", encoding="utf-8")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text('id: s\nturns: ["hi {{name}}"]\nvars_file: people.csv\n')
+    loaded = load_file(str(scenario))
+    carried = tables(ray, loaded)
+    part = Part(1, 1, loaded, [], None, None, [], None, None, False, 1, None, carried)
+    table.unlink()  # as on a node without the driver's folder
+    here = tmp_path / "node"
+    here.mkdir()
+    plan = part.plan(here)
+    [copied] = here.iterdir()
+    assert copied.read_text(encoding="utf-8") == "name\nann\nbob\n"
+    assert [s.vars_file.path for s in plan.scenarios] == [str(copied)]
+    assert [next(s.var_combinations()) for s in plan.scenarios] == [{"name": "ann"}]

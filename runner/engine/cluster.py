@@ -17,36 +17,28 @@ import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import resource
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.client.cache import Cache
-from runner.encoding import to_json
 from runner.engine import signals
-from runner.engine.pool import GRACE_S, Budget, Outcome, RunPlan, event_loop_runner, execute
+from runner.engine.cluster_part import FAILED, Part, PartWorker, parts_of, tables
+from runner.engine.pool import GRACE_S, Budget, Outcome, RunPlan
 from runner.engine.progress import Progress
 from runner.engine.reaper import watched
 from runner.errors import InputError, WriteError
 from runner.results.stats import Summary
 from runner.results.store import TRANSCRIPTS, USAGE, JsonlWriter
 from runner.spec.plan import part_of
-from runner.spec.scenarios import Scenario
-from runner.spec.targets import Target, with_key
 
 OBJECT_STORE_MB = 128  # a locally started instance's object store: records pass through it
-BATCH = 1000  # records a worker sends at most in one item of its stream
-QUEUED = 20_000  # records a worker holds unsent before its engine waits for the driver
 BACKLOG = 8  # items of a worker's stream not yet read by the driver before the worker waits
 POLL_S = 0.1  # how often the driver looks at signals while waiting for records
 NEEDS_RAY = "--executor ray needs Ray: pip install 'dialogue-runner[ray]'"
-END, FAILED = "end", "failed"  # the last item of a worker's stream: its run ended, or broke
 
 
 @dataclass
@@ -56,142 +48,6 @@ class Cluster:
 
     address: str | None
     workers: int | None
-
-
-@dataclass
-class Part:
-    """What worker INDEX of PARTS is sent: the plan without keys, its share of the limits."""
-
-    index: int
-    parts: int
-    scenarios: list[Scenario]
-    targets: list[Target]
-    repeat: int | None
-    shard: tuple[int, int] | None
-    judges: list[Target]
-    default_judge: str | None
-    cache: tuple[str, bool] | None  # the reply cache's folder (absolute) and --cache-only
-    stream: bool
-    concurrency: int
-    run_id: str | None
-
-    def plan(self) -> RunPlan:
-        """The part's plan, each target's key read from this process's environment."""
-        need = self.cache is None or not self.cache[1]
-        plan = RunPlan(self.scenarios, [with_key(t, need) for t in self.targets], self.repeat,
-                       self.shard)  # fmt: skip
-        plan.part = (self.index, self.parts)
-        plan.judges = ([with_key(t, need) for t in self.judges], self.default_judge)
-        plan.cache = Cache(Path(self.cache[0]), self.cache[1]) if self.cache else None
-        return plan
-
-
-def share(total: int, index: int, parts: int) -> int:
-    """Part INDEX's share of TOTAL (the shares add up to it)."""
-    return total // parts + (1 if index - 1 < total % parts else 0)
-
-
-def _target_share(target: Target, index: int, parts: int) -> Target:
-    """The target as worker INDEX of PARTS runs it: its share of the limits, no key."""
-    return replace(
-        target,
-        key=None,
-        concurrency=share(target.concurrency, index, parts),
-        rpm=target.rpm / parts if target.rpm else None,
-        tpm=target.tpm / parts if target.tpm else None,
-    )
-
-
-def parts_of(plan: RunPlan, parts: int, stream: bool, concurrency: int, run_id: str | None
-             ) -> list[Part]:  # fmt: skip
-    """The plan split for PARTS workers; InputError for a limit too small to split."""
-    small = [
-        f"target '{t.name}' has concurrency {t.concurrency}, fewer than the {parts} workers"
-        for t in [*plan.targets, *plan.judges[0]]
-        if t.concurrency < parts
-    ]
-    if concurrency < parts:
-        small.append(f"-c {concurrency} is fewer than the {parts} workers")
-    if small:
-        raise InputError([*small, "(each worker gets its share of every limit: use fewer "
-                                  "--workers or raise the limit)"])  # fmt: skip
-    cache = (str(plan.cache.folder.resolve()), plan.cache.only) if plan.cache else None
-    return [
-        Part(
-            index=i,
-            parts=parts,
-            scenarios=plan.scenarios,
-            targets=[_target_share(t, i, parts) for t in plan.targets],
-            repeat=plan.repeat,
-            shard=plan.shard,
-            judges=[_target_share(t, i, parts) for t in plan.judges[0]],
-            default_judge=plan.judges[1],
-            cache=cache,
-            stream=stream,
-            concurrency=share(concurrency, i, parts),
-            run_id=run_id,
-        )
-        for i in range(1, parts + 1)
-    ]
-
-
-class _Sent:
-    """A worker's record writer: each record (checked to encode, as the run file would)
-    is queued for the driver, tagged with KIND."""
-
-    def __init__(self, records: queue.Queue[tuple[str, Any]], kind: str, run_id: str | None):
-        self.records, self.kind, self.run_id = records, kind, run_id
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.run_id is not None:
-            record["run_id"] = self.run_id
-        to_json(record)  # a record that cannot be written fails here, as in a local run
-        self.records.put((self.kind, record))
-
-    def close(self) -> None:
-        pass
-
-
-class PartWorker:
-    """A Ray actor that plays one part (made remote by `_started`); `stop` comes in on a
-    second thread of the actor while `run` streams."""
-
-    def __init__(self) -> None:
-        self.stopper = signals.Stopper()
-
-    def check(self, part: Part) -> None:
-        """Returns once every key of the part is found here (else InputError)."""
-        part.plan()
-
-    def stop(self) -> None:
-        self.stopper.stop()
-
-    def run(self, part: Part, skip: set[str]) -> Iterator[list[tuple[str, Any]]]:
-        """Play the part (but SKIP); yield the records as they finish, in batches."""
-        records: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=QUEUED)
-        plan = part.plan()
-
-        def play() -> None:
-            try:
-                outcome = event_loop_runner()(execute(
-                    plan, Path("."), concurrency=part.concurrency, stream=part.stream,
-                    progress_mode="none", skip=skip, judges=plan.judges,
-                    writers=(_Sent(records, "t", part.run_id), _Sent(records, "u", part.run_id)),
-                    stopper=self.stopper,
-                ))  # fmt: skip
-                records.put((END, outcome.interrupted))
-            except BaseException as exc:  # noqa: BLE001 - the driver reports it
-                records.put((FAILED, f"{type(exc).__name__}: {exc}"))
-
-        threading.Thread(target=play, daemon=True).start()
-        while True:
-            batch = [records.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < BATCH and batch[-1][0] not in (END, FAILED):
-                    batch.append(records.get_nowait())
-            yield batch
-            if batch[-1][0] in (END, FAILED):
-                return
 
 
 def _ray() -> Any:
@@ -294,7 +150,7 @@ def execute_on_ray(
     outcome, connecting = Outcome(summary, skipped=len(skip)), time.monotonic()
     with connected(cluster) as (ray, watch):
         n = workers_of(ray, cluster)
-        parts = parts_of(plan, n, stream, concurrency, run_id)
+        parts = parts_of(plan, n, stream, concurrency, run_id, tables(ray, plan.scenarios))
         files = JsonlWriter(run_dir / TRANSCRIPTS), JsonlWriter(run_dir / USAGE)
         with contextlib.ExitStack() as stack:
             for file in files:
