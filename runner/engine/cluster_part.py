@@ -212,7 +212,8 @@ class PartWorker:
             with contextlib.suppress(queue.Empty):
                 while len(batch) < BATCH and batch[-1][0] not in (END, FAILED):
                     batch.append(records.get_nowait())
-            yield batch
-            if batch[-1][0] in (END, FAILED):
+            if batch[-1][0] in (END, FAILED):  # the engine is done with the vars files
                 shutil.rmtree(here, ignore_errors=True)
+                yield batch
                 return
+            yield batch
