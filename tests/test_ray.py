@@ -257,3 +257,12 @@ def test_a_vars_file_a_node_lacks_travels_with_the_work(tmp_path, cluster):
     assert copied.read_text(encoding="utf-8") == "name\nann\nbob\n"
     assert [s.vars_file.path for s in plan.scenarios] == [str(copied)]
     assert [next(s.var_combinations()) for s in plan.scenarios] == [{"name": "ann"}]
+
+
+def test_an_address_nobody_answers_is_refused_at_once():
+    from runner.engine.cluster import _reachable
+    from runner.errors import InputError
+
+    with pytest.raises(InputError, match=r"--ray-address 127.0.0.1:1: cannot connect"):
+        _reachable("127.0.0.1:1")
+    _reachable("auto")  # Ray's own: found by Ray

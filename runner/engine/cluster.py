@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from runner.spec.plan import part_of
 
 OBJECT_STORE_MB = 128  # a locally started instance's object store: records pass through it
 BACKLOG = 8  # items of a worker's stream not yet read by the driver before the worker waits
+CONNECT_S = 10.0  # how long --ray-address may take to answer at all
 POLL_S = 0.1  # how often the driver looks at signals while waiting for records
 NEEDS_RAY = "--executor ray needs Ray: pip install 'dialogue-runner[ray]'"
 
@@ -70,6 +72,7 @@ def connected(cluster: Cluster) -> Iterator[tuple[Any, Callable[[], None]]]:
         return
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     if cluster.address:
+        _reachable(cluster.address)
         try:
             ray.init(address=cluster.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -91,6 +94,21 @@ def connected(cluster: Cluster) -> Iterator[tuple[Any, Callable[[], None]]]:
             yield ray, dog.watch
         finally:
             ray.shutdown()
+
+
+def _reachable(address: str) -> None:
+    """InputError unless HOST:PORT (or ray://HOST:PORT) takes a connection within
+    CONNECT_S (Ray itself retries an address nobody answers for minutes); `auto` is Ray's."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except OSError as exc:
+        raise InputError(
+            f"--ray-address {address}: cannot connect ({exc.strerror or exc}); is a Ray "
+            "head (`ray start --head`) running there?"
+        ) from None
 
 
 def workers_of(ray: Any, cluster: Cluster) -> int:
