@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,8 +199,14 @@ def test_killed_driver_leaves_no_ray_process_and_resume_completes(tmp_path, clus
     assert killed.result.exit_code == -signal.SIGKILL
     assert 4 <= len(killed.transcripts) < 60
     _gone(seen)
-    resumed = killed.resume("--executor", "ray", "--ray-address", cluster, "-c", "30")
-    assert resumed.result.exit_code == 0, resumed.result.output
+    # the resume joins the module's instance from a process of its own, as a driver does
+    resumed = subprocess.run(
+        [sys.executable, "-m", "runner", "run", "--resume", str(killed.run_dir), "--no-progress",
+         "--executor", "ray", "--ray-address", cluster, "-c", "30"],
+        capture_output=True, text=True, timeout=WAIT_S,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TEST_API_KEY": KEY},
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
     ids = [r["conversation_id"] for r in killed.transcripts]
     assert sorted(ids) == sorted({f"t[{_digest(n)}]@chat" for n in range(60)}) == sorted(set(ids))
 
