@@ -4,6 +4,7 @@
     python -m bench --quick          # one run each, smaller Z and scale checks
     python -m bench --only L,Z --runs 5
     python -m bench --only limits    # at a provider's limit: req/s, tokens/s, in-flight
+    python -m bench --only ray       # --executor ray: CPU-bound local vs 2 workers, driver RSS
     python -m bench floor --port P --n N -c C [--turns T] [--stream]   # the floor alone
 
 Each side runs as a child process; wall time is measured around it, CPU (user + sys) and
@@ -22,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.cluster import ray_runs, run_ray
 from bench.floor import floor_main
 from bench.limited import bench_limited, limited_workloads
 from bench.measure import Sample, Server, Servers, run_floor, run_runner
@@ -81,6 +83,8 @@ def bench_main(args: argparse.Namespace) -> int:
     scale: dict[str, dict[str, Any]] = {}
     load = [os.getloadavg()[0]]  # other work on the machine skews wall times
     limited: list[dict[str, Any]] = []
+    spread = [r for r in ray_runs(args.quick) if only is None or {r.name, "ray"} & only]
+    on_ray: list[dict[str, Any]] = []
     try:
         for w in [w for w in chosen if w.name != "Z"]:
             results[w.name] = bench_workload(w, servers.get(w.latency_ms), env, work, 0.0)
@@ -90,11 +94,12 @@ def bench_main(args: argparse.Namespace) -> int:
             deadline = began + args.budget_s
             results[w.name] = bench_workload(w, servers.get(w.latency_ms), env, work, deadline)
         limited += [bench_limited(w, env, work) for w in at_limits]
+        on_ray += [run_ray(r, servers.get(0), env, work) for r in spread]
     finally:
         servers.close()
         shutil.rmtree(work, ignore_errors=True)
     load.append(os.getloadavg()[0])
-    report(results, scale, time.perf_counter() - began, load, args, limited)
+    report(results, scale, time.perf_counter() - began, load, args, limited, on_ray)
     return 0
 
 
@@ -106,7 +111,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="one run each, smaller")
     parser.add_argument(
-        "--only", help="comma list of S,L,Z,L-stream,scale,inflight-10k,limits,req/s,..."
+        "--only", help="comma list of S,L,Z,L-stream,scale,inflight-10k,limits,req/s,ray,..."
     )
     parser.add_argument("--runs", type=int, help="runs per side per workload (default 3)")
     parser.add_argument("--budget-s", type=float, default=285.0, help="seconds; Z's third run "

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.cluster import print_ray
 from bench.limited import print_limited
 from bench.measure import Sample
 from bench.workloads import Workload
@@ -90,10 +91,13 @@ def report(
     load: list[float],
     args: Any,
     limited: list[dict[str, Any]] | None = None,
+    on_ray: list[dict[str, Any]] | None = None,
 ) -> None:
     if results:
         print_table(results)
     print_scale(scale)
+    if on_ray:
+        print_ray(on_ray)
     checks = goals(results)
     if limited:
         checks += print_limited(limited)
@@ -106,7 +110,7 @@ def report(
                         "aiohttp": aiohttp.__version__, "platform": platform.platform(),
                         "load_average_before_after": load},
             "options": vars(args), "workloads": results, "scale": scale, "total_s": total_s,
-            "limited": limited or [],
+            "limited": limited or [], "ray": on_ray or [],
             "goals": [{"goal": g, "value": v, "limit": lim, "pass": v <= lim}
                       for g, v, lim in checks]}  # fmt: skip
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -14,19 +14,18 @@ from click.core import ParameterSource
 
 import runner
 from runner import cli_results
+from runner.cli_options import Number, batch_options, executor_options, mock_number
 from runner.cli_results import echo_notes
 from runner.errors import Exit, InputError, WriteError
 from runner.examples import HelpGroup
 from runner.outfile import STDOUT
 from runner.spec.ranges import (
     IN_FLIGHT,
-    MOCK,
     REPEAT,
     RETRIES,
     SECONDS,
     SECONDS_OR_OFF,
     USD,
-    Range,
 )
 
 if TYPE_CHECKING:
@@ -58,30 +57,6 @@ def closed_pipe() -> NoReturn:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     sys.exit(Exit.CLOSED_PIPE)
-
-
-class Number(click.ParamType):
-    """A number within a range (runner/spec/ranges.py), finite: nan and inf are refused (exit 2)."""
-
-    def __init__(self, allowed: Range):
-        self.allowed = allowed
-        self.name = "integer" if allowed.integer else "number"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            number = value if isinstance(value, int | float) else float(value)
-            if self.allowed.integer and float(number).is_integer():
-                number = int(number)
-        except (TypeError, ValueError, OverflowError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not self.allowed.holds(number):
-            self.fail(f"{value} is not {self.allowed.text()}", param, ctx)
-        return number
-
-
-def _mock(option: str) -> Number:
-    """The type of a mock server option: the range a models file's `mock:` takes too."""
-    return Number(MOCK[option])
 
 
 NO_CACHE = ""  # Invocation.cache of --no-cache (None: the models file's `cache:`)
@@ -166,16 +141,10 @@ def validate(paths: tuple[str, ...], models_file: str | None, judge: str | None)
 @click.option("--no-cache", is_flag=True, help="No reply cache, whatever the models file says.")
 @click.option("--cache-only/--no-cache-only", default=False, help="Send nothing: a reply not "
               "in the cache fails (cache_miss); no key is needed.")  # fmt: skip
-@click.option(
-    "--batch",
-    is_flag=True,
-    help="Send turns in rounds through the Batch API of "
-    "every target whose provider has one (half price; each round may take hours).",
-)
-@click.option("--cancel-batches", is_flag=True, help="With --resume: cancel the run's batches "
-              "still out and send their requests again in new rounds.")  # fmt: skip
+@batch_options
 @click.option("--idle-timeout", type=Number(SECONDS_OR_OFF),
               help="Seconds without a byte once a response began (0: off).")  # fmt: skip
+@executor_options
 @click.option("--no-progress", is_flag=True,
               help="No progress bar or lines on stderr (the end table stays).")  # fmt: skip
 @click.option(
@@ -209,6 +178,9 @@ def run(
     batch: bool,
     cancel_batches: bool,
     idle_timeout: float | None,
+    executor: str,
+    workers: int | None,
+    ray_address: str | None,
     no_progress: bool,
     dry_run: bool,
 ) -> None:
@@ -229,6 +201,8 @@ def run(
         if not paths or not targets:
             raise InputError(NOTHING_TO_RUN)
         inv = _invocation(click.get_current_context().params)
+        if inv.executor != "ray" and (inv.workers or inv.ray_address):
+            raise InputError("--workers and --ray-address go with --executor ray")
         if dry_run:
             for text in first_requests(runs.load(inv, need_keys=False)[2], inv.stream):
                 click.echo(text)
@@ -278,6 +252,9 @@ def _invocation(params: dict[str, Any]) -> Invocation:
         cache=NO_CACHE if params["no_cache"] else params["cache"],
         cache_only=params["cache_only"],
         batch=params["batch"],
+        executor=params["executor"],
+        workers=params["workers"],
+        ray_address=params["ray_address"],
     )
 
 
@@ -332,27 +309,27 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="0 picks a free port and prints it.")  # fmt: skip
-@click.option("--latency-ms", type=_mock("latency_ms"), default=0.0,
+@click.option("--latency-ms", type=mock_number("latency_ms"), default=0.0,
               help="Milliseconds each answer waits before it starts.")  # fmt: skip
-@click.option("--jitter-ms", type=_mock("jitter_ms"), default=0.0,
+@click.option("--jitter-ms", type=mock_number("jitter_ms"), default=0.0,
               help="Up to this many ms more or less than --latency-ms.")  # fmt: skip
 @click.option("--seed", type=int, default=0,
               help="Seed of the fault and jitter draws (same seed, same faults).")  # fmt: skip
-@click.option("--error-rate", type=_mock("error_rate"), default=0.0, help="429/500/503 mix.")
-@click.option("--cut-rate", type=_mock("cut_rate"), default=0.0, help="Streams cut midway.")
-@click.option("--malformed-rate", type=_mock("malformed_rate"), default=0.0,
+@click.option("--error-rate", type=mock_number("error_rate"), default=0.0, help="429/500/503 mix.")
+@click.option("--cut-rate", type=mock_number("cut_rate"), default=0.0, help="Streams cut midway.")
+@click.option("--malformed-rate", type=mock_number("malformed_rate"), default=0.0,
               help="Share of answers (0..1) whose body is not valid JSON / SSE.")  # fmt: skip
-@click.option("--slow-rate", type=_mock("slow_rate"), default=0.0,
+@click.option("--slow-rate", type=mock_number("slow_rate"), default=0.0,
               help="Share of answers (0..1) delayed by --slow-ms more.")  # fmt: skip
-@click.option("--slow-ms", type=_mock("slow_ms"), default=2000.0, show_default=True,
+@click.option("--slow-ms", type=mock_number("slow_ms"), default=2000.0, show_default=True,
               help="Extra delay of a slow answer.")  # fmt: skip
-@click.option("--retry-after-ms", type=_mock("retry_after_ms"), default=50, show_default=True,
+@click.option("--retry-after-ms", type=mock_number("retry_after_ms"), default=50, show_default=True,
               help="The wait an injected 429/503 asks for.")  # fmt: skip
-@click.option("--limit-rpm", type=_mock("limit_rpm"), default=0.0,
+@click.option("--limit-rpm", type=mock_number("limit_rpm"), default=0.0,
               help="Requests a minute (x-ratelimit-limit-requests); past it, 429.")  # fmt: skip
-@click.option("--limit-tpm", type=_mock("limit_tpm"), default=0.0,
+@click.option("--limit-tpm", type=mock_number("limit_tpm"), default=0.0,
               help="Tokens a minute (a reply costs its total tokens).")  # fmt: skip
-@click.option("--limit-window-s", type=_mock("limit_window_s"), default=60.0,
+@click.option("--limit-window-s", type=mock_number("limit_window_s"), default=60.0,
               show_default=True, help="Seconds the limits are enforced over: 1 serves 60,000 "
               "a minute as 1,000 a second, a bucket of 1,000 (OpenAI's quantization).")  # fmt: skip
 @click.option("--limit-headers", type=click.Choice(["openai", "window", "none"]),
@@ -360,17 +337,17 @@ def _finished(finished: Finished, junit_file: str | None, html_file: str | None)
               "OpenAI's per-minute x-ratelimit-* headers (anthropic-ratelimit-* on "
               "/v1/messages), the enforcing window's, or none (429s with Retry-After "
               "only).")  # fmt: skip
-@click.option("--limit-concurrency", type=_mock("limit_concurrency"), default=0,
+@click.option("--limit-concurrency", type=mock_number("limit_concurrency"), default=0,
               help="Requests in progress at once; past it, 429.")  # fmt: skip
 @click.option(
     "--batch-delay-ms",
-    type=_mock("batch_delay_ms"),
+    type=mock_number("batch_delay_ms"),
     default=0.0,
     help="How long a batch of the Batch APIs runs before its lines are answered.",
 )
-@click.option("--batch-fail-rate", type=_mock("batch_fail_rate"), default=0.0,
+@click.option("--batch-fail-rate", type=mock_number("batch_fail_rate"), default=0.0,
               help="Share of a batch's lines (0..1) that fail.")  # fmt: skip
-@click.option("--batch-expire", type=_mock("batch_expire"), default=0,
+@click.option("--batch-expire", type=mock_number("batch_expire"), default=0,
               help="This many first batches expire, with no answers.")  # fmt: skip
 @click.option("--require-key", envvar="MOCK_REQUIRE_KEY",
               help="Answer 401 unless this key is sent (or set MOCK_REQUIRE_KEY).")  # fmt: skip

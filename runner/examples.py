@@ -19,6 +19,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "dialogue-runner run scenarios/ -m gpt54 --models models.yaml --max-cost 5",
         "dialogue-runner run --resume outputs/RUN_ID -c 8      # continue a stopped run",
         "dialogue-runner run scenarios/ -m gpt54 --cache .ci/replies --cache-only  # no key",
+        "dialogue-runner run scenarios/ -m gpt54 --executor ray --ray-address auto  # a cluster",
     ),
     "report": (
         "dialogue-runner report outputs/RUN_ID",

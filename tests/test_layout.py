@@ -13,7 +13,7 @@ The stages, lowest first; a module may import its own stage and the stages befor
              they read records only: no client, no engine
   client     runner/client/: one target's client, limits, pacing, retries, the reply cache
   engine     runner/engine/: the run folder, the pool, the turn loop, checks, judges
-  cli        runner/cli.py, cli_results.py, examples.py, __main__.py
+  cli        runner/cli.py, cli_options.py, cli_results.py, examples.py, __main__.py
 
 The data flows spec -> engine -> client -> providers, and the engine writes records that
 results read; the mock (runner/mock/) stands apart: it imports nothing of the runner.
@@ -47,6 +47,7 @@ TOP = {  # modules at the top of runner/: each named, so a new one is placed on 
     "runner.hashset": "base",
     "runner.cli": "cli",
     "runner.cli_results": "cli",
+    "runner.cli_options": "cli",
     "runner.examples": "cli",
     "runner.__main__": "cli",
 }

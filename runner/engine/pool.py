@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runner.client.batch import BatchLog
 from runner.client.cache import Cache
@@ -31,6 +31,14 @@ from runner.spec.targets import Target, mock_base_url
 GRACE_S = 5.0  # after Ctrl-C, conversations in flight get this long to finish
 
 
+class Writer(Protocol):
+    """Where records go: a run file (JsonlWriter), or a Ray worker's stream to its driver."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class RunPlan(Plan):
     """A plan as the engine runs it: with the reply cache its clients share."""
 
@@ -45,6 +53,7 @@ class Outcome:
     over_budget: bool = False  # --max-cost: the estimate passed the cap, the rest not started
     write_error: WriteError | None = None  # the first failed write: the run stopped there
     batches: BatchLog | None = None  # batch mode: the run's batches (run.json lists them)
+    executor: dict[str, Any] | None = None  # --executor ray: workers, start-up s, driver RSS
 
 
 @dataclass
@@ -72,6 +81,15 @@ def raise_fd_limit(wanted: int) -> None:
         )
 
 
+def event_loop_runner() -> Any:
+    """uvloop.run when the optional uvloop is installed (less CPU per request), else asyncio.run."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 async def execute(
     plan: RunPlan,
     run_dir: Path,
@@ -86,25 +104,24 @@ async def execute(
     run_id: str | None = None,
     cancel_batches: bool = False,
     on_batches: Callable[[list[dict[str, Any]]], None] | None = None,
+    writers: tuple[Writer, Writer] | None = None,
+    stopper: signals.Stopper | None = None,
 ) -> Outcome:
     """Run every planned conversation not in `skip`; records go to run_dir as they finish.
 
-    judges: the targets that grade judge checks (beside the planned ones) and the default;
-    run_id: stamped on every record, so that readers know the run's own."""
+    judges: the graders of judge checks (beside the planned targets) and the default; run_id:
+    stamped on every record; writers: where transcripts and usage go instead of run_dir's
+    files (a Ray worker's stream); stopper: a stop from another thread, as a first Ctrl-C."""
     skip = skip or set()
     outcome = Outcome(summary or Summary(), skipped=len(skip))
     in_process_mock = any(t.mock is not None for t in plan.targets)  # its sockets count too
     raise_fd_limit(concurrency * (2 if in_process_mock else 1) + 256)
-    transcripts = JsonlWriter(run_dir / TRANSCRIPTS, run_id)
-    usage = JsonlWriter(run_dir / USAGE, run_id)
+    transcripts, usage = writers or _files(run_dir, run_id)
     todo = (c for c in plan if c.id not in skip)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(transcripts.close)
         stack.callback(usage.close)
-        planned = {t.name for t in plan.targets}
-        helpers = {t.name: t for t in [*judges[0], *plan.simulators] if t.name not in planned}
-        extra = list(helpers.values())
-        targets = [await _reachable(t, stack) for t in [*plan.targets, *extra]]
+        targets = [await _reachable(t, stack) for t in _all_targets(plan, judges[0])]
         sink = _sink(usage, outcome.summary)
         if plan.cache is not None:
             stack.callback(plan.cache.close)
@@ -129,8 +146,21 @@ async def execute(
                 transcripts,
                 outcome,
                 progress,
+                stopper,
             )
     return outcome
+
+
+def _files(run_dir: Path, run_id: str | None) -> tuple[Writer, Writer]:
+    """The run folder's record files: transcripts, usage."""
+    return JsonlWriter(run_dir / TRANSCRIPTS, run_id), JsonlWriter(run_dir / USAGE, run_id)
+
+
+def _all_targets(plan: Plan, judges: list[Target]) -> list[Target]:
+    """The planned targets, then the helpers beside them: judges, simulated users."""
+    planned = {t.name for t in plan.targets}
+    helpers = {t.name: t for t in [*judges, *plan.simulators] if t.name not in planned}
+    return [*plan.targets, *helpers.values()]
 
 
 def _show_batches(clients: dict[str, TargetClient], progress: Progress) -> None:
@@ -169,7 +199,7 @@ def _batch_log(
     return outcome.batches
 
 
-def _sink(usage: JsonlWriter, summary: Summary) -> Callable[[dict[str, Any]], None]:
+def _sink(usage: Writer, summary: Summary) -> Callable[[dict[str, Any]], None]:
     """Each usage record is written, then counted (tokens, requests, the running cost)."""
 
     def write(record: dict[str, Any]) -> None:
@@ -220,9 +250,10 @@ async def _pool(
     todo: Iterator[Conversation],
     judges: Judges,
     concurrency: int,
-    transcripts: JsonlWriter,
+    transcripts: Writer,
     outcome: Outcome,
     progress: Progress,
+    stopper: signals.Stopper | None = None,
 ) -> bool:
     """Workers pull conversations from the shared lazy iterator; returns True if interrupted."""
     stopping = asyncio.Event()
@@ -243,7 +274,7 @@ async def _pool(
             progress.finished(record["status"] == "ok")
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
-    with _interrupts(stopping, workers):
+    with _interrupts(stopping, workers, stopper):
         await asyncio.gather(*workers, return_exceptions=True)
     for task in workers:
         error = None if task.cancelled() else task.exception()
@@ -264,7 +295,7 @@ async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
         return failed_record(conv, Kind.INTERNAL, internal(exc).message)
 
 
-def _write(transcripts: JsonlWriter, conv: Conversation, record: dict[str, Any]) -> None:
+def _write(transcripts: Writer, conv: Conversation, record: dict[str, Any]) -> None:
     """Write a transcript record; one that cannot be encoded (a bug) is replaced by a
     failed record saying so, made strict JSON (what it carries of the scenario could be
     the cause), so that no single record can stop the run."""
@@ -288,8 +319,11 @@ def _cancel(workers: list[asyncio.Task[None]]) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> Iterator[None]:
-    """First SIGINT/SIGTERM: start no more, give those in flight GRACE_S; a second: cancel now."""
+def _interrupts(
+    stopping: asyncio.Event, workers: list[asyncio.Task[None]], stopper: signals.Stopper | None
+) -> Iterator[None]:
+    """First SIGINT/SIGTERM (or STOPPER's stop): start no more, give those in flight
+    GRACE_S; a second: cancel now."""
     loop = asyncio.get_running_loop()
 
     def cancel_all() -> None:
@@ -304,6 +338,8 @@ def _interrupts(stopping: asyncio.Event, workers: list[asyncio.Task[None]]) -> I
 
     if signals.pending():  # a signal during start-up: stop before anything is sent
         on_signal()
+    if stopper is not None:
+        stopper.arm(loop, on_signal)
     saved = signals.handlers()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):

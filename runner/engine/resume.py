@@ -42,6 +42,9 @@ MAY_CHANGE = {
     "cache": "cache",
     "cache_only": "cache_only",
     "cancel_batches": "cancel_batches",
+    "executor": "executor",
+    "workers": "workers",
+    "ray_address": "ray_address",
 }
 NEW_RUN = ("output_dir", "run_id")  # they name a new run's folder
 
@@ -102,7 +105,8 @@ def changes(recorded: Any, given: dict[str, Given]) -> dict[str, Any]:
                 "what it runs (leave them out, or start a new run):",
                 *refused,
                 "(a resume may change -c, --stream, --timeout, --max-retries, --max-wait, "
-                "--idle-timeout, --max-cost and the --cache options)",
+                "--idle-timeout, --max-cost, the --cache options, --cancel-batches, --executor, "
+                "--workers and --ray-address)",
             ]
         )
     wanted = {MAY_CHANGE[n]: g.value for n, g in given.items() if n in MAY_CHANGE}

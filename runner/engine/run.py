@@ -3,7 +3,6 @@ a resume of it: runner/engine/resume.py."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import os
@@ -19,7 +18,7 @@ from runner.client.cache import reply_cache
 from runner.client.providers import PROVIDERS
 from runner.cost import target_price, total
 from runner.engine.judge import judge_names
-from runner.engine.pool import Budget, Outcome, RunPlan, execute
+from runner.engine.pool import Budget, Outcome, RunPlan, event_loop_runner, execute
 from runner.engine.progress import mode_for
 from runner.errors import Exit, InputError, WriteError
 from runner.results.reader import Skipped
@@ -62,6 +61,9 @@ class Invocation:
     cache_only: bool = False  # a reply not cached fails (cache_miss); keys are not needed
     batch: bool = False  # --batch: every target whose provider has a Batch API in batch mode
     cancel_batches: bool = False  # --cancel-batches (resume): batches out are cancelled, resent
+    executor: str = "local"  # or "ray": the plan split over Ray workers (engine/cluster.py)
+    workers: int | None = None  # Ray workers (None: one per CPU of the cluster)
+    ray_address: str | None = None  # the Ray cluster to join (None: one started for the run)
 
 
 def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[Target], RunPlan]:
@@ -92,7 +94,22 @@ def load(inv: Invocation, need_keys: bool = True) -> tuple[list[Scenario], list[
     plan.judges = (judges, inv.judge)
     plan.simulators = _helpers(simulator_names(scenarios), targets, models, inv, need_keys)
     plan.cache = reply_cache(inv.cache, inv.cache_only, cache)
+    if inv.executor == "ray":
+        _no_batch_on_ray([*targets, *judges, *plan.simulators])
     return scenarios, targets, plan
+
+
+def _no_batch_on_ray(targets: list[Target]) -> None:
+    """InputError for a target in batch mode under --executor ray: a batch round gathers the
+    turns of every conversation of its target, and Ray splits them over workers."""
+    batched = sorted({t.name for t in targets if t.batch})
+    if batched:
+        raise InputError(
+            f"--executor ray cannot run batch mode (--batch, or `batch: true` of target "
+            f"{', '.join(batched)}): a batch round gathers the turns of all of a target's "
+            "conversations in one process, and Ray splits them over workers; run it without "
+            "--executor ray, or without batch mode"
+        )
 
 
 def _helpers(
@@ -234,6 +251,8 @@ class Finished:
                 f"\n{passing}/{len(self.groups)} scenario × target pass their verdict "
                 f"(pass rate over samples), {flaky} flaky"
             )
+        if executor := self.manifest.get("executor"):
+            text += f"\nexecutor: ray, {executor['workers']} workers"
         if self.skipped.count:
             text += f"\n{self.skipped.note()}"
         return text
@@ -266,22 +285,8 @@ def play(
     prices = {t.name: target_price(t.public()) for t in plan.targets}
     budget = Budget(inv.max_cost, prices) if inv.max_cost is not None else None
     try:
-        outcome = event_loop_runner()(
-            execute(
-                plan,
-                run_dir,
-                concurrency=inv.concurrency,
-                stream=inv.stream,
-                progress_mode=mode_for(not progress),
-                skip=skip,
-                summary=summary,
-                judges=plan.judges,
-                budget=budget,
-                run_id=manifest["run_id"],
-                cancel_batches=inv.cancel_batches,
-                on_batches=lambda batches: _listed(run_dir, manifest, batches),
-            )
-        )
+        outcome = _execute(plan, run_dir, inv, mode_for(not progress), skip, summary, budget,
+                           manifest)  # fmt: skip
     except WriteError as exc:  # the record files could not even be opened
         outcome = Outcome(summary, skipped=len(skip), write_error=exc)
     unstreamed_targets = unstreamed([(t.name, t.stream) for t in plan.targets], inv.stream)
@@ -298,6 +303,35 @@ def _listed(run_dir: Path, manifest: dict[str, Any], batches: list[dict[str, Any
     """run.json lists every batch as soon as it exists, and as it ends."""
     manifest["batches"] = batches
     write_manifest(run_dir, manifest)
+
+
+def _execute(
+    plan: RunPlan,
+    run_dir: Path,
+    inv: Invocation,
+    progress_mode: str,
+    skip: set[str],
+    summary: Summary,
+    budget: Budget | None,
+    manifest: dict[str, Any],
+) -> Outcome:
+    """The plan played here (one asyncio loop), or by Ray workers (--executor ray; batch
+    mode is refused there by `load`)."""
+    run_id = manifest["run_id"]
+    if inv.executor == "ray":
+        from runner.engine.cluster import Cluster, execute_on_ray  # Ray is an optional extra
+
+        return execute_on_ray(
+            plan, run_dir, Cluster(inv.ray_address, inv.workers), concurrency=inv.concurrency,
+            stream=inv.stream, progress_mode=progress_mode, skip=skip, summary=summary,
+            budget=budget, run_id=run_id,
+        )  # fmt: skip
+    return event_loop_runner()(
+        execute(plan, run_dir, concurrency=inv.concurrency, stream=inv.stream,
+                progress_mode=progress_mode, skip=skip, summary=summary, judges=plan.judges,
+                budget=budget, run_id=run_id, cancel_batches=inv.cancel_batches,
+                on_batches=lambda batches: _listed(run_dir, manifest, batches))
+    )  # fmt: skip
 
 
 def _verdicts(plan: Plan, summary: Summary) -> list[Group]:
@@ -348,15 +382,8 @@ def _finish(
     manifest["cost_by_target"] = {r["target"]: r["cost_usd"] for r in rows}
     if outcome.batches is not None:
         manifest["batches"] = list(outcome.batches.batches.values())
-
-
-def event_loop_runner() -> Any:
-    """uvloop.run when the optional uvloop is installed (less CPU per request), else asyncio.run."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
+    if outcome.executor:
+        manifest["executor"] = outcome.executor
 
 
 def default_models_file(given: str | None) -> str | None:

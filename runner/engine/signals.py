@@ -4,9 +4,11 @@ writes its manifest and exits 130, as a signal later in the run does."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -57,3 +59,47 @@ def restore(saved: dict[signal.Signals, Any]) -> None:
         for sig, handler in saved.items():
             if handler is not None:
                 signal.signal(sig, handler)
+
+
+class Stopper:
+    """A stop asked from another thread (a Ray worker told by its driver to stop), taken by
+    the pool as a first Ctrl-C; one asked before the pool armed it is taken when it does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+        self.asked = False
+
+    def arm(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+        with self._lock:
+            self._armed = (loop, stop)
+            asked = self.asked
+        if asked:
+            loop.call_soon(stop)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.asked = True
+            armed = self._armed
+        if armed is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
+                armed[0].call_soon_threadsafe(armed[1])
+
+
+@contextlib.contextmanager
+def counted() -> Iterator[Callable[[], int]]:
+    """While inside, SIGINT and SIGTERM are only counted (one during start-up too): the
+    caller polls the count (a Ray driver between batches of records)."""
+    before: dict[signal.Signals, Any] = {}
+
+    def count(signum: int, frame: FrameType | None) -> None:
+        _Early.received += 1
+
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to take over
+        for sig in SIGNALS:
+            before[sig] = signal.signal(sig, count)
+    try:
+        yield lambda: _Early.received
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

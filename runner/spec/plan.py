@@ -43,6 +43,13 @@ def conversation_id(
     return cid + (f"#{sample}" if sample else "")
 
 
+def part_of(cid: str, parts: int) -> int:
+    """The part (1..PARTS) a conversation id falls in: the same in every process and run
+    (a digest, not Python's salted hash)."""
+    digest = hashlib.blake2b(cid.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % parts + 1
+
+
 def select(scenarios: list[Scenario], patterns: tuple[str, ...]) -> list[Scenario]:
     """Scenarios matching any -k pattern: an id glob, or tag:NAME."""
     if not patterns:
@@ -82,6 +89,9 @@ class Plan:
         self.shard = shard
         self.judges: tuple[list[Target], str | None] = ([], None)  # grading targets, default
         self.simulators: list[Target] = []  # the targets that play the user (simulate.user)
+        # part P of M (--executor ray's worker P): the conversations whose id hashes to P;
+        # len() stays the whole plan's (a part's is known only by reading it)
+        self.part: tuple[int, int] | None = None
         check_context(scenarios, targets)
 
     def samples(self, scenario: Scenario) -> int:
@@ -101,6 +111,7 @@ class Plan:
     def __iter__(self) -> Iterator[Conversation]:
         index = 0
         k, n = self.shard or (1, 1)
+        p, m = self.part or (1, 1)
         for scenario in self.scenarios:
             samples = self.samples(scenario)
             digits = 16 if scenario.vars_file is not None else 10
@@ -109,8 +120,11 @@ class Plan:
                     for target in self.targets:
                         if index % n == k - 1:
                             cid = conversation_id(scenario.id, values, sample, target.name, digits)
-                            seed = sample_seed(scenario, target, sample, samples)
-                            yield Conversation(cid, scenario, values, sample, target, seed, samples)
+                            if m == 1 or part_of(cid, m) == p:
+                                seed = sample_seed(scenario, target, sample, samples)
+                                yield Conversation(
+                                    cid, scenario, values, sample, target, seed, samples
+                                )
                         index += 1
 
 

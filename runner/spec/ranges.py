@@ -40,6 +40,7 @@ IN_FLIGHT = Range(1, 100_000, integer=True)
 RATE = Range(0, 1e12, low_open=True)
 USD = Range(0, 1e9)
 REPEAT = Range(1, 1_000_000, integer=True)
+WORKERS = Range(1, 10_000, integer=True)  # --executor ray's workers
 
 # the numeric fields of a models-file target
 TARGET = {

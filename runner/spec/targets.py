@@ -350,6 +350,11 @@ def _target_hint(name: str, names: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def with_key(target: Target, required: bool = True) -> Target:
+    """The target with its key read from this process's environment (a Ray worker's own)."""
+    return dataclasses.replace(target, key=_read_key(target, required))
+
+
 def _read_key(target: Target, required: bool) -> str | None:
     """The key from the environment, surrounding whitespace (a pasted newline) stripped; one
     holding a control character or a character outside ASCII is refused, not shown."""
