@@ -197,3 +197,21 @@ def test_a_capture_named_like_a_vars_file_column_is_refused(tmp_path: Path) -> N
     result = cli("validate", write_scenario(tmp_path / "s.yaml", scenario))
     assert result.exit_code == 2
     assert "rows.csv:2: row 1: column code is also in the scenario's 'vars'" in result.stderr
+
+
+def test_a_python_check_sees_the_values_captured_so_far(tmp_path: Path) -> None:
+    # captured names are vars from the next turn on, for templates and python checks alike
+    (tmp_path / "seen.py").write_text(
+        "def code_kept(reply, turn, conversation):\n"
+        "    code = conversation['vars'].get('code')\n"
+        "    return code == 'BK-4711', f'vars: {sorted(conversation[\"vars\"])}'\n",
+        encoding="utf-8",
+    )
+    scenario = BOOKING.replace(
+        '    expect: {contains: ["{{code}}", "number {{number}}"]}',
+        '    expect: {python: "seen:code_kept"}',
+    )
+    played = play(tmp_path, scenario, targets=("mock",))
+    assert played.result.exit_code == 0, played.result.output
+    [check] = played.transcripts[0]["turns"][1]["checks"][:1]
+    assert check["passed"], check["reason"]

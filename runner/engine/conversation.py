@@ -115,7 +115,7 @@ async def _checks(
     text, history = record["assistant"], asked.history
     about = None
     if expect.python:
-        about = _about(asked.conv, record, as_records(asked.system, history))
+        about = _about(asked.conv, record, as_records(asked.system, history), asked.values)
     results = await evaluate(
         expect, text, record["finish_reason"], record["latency_ms"], asked.values, about,
         asked.calls,
@@ -223,13 +223,17 @@ async def _exchange(
 
 
 def _about(
-    conv: Conversation, turn: dict[str, Any], messages: list[dict[str, str]]
+    conv: Conversation,
+    turn: dict[str, Any],
+    messages: list[dict[str, str]],
+    values: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What a python check is given beside the reply: copies of the turn record (checks
-    not yet filled in) and of the conversation so far (its messages end with the reply)."""
+    not yet filled in) and of the conversation so far (its messages end with the reply;
+    its vars hold the values captured so far, as templates see them)."""
     conversation = {
         "id": conv.id, "scenario_id": conv.scenario.id, "target": conv.target.name,
-        "model": conv.target.model, "sample": conv.sample, "vars": conv.vars,
+        "model": conv.target.model, "sample": conv.sample, "vars": values,
         "metadata": conv.scenario.metadata, "messages": messages,
     }  # fmt: skip
     return copy.deepcopy(turn), copy.deepcopy(conversation)
