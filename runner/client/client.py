@@ -184,9 +184,10 @@ class TargetClient:
         self.retries += n > 0
         start = time.perf_counter()
         assert self.transport is not None, "start() first"
-        cid, where, role = at
-        key = request_key(cid, where, n, judge is not None, role)
-        SENDING.set(key)
+        key = ""
+        if self.batcher is not None:  # batch mode alone reads the key: not per direct request
+            key = request_key(*at[:2], n, judge is not None, at[2])
+            SENDING.set(key)
         try:
             reply = await self.transport.send(request)  # the one place a request is sent
         except Exception as exc:  # anything but an ApiError is our bug: final, said where
