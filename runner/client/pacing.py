@@ -30,7 +30,7 @@ from runner.client.limits import Sleep
 from runner.client.providers.ratelimits import X_RATELIMIT, RateHeaders, reset_seconds
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Mark:
     """A request as it left: when, what had been sent before it (its place in the order the
     server decides in), what was sent within NEAR_S before it, itself included (what the
@@ -86,26 +86,30 @@ class Budget:
         self._recent: deque[tuple[float, float]] = deque()  # (at, sent) of the last NEAR_S
         self._lock = asyncio.Lock()
 
-    async def take(self, cost: float) -> Mark:
-        """Wait (once pacing) until the bucket holds the cost; charge it; mark the send."""
-        if self.rate:
-            async with self._lock:  # first come, first served
+    async def wait(self, cost: float) -> None:
+        """Once pacing (a rate learned): wait until the bucket holds the cost, and charge it."""
+        async with self._lock:  # first come, first served
+            self._refill()
+            while self.level < min(cost, self.capacity) - 1e-9:
+                wait = min(self.max_wait_s, (cost - self.level) / self.rate)
+                await self._sleep(wait)
                 self._refill()
-                while self.level < min(cost, self.capacity) - 1e-9:
-                    wait = min(self.max_wait_s, (cost - self.level) / self.rate)
-                    await self._sleep(wait)
-                    self._refill()
-                    if self.measured and self._clock() - self._emptied > self.PROBE_S:
-                        # a measure a little low would never be refused into a better one
-                        self.rate *= self.PROBE_GROWTH**wait
-                self.level -= cost
+                if self.measured and self._clock() - self._emptied > self.PROBE_S:
+                    # a measure a little low would never be refused into a better one
+                    self.rate *= self.PROBE_GROWTH**wait
+            self.level -= cost
+
+    def mark(self, cost: float, on_wire: float, flying: int = 0) -> Mark:
+        """Mark a send of COST (after wait(), when pacing): no more sent NEAR_S before it
+        than is ON_WIRE with it; FLYING is the Pacer's count to keep (see Mark)."""
         at, recent = self._clock(), self._recent
         recent.append((at, self.sent))
         while recent[0][0] < at - self.NEAR_S:
             recent.popleft()
-        mark = Mark(at, self.sent, self.sent + cost - recent[0][1])
+        near = self.sent + cost - recent[0][1]
+        mark = Mark(at, self.sent, min(near, on_wire), flying)
         if self.began is None:
-            self.began = mark.at
+            self.began = at
         self.sent += cost
         return mark
 
@@ -289,14 +293,17 @@ class Pacer:
 
     async def acquire(self, tokens: float) -> tuple[Mark, Mark]:
         """Wait until both budgets hold this request, charge it, and mark its sending."""
-        req, tok = await self.requests.take(1.0), await self.tokens.take(tokens)
+        if self.requests.rate:
+            await self.requests.wait(1.0)
+        if self.tokens.rate:
+            await self.tokens.wait(tokens)
         self.flying += 1
         flying = self.flying  # only what is on the wire together can be decided out of order
         # sent before anything was heard: part of the first burst, which the server may
         # decide in any order, so its count on the wire says nothing (marked 0)
         return (
-            Mark(req.at, req.sent, min(req.near, flying), flying if self.heard else 0),
-            Mark(tok.at, tok.sent, min(tok.near, flying * tokens)),
+            self.requests.mark(1.0, flying, flying if self.heard else 0),
+            self.tokens.mark(tokens, flying * tokens),
         )
 
     def answered(self, headers: Any, marks: tuple[Mark, Mark], tokens: float) -> None:

@@ -203,6 +203,8 @@ async def _exchange(
         history.append(Message("assistant", text + made))
         chain.since_reply = len(history)
         chain.previous_id = reply.response_id if isinstance(scenario.context, Server) else None
+        if not made and not tries:  # the turn's one request: its reply is the turn's
+            return Played(reply, attempts, n_sent)
         add_usage(usage, reply.usage)
         latency += reply.latency_ms
         ttft = reply.ttft_ms if not tries else ttft

@@ -48,6 +48,8 @@ def _scripted_result(turn: Turn, values: dict[str, Any], history: list[Message])
 def named(calls: tuple[ToolCall, ...], turn: int, request: int) -> tuple[ToolCall, ...]:
     """The calls, each with an id: one the protocol gave none (Gemini may not) gets ours,
     unique in the conversation, and is marked not to be sent back."""
+    if not calls:
+        return calls
     return tuple(
         c
         if c.id
