@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -30,6 +30,7 @@ AttemptSink = Callable[[dict[str, Any]], None]
 Where = int | tuple[int, int]  # a turn, or a turn and the request of its tool loop
 At = tuple[str, Where, str | None]  # a conversation, where in it, and a role marking the record
 BATCH_IN_FLIGHT = 10**9  # batch mode: no limit on the requests waiting for a round
+NOTHING_HELD = contextlib.nullcontext()
 Verdict = Callable[[str], object]  # raises a retryable ApiError when a reply is no verdict
 
 
@@ -90,16 +91,10 @@ class TargetClient:
         else:
             self.transport = Http(self.session, self.provider, self.limits)
 
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """A conversation of this target in flight (batch mode waits for all of them)."""
-        if self.batcher is not None:
-            self.batcher.hold(1)
-        try:
-            yield
-        finally:
-            if self.batcher is not None:
-                self.batcher.hold(-1)
+    def holding(self) -> contextlib.AbstractContextManager[None]:
+        """A conversation of this target in flight: batch mode waits for all of them; a
+        direct call holds nothing (one shared context, not a generator per conversation)."""
+        return self.batcher.holding() if self.batcher is not None else NOTHING_HELD
 
     async def close(self) -> None:
         if self.batcher is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -47,8 +46,10 @@ class Http:
 
     async def send(self, request: Request) -> Reply:
         """One HTTP attempt; transport failures become retryable ApiErrors."""
-        with classified(request.url):
+        try:
             reply = await _exchange(self.session, self.provider, request, self.limits)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise classified(exc, request.url) from None
         return checked(reply)
 
 
@@ -58,23 +59,16 @@ def checked(reply: Reply) -> Reply:
     return reply
 
 
-@contextlib.contextmanager
-def classified(url: str) -> Iterator[None]:
-    """Failures of the transport inside the block become retryable ApiErrors."""
-    try:
-        yield
-    except ApiError:
-        raise
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise unreachable(exc, url) from None
-    except TimeoutError:
-        raise ApiError(Kind.TIMEOUT, "the request timed out", retryable=True) from None
-    except aiohttp.ClientPayloadError as exc:
-        message = f"the response was cut off: {exc}"
-        raise ApiError(Kind.STREAM, message, retryable=True) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        raise ApiError(Kind.CONNECTION, message, retryable=True) from None
+def classified(exc: aiohttp.ClientError | OSError, url: str) -> ApiError:
+    """The retryable ApiError a failure of the transport stands for (a plain function
+    called in an `except`, not a context manager: no generator per request in flight)."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        return unreachable(exc, url)
+    if isinstance(exc, TimeoutError):
+        return ApiError(Kind.TIMEOUT, "the request timed out", retryable=True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ApiError(Kind.STREAM, f"the response was cut off: {exc}", retryable=True)
+    return ApiError(Kind.CONNECTION, f"{type(exc).__name__}: {exc}", retryable=True)
 
 
 async def call(
@@ -87,13 +81,15 @@ async def call(
 ) -> bytes:
     """One call of a provider's other endpoints (a Batch API's): the whole body of a 2xx
     answer; any other answer or failure is the ApiError a direct call would raise."""
-    with classified(url):
+    try:
         async with session.request(method, url, allow_redirects=False, **kwargs) as resp:
             if resp.status >= 300:
                 err = await answered_error(resp, provider, limits)
                 err.headers = resp.headers
                 raise err
             return await read_body(resp, limits)
+    except (aiohttp.ClientError, OSError) as exc:
+        raise classified(exc, url) from None
 
 
 class Capture:
