@@ -11,7 +11,7 @@ same retry loop, limits and reply cache as any turn); its attempts are usage rec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from runner.client.client import TargetClient
 from runner.cost import cost
@@ -50,7 +50,8 @@ class UserSide:
         self.sim = conv.scenario.simulate
         self.client = client if self.sim is not None else None  # a dry run has none
         self.written = 0  # turns the simulated user wrote that were sent
-        self.spent: Usage = no_usage()  # its tokens (replies replayed from a cache: none)
+        # its tokens (replies replayed from a cache: none); kept only when there is a simulated user
+        self.spent: Usage = no_usage() if self.sim is not None else cast(Usage, {})
         self.ended: str | None = None  # "stop" (its marker) or "max_turns"
         self.stop_message: str | None = None  # the message with the marker, not sent
         self.last: dict[str, Any] | None = None  # the last simulated turn's request
