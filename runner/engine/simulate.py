@@ -42,11 +42,14 @@ def swapped(history: list[Message]) -> list[Message]:
 class UserSide:
     """Where a conversation's user messages come from, one at a time (next)."""
 
+    __slots__ = ("conv", "values", "scripted", "sim", "client", "written", "spent", "ended",
+                 "stop_message", "last")  # fmt: skip  # one per conversation in flight
+
     def __init__(
         self, conv: Conversation, values: dict[str, Any], client: TargetClient | None
     ) -> None:
         self.conv, self.values = conv, values
-        self.script = enumerate(conv.scenario.turns)
+        self.scripted = 0  # the scripted turns given so far
         self.sim = conv.scenario.simulate
         self.client = client if self.sim is not None else None  # a dry run has none
         self.written = 0  # turns the simulated user wrote that were sent
@@ -60,10 +63,10 @@ class UserSide:
         """The next turn and its message (vars and captures filled in: a scripted turn's
         with its images or tool calls, a simulated one's text); None when the user side is
         done. ApiError when the simulated user could not answer."""
-        scripted = next(self.script, None)
-        if scripted is not None:
-            i, turn = scripted
-            return turn, turn_message(turn, i, self.values, history)
+        turns, i = self.conv.scenario.turns, self.scripted
+        if i < len(turns):
+            self.scripted += 1
+            return turns[i], turn_message(turns[i], i, self.values, history)
         self.last = None
         if self.sim is None or self.client is None:
             return None
