@@ -42,8 +42,9 @@ def swapped(history: list[Message]) -> list[Message]:
 class UserSide:
     """Where a conversation's user messages come from, one at a time (next)."""
 
+    # one per conversation in flight: slots, not an instance dict
     __slots__ = ("conv", "values", "scripted", "sim", "client", "written", "spent", "ended",
-                 "stop_message", "last")  # fmt: skip  # one per conversation in flight
+                 "stop_message", "last")  # fmt: skip
 
     def __init__(
         self, conv: Conversation, values: dict[str, Any], client: TargetClient | None
