@@ -27,7 +27,8 @@ def no_usage() -> Usage:
     return cast(Usage, dict.fromkeys(TOKEN_KEYS, 0))
 
 
-def add_usage(total: Usage, more: Usage) -> None:
-    """Add `more` into `total`, count by count."""
+def add_usage(total: Usage, more: Usage) -> Usage:
+    """Add `more` into `total`, count by count; returns `total`."""
     for key in TOKEN_KEYS:
         total[key] += more.get(key, 0)  # type: ignore[literal-required]  # older records: 0
+    return total

@@ -194,16 +194,24 @@ def test_cost_and_max_cost_reflect_the_batch_price_factor(tmp_path, make_mock):
     assert over.manifest["counts"]["not_run"] > 0
 
 
+def _listed(run_dir: Path) -> bool:
+    """Whether run.json lists a batch (it is replaced whole, never seen half written)."""
+    path = run_dir / "run.json"
+    return path.exists() and bool(json.loads(path.read_text(encoding="utf-8")).get("batches"))
+
+
 @pytest.mark.parametrize("target", PROTOCOLS)
 def test_kill_while_a_batch_is_out_then_resume_polls_it(tmp_path, make_mock, target):
     server = make_mock(batch_delay_ms=HOUR_MS)  # the first batch is held
     models = models_text(server, **batch_models())
     running = spawn(tmp_path, THREE, "-c", "10", targets=[target], models=models)
-    wait_until(lambda: count_lines(running.run_dir / "batches.jsonl") >= 1, running.proc)
+    # the batch file's line is written first, then run.json: killed once both hold the batch
+    wait_until(lambda: _listed(running.run_dir), running.proc)
     running.proc.send_signal(signal.SIGKILL)
     killed = running.finish()
     assert killed.result.exit_code == -signal.SIGKILL
     assert server.state.batches_created == 1
+    assert count_lines(killed.run_dir / "batches.jsonl") == 1
     (out,) = killed.manifest["batches"]  # run.json listed it as soon as it existed
     assert out["batch_id"] == created(killed.run_dir)[0]["batch_id"] and out["ended_at"] is None
     server.state.options.batch_delay_ms = 0  # the held batch ends now

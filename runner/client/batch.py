@@ -17,9 +17,10 @@ key is there from that batch (polled if it still runs) instead of sending it aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,15 @@ class Batcher:
         """A conversation of the target starts (1) or ends (-1)."""
         self.holders += n
         self.arrived.set()
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """A conversation of the target in flight: a round waits for all of them."""
+        self.hold(1)
+        try:
+            yield
+        finally:
+            self.hold(-1)
 
     async def send(self, request: Request) -> Reply:
         key, began = SENDING.get(), time.perf_counter()

@@ -20,7 +20,7 @@ from runner.messages import Message, Text, ToolCall, as_records
 from runner.results.records import transcript_record, turn_record, utc_now
 from runner.spec.plan import Conversation
 from runner.spec.scenarios import Expect, Scenario, Server, Turn, Window, fill
-from runner.usage import add_usage, no_usage
+from runner.usage import Usage, add_usage, no_usage
 
 
 def sent_messages(scenario: Scenario, history: list[Message], since_reply: int) -> list[Message]:
@@ -50,7 +50,8 @@ async def run_conversation(
     system, base_params = _setup(conv, client.params())
     history: list[Message] = []
     turns: list[dict[str, Any]] = []
-    total, made = no_usage(), tuple[ToolCall, ...]()  # made: every call the model made
+    made = tuple[ToolCall, ...]()  # every call the model made
+    total: Usage | None = None  # made at the first reply: nothing while it is in flight
     users = UserSide(conv, values, _simulator(conv, judges))
     chain, error = Chain(), None
     while True:
@@ -67,7 +68,7 @@ async def run_conversation(
         except ApiError as err:
             error = err
             break
-        add_usage(total, played.reply.usage)
+        total = add_usage(total or no_usage(), played.reply.usage)
         record = _turn_record(len(turns), message.text, played, history)
         users.mark(turn, record)
         turns.append(record)
@@ -81,7 +82,9 @@ async def run_conversation(
     if error is None and turns and scenario.expect_final is not None:  # the last reply's
         asked = Asked(conv, system, history[: chain.since_reply], values, judges, made)
         await _checks(scenario.expect_final, turns[-1], asked, final=True)
-    done = transcript_record(conv, as_records(system, history), turns, total, error, started)
+    done = transcript_record(
+        conv, as_records(system, history), turns, total or no_usage(), error, started
+    )
     users.finish(done)
     return done
 
@@ -187,7 +190,8 @@ async def _exchange(
     """Send the turn; while the reply calls tools, answer each call with its scripted
     result (in order) and send again; the reply without calls ends the turn."""
     scenario = conv.scenario
-    usage, latency, calls = no_usage(), 0.0, tuple[ToolCall, ...]()
+    usage: Usage | None = None  # made at the first reply: nothing while it is in flight
+    latency, calls = 0.0, tuple[ToolCall, ...]()
     tries: list[int] = []  # attempts of each request
     ttft: float | None = None  # of the turn's first request
     for request in range(scenario.max_tool_rounds + 1):
@@ -205,7 +209,7 @@ async def _exchange(
         chain.previous_id = reply.response_id if isinstance(scenario.context, Server) else None
         if not made and not tries:  # the turn's one request: its reply is the turn's
             return Played(reply, attempts, n_sent)
-        add_usage(usage, reply.usage)
+        usage = add_usage(usage or no_usage(), reply.usage)
         latency += reply.latency_ms
         ttft = reply.ttft_ms if not tries else ttft
         tries.append(attempts)

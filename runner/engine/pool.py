@@ -258,17 +258,28 @@ async def _pool(
     """Workers pull conversations from the shared lazy iterator; returns True if interrupted."""
     stopping = asyncio.Event()
 
+    def stop(exc: WriteError) -> None:  # nothing more can be kept: spend no more requests
+        outcome.write_error = outcome.write_error or exc
+        stopping.set()
+        _cancel(workers)
+
     async def worker() -> None:
         for conv in todo:  # next() never awaits, so workers never share a conversation
             if stopping.is_set():
                 return
+            client = judges.clients[conv.target.name]
+            try:  # played in this frame, not a coroutine of its own: less memory in flight
+                with client.holding():
+                    record = await run_conversation(conv, client, judges)
+            except WriteError as exc:
+                stop(exc)
+                return
+            except Exception as exc:  # a bug fails this conversation, not the run
+                record = failed_record(conv, Kind.INTERNAL, internal(exc).message)
             try:
-                record = await _play(conv, judges)
                 _write(transcripts, conv, record)
-            except WriteError as exc:  # nothing more can be kept: spend no more requests
-                outcome.write_error = outcome.write_error or exc
-                stopping.set()
-                _cancel(workers)
+            except WriteError as exc:
+                stop(exc)
                 return
             outcome.summary.add(record)
             progress.finished(record["status"] == "ok")
@@ -281,18 +292,6 @@ async def _pool(
         if error is not None:
             raise error
     return stopping.is_set() and outcome.write_error is None
-
-
-async def _play(conv: Conversation, judges: Judges) -> dict[str, Any]:
-    """The conversation's record; a bug fails this conversation, not the run."""
-    client = judges.clients[conv.target.name]
-    try:
-        with client.holding():
-            return await run_conversation(conv, client, judges)
-    except WriteError:
-        raise
-    except Exception as exc:
-        return failed_record(conv, Kind.INTERNAL, internal(exc).message)
 
 
 def _write(transcripts: Writer, conv: Conversation, record: dict[str, Any]) -> None:

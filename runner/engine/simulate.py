@@ -11,7 +11,7 @@ same retry loop, limits and reply cache as any turn); its attempts are usage rec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from runner.client.client import TargetClient
 from runner.cost import cost
@@ -42,15 +42,20 @@ def swapped(history: list[Message]) -> list[Message]:
 class UserSide:
     """Where a conversation's user messages come from, one at a time (next)."""
 
+    # one per conversation in flight: slots, not an instance dict
+    __slots__ = ("conv", "values", "scripted", "sim", "client", "written", "spent", "ended",
+                 "stop_message", "last")  # fmt: skip
+
     def __init__(
         self, conv: Conversation, values: dict[str, Any], client: TargetClient | None
     ) -> None:
         self.conv, self.values = conv, values
-        self.script = enumerate(conv.scenario.turns)
+        self.scripted = 0  # the scripted turns given so far
         self.sim = conv.scenario.simulate
         self.client = client if self.sim is not None else None  # a dry run has none
         self.written = 0  # turns the simulated user wrote that were sent
-        self.spent: Usage = no_usage()  # its tokens (replies replayed from a cache: none)
+        # its tokens (replies replayed from a cache: none); kept only when there is a simulated user
+        self.spent: Usage = no_usage() if self.sim is not None else cast(Usage, {})
         self.ended: str | None = None  # "stop" (its marker) or "max_turns"
         self.stop_message: str | None = None  # the message with the marker, not sent
         self.last: dict[str, Any] | None = None  # the last simulated turn's request
@@ -59,10 +64,10 @@ class UserSide:
         """The next turn and its message (vars and captures filled in: a scripted turn's
         with its images or tool calls, a simulated one's text); None when the user side is
         done. ApiError when the simulated user could not answer."""
-        scripted = next(self.script, None)
-        if scripted is not None:
-            i, turn = scripted
-            return turn, turn_message(turn, i, self.values, history)
+        turns, i = self.conv.scenario.turns, self.scripted
+        if i < len(turns):
+            self.scripted += 1
+            return turns[i], turn_message(turns[i], i, self.values, history)
         self.last = None
         if self.sim is None or self.client is None:
             return None

@@ -48,10 +48,8 @@ class Http:
         """One HTTP attempt; transport failures become retryable ApiErrors."""
         try:
             reply = await _exchange(self.session, self.provider, request, self.limits)
-        except ApiError:
-            raise
         except (aiohttp.ClientError, OSError) as exc:
-            raise transport_error(exc, request.url) from None
+            raise classified(exc, request.url) from None
         return checked(reply)
 
 
@@ -61,9 +59,10 @@ def checked(reply: Reply) -> Reply:
     return reply
 
 
-def transport_error(exc: aiohttp.ClientError | OSError, url: str) -> ApiError:
-    """The retryable ApiError a failure of the transport stands for."""
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+def classified(exc: aiohttp.ClientError | OSError, url: str) -> ApiError:
+    """The retryable ApiError a failure of the transport stands for (a plain function
+    called in an `except`, not a context manager: no generator per request in flight)."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
         return unreachable(exc, url)
     if isinstance(exc, TimeoutError):
         return ApiError(Kind.TIMEOUT, "the request timed out", retryable=True)
@@ -89,10 +88,8 @@ async def call(
                 err.headers = resp.headers
                 raise err
             return await read_body(resp, limits)
-    except ApiError:
-        raise
     except (aiohttp.ClientError, OSError) as exc:
-        raise transport_error(exc, url) from None
+        raise classified(exc, url) from None
 
 
 class Capture:
