@@ -45,9 +45,24 @@ class Http:
         self.session, self.provider, self.limits = session, provider, limits
 
     async def send(self, request: Request) -> Reply:
-        """One HTTP attempt; transport failures become retryable ApiErrors."""
+        """One HTTP attempt: POST the request; the reply, whole or streamed, read by the
+        provider. Transport failures become retryable ApiErrors."""
+        start, provider, limits = time.perf_counter(), self.provider, self.limits
         try:
-            reply = await _exchange(self.session, self.provider, request, self.limits)
+            # an API call never needs a redirect, and following one may carry the key elsewhere
+            async with self.session.post(
+                request.url, data=request.body, headers=request.headers, allow_redirects=False
+            ) as resp:
+                if resp.status >= 300:
+                    err = await answered_error(resp, provider, limits)
+                    err.headers = resp.headers
+                    raise err
+                if request.stream:
+                    reply = await _streamed(resp, provider, limits, start)
+                else:
+                    reply = provider.parse(loads(await read_body(resp, limits), "response body"))
+                    reply.latency_ms = reply.ttft_ms = (time.perf_counter() - start) * 1000
+                reply.headers = resp.headers
         except (aiohttp.ClientError, OSError) as exc:
             raise classified(exc, request.url) from None
         return checked(reply)
@@ -139,39 +154,25 @@ def _reason(cause: object) -> str:
     return str(getattr(cause, "strerror", None) or cause)
 
 
-async def _exchange(
-    session: aiohttp.ClientSession, provider: Provider, req: Request, limits: Limits
+async def _streamed(
+    resp: aiohttp.ClientResponse, provider: Provider, limits: Limits, start: float
 ) -> Reply:
-    """POST the request; the reply, whole or streamed, read by the provider."""
-    start = time.perf_counter()
-    # an API call never needs a redirect, and following one may carry the key elsewhere
-    async with session.post(
-        req.url, data=req.body, headers=req.headers, allow_redirects=False
-    ) as resp:
-        if resp.status >= 300:
-            err = await answered_error(resp, provider, limits)
-            err.headers = resp.headers
-            raise err
-        if not req.stream:
-            reply = provider.parse(loads(await read_body(resp, limits), "response body"))
-            reply.latency_ms = reply.ttft_ms = (time.perf_counter() - start) * 1000
-            reply.headers = resp.headers
-            return reply
-        state = provider.stream_state()
-        ttft = None
-        async with contextlib.aclosing(chunks(resp, limits)) as body:
-            async for event, data in iter_sse(body, limits.max_bytes):
-                done = state.feed(event, data)
-                if ttft is None and state.started:
-                    ttft = (time.perf_counter() - start) * 1000
-                if done:
-                    break
-        reply = state.reply()
-        reply.latency_ms = (time.perf_counter() - start) * 1000
-        reply.ttft_ms = ttft
-        reply.headers = resp.headers
-        await drain(resp.content)
-        return reply
+    """A streamed reply, read event by event by the provider; the rest of the body is
+    drained so that the connection goes back to the pool."""
+    state = provider.stream_state()
+    ttft = None
+    async with contextlib.aclosing(chunks(resp, limits)) as body:
+        async for event, data in iter_sse(body, limits.max_bytes):
+            done = state.feed(event, data)
+            if ttft is None and state.started:
+                ttft = (time.perf_counter() - start) * 1000
+            if done:
+                break
+    reply = state.reply()
+    reply.latency_ms = (time.perf_counter() - start) * 1000
+    reply.ttft_ms = ttft
+    await drain(resp.content)
+    return reply
 
 
 async def answered_error(
