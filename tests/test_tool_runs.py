@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from conftest import cli, play, read_jsonl
@@ -198,6 +199,27 @@ def test_a_changed_image_is_refused_on_resume(tmp_path, mock_server):
     assert again.result.exit_code == 2 and "cat.png" in again.result.output
 
 
+def test_changed_python_files_of_results_and_checks_are_refused_on_resume(tmp_path, mock_server):
+    """The python files a scenario names are inputs like its images: hashed into run.json."""
+    impl, checks = tmp_path / "tools_impl.py", tmp_path / "mychecks.py"
+    impl.write_text("def refund(args, vars):\n    return 'done'\n")
+    checks.write_text("def ok(reply, turn, conversation):\n    return True\n")
+    text = scenario(
+        "tool_results:\n  refund: {python: 'tools_impl:refund'}\n"
+        "turns:\n  - user: hi\n    expect: {python: 'mychecks:ok'}\n"
+    )
+    played = play(tmp_path, text, server=mock_server)
+    assert played.result.exit_code == 0, played.result.output
+    hashed = {Path(f).name for f in played.manifest["files"]}
+    assert {"tools_impl.py", "mychecks.py"} <= hashed
+    for changed in (impl, checks):
+        before = changed.read_text()
+        changed.write_text(before + "# changed\n")
+        again = played.resume()
+        assert again.result.exit_code == 2 and changed.name in again.result.output
+        changed.write_text(before)
+
+
 BAD = [
     ("missing image", "turns:\n  - user: [{text: hi}, {image: no/such.png}]\n", 3,
      "image no/such.png: cannot read"),
@@ -318,14 +340,23 @@ def test_diff_flags_a_changed_tool_call(tmp_path, mock_server):
 GIF = b"GIF89a" + bytes(20)  # the type is known by its first bytes
 
 
-def test_a_target_that_cannot_take_the_image_type_refuses_at_load_time(tmp_path, mock_server):
+@pytest.mark.parametrize(
+    ("image", "said"),
+    [
+        ("a.gif", "s.yaml:4: target 'gemini' (gemini) takes no image/gif images (a.gif)"),
+        # Gemini's fileData needs a mimeType; an https URL whose name says none cannot give it
+        ("'https://example.com/photo?id=3'",
+         "s.yaml:4: target 'gemini' (gemini) takes an image by URL only when its name ends"),
+    ],
+)  # fmt: skip
+def test_a_target_that_cannot_take_the_image_refuses_at_load_time(
+    tmp_path, mock_server, image, said
+):
     (tmp_path / "a.gif").write_bytes(GIF)
-    text = "id: s\nturns:\n  - hi\n  - user: [{text: see}, {image: a.gif}]\n"
+    text = f"id: s\nturns:\n  - hi\n  - user: [{{text: see}}, {{image: {image}}}]\n"
     played = play(tmp_path, text, server=mock_server, targets=("chat", "gemini"))
     assert played.result.exit_code == 2, played.result.output
-    assert "s.yaml:4: target 'gemini' (gemini) takes no image/gif images (a.gif)" in (
-        played.result.output
-    )
+    assert said in played.result.output
     assert mock_server.requests == []
     assert play(tmp_path, text, server=mock_server, targets=("chat",)).result.exit_code == 0
 

@@ -160,11 +160,11 @@ def _override(target: Target, inv: Invocation) -> Target:
 
 
 def file_hashes(scenarios: list[Scenario], models_file: str | None) -> dict[str, str]:
-    """sha256 of every input file: scenarios, their vars files and image files, the models
-    file."""
+    """sha256 of every input file: scenarios, their vars files, the image and python files
+    they read, the models file."""
     files = {s.file for s in scenarios} | ({models_file} if models_file else set())
     files |= {s.vars_file.path for s in scenarios if s.vars_file is not None}
-    files |= {path for s in scenarios for path in s.image_files()}
+    files |= {path for s in scenarios for path in s.read_files()}
     return {f: _sha256(f) for f in sorted(files)}
 
 

@@ -176,9 +176,17 @@ def _parts_problems(scenario: Scenario, target: Target) -> list[str]:
         out.append(f"{scenario.file}:{scenario.line}: {said} takes no tools")
     for turn in scenario.turns:
         for part in turn.parts:
-            if not isinstance(part, Image) or part.media_type is None:
+            if not isinstance(part, Image):
                 continue
-            if not able.images or part.media_type not in able.image_types:
-                why = "no images" if not able.images else f"no {part.media_type} images"
-                out.append(f"{scenario.file}:{turn.line}: {said} takes {why} ({part.ref})")
+            if not able.images:
+                why = "no images"
+            elif part.media_type is None:  # an https URL whose name says no type
+                if not able.url_image_type:
+                    continue
+                why = "an image by URL only when its name ends in a type (.png, .jpg, ...)"
+            elif part.media_type not in able.image_types:
+                why = f"no {part.media_type} images"
+            else:
+                continue
+            out.append(f"{scenario.file}:{turn.line}: {said} takes {why} ({part.ref})")
     return out

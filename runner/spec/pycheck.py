@@ -34,6 +34,7 @@ class PythonCheck:
     name: str  # "mychecks:polite", as written
     function: Callable[..., Any] = field(compare=False)
     lock: Any = field(compare=False)  # its module's: one call into a module at a time
+    path: str = field(default="", compare=False)  # its file (hashed into the manifest)
 
 
 # each file is imported once per process, whoever names it, with the lock of its calls
@@ -71,7 +72,7 @@ def load(spec: str, scenario_file: str, params: tuple[str, ...] = CHECK_PARAMS) 
         ) from None
     except ValueError:  # a callable whose signature cannot be read: trust it
         pass
-    return PythonCheck(spec, function, lock)
+    return PythonCheck(spec, function, lock, str(path))
 
 
 def _import(path: Path, relative: Path) -> tuple[Any, threading.Lock]:

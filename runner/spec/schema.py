@@ -113,9 +113,14 @@ class Scenario:
     simulate: Simulate | None = None  # a target plays the user after the scripted turns
     expect_final: Expect | None = None  # checks on the conversation's last reply
 
-    def image_files(self) -> set[str]:
-        """The image files its turns read (hashed into the manifest like the scenario)."""
-        return {p.path for t in self.turns for p in t.parts if isinstance(p, Image) and p.path}
+    def read_files(self) -> set[str]:
+        """The files it read beside it (hashed into the manifest like the scenario): its
+        turns' images, and the python files of its checks and tool results."""
+        files = {p.path for t in self.turns for p in t.parts if isinstance(p, Image) and p.path}
+        expects = [t.expect for t in self.turns] + [self.expect_final]
+        files |= {c.path for e in expects if e is not None for c in e.python}
+        files |= {r.function.path for r in self.tool_results.values() if r.function}
+        return files - {""}
 
     def var_count(self) -> int:
         """Number of var combinations (1 when there are no vars), times the file's rows."""

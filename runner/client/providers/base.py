@@ -2,8 +2,7 @@
 
 A provider class owns its protocol: its name, default base URL, key variable, auth modes,
 default params, capabilities, which answers mean "overloaded", how its rate-limit headers
-read, and its built-in mock target; it builds requests from typed messages and reads
-replies. The rest of the runner reads these declarations and names no provider.
+read, its mock target; it builds requests and reads replies. Nothing else names a provider.
 """
 
 from __future__ import annotations
@@ -163,6 +162,7 @@ class Capabilities:
     batch: bool = False  # a batch API takes many requests at once
     images: bool = False  # image parts in messages
     image_types: tuple[str, ...] = ("image/png", "image/jpeg", "image/gif", "image/webp")
+    url_image_type: bool = False  # an image by URL must say its type (Gemini's mimeType)
     tools: bool = False  # tool calls and tool results
     cache_marks: bool = False  # `cache: true` marks the prompt's prefix for the server's cache
 

@@ -97,7 +97,7 @@ def gemini_part(part: Part) -> dict[str, Any]:
         return {"functionResponse": result}
     if isinstance(part, Image):
         if part.data is None:
-            return {"fileData": {"mimeType": part.media_type or "", "fileUri": part.url}}
+            return {"fileData": {"mimeType": part.media_type, "fileUri": part.url}}
         return {"inlineData": {"mimeType": part.media_type, "data": part.data}}
     return {"text": part.text}
 
@@ -119,6 +119,7 @@ class Gemini(Provider):
         stream_usage=True,
         batch=True,
         images=True,
+        url_image_type=True,  # fileData needs its mimeType
         tools=True,
         image_types=("image/png", "image/jpeg", "image/webp"),
     )
