@@ -11,7 +11,7 @@ same retry loop, limits and reply cache as any turn); its attempts are usage rec
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from runner.client.client import TargetClient
 from runner.cost import cost
@@ -54,8 +54,7 @@ class UserSide:
         self.sim = conv.scenario.simulate
         self.client = client if self.sim is not None else None  # a dry run has none
         self.written = 0  # turns the simulated user wrote that were sent
-        # its tokens (replies replayed from a cache: none); kept only when there is a simulated user
-        self.spent: Usage = no_usage() if self.sim is not None else cast(Usage, {})
+        self.spent: Usage | None = None  # its tokens, from its first reply (a cached one: none)
         self.ended: str | None = None  # "stop" (its marker) or "max_turns"
         self.stop_message: str | None = None  # the message with the marker, not sent
         self.last: dict[str, Any] | None = None  # the last simulated turn's request
@@ -100,7 +99,7 @@ class UserSide:
         if not reply.text:
             raise ApiError(Kind.EMPTY, f"the simulated user ({target.name}) returned no text")
         if attempts:  # a reply replayed from the cache spent nothing
-            add_usage(self.spent, reply.usage)
+            self.spent = add_usage(self.spent or no_usage(), reply.usage)
         self.last = {
             "target": target.name, "usage": reply.usage, "attempts": attempts,
             "latency_ms": round(reply.latency_ms, 2),
@@ -120,11 +119,12 @@ class UserSide:
             return
         name = self.client.target.name if self.client is not None else self.sim.user
         price = self.client.target.price if self.client is not None else None
-        spent = cost(self.spent, price)
+        usage = self.spent or no_usage()
+        spent = cost(usage, price)
         record["simulation"] = {
             "target": name, "turns": self.written, "max_turns": self.sim.max_turns,
             "ended": self.ended, "stop_message": self.stop_message,
-            "usage": self.spent, "cost_usd": spent,
+            "usage": usage, "cost_usd": spent,
         }  # fmt: skip
         if spent is not None:
             record["cost_usd"] = (record["cost_usd"] or 0.0) + spent

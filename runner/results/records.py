@@ -25,17 +25,9 @@ VERSION = 1
 TOOLS_VERSION = 2  # a transcript whose messages hold tool calls, tool results or images
 
 
-_second: list[Any] = [None, ""]  # the last whole second stamped, and its text
-
-
 def utc_now() -> str:
-    """A record timestamp: ISO 8601, UTC, milliseconds (as datetime's isoformat writes it;
-    the text of the second is made once per second: two stamps per conversation)."""
-    now = time.time()
-    second, millis = divmod(int(now * 1000), 1000)
-    if second != _second[0]:
-        _second[:] = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_second[1]}.{millis:03d}+00:00"
+    """A record timestamp: ISO 8601, UTC, milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def turn_record(index: int, user: str, reply: Reply, attempts: int, sent: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.client.providers import PROVIDERS
+from runner.client.providers.base import Capabilities
 from runner.errors import InputError
 from runner.messages import Image
 from runner.spec.scenarios import Scenario, Server
@@ -175,18 +176,19 @@ def _parts_problems(scenario: Scenario, target: Target) -> list[str]:
     if scenario.tools and not able.tools:
         out.append(f"{scenario.file}:{scenario.line}: {said} takes no tools")
     for turn in scenario.turns:
-        for part in turn.parts:
-            if not isinstance(part, Image):
-                continue
-            if not able.images:
-                why = "no images"
-            elif part.media_type is None:  # an https URL whose name says no type
-                if not able.url_image_type:
-                    continue
-                why = "an image by URL only when its name ends in a type (.png, .jpg, ...)"
-            elif part.media_type not in able.image_types:
-                why = f"no {part.media_type} images"
-            else:
-                continue
-            out.append(f"{scenario.file}:{turn.line}: {said} takes {why} ({part.ref})")
+        for image in (p for p in turn.parts if isinstance(p, Image)):
+            why = _image_refused(image, able)
+            if why is not None:
+                out.append(f"{scenario.file}:{turn.line}: {said} takes {why} ({image.ref})")
     return out
+
+
+def _image_refused(image: Image, able: Capabilities) -> str | None:
+    """Why a provider that can do ABLE cannot take IMAGE (None: it can)."""
+    if not able.images:
+        return "no images"
+    if image.media_type is None:  # an https URL whose name says no type
+        if able.url_image_type:
+            return "an image by URL only when its name ends in a type (.png, .jpg, ...)"
+        return None
+    return None if image.media_type in able.image_types else f"no {image.media_type} images"
